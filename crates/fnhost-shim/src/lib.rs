@@ -1,0 +1,1 @@
+//! fnhost-shim
