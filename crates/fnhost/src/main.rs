@@ -1,1 +1,32 @@
-fn main() {}
+//! fnhost: a high-density serverless function host. This binary only wires
+//! the crates together: CLI, config loading, telemetry, the host and the
+//! HTTP server, and the zygote init entry point.
+
+mod cli;
+mod invoke;
+mod serve;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        // Must run before anything starts a thread: it forks.
+        Command::ZygoteInit => fnhost_zygote::init::run(),
+        Command::Serve(args) => serve::run(args),
+        Command::CheckConfig(args) => serve::check_config(args),
+        Command::Invoke(args) => invoke::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fnhost: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

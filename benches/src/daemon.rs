@@ -1,0 +1,457 @@
+//! The daemon under test: writes a benchmark config and a no-op Python
+//! function into a temporary directory, starts `fnhost serve`, learns its
+//! address from the first stdout line, and always stops it again (SIGTERM,
+//! then SIGKILL after a grace period), on error paths too.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::{Method, StatusCode};
+use tempfile::TempDir;
+
+use crate::http::{Connection, Endpoint};
+
+/// How long the daemon may take to print its address, and then to answer
+/// `/healthz` with 200.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the daemon may drain after SIGTERM before it is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Lines of the daemon's stderr kept for error messages.
+const STDERR_TAIL_LINES: usize = 40;
+const READY_PREFIX: &str = "fnhost: listening on ";
+
+const NOOP_HANDLER: &str = "def handler(event, context):\n    return {\"ok\": True}\n";
+
+/// Function names in the generated config.
+pub const WARM_FN: &str = "noop";
+pub const ONDEMAND_FN: &str = "noop-ondemand";
+pub const COLD_FN: &str = "noop-cold";
+
+/// A running `fnhost serve`. Dropping it stops the daemon; the temporary
+/// directory (config, code, state) is removed after the daemon has exited.
+pub struct Daemon {
+    child: Child,
+    url: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    // Declared last: dropped only after `Drop::drop` has stopped the daemon.
+    _dir: TempDir,
+}
+
+/// The benchmark config for a state directory, code directory and cgroup root.
+pub fn config_toml(state_dir: &Path, code_dir: &Path, cgroup_root: &str) -> String {
+    let state = toml_string(&state_dir.display().to_string());
+    let code = toml_string(&code_dir.display().to_string());
+    let cgroup_root = toml_string(cgroup_root);
+    let function = |name: &str, zygotes: u32, ready: u32| {
+        format!(
+            "\n[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = {code}\n\
+             handler = \"handler.handler\"\nzygotes = {zygotes}\nready_clones = {ready}\n"
+        )
+    };
+    format!(
+        "# Written by fnhost-bench.\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {state}\ncgroup_root = {cgroup_root}\n\
+         \n[defaults]\nmemory_mb = 128\ntimeout_ms = 10000\n{}{}{}",
+        // Warm: served by pre-forked ready clones.
+        function(WARM_FN, 1, 4),
+        // A warm zygote but no pre-forked clone: clone on request.
+        function(ONDEMAND_FN, 1, 0),
+        // Scale to zero: every request starts a zygote.
+        function(COLD_FN, 0, 0),
+    )
+}
+
+/// A TOML basic string. JSON string escapes (`\"`, `\\`, `\n`, `\uXXXX`, ...)
+/// are all valid TOML basic-string escapes.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("serializing a str to JSON cannot fail")
+}
+
+impl Daemon {
+    /// Writes the config and starts `fnhost serve`; returns once the daemon
+    /// has printed its address and answers `/healthz` with 200.
+    pub async fn start(fnhost: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("fnhost-bench-")
+            .tempdir()
+            .context("creating a temporary directory for the benchmark config")?;
+        let code_dir = dir.path().join("noop");
+        let state_dir = dir.path().join("state");
+        fs::create_dir_all(&code_dir)
+            .with_context(|| format!("creating {}", code_dir.display()))?;
+        fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let handler = code_dir.join("handler.py");
+        fs::write(&handler, NOOP_HANDLER)
+            .with_context(|| format!("writing {}", handler.display()))?;
+        let config_path = dir.path().join("fnhost.toml");
+        let cgroup_root = format!("fnhost-bench-{}", std::process::id());
+        fs::write(
+            &config_path,
+            config_toml(&state_dir, &code_dir, &cgroup_root),
+        )
+        .with_context(|| format!("writing {}", config_path.display()))?;
+
+        let mut child = Command::new(fnhost)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} serve", fnhost.display()))?;
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        spawn_stderr_reader(stderr, stderr_tail.clone());
+        let lines = spawn_stdout_reader(stdout);
+
+        // From here on, `daemon` going out of scope stops the process.
+        let mut daemon = Self {
+            child,
+            url: String::new(),
+            stderr_tail,
+            _dir: dir,
+        };
+        eprintln!(
+            "fnhost-bench: started {} serve (pid {})",
+            fnhost.display(),
+            daemon.child.id()
+        );
+        let url = daemon.wait_for_address(&lines)?;
+        daemon.url = url;
+        daemon.wait_healthy().await?;
+        Ok(daemon)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn wait_for_address(&mut self, lines: &Receiver<String>) -> Result<String> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            // Poll in short slices: if the daemon dies while a child of it
+            // still holds the stdout pipe, EOF never arrives.
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let line = line.trim_end();
+                    return match line.strip_prefix(READY_PREFIX) {
+                        Some(url) => Ok(url.to_owned()),
+                        None => bail!(
+                            "unexpected first stdout line from fnhost: {line:?} (expected \
+                             \"{READY_PREFIX}http://ADDR\"){}",
+                            self.stderr_context()
+                        ),
+                    };
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.wait_exit(Duration::from_secs(2));
+                    // Give the stderr reader a moment to collect the last lines.
+                    thread::sleep(Duration::from_millis(200));
+                    bail!(
+                        "fnhost closed stdout before printing its address ({}){}",
+                        describe_exit(status),
+                        self.stderr_context()
+                    );
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.check_running("before printing its address")?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "fnhost did not print \"{READY_PREFIX}http://ADDR\" within {} s{}",
+                    STARTUP_TIMEOUT.as_secs(),
+                    self.stderr_context()
+                );
+            }
+        }
+    }
+
+    async fn wait_healthy(&mut self) -> Result<()> {
+        let endpoint = Endpoint::parse(&self.url)
+            .with_context(|| format!("fnhost printed an unusable address {:?}", self.url))?;
+        let path = endpoint.path("/healthz");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let mut conn = Connection::new(endpoint.clone());
+            let last = match conn
+                .send(
+                    Method::GET,
+                    &path,
+                    bytes::Bytes::new(),
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                Ok(reply) if reply.status == StatusCode::OK => return Ok(()),
+                Ok(reply) => format!("status {}", reply.status),
+                Err(err) => format!("{err:#}"),
+            };
+            self.check_running("before becoming healthy")?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "fnhost at {} did not answer GET /healthz with 200 within {} s (last: {last}){}",
+                    self.url,
+                    STARTUP_TIMEOUT.as_secs(),
+                    self.stderr_context()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn check_running(&mut self, when: &str) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                // Give the stderr reader a moment to collect the last lines.
+                thread::sleep(Duration::from_millis(200));
+                bail!(
+                    "fnhost exited {when} ({}){}",
+                    describe_exit(Some(status)),
+                    self.stderr_context()
+                )
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err).context("checking whether fnhost is still running"),
+        }
+    }
+
+    fn stderr_context(&self) -> String {
+        let tail = self
+            .stderr_tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
+        if tail.is_empty() {
+            "; fnhost wrote nothing to stderr".to_owned()
+        } else {
+            format!("; last lines of fnhost's stderr:\n{tail}")
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// SIGTERM, wait up to the grace period, then SIGKILL. Idempotent.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        send_sigterm(self.child.id());
+        if let Some(status) = self.wait_exit(STOP_GRACE) {
+            return Some(status);
+        }
+        eprintln!(
+            "fnhost-bench: fnhost (pid {}) still running {} s after SIGTERM; sending SIGKILL",
+            self.child.id(),
+            STOP_GRACE.as_secs()
+        );
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let status = self.stop();
+        match status {
+            Some(s) if s.success() => {}
+            other => eprintln!("fnhost-bench: fnhost stopped: {}", describe_exit(other)),
+        }
+    }
+}
+
+fn send_sigterm(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    // `pid` is our own unreaped child (try_wait said it is running and only
+    // wait reaps it), so the pid cannot have been reused by another process.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if rc != 0 {
+        eprintln!(
+            "fnhost-bench: SIGTERM to fnhost (pid {pid}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn describe_exit(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => s.to_string(),
+        None => "exit status unknown".to_owned(),
+    }
+}
+
+/// Forwards stdout lines over a channel; keeps draining after the first line
+/// so the daemon never blocks on a full pipe.
+fn spawn_stdout_reader(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            // After the first line nobody listens; keep reading anyway.
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Keeps the last lines of the daemon's stderr for error messages.
+fn spawn_stderr_reader(stderr: impl Read + Send + 'static, tail: Arc<Mutex<VecDeque<String>>>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let Ok(mut tail) = tail.lock() else { return };
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    });
+}
+
+/// The `fnhost` binary next to this executable (both land in
+/// `target/<profile>/`).
+pub fn default_fnhost_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the fnhost-bench executable")?;
+    let dir = exe
+        .parent()
+        .with_context(|| format!("{} has no parent directory", exe.display()))?;
+    Ok(dir.join("fnhost"))
+}
+
+/// Checks that `path` exists before trying to run it.
+pub fn check_fnhost_binary(path: &Path) -> Result<()> {
+    if !path.is_file() {
+        bail!(
+            "fnhost binary not found at {}: build it with cargo build --release --workspace \
+             (or pass --fnhost PATH, or --url URL to use a running daemon)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_three_functions_and_escapes_paths() {
+        let toml = config_toml(
+            Path::new("/tmp/x \"y\"/state"),
+            Path::new("/tmp/x/noop"),
+            "fnhost-bench-42",
+        );
+        assert!(
+            toml.contains("state_dir = \"/tmp/x \\\"y\\\"/state\""),
+            "{toml}"
+        );
+        assert!(toml.contains("listen = \"127.0.0.1:0\""));
+        assert!(toml.contains("cgroup_root = \"fnhost-bench-42\""));
+        assert_eq!(toml.matches("[[functions]]").count(), 3);
+        assert!(toml.contains("name = \"noop\"\nruntime = \"python3\"\ncode = \"/tmp/x/noop\""));
+        assert!(toml.contains("name = \"noop-cold\"\nruntime = \"python3\"\ncode = \"/tmp/x/noop\"\nhandler = \"handler.handler\"\nzygotes = 0\nready_clones = 0"));
+    }
+
+    #[test]
+    fn missing_binary_error_says_how_to_build() {
+        let err = check_fnhost_binary(Path::new("/nonexistent/fnhost")).expect_err("missing");
+        assert!(err
+            .to_string()
+            .contains("cargo build --release --workspace"));
+    }
+
+    #[tokio::test]
+    async fn early_exit_reports_stderr_tail() {
+        // A stand-in "fnhost" that complains and exits without an address.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = write_script(
+            dir.path(),
+            "#!/bin/sh\necho 'error: config is broken' >&2\nexit 3\n",
+        );
+
+        let err = match Daemon::start(&fake).await {
+            Ok(_) => panic!("a daemon that exits must not start"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains("config is broken"), "{err}");
+        assert!(err.contains("exit status"), "{err}");
+    }
+
+    /// Answers 200 to everything, standing in for a healthy daemon.
+    async fn start_healthy_server() -> std::net::SocketAddr {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let ok = |_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(ok))
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn write_script(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("fnhost");
+        fs::write(&path, body).expect("write script");
+        let mut perms = fs::metadata(&path).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        fs::set_permissions(&path, perms).expect("chmod");
+        path
+    }
+
+    #[tokio::test]
+    async fn starts_reads_address_and_stops_with_sigterm() {
+        let addr = start_healthy_server().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Checks its arguments, prints the contract line, then idles until
+        // SIGTERM (the default action ends it).
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = serve ] && [ \"$2\" = --config ] && [ -f \"$3\" ] || exit 9\n\
+             grep -q 'name = \"noop-cold\"' \"$3\" || exit 8\n\
+             echo 'fnhost: listening on http://{addr}'\necho 'more output'\nexec sleep 60\n"
+        );
+        let fake = write_script(dir.path(), &script);
+        let mut daemon = Daemon::start(&fake).await.expect("fake daemon starts");
+        assert_eq!(daemon.url(), format!("http://{addr}"));
+        let status = daemon.stop().expect("stopped");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+    }
+}

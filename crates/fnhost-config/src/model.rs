@@ -1,0 +1,197 @@
+//! The validated configuration model handed to the rest of fnhost. Every value
+//! here has passed validation; the `Default` impls are the built-in defaults and
+//! equal the values written in `config/fnhost.toml`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// `[server]`: the host process itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Address of the invoke API, `/healthz` and `/metrics` (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Layer store, zygote staging and runtime files; always absolute.
+    pub state_dir: PathBuf,
+    /// Name of fnhost's own cgroup subtree under every hierarchy.
+    pub cgroup_root: String,
+    /// Largest accepted request body.
+    pub max_payload_bytes: usize,
+    /// Largest accepted function response.
+    pub max_response_bytes: usize,
+    /// How long in-flight invocations may finish after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            state_dir: PathBuf::from("/var/lib/fnhost"),
+            cgroup_root: "fnhost".to_owned(),
+            max_payload_bytes: 6 * 1024 * 1024,
+            max_response_bytes: 6 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// One `[[functions]]` entry, with `[defaults]` and built-in defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    /// URL path segment; `[a-z0-9][a-z0-9_-]{0,62}`, unique.
+    pub name: String,
+    pub runtime: Runtime,
+    /// Absolute, canonical path of an existing directory, mounted at `/var/task`.
+    pub code: PathBuf,
+    /// `module.function` (module may be dotted) inside the code directory.
+    pub handler: String,
+    /// Interpreter path inside the sandbox root; absolute.
+    pub python: PathBuf,
+    pub limits: Limits,
+    pub pool: PoolSettings,
+    pub network: NetworkMode,
+    /// Extra environment of the handler process.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Default interpreter inside the sandbox root (key `python`).
+pub const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+
+/// Resource limits of each sandbox of a function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Memory limit (cgroup), MiB.
+    pub memory_mb: u64,
+    /// CPU quota in CPUs (0.5 = half a core).
+    pub cpu: f64,
+    /// Max processes/threads.
+    pub pids: u64,
+    /// Handler deadline; the sandbox is killed past it.
+    pub timeout_ms: u64,
+    /// Size cap of the private writable layer, MiB.
+    pub writable_layer_mb: u64,
+}
+
+impl Limits {
+    /// `memory_mb` in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mb * 1024 * 1024
+    }
+
+    /// `writable_layer_mb` in bytes.
+    pub fn writable_layer_bytes(&self) -> u64 {
+        self.writable_layer_mb * 1024 * 1024
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mb: 128,
+            cpu: 1.0,
+            pids: 64,
+            timeout_ms: 3000,
+            writable_layer_mb: 64,
+        }
+    }
+}
+
+/// Warm-pool sizing and admission of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Warm zygotes kept; 0 = scale to zero.
+    pub zygotes: u32,
+    /// Pre-forked clones kept ready; 0 = clone on request.
+    pub ready_clones: u32,
+    /// In-flight invocations; more wait in a queue.
+    pub max_concurrency: u32,
+    /// How long a request may wait for a slot before 429.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            zygotes: 1,
+            ready_clones: 2,
+            max_concurrency: 32,
+            queue_timeout_ms: 1000,
+        }
+    }
+}
+
+/// Language runtime of a function (TOML `runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `"python3"`: the Lambda handler contract, `handler(event, context)`.
+    Python3,
+}
+
+impl Runtime {
+    /// Every runtime, for error messages.
+    pub const ALL: &'static [Runtime] = &[Runtime::Python3];
+
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "python3",
+        }
+    }
+
+    pub(crate) fn from_toml(value: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.as_str() == value)
+    }
+}
+
+/// Network of a sandbox (TOML `network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// `"none"`: a fresh network namespace with loopback only.
+    #[default]
+    None,
+}
+
+impl NetworkMode {
+    /// Every mode, for error messages.
+    pub const ALL: &'static [NetworkMode] = &[NetworkMode::None];
+
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+        }
+    }
+
+    pub(crate) fn from_toml(value: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|m| m.as_str() == value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_conversions() {
+        let limits = Limits {
+            memory_mb: 128,
+            writable_layer_mb: 3,
+            ..Limits::default()
+        };
+        assert_eq!(limits.memory_bytes(), 134_217_728);
+        assert_eq!(limits.writable_layer_bytes(), 3 * 1_048_576);
+    }
+
+    #[test]
+    fn toml_spellings_round_trip() {
+        for runtime in Runtime::ALL {
+            assert_eq!(Runtime::from_toml(runtime.as_str()), Some(*runtime));
+        }
+        for mode in NetworkMode::ALL {
+            assert_eq!(NetworkMode::from_toml(mode.as_str()), Some(*mode));
+        }
+        assert_eq!(Runtime::from_toml("python2"), None);
+        assert_eq!(NetworkMode::from_toml("host"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! Validation of `[server]`: the listen address, the state directory (resolved
+//! against the config's directory), the cgroup subtree name and the size limits.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::model::ServerConfig;
+use crate::schema::RawServer;
+use crate::span::KeyPath;
+use crate::validate::{bounded, invalid, to_u64, to_usize, Invalid};
+
+/// 1 GiB: the bound of `max_payload_bytes` and `max_response_bytes`.
+const ONE_GIB: i64 = 1 << 30;
+
+pub(crate) fn server(
+    raw: &RawServer,
+    path: &KeyPath,
+    base_dir: &Path,
+) -> Result<ServerConfig, Invalid> {
+    let mut server = ServerConfig::default();
+    if let Some(listen) = &raw.listen {
+        server.listen = listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                path.key("listen"),
+                format!("{listen:?} is not an IP:PORT address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            )
+        })?;
+    }
+    if let Some(state_dir) = &raw.state_dir {
+        if state_dir.is_empty() {
+            return Err(invalid(
+                path.key("state_dir"),
+                "must not be empty; write a directory path such as \"/var/lib/fnhost\"",
+            ));
+        }
+        let resolved = base_dir.join(state_dir);
+        if !resolved.is_absolute() {
+            return Err(invalid(
+                path.key("state_dir"),
+                format!(
+                    "resolves to {}, which is not absolute; use an absolute path",
+                    resolved.display()
+                ),
+            ));
+        }
+        server.state_dir = resolved;
+    }
+    if let Some(cgroup_root) = &raw.cgroup_root {
+        let charset_ok = cgroup_root
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !charset_ok
+            || !(1..=64).contains(&cgroup_root.len())
+            || cgroup_root == "."
+            || cgroup_root == ".."
+        {
+            return Err(invalid(
+                path.key("cgroup_root"),
+                format!("{cgroup_root:?} is not a valid cgroup name; use 1 to 64 characters from A-Z a-z 0-9 _ . - (not \".\" or \"..\")"),
+            ));
+        }
+        server.cgroup_root = cgroup_root.clone();
+    }
+    if let Some(value) = raw.max_payload_bytes {
+        server.max_payload_bytes = to_usize(bounded(
+            value,
+            &path.key("max_payload_bytes"),
+            1,
+            ONE_GIB,
+            " bytes",
+        )?);
+    }
+    if let Some(value) = raw.max_response_bytes {
+        server.max_response_bytes = to_usize(bounded(
+            value,
+            &path.key("max_response_bytes"),
+            1,
+            ONE_GIB,
+            " bytes",
+        )?);
+    }
+    if let Some(value) = raw.shutdown_grace_ms {
+        server.shutdown_grace_ms = to_u64(bounded(
+            value,
+            &path.key("shutdown_grace_ms"),
+            0,
+            i64::MAX,
+            " ms",
+        )?);
+    }
+    Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::validate::test_support::{assert_invalid, base, parse};
+
+    #[test]
+    fn server_values_are_checked() {
+        assert_invalid(
+            "[server]\nlisten = \"localhost:80\"\n",
+            2,
+            "server.listen",
+            "IP:PORT",
+        );
+        assert_invalid(
+            "[server]\n\ncgroup_root = \"..\"\n",
+            3,
+            "server.cgroup_root",
+            "not \".\"",
+        );
+        assert_invalid(
+            "[server]\ncgroup_root = \"a/b\"\n",
+            2,
+            "server.cgroup_root",
+            "A-Z a-z 0-9",
+        );
+        assert_invalid(
+            "[server]\nmax_payload_bytes = 0\n",
+            2,
+            "server.max_payload_bytes",
+            "between 1 and 1073741824",
+        );
+        assert_invalid(
+            "[server]\nmax_response_bytes = 1073741825\n",
+            2,
+            "server.max_response_bytes",
+            "got 1073741825",
+        );
+        assert_invalid(
+            "[server]\nshutdown_grace_ms = -1\n",
+            2,
+            "server.shutdown_grace_ms",
+            "at least 0",
+        );
+        assert_invalid(
+            "[server]\nstate_dir = \"\"\n",
+            2,
+            "server.state_dir",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn relative_state_dir_resolves_against_the_base() {
+        let dir = base();
+        let config = parse(
+            "[server]\nstate_dir = \"run/state\"\nlisten = \"[::1]:0\"\n",
+            dir.path(),
+        )
+        .expect("valid");
+        assert_eq!(config.server.state_dir, dir.path().join("run/state"));
+        assert!(config.server.listen.is_ipv6());
+    }
+}

@@ -1,0 +1,72 @@
+//! Errors of an invocation, one variant per way it can fail. The dispatcher
+//! maps each to an HTTP status and a JSON body; messages name the function
+//! and the limit or key involved so a user knows what to change.
+
+use std::time::Duration;
+
+/// Why an invocation did not produce the function's result.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function '{function}' is not defined (defined: {defined})")]
+    NotFound { function: String, defined: String },
+
+    #[error(
+        "function '{function}' is at its limit of {max_concurrency} concurrent invocations \
+         (max_concurrency) and no slot freed within {queue_timeout_ms} ms (queue_timeout_ms)"
+    )]
+    Overloaded { function: String, max_concurrency: u32, queue_timeout_ms: u64 },
+
+    /// The function's zygote could not start (sandbox, runtime, or import).
+    #[error("function '{function}' failed to initialize ({stage}): {error_type}: {message}")]
+    InitFailed { function: String, stage: String, error_type: String, message: String, trace: Vec<String> },
+
+    /// The handler raised; `body` is the Lambda-style error object it produced.
+    #[error("function '{function}' raised an error")]
+    FunctionError { function: String, body: Vec<u8> },
+
+    #[error("function '{function}' exceeded its timeout of {timeout_ms} ms (timeout_ms); the sandbox was killed")]
+    Timeout { function: String, timeout_ms: u64 },
+
+    #[error("function '{function}' exceeded its memory limit of {memory_mb} MiB (memory_mb); the sandbox was killed")]
+    MemoryLimit { function: String, memory_mb: u64 },
+
+    #[error("function '{function}' returned {size} bytes, more than max_response_bytes = {limit}")]
+    ResponseTooLarge { function: String, size: usize, limit: usize },
+
+    #[error("the sandbox of function '{function}' exited without a response: {detail}")]
+    SandboxCrashed { function: String, detail: String },
+
+    /// The host could not create a sandbox (clone, cgroup, zygote death).
+    #[error("cannot create a sandbox for function '{function}': {detail}")]
+    SandboxUnavailable { function: String, detail: String },
+
+    #[error("fnhost is shutting down")]
+    ShuttingDown,
+}
+
+impl InvokeError {
+    /// A short machine-readable type, used as `errorType` in JSON bodies and
+    /// as the `outcome` label of metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "FunctionNotFound",
+            Self::Overloaded { .. } => "TooManyRequests",
+            Self::InitFailed { .. } => "InitError",
+            Self::FunctionError { .. } => "FunctionError",
+            Self::Timeout { .. } => "Timeout",
+            Self::MemoryLimit { .. } => "MemoryLimitExceeded",
+            Self::ResponseTooLarge { .. } => "ResponseTooLarge",
+            Self::SandboxCrashed { .. } => "SandboxCrashed",
+            Self::SandboxUnavailable { .. } => "SandboxUnavailable",
+            Self::ShuttingDown => "ShuttingDown",
+        }
+    }
+
+    /// When a client should retry, for overload answers.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { .. } | Self::ShuttingDown => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Starting a zygote container from the (multi-threaded) daemon: `clone3`
+//! into fresh namespaces and straight into its cgroup, then exec of the
+//! fnhost binary's hidden init subcommand. Between clone and exec the child
+//! does only async-signal-safe work on values prepared beforehand.
+
+use std::ffi::{CString, NulError};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::raw::c_char;
+
+use fnhost_sandbox::sys::{self, CloneSpec, Forked};
+use fnhost_sandbox::ZYGOTE_NAMESPACES;
+use fnhost_zygote::protocol::{CONTROL_FD, SPEC_ENV};
+use fnhost_zygote::spec::ZygoteSpec;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+/// Hidden CLI subcommand of the fnhost binary that runs the zygote init.
+pub const INIT_SUBCOMMAND: &str = "__zygote-init";
+
+/// A started zygote process, seen from the daemon.
+#[derive(Debug)]
+pub struct ZygoteProcess {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// Daemon end of the control socket (SOCK_SEQPACKET, non-blocking).
+    pub control: OwnedFd,
+    /// Read end of the zygote's stdout+stderr.
+    pub output: OwnedFd,
+}
+
+/// Error starting a zygote process.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the zygote control socket: {0}")]
+    Socket(#[source] nix::Error),
+    #[error("cannot create the zygote output pipe: {0}")]
+    Pipe(#[source] nix::Error),
+    #[error("cannot open /dev/null: {0}")]
+    DevNull(#[source] io::Error),
+    #[error("zygote spec cannot be passed to init: {0}")]
+    Spec(String),
+    #[error("clone3 of the zygote failed: {0} (fnhost needs root, or CAP_SYS_ADMIN, to create namespaces)")]
+    Clone(#[source] io::Error),
+}
+
+impl From<NulError> for SpawnError {
+    fn from(e: NulError) -> Self {
+        SpawnError::Spec(e.to_string())
+    }
+}
+
+/// Starts a zygote for `spec` inside the cgroup given by `cgroup_dir` (a
+/// cgroup2 directory fd, for `CLONE_INTO_CGROUP`) and `v1_procs` (v1
+/// `cgroup.procs` files the child writes itself into before exec).
+pub fn spawn_zygote(
+    spec: &ZygoteSpec,
+    cgroup_dir: Option<&OwnedFd>,
+    v1_procs: &[OwnedFd],
+) -> Result<ZygoteProcess, SpawnError> {
+    let (control, child_control) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(SpawnError::Socket)?;
+    // The child's end must block: the zygote serves it synchronously.
+    let flags = nix::fcntl::fcntl(child_control.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(SpawnError::Socket)?;
+    let mut oflags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    oflags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(child_control.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(oflags))
+        .map_err(SpawnError::Socket)?;
+    let (output, child_output) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let dev_null = std::fs::File::open("/dev/null").map_err(SpawnError::DevNull)?;
+
+    // Everything the child touches is prepared now: no allocation after clone.
+    let exe = CString::new("/proc/self/exe")?;
+    let argv_owned = [CString::new("fnhost")?, CString::new(INIT_SUBCOMMAND)?];
+    let spec_json = serde_json::to_string(spec).map_err(|e| SpawnError::Spec(e.to_string()))?;
+    let env_owned = [CString::new(format!("{SPEC_ENV}={spec_json}"))?];
+    let argv: Vec<*const c_char> =
+        argv_owned.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const c_char> =
+        env_owned.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let v1_raw: Vec<i32> = v1_procs.iter().map(|fd| fd.as_raw_fd()).collect();
+    let (control_raw, output_raw, null_raw) =
+        (child_control.as_raw_fd(), child_output.as_raw_fd(), dev_null.as_raw_fd());
+
+    // SAFETY: the child branch below only calls async-signal-safe functions
+    // (write, dup2/fcntl, execve, _exit) on descriptors and pointers prepared
+    // above, which stay valid in the child's copy of memory.
+    let forked = unsafe {
+        sys::clone3(CloneSpec {
+            flags: ZYGOTE_NAMESPACES,
+            cgroup: cgroup_dir.map(|fd| fd.as_fd()),
+            exit_signal: libc::SIGCHLD,
+        })
+    }
+    .map_err(SpawnError::Clone)?;
+    match forked {
+        Forked::Child => {
+            for fd in &v1_raw {
+                if sys::write_all_raw(*fd, b"0").is_err() {
+                    sys::exit_immediately(120);
+                }
+            }
+            // Sources are all >= 3, so filling 0..=2 first cannot clobber
+            // one; the control socket goes to fd 3 last.
+            let ok = sys::dup_to(null_raw, 0).is_ok()
+                && sys::dup_to(output_raw, 1).is_ok()
+                && sys::dup_to(output_raw, 2).is_ok()
+                && sys::dup_to(control_raw, CONTROL_FD).is_ok();
+            if !ok {
+                sys::exit_immediately(121);
+            }
+            // SAFETY: exe, argv and envp are NUL-terminated C strings and
+            // null-terminated pointer arrays that outlive the call.
+            unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            sys::exit_immediately(127)
+        }
+        Forked::Parent { pid, pidfd } => Ok(ZygoteProcess { pid, pidfd, control, output }),
+    }
+}

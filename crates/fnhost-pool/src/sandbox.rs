@@ -1,0 +1,252 @@
+//! One clone, seen from the daemon: created from a zygote into a pooled
+//! cgroup, waits (already isolated) for exactly one invocation, answers it,
+//! exits. Teardown waits for the pid namespace to be gone and the cgroup to
+//! be empty before the cgroup goes back to the pool.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fnhost_sandbox::cgroup::Cgroup;
+use fnhost_sandbox::sys;
+use fnhost_zygote::protocol::{
+    decode_frame_rest, encode_frame, frame_len, Frame, FrameKind, InvokeMeta, ResultMeta, SetupFailure,
+    SetupTimes,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::zygote::Zygote;
+
+/// Room for frame metadata on top of a response body.
+const META_ALLOWANCE: usize = 64 * 1024;
+/// How long a clone may take to set itself up.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long teardown waits for a sandbox to vanish before escalating.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled cgroup with the OOM-kill count seen when it was last released.
+#[derive(Debug)]
+pub struct Slot {
+    pub cgroup: Cgroup,
+    pub oom_seen: u64,
+}
+
+/// A clone that is set up and waiting for its invocation.
+pub struct Sandbox {
+    pub id: u64,
+    stream: UnixStream,
+    pidfd: AsyncFd<OwnedFd>,
+    pub slot: Slot,
+    pub zygote: Arc<Zygote>,
+    pub fork_us: u64,
+    pub setup: SetupTimes,
+    /// Time from the clone request to the clone's `Ready`, as seen here.
+    pub create_us: u64,
+}
+
+/// How an invocation inside a sandbox ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    Result { body: Vec<u8>, handler_us: u64 },
+    FunctionError { body: Vec<u8>, handler_us: u64 },
+    Timeout,
+    TooLarge { size: usize },
+    /// The clone died or broke protocol without answering.
+    NoResponse { detail: String },
+}
+
+async fn read_frame(stream: &mut UnixStream, limit: usize) -> Result<Frame, RunOutcomeError> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await.map_err(RunOutcomeError::Io)?;
+    let len = frame_len(prefix, limit).map_err(|e| match e {
+        fnhost_zygote::protocol::FrameError::TooLarge { len, .. } => RunOutcomeError::TooLarge(len),
+        other => RunOutcomeError::Protocol(other.to_string()),
+    })?;
+    let mut rest = vec![0u8; len];
+    stream.read_exact(&mut rest).await.map_err(RunOutcomeError::Io)?;
+    decode_frame_rest(rest).map_err(|e| RunOutcomeError::Protocol(e.to_string()))
+}
+
+#[derive(Debug)]
+enum RunOutcomeError {
+    Io(io::Error),
+    TooLarge(usize),
+    Protocol(String),
+}
+
+impl Sandbox {
+    /// Clones a sandbox from `zygote` into `slot` and waits for it to be ready.
+    pub async fn create(
+        id: u64,
+        zygote: Arc<Zygote>,
+        slot: Slot,
+        writable_bytes: u64,
+    ) -> Result<Sandbox, (Slot, String)> {
+        let started = Instant::now();
+        let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => return Err((slot, format!("cannot create invocation socket: {e}"))),
+        };
+        let cgroup_dir = match slot.cgroup.clone_into_fd() {
+            Ok(fd) => fd,
+            Err(e) => return Err((slot, e.to_string())),
+        };
+        let v1_procs = match slot.cgroup.v1_procs_fds() {
+            Ok(fds) => fds,
+            Err(e) => return Err((slot, e.to_string())),
+        };
+        let mut fds = vec![theirs.as_raw_fd()];
+        fds.extend(cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()));
+        fds.extend(v1_procs.iter().map(|fd| fd.as_raw_fd()));
+        let cloned = zygote
+            .clone_sandbox(id, writable_bytes, &fds, cgroup_dir.is_some(), v1_procs.len() as u32)
+            .await;
+        drop(theirs);
+        drop(cgroup_dir);
+        drop(v1_procs);
+        let cloned = match cloned {
+            Ok(c) => c,
+            Err(e) => return Err((slot, e)),
+        };
+        let pidfd = match crate::fd::register(cloned.pidfd) {
+            Ok(fd) => fd,
+            Err(e) => return Err((slot, format!("cannot watch clone pidfd: {e}"))),
+        };
+        let setup = async {
+            ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let mut stream = UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+            let frame = read_frame(&mut stream, META_ALLOWANCE).await.map_err(|e| format!("{e:?}"))?;
+            match frame.kind {
+                FrameKind::Ready => {
+                    let times: SetupTimes = serde_json::from_slice(&frame.meta).unwrap_or_default();
+                    Ok((stream, times))
+                }
+                FrameKind::SetupFailed => {
+                    let f: SetupFailure = serde_json::from_slice(&frame.meta)
+                        .unwrap_or(SetupFailure { step: "unknown".into(), message: "unreadable".into() });
+                    Err(format!("clone setup failed at '{}': {}", f.step, f.message))
+                }
+                other => Err(format!("unexpected {other:?} frame from a new clone")),
+            }
+        };
+        match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+            Ok(Ok((stream, setup))) => Ok(Sandbox {
+                id,
+                stream,
+                pidfd,
+                slot,
+                zygote,
+                fork_us: cloned.fork_us,
+                setup,
+                create_us: started.elapsed().as_micros() as u64,
+            }),
+            Ok(Err(e)) => {
+                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+                Err((slot, e))
+            }
+            Err(_) => {
+                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+                Err((slot, format!("clone did not finish setup within {} s", SETUP_TIMEOUT.as_secs())))
+            }
+        }
+    }
+
+    /// True while the clone process exists and its zygote is alive.
+    pub fn is_alive(&self) -> bool {
+        if !self.zygote.is_alive() {
+            return false;
+        }
+        let mut poll = [libc::pollfd { fd: self.pidfd.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: `poll` is a valid array of one pollfd; timeout 0.
+        let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, 0) };
+        ready == 0
+    }
+
+    /// Sends the invocation and waits for its answer until `deadline`.
+    pub async fn run(&mut self, meta: &InvokeMeta, payload: &[u8], deadline: Instant, max_response: usize) -> RunOutcome {
+        let meta = serde_json::to_vec(meta).unwrap_or_default();
+        let mut header = encode_frame(FrameKind::Invoke, &meta, &[]);
+        let total = 1 + 4 + meta.len() + payload.len();
+        header[..4].copy_from_slice(&(total as u32).to_le_bytes());
+        let exchange = async {
+            self.stream.write_all(&header).await.map_err(RunOutcomeError::Io)?;
+            self.stream.write_all(payload).await.map_err(RunOutcomeError::Io)?;
+            read_frame(&mut self.stream, max_response + META_ALLOWANCE).await
+        };
+        let frame = match tokio::time::timeout_at(deadline.into(), exchange).await {
+            Err(_) => {
+                self.kill();
+                return RunOutcome::Timeout;
+            }
+            Ok(Err(RunOutcomeError::TooLarge(size))) => {
+                self.kill();
+                return RunOutcome::TooLarge { size };
+            }
+            Ok(Err(RunOutcomeError::Io(e))) => {
+                return RunOutcome::NoResponse { detail: format!("invocation channel closed ({e})") }
+            }
+            Ok(Err(RunOutcomeError::Protocol(e))) => {
+                self.kill();
+                return RunOutcome::NoResponse { detail: format!("protocol error: {e}") };
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        let handler_us = serde_json::from_slice::<ResultMeta>(&frame.meta).map(|m| m.handler_us).unwrap_or(0);
+        if frame.body.len() > max_response {
+            return RunOutcome::TooLarge { size: frame.body.len() };
+        }
+        match frame.kind {
+            FrameKind::Result => RunOutcome::Result { body: frame.body, handler_us },
+            FrameKind::Error => RunOutcome::FunctionError { body: frame.body, handler_us },
+            other => {
+                self.kill();
+                RunOutcome::NoResponse { detail: format!("unexpected {other:?} frame") }
+            }
+        }
+    }
+
+    /// SIGKILL the clone (PID 1 of its namespace: everything in it dies).
+    pub fn kill(&self) {
+        let _ = sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
+    }
+
+    /// Waits until the clone and everything in its cgroup is gone, then
+    /// returns its slot with the current OOM count, or `None` if the cgroup
+    /// could not be emptied (it is then not reused).
+    pub async fn teardown(self) -> Option<Slot> {
+        let Sandbox { stream, pidfd, mut slot, zygote, .. } = self;
+        drop(stream);
+        match tokio::time::timeout(EXIT_TIMEOUT, pidfd.readable()).await {
+            Ok(Ok(mut guard)) => guard.clear_ready(),
+            _ => {
+                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+            }
+        }
+        drop(zygote);
+        // The pid namespace is gone once its PID 1 has exited; processes
+        // still listed are exiting. Wait briefly, then force.
+        let mut waited = Duration::ZERO;
+        let step = Duration::from_micros(200);
+        loop {
+            match slot.cgroup.is_empty() {
+                Ok(true) => break,
+                Ok(false) if waited < EXIT_TIMEOUT => {
+                    if waited > Duration::from_millis(100) {
+                        let _ = slot.cgroup.kill_all();
+                    }
+                    tokio::time::sleep(step).await;
+                    waited += step;
+                }
+                Ok(false) | Err(_) => {
+                    tracing::error!(cgroup = slot.cgroup.name(), "sandbox cgroup did not empty; not reusing it");
+                    return None;
+                }
+            }
+        }
+        slot.oom_seen = slot.cgroup.oom_kills().unwrap_or(slot.oom_seen);
+        Some(slot)
+    }
+}

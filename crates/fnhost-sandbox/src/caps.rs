@@ -1,0 +1,68 @@
+//! Capabilities and privilege drops: an invocation runs with an empty
+//! capability bounding set, no ambient/effective/permitted/inheritable
+//! capabilities, and `no_new_privs`, so neither exec nor setuid binaries can
+//! give privileges back.
+
+use std::io;
+
+use crate::sys;
+
+/// Error of one privilege-dropping step.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    #[error("cannot drop capability {cap} from the bounding set: {source}")]
+    BoundingSet { cap: u32, source: io::Error },
+    #[error("cannot clear ambient capabilities: {source}")]
+    Ambient { source: io::Error },
+    #[error("cannot clear capability sets with capset: {source}")]
+    Capset { source: io::Error },
+    #[error("cannot set no_new_privs: {source}")]
+    NoNewPrivs { source: io::Error },
+}
+
+/// Highest capability number the running kernel knows (from
+/// /proc/sys/kernel/cap_last_cap), falling back to a generous bound.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// Drops every capability of the calling thread for good and sets
+/// `no_new_privs`. Must run single-threaded (capabilities are per thread).
+///
+/// `cap_last_cap` is passed in so callers that already read it (a zygote,
+/// once) do not pay a file read per clone; `None` reads it now.
+pub fn drop_all_privileges(cap_last_cap: Option<u32>) -> Result<(), CapsError> {
+    let last = cap_last_cap.unwrap_or_else(last_cap);
+    for cap in 0..=last {
+        match sys::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
+            Ok(_) => {}
+            // Capabilities above what the kernel supports report EINVAL.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(source) => return Err(CapsError::BoundingSet { cap, source }),
+        }
+    }
+    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)
+        .map_err(|source| CapsError::Ambient { source })?;
+    sys::capset_all(0).map_err(|source| CapsError::Capset { source })?;
+    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|source| CapsError::NoNewPrivs { source })?;
+    Ok(())
+}
+
+/// Reads the kernel's highest capability number once (see [`drop_all_privileges`]).
+pub fn kernel_last_cap() -> u32 {
+    last_cap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_cap_is_plausible() {
+        let last = kernel_last_cap();
+        assert!((30..=63).contains(&last), "cap_last_cap = {last}");
+    }
+}

@@ -1,0 +1,448 @@
+//! Root filesystems of zygotes and clones.
+//!
+//! A **zygote root** is a read-only overlayfs of shared layers (same inodes in
+//! every zygote, so one page cache), plus read-only binds of host directories
+//! that cannot be overlay layers (the host's /usr), a fresh /proc and a
+//! minimal read-only /dev. A **clone root** is built inside a clone's private
+//! mount namespace on top of its zygote's root: a size-capped tmpfs holds the
+//! upper dir of a second overlay whose lower dir is the zygote's root, so
+//! writes anywhere in `/` are private to the clone and vanish with it.
+//!
+//! The privileged calls go through [`Syscall`], so the sequence of mounts is
+//! unit-tested with a recorder and run for real by [`LinuxSyscall`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// Device nodes bound from the host into every sandbox's /dev.
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Where, inside a zygote root, a clone mounts its writable-layer tmpfs.
+/// The directory is created by the host skeleton layer.
+pub const CLONE_RW_DIR: &str = "/.fnhost/rw";
+
+/// /proc options: `subset=pid` shows only process directories, hiding
+/// /proc/sys, /proc/sysrq-trigger, /proc/kcore and every other global knob
+/// that uid 0 could otherwise write or read without capabilities.
+const PROC_OPTIONS: &str = "subset=pid";
+
+/// The privileged calls mount logic needs.
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    /// Creates a directory; an existing one is fine.
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Creates an empty regular file (a bind-mount target); existing is fine.
+    fn create_file(&self, path: &Path) -> io::Result<()>;
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
+    /// Makes `new_root` the root of the mount namespace and detaches the old
+    /// one (`pivot_root(".", ".")` from inside it, then lazy unmount).
+    fn pivot_root_to(&self, new_root: &Path) -> io::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data).map_err(io::Error::from)
+    }
+
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(mode).create(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    fn create_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map(drop)
+    }
+
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
+        match std::os::unix::fs::symlink(target, link) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
+        nix::unistd::chdir(new_root)?;
+        nix::unistd::pivot_root(".", ".")?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        Ok(())
+    }
+}
+
+/// A mount step that failed, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} ({target}): {source}")]
+pub struct MountError {
+    pub step: &'static str,
+    pub target: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn step<T>(step: &'static str, target: &Path, r: io::Result<T>) -> Result<T, MountError> {
+    r.map_err(|source| MountError { step, target: target.to_path_buf(), source })
+}
+
+/// A read-only bind of a host directory into the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    /// Path inside the root, relative (e.g. "usr").
+    pub target: PathBuf,
+}
+
+/// What a zygote's root is made of.
+#[derive(Debug, Clone)]
+pub struct ZygoteRoot {
+    /// Empty host directory where the root is assembled (only in the
+    /// zygote's private mount namespace; the host never sees these mounts).
+    pub staging: PathBuf,
+    /// Overlay lower dirs, topmost first.
+    pub layers: Vec<PathBuf>,
+    pub binds: Vec<Bind>,
+    /// Size of the zygote's own /tmp (import-time scratch), bytes.
+    pub tmp_bytes: u64,
+}
+
+fn overlay_lowerdir(layers: &[PathBuf]) -> Result<String, MountError> {
+    let mut out = String::from("lowerdir=");
+    for (i, layer) in layers.iter().enumerate() {
+        let s = layer.to_str().filter(|s| !s.contains([':', ',', '\\'])).ok_or_else(|| MountError {
+            step: "layer path unusable as an overlay lowerdir (contains ':', ',' or '\\' or is not UTF-8)",
+            target: layer.clone(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(s);
+    }
+    Ok(out)
+}
+
+/// Assembles a zygote root and pivots into it. Runs as PID 1 of a fresh
+/// mount+pid namespace.
+pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), MountError> {
+    let slash = Path::new("/");
+    // Nothing below may propagate back to the host.
+    step(
+        "make mounts private",
+        slash,
+        sys.mount(None, slash, None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+    )?;
+    let staging = &root.staging;
+    let lower = overlay_lowerdir(&root.layers)?;
+    step(
+        "mount read-only overlay root",
+        staging,
+        sys.mount(
+            Some("overlay"),
+            staging,
+            Some("overlay"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            Some(&lower),
+        ),
+    )?;
+    for bind in &root.binds {
+        let target = staging.join(&bind.target);
+        let source = bind.source.to_str().ok_or_else(|| MountError {
+            step: "bind source is not UTF-8",
+            target: bind.source.clone(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        step(
+            "bind host directory",
+            &target,
+            sys.mount(Some(source), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+        )?;
+        step(
+            "make host bind read-only",
+            &target,
+            sys.mount(
+                None,
+                &target,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None,
+            ),
+        )?;
+    }
+    mount_proc(sys, &staging.join("proc"))?;
+    mount_dev(sys, &staging.join("dev"))?;
+    let tmp = staging.join("tmp");
+    step(
+        "mount zygote /tmp",
+        &tmp,
+        sys.mount(
+            Some("tmpfs"),
+            &tmp,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&format!("size={},mode=1777", root.tmp_bytes.max(4096))),
+        ),
+    )?;
+    step("pivot into zygote root", staging, sys.pivot_root_to(staging))
+}
+
+fn mount_proc(sys: &dyn Syscall, target: &Path) -> Result<(), MountError> {
+    step(
+        "mount /proc",
+        target,
+        sys.mount(
+            Some("proc"),
+            target,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(PROC_OPTIONS),
+        ),
+    )
+}
+
+/// A tmpfs /dev with the host's harmless devices bound in, then made
+/// read-only so sandboxes sharing it cannot create files in it.
+fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
+    step(
+        "mount /dev tmpfs",
+        dev,
+        sys.mount(
+            Some("tmpfs"),
+            dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("size=64k,mode=755"),
+        ),
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        step("create device bind target", &target, sys.create_file(&target))?;
+        let source = format!("/dev/{name}");
+        step(
+            "bind host device",
+            &target,
+            sys.mount(Some(&source), &target, None, MsFlags::MS_BIND, None),
+        )?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = dev.join(link);
+        step("create /dev symlink", &path, sys.symlink(to, &path))?;
+    }
+    step(
+        "make /dev read-only",
+        dev,
+        sys.mount(
+            None,
+            dev,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            None,
+        ),
+    )
+}
+
+/// What a clone's root is made of.
+#[derive(Debug, Clone)]
+pub struct CloneRoot {
+    /// Size cap of the clone's writable layer, bytes.
+    pub writable_bytes: u64,
+    /// Absolute paths in the zygote root that are separate mounts and must be
+    /// carried into the clone root (read-only host binds, and /dev).
+    pub carry: Vec<PathBuf>,
+}
+
+/// Builds a clone's private root over its zygote's root and pivots into it.
+/// Runs in the clone, right after `clone3(CLONE_NEWNS | CLONE_NEWPID | ...)`.
+pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), MountError> {
+    let rw = Path::new(CLONE_RW_DIR);
+    step(
+        "mount writable-layer tmpfs",
+        rw,
+        sys.mount(
+            Some("tmpfs"),
+            rw,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&format!("size={},mode=755", root.writable_bytes.max(4096))),
+        ),
+    )?;
+    let upper = rw.join("upper");
+    let work = rw.join("work");
+    let merged = rw.join("root");
+    step("create upper dir", &upper, sys.mkdir(&upper, 0o755))?;
+    step("create work dir", &work, sys.mkdir(&work, 0o700))?;
+    step("create merged dir", &merged, sys.mkdir(&merged, 0o755))?;
+    let options = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
+    step(
+        "mount writable overlay root",
+        &merged,
+        sys.mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&options),
+        ),
+    )?;
+    for path in &root.carry {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let target = merged.join(rel);
+        let source = path.to_str().ok_or_else(|| MountError {
+            step: "carried mount path is not UTF-8",
+            target: path.clone(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        step(
+            "carry mount into clone root",
+            &target,
+            sys.mount(Some(source), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+        )?;
+    }
+    mount_proc(sys, &merged.join("proc"))?;
+    step("pivot into clone root", &merged, sys.pivot_root_to(&merged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Records every call as a line, so tests can assert the sequence.
+    #[derive(Default)]
+    struct Recorder {
+        calls: RefCell<Vec<String>>,
+        fail_on: Option<&'static str>,
+    }
+
+    impl Recorder {
+        fn record(&self, line: String) -> io::Result<()> {
+            let fail = self.fail_on.is_some_and(|needle| line.contains(needle));
+            self.calls.borrow_mut().push(line);
+            if fail {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        }
+    }
+
+    impl Syscall for Recorder {
+        fn mount(
+            &self,
+            source: Option<&str>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> io::Result<()> {
+            self.record(format!(
+                "mount {} {} {} {:?} {}",
+                source.unwrap_or("-"),
+                target.display(),
+                fstype.unwrap_or("-"),
+                flags,
+                data.unwrap_or("-")
+            ))
+        }
+        fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
+            self.record(format!("mkdir {} {mode:o}", path.display()))
+        }
+        fn create_file(&self, path: &Path) -> io::Result<()> {
+            self.record(format!("touch {}", path.display()))
+        }
+        fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
+            self.record(format!("symlink {target} {}", link.display()))
+        }
+        fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
+            self.record(format!("pivot {}", new_root.display()))
+        }
+    }
+
+    fn zygote_root() -> ZygoteRoot {
+        ZygoteRoot {
+            staging: PathBuf::from("/state/run/z1"),
+            layers: vec![PathBuf::from("/l/code"), PathBuf::from("/l/runtime"), PathBuf::from("/l/skel")],
+            binds: vec![Bind { source: PathBuf::from("/usr"), target: PathBuf::from("usr") }],
+            tmp_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn zygote_root_sequence() {
+        let rec = Recorder::default();
+        enter_zygote_root(&rec, &zygote_root()).unwrap();
+        let calls = rec.calls.into_inner();
+        assert!(calls[0].starts_with("mount - / - MsFlags(MS_REC | MS_PRIVATE)"), "{}", calls[0]);
+        assert!(calls[1].contains("overlay /state/run/z1 overlay"));
+        assert!(calls[1].ends_with("lowerdir=/l/code:/l/runtime:/l/skel"), "{}", calls[1]);
+        assert!(calls[1].contains("MS_RDONLY"));
+        assert!(calls[2].starts_with("mount /usr /state/run/z1/usr - MsFlags(MS_BIND | MS_REC)"));
+        assert!(calls[3].contains("MS_REMOUNT") && calls[3].contains("MS_RDONLY"));
+        assert!(calls.iter().any(|c| c.contains("proc /state/run/z1/proc proc") && c.ends_with("subset=pid")));
+        for dev in DEVICES {
+            assert!(calls.iter().any(|c| c.starts_with(&format!("mount /dev/{dev} /state/run/z1/dev/{dev}"))));
+        }
+        let dev_ro = calls.iter().position(|c| c.starts_with("mount - /state/run/z1/dev") && c.contains("MS_RDONLY"));
+        let last_dev_bind = calls.iter().rposition(|c| c.starts_with("mount /dev/"));
+        assert!(dev_ro > last_dev_bind, "/dev must be made read-only after it is populated");
+        assert_eq!(calls.last().unwrap(), "pivot /state/run/z1");
+    }
+
+    #[test]
+    fn layer_path_with_colon_is_rejected() {
+        let mut root = zygote_root();
+        root.layers.push(PathBuf::from("/l/a:b"));
+        let err = enter_zygote_root(&Recorder::default(), &root).unwrap_err();
+        assert!(err.to_string().contains("/l/a:b"), "{err}");
+    }
+
+    #[test]
+    fn failure_names_step_and_target() {
+        let rec = Recorder { fail_on: Some("/usr"), ..Recorder::default() };
+        let err = enter_zygote_root(&rec, &zygote_root()).unwrap_err();
+        assert_eq!(err.step, "bind host directory");
+        assert_eq!(err.target, PathBuf::from("/state/run/z1/usr"));
+    }
+
+    #[test]
+    fn clone_root_sequence() {
+        let rec = Recorder::default();
+        let root = CloneRoot { writable_bytes: 64 << 20, carry: vec![PathBuf::from("/usr"), PathBuf::from("/dev")] };
+        enter_clone_root(&rec, &root).unwrap();
+        let calls = rec.calls.into_inner();
+        assert!(calls[0].starts_with("mount tmpfs /.fnhost/rw tmpfs"));
+        assert!(calls[0].ends_with(&format!("size={},mode=755", 64u64 << 20)));
+        assert!(calls.iter().any(|c| c
+            .ends_with("lowerdir=/,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work")
+            && c.contains("overlay /.fnhost/rw/root overlay")));
+        assert!(calls.iter().any(|c| c.starts_with("mount /usr /.fnhost/rw/root/usr - MsFlags(MS_BIND | MS_REC)")));
+        assert!(calls.iter().any(|c| c.starts_with("mount /dev /.fnhost/rw/root/dev - MsFlags(MS_BIND | MS_REC)")));
+        assert!(calls.iter().any(|c| c.contains("proc /.fnhost/rw/root/proc proc")));
+        assert_eq!(calls.last().unwrap(), "pivot /.fnhost/rw/root");
+    }
+}

@@ -1,0 +1,177 @@
+//! The fork server that runs inside a zygote's language runtime (loaded as
+//! a native library by the runtime shim), and the setup each clone does on
+//! itself before any function code runs.
+//!
+//! The zygote is single-threaded, so the child of `clone3` may allocate and
+//! use std freely. The child: attaches itself to its v1 cgroups, mounts its
+//! private writable root, drops every privilege, reports `Ready` on its
+//! invocation socket, and returns to the runtime, which waits there for
+//! exactly one invocation.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use fnhost_sandbox::mount::{enter_clone_root, CloneRoot, LinuxSyscall};
+use fnhost_sandbox::sys::{self, CloneSpec, Forked};
+use fnhost_sandbox::{caps, CLONE_NAMESPACES};
+
+use crate::control::{self, Received};
+use crate::protocol::{
+    encode_frame, DaemonMessage, FrameKind, InitFailure, SetupFailure, SetupTimes, ZygoteMessage,
+};
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+/// Number of threads of the calling process.
+fn thread_count() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Sends an init failure on the control socket (used by the shim when the
+/// function's import fails).
+pub fn report_init_failure(control: BorrowedFd<'_>, failure: InitFailure) -> std::io::Result<()> {
+    control::send(control, &ZygoteMessage::InitFailed(failure), &[])
+}
+
+/// Serves clone requests until the daemon closes the control socket (then
+/// exits the process). Returns only in a freshly set-up clone, with the
+/// descriptor of its invocation socket.
+pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
+    // SAFETY: the runtime shim passes the control descriptor it inherited,
+    // which stays open for the life of the zygote.
+    let control = unsafe { BorrowedFd::borrow_raw(control_fd) };
+    if let Some(threads) = thread_count().filter(|&n| n > 1) {
+        let _ = report_init_failure(
+            control,
+            InitFailure {
+                stage: "import".into(),
+                error_type: "ZygoteNotSingleThreaded".into(),
+                message: format!(
+                    "the function started {} extra thread(s) while being imported; a zygote must be \
+                     single-threaded when it forks: start threads inside the handler instead",
+                    threads - 1
+                ),
+                trace: Vec::new(),
+            },
+        );
+        sys::exit_immediately(1);
+    }
+    // Clones are reaped by the kernel; the daemon follows them by pidfd.
+    // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGCHLD, nix::sys::signal::SigHandler::SigIgn);
+    }
+    if control::send(control, &ZygoteMessage::Ready { import_us }, &[]).is_err() {
+        sys::exit_immediately(0);
+    }
+    loop {
+        let (msg, fds) = match control::recv::<DaemonMessage>(control) {
+            Ok(Received::Message(msg, fds)) => (msg, fds),
+            // The daemon is gone: nothing to serve.
+            Ok(Received::Closed) => sys::exit_immediately(0),
+            Err(e) => {
+                eprintln!("fnhost zygote: control channel failed: {e}");
+                sys::exit_immediately(2)
+            }
+        };
+        let DaemonMessage::Clone { sandbox, writable_bytes, carry, v2_cgroup, v1_procs } = msg;
+        let expected = 1 + usize::from(v2_cgroup) + v1_procs as usize;
+        if fds.len() != expected {
+            let message = format!("clone request carried {} descriptors, expected {expected}", fds.len());
+            let _ = control::send(control, &ZygoteMessage::CloneFailed { sandbox, message }, &[]);
+            continue;
+        }
+        let mut fds = fds.into_iter();
+        let invocation = fds.next().expect("checked: at least one descriptor");
+        let cgroup_dir = if v2_cgroup { fds.next() } else { None };
+        let v1_procs: Vec<OwnedFd> = fds.collect();
+
+        let started = Instant::now();
+        // SAFETY: the zygote is single-threaded (checked above), so the child
+        // may allocate; it never returns into the serve loop.
+        let forked = unsafe {
+            sys::clone3(CloneSpec {
+                flags: CLONE_NAMESPACES,
+                cgroup: cgroup_dir.as_ref().map(|fd| fd.as_fd()),
+                exit_signal: libc::SIGCHLD,
+            })
+        };
+        match forked {
+            Ok(Forked::Child) => {
+                drop(cgroup_dir);
+                return setup_clone(control_fd, invocation, v1_procs, writable_bytes, carry);
+            }
+            Ok(Forked::Parent { pid, pidfd }) => {
+                let reply = ZygoteMessage::Cloned { sandbox, pid, fork_us: micros(started) };
+                if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
+                    sys::exit_immediately(0);
+                }
+            }
+            Err(e) => {
+                let message = format!("clone3 failed: {e}");
+                let _ = control::send(control, &ZygoteMessage::CloneFailed { sandbox, message }, &[]);
+            }
+        }
+    }
+}
+
+/// In the clone: isolate, report `Ready`, hand the invocation socket to the
+/// runtime. On any failure, reports `SetupFailed` and exits.
+fn setup_clone(
+    control_fd: RawFd,
+    invocation: OwnedFd,
+    v1_procs: Vec<OwnedFd>,
+    writable_bytes: u64,
+    carry: Vec<String>,
+) -> RawFd {
+    // Function code must never reach the zygote's control channel, and its
+    // children must be reaped normally (the zygote ignores SIGCHLD).
+    let _ = nix::unistd::close(control_fd);
+    // SAFETY: restoring the default disposition installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl);
+    }
+    let mut stream = UnixStream::from(invocation);
+    let mut times = SetupTimes::default();
+
+    let t = Instant::now();
+    for procs in v1_procs {
+        let mut file = std::fs::File::from(procs);
+        if let Err(e) = file.write_all(b"0") {
+            setup_failed(&mut stream, "attach to v1 cgroup", e.to_string());
+        }
+    }
+    times.cgroup_us = micros(t);
+
+    let t = Instant::now();
+    let root = CloneRoot { writable_bytes, carry: carry.into_iter().map(Into::into).collect() };
+    if let Err(e) = enter_clone_root(&LinuxSyscall, &root) {
+        setup_failed(&mut stream, "mount writable root", e.to_string());
+    }
+    times.mount_us = micros(t);
+
+    let t = Instant::now();
+    if let Err(e) = caps::drop_all_privileges(None) {
+        setup_failed(&mut stream, "drop privileges", e.to_string());
+    }
+    times.privileges_us = micros(t);
+
+    let meta = serde_json::to_vec(&times).unwrap_or_default();
+    if stream.write_all(&encode_frame(FrameKind::Ready, &meta, &[])).is_err() {
+        // The daemon dropped this clone before it was ready.
+        sys::exit_immediately(0);
+    }
+    stream.into_raw_fd()
+}
+
+fn setup_failed(stream: &mut UnixStream, step: &str, message: String) -> ! {
+    let failure = SetupFailure { step: step.to_string(), message };
+    let meta = serde_json::to_vec(&failure).unwrap_or_default();
+    let _ = stream.write_all(&encode_frame(FrameKind::SetupFailed, &meta, &[]));
+    sys::exit_immediately(1)
+}

@@ -1,0 +1,117 @@
+//! The zygote container's init (PID 1 of its pid namespace), started by the
+//! daemon with `clone3` into fresh mount/pid/ipc/uts/net namespaces.
+//!
+//! It assembles the read-only root from shared layers, brings loopback up,
+//! starts the language runtime (which becomes the fork server) and then only
+//! reaps: when the runtime exits, init exits, and the kernel kills every
+//! process left in the namespace — every clone of this zygote included.
+
+use std::ffi::CString;
+use std::os::fd::BorrowedFd;
+
+use fnhost_sandbox::mount::{enter_zygote_root, Bind, LinuxSyscall, ZygoteRoot};
+use fnhost_sandbox::{net, sys};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::control;
+use crate::protocol::{InitFailure, ZygoteMessage, CONTROL_FD, SPEC_ENV};
+use crate::spec::ZygoteSpec;
+
+fn fail(stage: &str, error_type: &str, message: String) -> ! {
+    let msg = ZygoteMessage::InitFailed(InitFailure {
+        stage: stage.to_string(),
+        error_type: error_type.to_string(),
+        message: message.clone(),
+        trace: Vec::new(),
+    });
+    // SAFETY: CONTROL_FD was set up by the daemon before exec and stays open
+    // for the life of this process.
+    let control = unsafe { BorrowedFd::borrow_raw(CONTROL_FD) };
+    if control::send(control, &msg, &[]).is_err() {
+        eprintln!("fnhost-init: {stage}: {message}");
+    }
+    sys::exit_immediately(1)
+}
+
+/// Runs the init. Never returns. Must be called while single-threaded.
+pub fn run() -> ! {
+    let spec: ZygoteSpec = match std::env::var(SPEC_ENV)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => fail("sandbox", "InvalidZygoteSpec", format!("cannot read {SPEC_ENV}: {e}")),
+    };
+    let root = ZygoteRoot {
+        staging: spec.staging.clone(),
+        layers: spec.layers.clone(),
+        binds: spec
+            .binds
+            .iter()
+            .map(|b| Bind { source: b.source.clone(), target: b.target.clone() })
+            .collect(),
+        tmp_bytes: spec.tmp_bytes,
+    };
+    if let Err(e) = enter_zygote_root(&LinuxSyscall, &root) {
+        fail("sandbox", "RootfsSetupFailed", format!("cannot set up the zygote root: {e}"));
+    }
+    if let Err(e) = net::bring_up_loopback() {
+        fail("sandbox", "NetworkSetupFailed", e.to_string());
+    }
+    if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
+        fail("sandbox", "HostnameSetupFailed", format!("cannot set hostname {:?}: {e}", spec.hostname));
+    }
+    let runtime = start_runtime(&spec);
+    reap_until_exit(runtime)
+}
+
+fn cstrings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, String> {
+    items.into_iter().map(|s| CString::new(s).map_err(|e| e.to_string())).collect()
+}
+
+fn start_runtime(spec: &ZygoteSpec) -> Pid {
+    let argv = match cstrings(spec.argv.iter().cloned()) {
+        Ok(v) if !v.is_empty() => v,
+        Ok(_) => fail("runtime", "InvalidZygoteSpec", "empty runtime command".into()),
+        Err(e) => fail("runtime", "InvalidZygoteSpec", e),
+    };
+    let env = match cstrings(spec.env.iter().map(|(k, v)| format!("{k}={v}"))) {
+        Ok(v) => v,
+        Err(e) => fail("runtime", "InvalidZygoteSpec", e),
+    };
+    if let Err(e) = nix::unistd::chdir(&spec.cwd) {
+        fail("runtime", "RuntimeStartFailed", format!("cannot enter {}: {e}", spec.cwd.display()));
+    }
+    // SAFETY: init is single-threaded, so the child may do anything.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let err = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
+            fail(
+                "runtime",
+                "RuntimeStartFailed",
+                format!("cannot start runtime {}: {err}", spec.argv[0]),
+            )
+        }
+        Ok(ForkResult::Parent { child }) => {
+            // Only the runtime keeps the control socket, so the daemon sees
+            // it close when the runtime dies.
+            let _ = nix::unistd::close(CONTROL_FD);
+            child
+        }
+        Err(e) => fail("runtime", "RuntimeStartFailed", format!("fork: {e}")),
+    }
+}
+
+fn reap_until_exit(runtime: Pid) -> ! {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == runtime => sys::exit_immediately(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == runtime => {
+                sys::exit_immediately(128 + sig as i32)
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => sys::exit_immediately(1),
+        }
+    }
+}

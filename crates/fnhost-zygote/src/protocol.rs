@@ -1,0 +1,235 @@
+//! Wire formats between the daemon, a zygote and its clones.
+//!
+//! **Control channel** (daemon ↔ zygote fork server): a `SOCK_SEQPACKET`
+//! socket at fd [`CONTROL_FD`] in the zygote. One JSON message per packet,
+//! descriptors attached with `SCM_RIGHTS`.
+//!
+//! **Invocation channel** (daemon ↔ one clone): a `SOCK_STREAM` socket.
+//! Frames are `u32 LE length | u8 kind | u32 LE meta length | meta JSON |
+//! body`, where `length` counts everything after itself. The Python shim
+//! (`python/fnhost_shim.py`) implements the clone's side of the same format.
+
+use serde::{Deserialize, Serialize};
+
+/// Descriptor number of the control socket inside a zygote.
+pub const CONTROL_FD: i32 = 3;
+
+/// Environment variable carrying the zygote spec (JSON) to the init.
+pub const SPEC_ENV: &str = "FNHOST_ZYGOTE_SPEC";
+
+/// Daemon → zygote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DaemonMessage {
+    /// Clone a sandbox. Attached descriptors, in order: the clone's end of
+    /// its invocation socket; the cgroup2 directory to clone into (if
+    /// `v2_cgroup`); `v1_procs` writable `cgroup.procs` files of v1
+    /// controllers the clone attaches itself to.
+    Clone {
+        sandbox: u64,
+        writable_bytes: u64,
+        /// Absolute paths in the zygote root to carry into the clone root.
+        carry: Vec<String>,
+        v2_cgroup: bool,
+        v1_procs: u32,
+    },
+}
+
+/// Zygote → daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ZygoteMessage {
+    /// The runtime started and imported the function; ready to clone.
+    Ready { import_us: u64 },
+    /// Starting the zygote failed (mounts, runtime start, or the function's
+    /// import).
+    InitFailed(InitFailure),
+    /// A clone exists; its pidfd is attached.
+    Cloned { sandbox: u64, pid: i32, fork_us: u64 },
+    /// `clone3` itself failed.
+    CloneFailed { sandbox: u64, message: String },
+}
+
+/// Why a zygote could not start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitFailure {
+    /// "sandbox" (init's mounts/namespaces), "runtime" or "import".
+    pub stage: String,
+    #[serde(rename = "errorType")]
+    pub error_type: String,
+    #[serde(rename = "errorMessage")]
+    pub message: String,
+    #[serde(rename = "stackTrace", default)]
+    pub trace: Vec<String>,
+}
+
+/// Parses an [`InitFailure`] sent by a runtime shim (JSON), if well-formed.
+pub fn parse_init_failure(bytes: &[u8]) -> Option<InitFailure> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Kinds of invocation-channel frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// clone → daemon: sandbox set up, waiting for its invocation. Meta: [`SetupTimes`].
+    Ready = 1,
+    /// daemon → clone: meta [`InvokeMeta`], body = payload.
+    Invoke = 2,
+    /// clone → daemon: meta [`ResultMeta`], body = JSON result.
+    Result = 3,
+    /// clone → daemon: meta [`ResultMeta`], body = JSON `{errorType, errorMessage, stackTrace}`.
+    Error = 4,
+    /// clone → daemon: sandbox setup failed. Meta [`SetupFailure`].
+    SetupFailed = 5,
+}
+
+impl FrameKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Ready,
+            2 => Self::Invoke,
+            3 => Self::Result,
+            4 => Self::Error,
+            5 => Self::SetupFailed,
+            _ => return None,
+        })
+    }
+}
+
+/// Time a clone spent setting itself up, microseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetupTimes {
+    pub cgroup_us: u64,
+    pub mount_us: u64,
+    pub privileges_us: u64,
+}
+
+/// What a clone needs to know about its invocation (Lambda context fields).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InvokeMeta {
+    pub request_id: String,
+    pub function: String,
+    pub memory_mb: u64,
+    /// Milliseconds left until the deadline when the daemon sent the frame.
+    pub remaining_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResultMeta {
+    pub handler_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetupFailure {
+    pub step: String,
+    pub message: String,
+}
+
+/// Bytes of the fixed frame header: length + kind + meta length.
+pub const FRAME_HEADER: usize = 4 + 1 + 4;
+
+/// Encodes one invocation-channel frame.
+pub fn encode_frame(kind: FrameKind, meta: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = 1 + 4 + meta.len() + body.len();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub meta: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// Error decoding a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+/// Reads the total length from the first 4 bytes of a frame and checks it
+/// against `limit` before anything is allocated.
+pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    if len < 5 {
+        return Err(FrameError::Malformed("frame shorter than its header"));
+    }
+    Ok(len)
+}
+
+/// Decodes the part of a frame after its 4-byte length.
+pub fn decode_frame_rest(rest: Vec<u8>) -> Result<Frame, FrameError> {
+    if rest.len() < 5 {
+        return Err(FrameError::Malformed("frame shorter than its header"));
+    }
+    let kind = FrameKind::from_u8(rest[0]).ok_or(FrameError::Malformed("unknown frame kind"))?;
+    let meta_len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+    let meta_end = 5usize.checked_add(meta_len).filter(|&e| e <= rest.len());
+    let meta_end = meta_end.ok_or(FrameError::Malformed("meta length past the end of the frame"))?;
+    let meta = rest[5..meta_end].to_vec();
+    let mut body = rest;
+    body.drain(..meta_end);
+    Ok(Frame { kind, meta, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let bytes = encode_frame(FrameKind::Invoke, br#"{"a":1}"#, b"payload");
+        let len = frame_len(bytes[..4].try_into().unwrap(), 1 << 20).unwrap();
+        assert_eq!(len, bytes.len() - 4);
+        let frame = decode_frame_rest(bytes[4..].to_vec()).unwrap();
+        assert_eq!(frame.kind, FrameKind::Invoke);
+        assert_eq!(frame.meta, br#"{"a":1}"#);
+        assert_eq!(frame.body, b"payload");
+    }
+
+    #[test]
+    fn oversized_frame_rejected_before_allocation() {
+        let err = frame_len((10_000u32).to_le_bytes(), 100).unwrap_err();
+        assert_eq!(err, FrameError::TooLarge { len: 10_000, limit: 100 });
+    }
+
+    #[test]
+    fn malformed_frames() {
+        assert!(decode_frame_rest(vec![9, 0, 0, 0, 0]).is_err());
+        assert!(decode_frame_rest(vec![3, 10, 0, 0, 0, 1]).is_err());
+        assert!(frame_len(2u32.to_le_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn control_messages_are_tagged_json() {
+        let msg = DaemonMessage::Clone {
+            sandbox: 7,
+            writable_bytes: 1024,
+            carry: vec!["/usr".into()],
+            v2_cgroup: true,
+            v1_procs: 3,
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert!(json.starts_with(r#"{"type":"clone","sandbox":7"#), "{json}");
+        assert_eq!(serde_json::from_str::<DaemonMessage>(&json).unwrap(), msg);
+        let failed: ZygoteMessage = serde_json::from_str(
+            r#"{"type":"init_failed","stage":"import","errorType":"ModuleNotFoundError","errorMessage":"No module named 'x'","stackTrace":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(failed, ZygoteMessage::InitFailed(f) if f.error_type == "ModuleNotFoundError"));
+    }
+}

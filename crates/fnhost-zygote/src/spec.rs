@@ -1,0 +1,65 @@
+//! What the daemon tells a zygote's init: which layers make its root, what
+//! to bind, and which runtime command to start with which environment.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A read-only bind of a host directory into the zygote root.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BindSpec {
+    pub source: PathBuf,
+    /// Relative path inside the root ("usr").
+    pub target: PathBuf,
+}
+
+/// Everything the init of one zygote needs (passed as JSON in [`crate::protocol::SPEC_ENV`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ZygoteSpec {
+    pub function: String,
+    /// Empty host directory where the root is assembled.
+    pub staging: PathBuf,
+    /// Overlay lower dirs, topmost first.
+    pub layers: Vec<PathBuf>,
+    pub binds: Vec<BindSpec>,
+    /// Size of the zygote's /tmp (import-time scratch space), bytes.
+    pub tmp_bytes: u64,
+    pub hostname: String,
+    /// Runtime command (argv[0] is an absolute path inside the root).
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory of the runtime inside the root.
+    pub cwd: PathBuf,
+}
+
+impl ZygoteSpec {
+    /// Absolute paths inside the root that are separate mounts a clone must
+    /// carry into its own root: the host binds and /dev.
+    pub fn clone_carry(&self) -> Vec<String> {
+        let mut carry: Vec<String> =
+            self.binds.iter().map(|b| format!("/{}", b.target.display())).collect();
+        carry.push("/dev".to_string());
+        carry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carry_lists_binds_and_dev() {
+        let spec = ZygoteSpec {
+            function: "f".into(),
+            staging: "/s".into(),
+            layers: vec![],
+            binds: vec![BindSpec { source: "/usr".into(), target: "usr".into() }],
+            tmp_bytes: 0,
+            hostname: "h".into(),
+            argv: vec![],
+            env: vec![],
+            cwd: "/".into(),
+        };
+        assert_eq!(spec.clone_carry(), vec!["/usr".to_string(), "/dev".to_string()]);
+    }
+}
