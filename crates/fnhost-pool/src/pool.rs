@@ -105,6 +105,31 @@ pub struct FunctionPool {
     closed: AtomicBool,
 }
 
+/// Runs futures concurrently on the current task; results come back in
+/// input order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, fut) in pending.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => results[i] = Some(out),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().map(|r| r.expect("every future completed")).collect()
+}
+
 fn secs(us: u64) -> f64 {
     us as f64 / 1e6
 }
@@ -256,7 +281,7 @@ impl FunctionPool {
             self.spawn_teardown(sandbox);
         }
         for attempt in 0..2 {
-            let zygote = self.live_zygotes().into_iter().min_by_key(|z| Arc::strong_count(z));
+            let zygote = self.live_zygotes().into_iter().min_by_key(Arc::strong_count);
             let (zygote, kind, zygote_us) = match zygote {
                 Some(z) => (z, StartKind::OnDemandClone, 0),
                 None => {
@@ -347,18 +372,27 @@ impl FunctionPool {
         for sandbox in dead {
             self.spawn_teardown(sandbox);
         }
-        loop {
-            if self.closed.load(Ordering::SeqCst)
-                || self.ready.lock().expect("ready lock").len() >= self.spec.pool.ready_clones as usize
-            {
-                return Ok(());
-            }
-            let Some(zygote) = self.live_zygotes().into_iter().min_by_key(|z| Arc::strong_count(z)) else {
-                return Ok(());
-            };
-            let sandbox = self.create_sandbox(zygote).await?;
-            self.ready.lock().expect("ready lock").push_back(sandbox);
+        // Clone the missing ready clones concurrently: a zygote forks one at
+        // a time, but each clone's setup (mounts, privilege drop) overlaps
+        // with the next fork.
+        let missing = (self.spec.pool.ready_clones as usize)
+            .saturating_sub(self.ready.lock().expect("ready lock").len());
+        if self.closed.load(Ordering::SeqCst) || missing == 0 {
+            return Ok(());
         }
+        let zygotes = self.live_zygotes();
+        if zygotes.is_empty() {
+            return Ok(());
+        }
+        let creations = (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
+        let mut first_error = None;
+        for result in join_all(creations).await {
+            match result {
+                Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops refilling, kills every zygote (and so every clone), and waits

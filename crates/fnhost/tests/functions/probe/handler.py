@@ -1,0 +1,54 @@
+"""Test fixture: one handler per behaviour the integration tests need,
+selected by the function's handler name in the test config."""
+
+import os
+import socket
+import time
+
+
+def isolation(event, context):
+    """Reports what this sandbox sees, then leaves marks behind."""
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    report = {
+        "pid": os.getpid(),
+        "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "tmp_marker_existed": os.path.exists("/tmp/fnhost-marker"),
+        "root_marker_existed": os.path.exists("/fnhost-marker"),
+        "uid": os.getuid(),
+        "hostname": socket.gethostname(),
+    }
+    with open("/tmp/fnhost-marker", "w") as f:
+        f.write(context.aws_request_id)
+    with open("/fnhost-marker", "w") as f:
+        f.write(context.aws_request_id)
+    try:
+        with open("/usr/fnhost-marker", "w") as f:
+            f.write("x")
+        report["usr_writable"] = True
+    except OSError:
+        report["usr_writable"] = False
+    with open("/proc/self/status") as f:
+        capeff = [line.split()[1] for line in f if line.startswith("CapEff:")][0]
+    report["cap_eff"] = capeff
+    return report
+
+
+def fail(event, context):
+    raise ValueError("probe failure: " + str(event.get("why", "asked to")))
+
+
+def sleep(event, context):
+    time.sleep(event.get("seconds", 10))
+    return {"slept": True}
+
+
+def allocate(event, context):
+    blocks = [bytearray(1024 * 1024) for _ in range(event.get("mb", 512))]
+    for block in blocks:
+        block[::4096] = b"x" * len(block[::4096])
+    return {"allocated_mb": len(blocks)}
+
+
+def noop(event, context):
+    return {}

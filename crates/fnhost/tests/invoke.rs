@@ -1,0 +1,151 @@
+//! End-to-end: the daemon serves HTTP invocations from fresh clones of warm
+//! zygotes, reports how each was served, and maps errors to statuses.
+
+mod common;
+
+use common::*;
+
+fn functions() -> String {
+    format!(
+        r#"
+[[functions]]
+name = "hello"
+runtime = "python3"
+code = "{hello}"
+handler = "handler.handler"
+ready_clones = 2
+
+[[functions]]
+name = "ondemand"
+runtime = "python3"
+code = "{hello}"
+handler = "handler.handler"
+ready_clones = 0
+
+[[functions]]
+name = "cold"
+runtime = "python3"
+code = "{hello}"
+handler = "handler.handler"
+zygotes = 0
+ready_clones = 0
+
+[[functions]]
+name = "fail"
+runtime = "python3"
+code = "{probe}"
+handler = "handler.fail"
+
+[[functions]]
+name = "broken"
+runtime = "python3"
+code = "{probe}"
+handler = "no_such_module.handler"
+zygotes = 0
+ready_clones = 0
+"#,
+        hello = hello_code().display(),
+        probe = probe_code().display()
+    )
+}
+
+#[test]
+fn invoke_over_http_in_fresh_clones() {
+    if !require_root("invoke_over_http_in_fresh_clones") {
+        return;
+    }
+    let daemon = Daemon::start_with(&functions(), "max_payload_bytes = 4096");
+
+    let health = http(daemon.addr, "GET", "/healthz", b"");
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["status"], "ok");
+
+    let mut sandboxes = Vec::new();
+    for i in 0..3 {
+        let r = daemon.invoke("hello", r#"{"name":"x"}"#);
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), daemon.stderr());
+        let body = r.json();
+        assert_eq!(body["message"], "hello, x");
+        assert_eq!(body["function"], "hello");
+        assert_eq!(body["memory_limit_mb"], 128);
+        // After prewarm a ready clone waits; back-to-back requests may
+        // outrun the background refill and get an on-demand clone.
+        let start = r.header("x-fnhost-start").expect("x-fnhost-start");
+        if i == 0 {
+            assert_eq!(start, "ready-clone");
+        } else {
+            assert!(start == "ready-clone" || start == "on-demand-clone", "{start}");
+        }
+        let timing = r.header("server-timing").expect("server-timing");
+        for phase in ["queue;dur=", "handler;dur=", "total;dur="] {
+            assert!(timing.contains(phase), "{timing}");
+        }
+        sandboxes.push(r.header("x-fnhost-sandbox").expect("sandbox id").to_string());
+    }
+    sandboxes.dedup();
+    assert_eq!(sandboxes.len(), 3, "every invocation gets its own sandbox");
+
+    let r = daemon.invoke("ondemand", r#"{"name":"y"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-fnhost-start"), Some("on-demand-clone"));
+    assert!(r.header("server-timing").unwrap().contains("clone;dur="));
+
+    let r = daemon.invoke("cold", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["message"], "hello, world");
+    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
+    assert!(r.header("server-timing").unwrap().contains("zygote;dur="));
+
+    // Empty body: the event is {}.
+    let r = daemon.invoke("hello", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn errors_are_json_with_the_right_status() {
+    if !require_root("errors_are_json_with_the_right_status") {
+        return;
+    }
+    let daemon = Daemon::start_with(&functions(), "max_payload_bytes = 4096");
+
+    let r = daemon.invoke("nope", "{}");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["errorType"], "FunctionNotFound");
+    assert!(r.json()["errorMessage"].as_str().unwrap().contains("'nope'"));
+
+    let r = daemon.invoke("hello", "{not json");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errorType"], "InvalidRequestContent");
+
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5000));
+    let r = daemon.invoke("hello", &big);
+    assert_eq!(r.status, 413);
+    assert!(r.json()["errorMessage"].as_str().unwrap().contains("max_payload_bytes = 4096"));
+
+    let r = daemon.invoke("fail", r#"{"why":"testing"}"#);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["errorType"], "ValueError");
+    assert_eq!(body["errorMessage"], "probe failure: testing");
+    let trace = body["stackTrace"].as_array().expect("stackTrace list");
+    assert!(trace.iter().any(|l| l.as_str().unwrap().contains("handler.py")), "{trace:?}");
+
+    // The pool is unaffected by a failing handler.
+    let r = daemon.invoke("hello", "{}");
+    assert_eq!(r.status, 200);
+
+    let r = daemon.invoke("broken", "{}");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["errorType"], "Runtime.InitError.ModuleNotFoundError");
+    assert!(body["errorMessage"].as_str().unwrap().contains("no_such_module"), "{body}");
+
+    let r = http(daemon.addr, "GET", "/v1/functions/hello/invoke", b"");
+    assert_eq!(r.status, 405);
+    let r = http(daemon.addr, "GET", "/nowhere", b"");
+    assert_eq!(r.status, 404);
+
+    let metrics = http(daemon.addr, "GET", "/metrics", b"").text();
+    assert!(metrics.contains("fnhost_invocations_total"), "{metrics}");
+    assert!(metrics.contains("fnhost_phase_seconds_bucket"), "{metrics}");
+}

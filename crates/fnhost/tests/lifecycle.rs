@@ -1,0 +1,135 @@
+//! Lifecycle: config errors refuse to start, a killed zygote is replaced,
+//! and a burst of invocations leaves mounts, cgroups, processes and fds of
+//! the daemon where they were.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn invalid_config_refuses_to_start_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let functions = format!(
+        "[[functions]]\nname = \"hello\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\nmemory_mb = 0\n",
+        hello_code().display()
+    );
+    let config = write_config(dir.path(), "fnhost-test-badconfig", "", &functions);
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:12: functions[0].memory_mb", config.display());
+    assert!(stderr.contains(&expected), "expected {expected:?} in: {stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost")).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
+}
+
+#[test]
+fn embedded_default_config_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost")).arg("check-config").current_dir(&root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("function hello"));
+}
+
+fn hello_functions(ready: u32) -> String {
+    format!(
+        "[[functions]]\nname = \"hello\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\nready_clones = {ready}\n",
+        hello_code().display()
+    )
+}
+
+fn zygote_inits(daemon: &Daemon) -> Vec<u32> {
+    let daemon_pid = daemon.pid();
+    descendants(daemon_pid)
+        .into_iter()
+        .filter(|p| {
+            let ppid_is_daemon = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rfind(')').map(|i| s[i + 2..].split_whitespace().nth(1).map(str::to_string)))
+                .flatten()
+                .and_then(|v| v.parse::<u32>().ok())
+                == Some(daemon_pid);
+            ppid_is_daemon
+        })
+        .collect()
+}
+
+#[test]
+fn killed_zygote_is_replaced() {
+    if !require_root("killed_zygote_is_replaced") {
+        return;
+    }
+    let daemon = Daemon::start(&hello_functions(1));
+    assert_eq!(daemon.invoke("hello", "{}").status, 200);
+    let before = zygote_inits(&daemon);
+    assert_eq!(before.len(), 1, "one zygote: {before:?}");
+    // SAFETY: kill(2) of the zygote init this test's daemon started.
+    unsafe { libc::kill(before[0] as i32, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let now = zygote_inits(&daemon);
+            now.len() == 1 && now != before
+        }),
+        "zygote was not replaced:\n{}",
+        daemon.stderr()
+    );
+    let ok = eventually(Duration::from_secs(10), || daemon.invoke("hello", "{}").status == 200);
+    assert!(ok, "invocations fail after zygote replacement:\n{}", daemon.stderr());
+}
+
+#[test]
+fn thousand_invocations_leave_nothing_behind() {
+    if !require_root("thousand_invocations_leave_nothing_behind") {
+        return;
+    }
+    let daemon = Daemon::start(&hello_functions(2));
+    let pid = daemon.pid();
+    for _ in 0..20 {
+        assert_eq!(daemon.invoke("hello", "{}").status, 200);
+    }
+    // Cgroups are pooled: their number follows the pool's working set
+    // (ready clones + in flight + tearing down), never the invocation count.
+    let slot_cgroups = |d: &Daemon| {
+        std::fs::read_dir(format!("/sys/fs/cgroup/memory/{}/hello", d.cgroup_root))
+            .map(|dir| dir.flatten().filter(|e| e.file_name().to_string_lossy().starts_with('s')).count())
+            .unwrap_or(0)
+    };
+    let snapshot = |_: &Daemon| (fd_count(pid), descendants(pid).len(), mount_count("self"), mount_count(&pid.to_string()));
+    let settled = |d: &Daemon| {
+        let mut last = snapshot(d);
+        eventually(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = snapshot(d);
+            let stable = now == last;
+            last = now;
+            stable
+        });
+        last
+    };
+    let baseline = settled(&daemon);
+    let cgroups_before = daemon.cgroup_dirs().len();
+    for i in 0..1000 {
+        let r = daemon.invoke("hello", r#"{"name":"leak"}"#);
+        assert_eq!(r.status, 200, "invocation {i}: {}", r.text());
+    }
+    let mut after = settled(&daemon);
+    if after != baseline {
+        eventually(Duration::from_secs(10), || {
+            after = snapshot(&daemon);
+            after == baseline
+        });
+    }
+    assert_eq!(after, baseline, "(daemon fds, daemon descendant processes, host mounts, daemon mounts) changed");
+    let slots = slot_cgroups(&daemon);
+    // 2 ready clones + 1 in flight + teardowns still finishing, with slack.
+    assert!(slots <= 2 + 1 + 3, "{slots} sandbox cgroups for a pool of 2 ready clones and a sequential client");
+    let cgroups_after = daemon.cgroup_dirs().len();
+    assert!(
+        cgroups_after <= cgroups_before + 4 * 3,
+        "cgroup directories grew from {cgroups_before} to {cgroups_after} over 1000 invocations"
+    );
+}
