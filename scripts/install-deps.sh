@@ -2,6 +2,7 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build, test and
 # benchmark fnhost. Idempotent: only missing packages are installed.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -29,6 +30,19 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# A Python environment with boto3 for the Lambda-compatibility tests (a real
+# AWS client against the /2015-03-31 API). Kept in .venv/ (git-ignored).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import boto3" 2>/dev/null; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+    fi
+    rm -rf .venv
+    /usr/bin/python3 -m venv .venv
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check boto3
 fi
 
 if ! have cargo; then

@@ -3,6 +3,7 @@
 //! maps every error to a status and a JSON body, serves `/healthz` and
 //! `/metrics`, and drains connections on shutdown.
 
+pub mod lambda;
 pub mod response;
 pub mod routes;
 

@@ -13,6 +13,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::lambda::{self, InvocationType};
 use crate::response::{self, Body};
 
 /// What every request handler shares.
@@ -64,10 +65,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         },
         (&Method::POST, ["v1", "functions", name, "invoke"]) => {
             let name = name.to_string();
-            invoke(&app, &name, req).await
+            invoke(&app, &name, req, Api::Native).await
+        }
+        (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
+            let decoded = percent_decode(name);
+            let name = lambda::function_name(&decoded).to_string();
+            invoke(&app, &name, req, Api::Lambda).await
         }
         (_, ["healthz"]) | (_, ["metrics"]) => method_not_allowed("GET"),
-        (_, ["v1", "functions", _, "invoke"]) => method_not_allowed("POST"),
+        (_, ["v1", "functions", _, "invoke"]) | (_, ["2015-03-31", "functions", _, "invocations"]) => {
+            method_not_allowed("POST")
+        }
         _ => response::error(
             StatusCode::NOT_FOUND,
             "RouteNotFound",
@@ -75,6 +83,27 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         ),
     };
     Ok(response)
+}
+
+/// Decodes `%XX` escapes of a path segment (clients escape ARNs' colons);
+/// malformed escapes are kept as they are.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
@@ -92,17 +121,49 @@ fn healthz(app: &App) -> Response<Body> {
     response::json(StatusCode::OK, body.to_string())
 }
 
-fn too_large(app: &App, size: Option<u64>) -> Response<Body> {
-    let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
-    response::error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "RequestTooLarge",
-        format!("request body{size} exceeds max_payload_bytes = {}", app.max_payload_bytes),
-    )
+/// Which API a request came through: errors are shaped differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Native,
+    Lambda,
 }
 
-async fn invoke(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
+fn too_large(app: &App, api: Api, size: Option<u64>) -> Response<Body> {
+    let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
+    let message = format!("request body{size} exceeds max_payload_bytes = {}", app.max_payload_bytes);
+    match api {
+        Api::Native => response::error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge", message),
+        Api::Lambda => lambda::service_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", message),
+    }
+}
+
+fn bad_request(api: Api, message: String) -> Response<Body> {
+    match api {
+        Api::Native => response::error(StatusCode::BAD_REQUEST, "InvalidRequestContent", message),
+        Api::Lambda => lambda::service_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", message),
+    }
+}
+
+fn error_response(api: Api, err: &fnhost_pool::InvokeError) -> Response<Body> {
+    match api {
+        Api::Native => response::invoke_error(err),
+        Api::Lambda => lambda::invoke_error(err),
+    }
+}
+
+/// Admits the body, runs the invocation, answers in the API's shape.
+async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) -> Response<Body> {
     let received = Instant::now();
+    let invocation_type = match api {
+        Api::Native => InvocationType::RequestResponse,
+        Api::Lambda => {
+            let header = req.headers().get("x-amz-invocation-type").and_then(|v| v.to_str().ok());
+            match InvocationType::parse(header) {
+                Ok(t) => t,
+                Err(message) => return bad_request(api, message),
+            }
+        }
+    };
     // Unknown functions are answered before the body is read, and are not
     // used as a metrics label (clients choose them).
     if app.host.pool(name).is_none() {
@@ -111,7 +172,7 @@ async fn invoke(app: &App, name: &str, req: Request<Incoming>) -> Response<Body>
             defined: app.host.function_names().join(", "),
         };
         metrics::counter!("fnhost_invocations_total", "function" => "-", "outcome" => err.kind()).increment(1);
-        return response::invoke_error(&err);
+        return error_response(api, &err);
     }
     let declared = req
         .headers()
@@ -119,25 +180,50 @@ async fn invoke(app: &App, name: &str, req: Request<Incoming>) -> Response<Body>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > app.max_payload_bytes as u64) {
-        return too_large(app, declared);
+        return too_large(app, api, declared);
     }
     let payload = match Limited::new(req.into_body(), app.max_payload_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(app, None),
-        Err(e) => {
-            return response::error(StatusCode::BAD_REQUEST, "InvalidRequestContent", format!("cannot read request body: {e}"))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(app, api, None),
+        Err(e) => return bad_request(api, format!("cannot read request body: {e}")),
     };
     if !payload.is_empty() {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContent",
-                format!("request body is not valid JSON: {e}"),
-            );
+            return bad_request(api, format!("request body is not valid JSON: {e}"));
         }
     }
     let request_id = app.request_id();
+    match invocation_type {
+        InvocationType::DryRun => {
+            let mut r = Response::new(Body::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            return r;
+        }
+        InvocationType::Event => {
+            // Accepted now, run in the background under the same limits.
+            let app = app.clone();
+            let name = name.to_string();
+            let id = request_id.clone();
+            tokio::spawn(async move {
+                let result = app.host.invoke(&name, &payload, id.clone()).await;
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.kind(),
+                };
+                metrics::counter!("fnhost_invocations_total", "function" => name.clone(), "outcome" => outcome, "start" => "event").increment(1);
+                if let Err(e) = result {
+                    tracing::warn!(function = %name, request_id = %id, error = %e, "asynchronous invocation failed");
+                }
+            });
+            let mut r = Response::new(Body::new(Bytes::new()));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                r.headers_mut().insert("x-amzn-requestid", v);
+            }
+            return r;
+        }
+        InvocationType::RequestResponse => {}
+    }
     let span = tracing::info_span!("invoke", function = name, request_id = %request_id);
     let _enter = span.enter();
     let admitted_us = received.elapsed().as_micros() as u64;
@@ -152,16 +238,33 @@ async fn invoke(app: &App, name: &str, req: Request<Incoming>) -> Response<Body>
             let start = inv.start.as_str();
             metrics::counter!("fnhost_invocations_total", "function" => function.clone(), "outcome" => "ok", "start" => start).increment(1);
             metrics::histogram!("fnhost_phase_seconds", "function" => function, "phase" => "dispatch").record(dispatch_us as f64 / 1e6);
-            response::invocation(inv, &request_id, dispatch_us)
+            let mut r = response::invocation(inv, &request_id, dispatch_us);
+            if api == Api::Lambda {
+                r.headers_mut().insert("x-amz-executed-version", HeaderValue::from_static("$LATEST"));
+            }
+            r
         }
         Err(err) => {
             tracing::info!(error = %err, "invocation failed");
             metrics::counter!("fnhost_invocations_total", "function" => function, "outcome" => err.kind()).increment(1);
-            let mut r = response::invoke_error(&err);
+            let mut r = error_response(api, &err);
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 r.headers_mut().insert("x-amzn-requestid", v);
             }
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_escapes_and_keeps_malformed_ones() {
+        assert_eq!(percent_decode("arn%3Aaws%3Alambda"), "arn:aws:lambda");
+        assert_eq!(percent_decode("hello"), "hello");
+        assert_eq!(percent_decode("50%"), "50%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
