@@ -3,22 +3,28 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::daemon::{COLD_FN, ONDEMAND_FN, WARM_FN};
 use crate::scenario::Scenario;
 
-/// Measures fnhost invocation latency: warm (pre-forked ready clone),
-/// on-demand clone and cold start, each with its Server-Timing phase
-/// breakdown.
+/// Measures fnhost against its baselines: invocation latency (warm ready
+/// clone, on-demand clone, cold start) next to the start-to-exit time of
+/// `crun run`, `runc run`, `bwrap --unshare-all` and plain host exec of the
+/// same Python work; phase breakdown and teardown from /metrics; sandbox
+/// churn; closed-loop throughput; memory density.
 ///
-/// By default it starts `fnhost serve` with a generated config (three no-op
-/// Python functions), runs every scenario sequentially over one keep-alive
-/// HTTP/1 connection, prints Markdown tables and stops the daemon. With
-/// --url it measures an already-running daemon instead.
+/// By default it starts `fnhost serve` with a generated config (no-op Python
+/// functions), runs every suite, prints Markdown, writes SVG charts and a
+/// JSON report into --out, and stops the daemon. With --url it measures an
+/// already-running daemon (latency, churn and throughput only).
 #[derive(Debug, Parser)]
 #[command(name = "fnhost-bench", version)]
 pub struct Args {
+    /// What to run (several may be given).
+    #[arg(value_enum, default_values_t = [Suite::All])]
+    pub suites: Vec<Suite>,
+
     /// The fnhost binary to start [default: `fnhost` next to this executable].
     #[arg(long, value_name = "PATH", conflicts_with = "url")]
     pub fnhost: Option<PathBuf>,
@@ -43,6 +49,37 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
+    /// Directory for the SVG charts and report.json (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    pub out: PathBuf,
+
+    /// Timed start-to-exit runs of each baseline (crun, runc, bwrap, host).
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub baseline_runs: u64,
+
+    /// Seconds each churn and throughput level runs.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub duration: f64,
+
+    /// Concurrent clients of the churn loop (on-demand clone + teardown per
+    /// request), comma-separated.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = [1, 2, 4])]
+    pub churn_clients: Vec<u32>,
+
+    /// Concurrent connections of the closed-loop throughput test,
+    /// comma-separated.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16])]
+    pub concurrency: Vec<u32>,
+
+    /// Live idle ready clones to start for the density measurement.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub density_clones: u32,
+
+    /// Runs the baselines inside this process's private mount namespace
+    /// (internal: the harness re-executes itself with it).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub baseline_worker: Option<PathBuf>,
+
     /// Benchmark an already-running daemon at this URL (e.g.
     /// http://127.0.0.1:8080) instead of starting one.
     #[arg(long, value_name = "URL")]
@@ -66,7 +103,29 @@ pub struct Args {
     pub request_timeout_ms: u64,
 }
 
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// fnhost warm, on-demand and cold latency, with /metrics phases.
+    Latency,
+    /// crun, runc, bwrap and host exec start-to-exit.
+    Baselines,
+    /// Sandboxes per second, create + destroy per request.
+    Churn,
+    /// Closed-loop invocations per second at several concurrencies.
+    Throughput,
+    /// Memory per zygote and per live idle ready clone.
+    Density,
+    /// Everything above.
+    All,
+}
+
 impl Args {
+    /// Whether `suite` was asked for (directly or through `all`).
+    pub fn wants(&self, suite: Suite) -> bool {
+        self.suites.contains(&Suite::All) || self.suites.contains(&suite)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -112,6 +171,22 @@ mod tests {
         );
         let fns: Vec<String> = args.scenarios().into_iter().map(|s| s.function).collect();
         assert_eq!(fns, ["noop", "noop-ondemand", "noop-cold"]);
+        assert!(args.wants(Suite::Density) && args.wants(Suite::Baselines));
+        assert_eq!(args.concurrency, [1, 2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn suites_and_lists_parse() {
+        let args = Args::try_parse_from([
+            "fnhost-bench",
+            "baselines",
+            "churn",
+            "--churn-clients",
+            "1,3",
+        ])
+        .expect("valid");
+        assert!(args.wants(Suite::Churn) && !args.wants(Suite::Latency));
+        assert_eq!(args.churn_clients, [1, 3]);
     }
 
     #[test]

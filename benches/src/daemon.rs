@@ -28,7 +28,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 const STDERR_TAIL_LINES: usize = 40;
 const READY_PREFIX: &str = "fnhost: listening on ";
 
-const NOOP_HANDLER: &str = "def handler(event, context):\n    return {\"ok\": True}\n";
+pub const NOOP_HANDLER: &str = "def handler(event, context):\n    return {\"ok\": True}\n";
 
 /// Function names in the generated config.
 pub const WARM_FN: &str = "noop";
@@ -45,27 +45,82 @@ pub struct Daemon {
     _dir: TempDir,
 }
 
-/// The benchmark config for a state directory, code directory and cgroup root.
-pub fn config_toml(state_dir: &Path, code_dir: &Path, cgroup_root: &str) -> String {
+/// Throughput, churn and density functions.
+pub const TPUT_FN: &str = "noop-tput";
+pub const CHURN_FN: &str = ONDEMAND_FN;
+pub const DENSITY_FN: &str = "noop-density";
+
+/// One function of a generated config: name, warm zygotes, ready clones.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionPool {
+    pub name: &'static str,
+    pub zygotes: u32,
+    pub ready_clones: u32,
+}
+
+/// The functions of the latency, churn and throughput suites.
+pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
+    // Warm: served by pre-forked ready clones.
+    FunctionPool {
+        name: WARM_FN,
+        zygotes: 1,
+        ready_clones: 4,
+    },
+    // A warm zygote but no pre-forked clone: clone on request (also the
+    // churn function: every request is one create + destroy).
+    FunctionPool {
+        name: ONDEMAND_FN,
+        zygotes: 1,
+        ready_clones: 0,
+    },
+    // Scale to zero: every request starts a zygote.
+    FunctionPool {
+        name: COLD_FN,
+        zygotes: 0,
+        ready_clones: 0,
+    },
+    // Throughput: enough ready clones for 16 concurrent connections.
+    FunctionPool {
+        name: TPUT_FN,
+        zygotes: 1,
+        ready_clones: 16,
+    },
+];
+
+/// The density suite's one function: a zygote and `clones` idle clones.
+pub fn density_functions(clones: u32) -> [FunctionPool; 1] {
+    [FunctionPool {
+        name: DENSITY_FN,
+        zygotes: 1,
+        ready_clones: clones,
+    }]
+}
+
+/// The benchmark config for a state directory, code directory and cgroup
+/// root, serving `functions` (all running the same no-op handler).
+pub fn config_toml(
+    state_dir: &Path,
+    code_dir: &Path,
+    cgroup_root: &str,
+    functions: &[FunctionPool],
+) -> String {
     let state = toml_string(&state_dir.display().to_string());
     let code = toml_string(&code_dir.display().to_string());
     let cgroup_root = toml_string(cgroup_root);
-    let function = |name: &str, zygotes: u32, ready: u32| {
-        format!(
-            "\n[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = {code}\n\
-             handler = \"handler.handler\"\nzygotes = {zygotes}\nready_clones = {ready}\n"
-        )
-    };
+    let functions: String = functions
+        .iter()
+        .map(|f| {
+            format!(
+                "\n[[functions]]\nname = \"{}\"\nruntime = \"python3\"\ncode = {code}\n\
+                 handler = \"handler.handler\"\nzygotes = {}\nready_clones = {}\n",
+                f.name, f.zygotes, f.ready_clones
+            )
+        })
+        .collect();
     format!(
         "# Written by fnhost-bench.\n\
-         [server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {state}\ncgroup_root = {cgroup_root}\n\
-         \n[defaults]\nmemory_mb = 128\ntimeout_ms = 10000\n{}{}{}",
-        // Warm: served by pre-forked ready clones.
-        function(WARM_FN, 1, 4),
-        // A warm zygote but no pre-forked clone: clone on request.
-        function(ONDEMAND_FN, 1, 0),
-        // Scale to zero: every request starts a zygote.
-        function(COLD_FN, 0, 0),
+         [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\nstate_dir = {state}\ncgroup_root = {cgroup_root}\n\
+         \n[defaults]\nmemory_mb = 128\ntimeout_ms = 10000\nmax_concurrency = 64\n{functions}"
     )
 }
 
@@ -78,7 +133,7 @@ fn toml_string(s: &str) -> String {
 impl Daemon {
     /// Writes the config and starts `fnhost serve`; returns once the daemon
     /// has printed its address and answers `/healthz` with 200.
-    pub async fn start(fnhost: &Path) -> Result<Self> {
+    pub async fn start(fnhost: &Path, functions: &[FunctionPool]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fnhost-bench-")
             .tempdir()
@@ -96,7 +151,7 @@ impl Daemon {
         let cgroup_root = format!("fnhost-bench-{}", std::process::id());
         fs::write(
             &config_path,
-            config_toml(&state_dir, &code_dir, &cgroup_root),
+            config_toml(&state_dir, &code_dir, &cgroup_root, functions),
         )
         .with_context(|| format!("writing {}", config_path.display()))?;
 
@@ -135,6 +190,11 @@ impl Daemon {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The daemon's pid (its zygotes and clones are its descendants).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn wait_for_address(&mut self, lines: &Receiver<String>) -> Result<String> {
@@ -362,6 +422,7 @@ mod tests {
             Path::new("/tmp/x \"y\"/state"),
             Path::new("/tmp/x/noop"),
             "fnhost-bench-42",
+            BENCH_FUNCTIONS,
         );
         assert!(
             toml.contains("state_dir = \"/tmp/x \\\"y\\\"/state\""),
@@ -369,7 +430,7 @@ mod tests {
         );
         assert!(toml.contains("listen = \"127.0.0.1:0\""));
         assert!(toml.contains("cgroup_root = \"fnhost-bench-42\""));
-        assert_eq!(toml.matches("[[functions]]").count(), 3);
+        assert_eq!(toml.matches("[[functions]]").count(), 4);
         assert!(toml.contains("name = \"noop\"\nruntime = \"python3\"\ncode = \"/tmp/x/noop\""));
         assert!(toml.contains("name = \"noop-cold\"\nruntime = \"python3\"\ncode = \"/tmp/x/noop\"\nhandler = \"handler.handler\"\nzygotes = 0\nready_clones = 0"));
     }
@@ -391,7 +452,7 @@ mod tests {
             "#!/bin/sh\necho 'error: config is broken' >&2\nexit 3\n",
         );
 
-        let err = match Daemon::start(&fake).await {
+        let err = match Daemon::start(&fake, BENCH_FUNCTIONS).await {
             Ok(_) => panic!("a daemon that exits must not start"),
             Err(err) => format!("{err:#}"),
         };
@@ -446,7 +507,9 @@ mod tests {
              echo 'fnhost: listening on http://{addr}'\necho 'more output'\nexec sleep 60\n"
         );
         let fake = write_script(dir.path(), &script);
-        let mut daemon = Daemon::start(&fake).await.expect("fake daemon starts");
+        let mut daemon = Daemon::start(&fake, BENCH_FUNCTIONS)
+            .await
+            .expect("fake daemon starts");
         assert_eq!(daemon.url(), format!("http://{addr}"));
         let status = daemon.stop().expect("stopped");
         assert_eq!(

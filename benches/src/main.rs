@@ -1,27 +1,40 @@
-//! `fnhost-bench`: starts `fnhost serve` (or uses a running daemon), measures
-//! warm, on-demand-clone and cold-start invocations, and prints the results
-//! as Markdown (and optionally JSON). The logic lives in the modules; this
-//! file only wires them together.
+//! `fnhost-bench`: measures fnhost side by side with its baselines in one
+//! run: latency of warm, on-demand-clone and cold-start invocations; the
+//! start-to-exit of `crun run`, `runc run`, `bwrap` and host exec of the
+//! same work; the daemon's phase histograms; churn; throughput; density.
+//! Prints Markdown, writes JSON and SVG charts. The logic lives in the
+//! modules; this file only wires them together.
 
+mod baseline;
 mod cli;
 mod daemon;
+mod density;
 mod http;
+mod load;
+mod metrics;
 mod report;
 mod scenario;
 mod stats;
+mod svg;
+
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::cli::Args;
+use crate::cli::{Args, Suite};
 use crate::daemon::Daemon;
 use crate::http::Endpoint;
 use crate::report::{Machine, Report};
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // One thread: the client sends one request at a time, and a single
-    // thread keeps scheduler noise out of the measurement.
+    if let Some(dir) = &args.baseline_worker {
+        return baseline::worker_main(dir, args.baseline_runs);
+    }
+    // One thread: the client shares the machine's two cores with the
+    // daemon, and a single thread keeps scheduler noise out of the
+    // measurement (it still drives many connections concurrently).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -37,39 +50,108 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: &Args) -> Result<()> {
-    // Keeps the daemon alive until the end of the run; dropping it stops it.
-    let mut daemon = None;
-    let url = match &args.url {
-        Some(url) => url.clone(),
-        None => {
-            let fnhost = match &args.fnhost {
-                Some(path) => path.clone(),
-                None => daemon::default_fnhost_path()?,
-            };
-            daemon::check_fnhost_binary(&fnhost)?;
-            let started = daemon.insert(Daemon::start(&fnhost).await?);
-            started.url().to_owned()
-        }
+    // Names this run's cgroups (`fnhost-bench-<pid>`, `fnhost-bench-baseline-<pid>`).
+    eprintln!("fnhost-bench: harness pid {}", std::process::id());
+    let mut report = Report::new(report::command_line(), Machine::detect(), "-".to_owned());
+    let fnhost = match &args.fnhost {
+        Some(path) => path.clone(),
+        None => daemon::default_fnhost_path()?,
     };
-    let endpoint = Endpoint::parse(&url)?;
-    eprintln!("fnhost-bench: measuring {endpoint}");
 
-    let scenarios = scenario::run_all(&endpoint, &args.scenarios(), args.request_timeout()).await?;
-    if let Some(mut daemon) = daemon.take() {
-        daemon.stop();
+    // Baselines first, on a machine with no daemon running.
+    if args.wants(Suite::Baselines) && args.baseline_runs > 0 {
+        let exe = std::env::current_exe().context("locating the fnhost-bench executable")?;
+        let runs = args.baseline_runs;
+        let baselines = tokio::task::spawn_blocking(move || baseline::run(&exe, runs)).await??;
+        report.baselines = Some(baselines);
     }
 
-    let report = Report {
-        command: report::command_line(),
-        machine: Machine::detect(),
-        target: endpoint.to_string(),
-        scenarios,
-    };
+    let daemon_suites = [Suite::Latency, Suite::Churn, Suite::Throughput];
+    if daemon_suites.iter().any(|s| args.wants(*s)) {
+        // Keeps the daemon alive until the end of these suites.
+        let mut daemon = None;
+        let url = match &args.url {
+            Some(url) => url.clone(),
+            None => {
+                daemon::check_fnhost_binary(&fnhost)?;
+                let started = daemon.insert(Daemon::start(&fnhost, daemon::BENCH_FUNCTIONS).await?);
+                started.url().to_owned()
+            }
+        };
+        let endpoint = Endpoint::parse(&url)?;
+        eprintln!("fnhost-bench: measuring {endpoint}");
+        report.target = endpoint.to_string();
+        let timeout = args.request_timeout();
+        let duration = Duration::from_secs_f64(args.duration.max(0.1));
+
+        if args.wants(Suite::Latency) {
+            report.scenarios = scenario::run_all(&endpoint, &args.scenarios(), timeout).await?;
+        }
+        if args.wants(Suite::Churn) && !args.churn_clients.is_empty() {
+            let function = match args.url {
+                Some(_) => args.ondemand_fn.as_str(),
+                None => daemon::CHURN_FN,
+            };
+            report.churn = Some(
+                load::run_levels(
+                    "churn",
+                    &endpoint,
+                    function,
+                    &args.churn_clients,
+                    duration,
+                    timeout,
+                )
+                .await?,
+            );
+        }
+        if args.wants(Suite::Throughput) && !args.concurrency.is_empty() {
+            let function = match args.url {
+                Some(_) => args.warm_fn.as_str(),
+                None => daemon::TPUT_FN,
+            };
+            report.throughput = Some(
+                load::run_levels(
+                    "throughput",
+                    &endpoint,
+                    function,
+                    &args.concurrency,
+                    duration,
+                    timeout,
+                )
+                .await?,
+            );
+        }
+        match metrics::scrape(&endpoint).await {
+            Ok(text) => report.phase_metrics = Some(metrics::parse(&text)),
+            Err(err) => eprintln!("fnhost-bench: cannot read /metrics: {err:#}"),
+        }
+        if let Some(mut daemon) = daemon.take() {
+            daemon.stop();
+        }
+    }
+
+    if args.wants(Suite::Density) && args.density_clones > 0 {
+        if args.url.is_some() {
+            eprintln!("fnhost-bench: density needs its own daemon; skipped with --url");
+        } else {
+            daemon::check_fnhost_binary(&fnhost)?;
+            report.density = Some(density::run(&fnhost, args.density_clones).await?);
+        }
+    }
+
     print!("{}", report.to_markdown());
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    report.write_json(&args.out.join("report.json"))?;
     if let Some(path) = &args.json {
         report.write_json(path)?;
-        eprintln!("fnhost-bench: wrote {}", path.display());
     }
+    let charts = svg::write_all(&report, &args.out)?;
+    eprintln!(
+        "fnhost-bench: wrote report.json and {} chart(s) to {}",
+        charts.len(),
+        args.out.display()
+    );
     let errors = report.error_count();
     if errors > 0 {
         bail!("{errors} requests failed; see the notes in the report");

@@ -7,7 +7,26 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::baseline::{BaselineSummary, Status};
+use crate::density::{self, Density};
+use crate::load::{self, LoadLevel};
+use crate::metrics::{PhaseMetrics, ZYGOTE_PHASE};
 use crate::stats::{Ordered, ScenarioSummary};
+
+/// /metrics phases in report order, with what they stand for.
+const METRIC_PHASES: &[(&str, &str)] = &[
+    ("queue", "queue (wait for a slot)"),
+    (ZYGOTE_PHASE, "runtime start + import (zygote start)"),
+    ("clone", "namespaces + fork (clone in zygote)"),
+    ("cgroup_attach", "cgroup attach"),
+    ("mount", "mounts (root overlay, /proc, tmpfs)"),
+    ("drop_privileges", "drop privileges"),
+    ("handler", "handler"),
+    ("exchange", "response (exchange)"),
+    ("dispatch", "dispatcher"),
+    ("invoke_total", "invoke total (server side)"),
+    ("teardown", "teardown (after the response)"),
+];
 
 /// Where the numbers were measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -17,6 +36,9 @@ pub struct Machine {
     pub kernel: String,
     /// `MemTotal` from /proc/meminfo.
     pub mem_total_kib: Option<u64>,
+    /// 1-minute load average when the run started: on a shared 2-core
+    /// machine, anything much above 1 means the numbers include contention.
+    pub loadavg_1m: Option<f64>,
 }
 
 impl Machine {
@@ -29,10 +51,14 @@ impl Machine {
         let mem_total_kib = fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| parse_mem_total_kib(&s));
+        let loadavg_1m = fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
         Self {
             nproc,
             kernel,
             mem_total_kib,
+            loadavg_1m,
         }
     }
 
@@ -41,7 +67,14 @@ impl Machine {
             Some(kib) => format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0)),
             None => "unknown".to_owned(),
         };
-        format!("nproc {}, kernel {}, memory {mem}", self.nproc, self.kernel)
+        let load = match self.loadavg_1m {
+            Some(l) => format!(", load average {l:.2} at start"),
+            None => String::new(),
+        };
+        format!(
+            "nproc {}, kernel {}, memory {mem}{load}",
+            self.nproc, self.kernel
+        )
     }
 }
 
@@ -80,6 +113,17 @@ pub struct Report {
     /// The daemon measured.
     pub target: String,
     pub scenarios: Ordered<ScenarioSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<Vec<BaselineSummary>>,
+    /// /metrics phase histograms by function after the latency suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_metrics: Option<PhaseMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Vec<LoadLevel>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<Vec<LoadLevel>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub density: Option<Density>,
 }
 
 impl Report {
@@ -94,8 +138,30 @@ impl Report {
         fs::write(path, json).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// A report with no measurements yet.
+    pub fn new(command: String, machine: Machine, target: String) -> Self {
+        Self {
+            command,
+            machine,
+            target,
+            scenarios: Ordered::default(),
+            baselines: None,
+            phase_metrics: None,
+            churn: None,
+            throughput: None,
+            density: None,
+        }
+    }
+
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
+        if let Some(baselines) = &self.baselines {
+            out.push_str(&side_by_side(&self.scenarios, baselines));
+        }
+        if self.scenarios.0.is_empty() {
+            out.push_str(&self.rest_markdown());
+            return out;
+        }
         out.push_str("## fnhost invocation latency\n\n");
         out.push_str(
             "Client-side latency in ms (request sent → body read), sequential requests over \
@@ -116,6 +182,36 @@ impl Report {
             let _ = write!(out, "\n### {label}: server-timing phases (ms)\n\n");
             out.push_str(&phase_table(summary));
         }
+        out.push_str(&self.rest_markdown());
+        out
+    }
+
+    /// Phases from /metrics, churn, throughput, density, machine, command.
+    fn rest_markdown(&self) -> String {
+        let mut out = String::new();
+        if let Some(phases) = &self.phase_metrics {
+            out.push_str(&metric_phase_table(phases, &self.scenarios));
+        }
+        if let Some(churn) = &self.churn {
+            out.push_str(
+                "\n## Churn: sandboxes created and destroyed per second\n\n\
+                 Closed loop, every request an on-demand clone (create) whose sandbox is torn \
+                 down after the response (destroy), like OpenLambda's sock_churn.\n\n",
+            );
+            out.push_str(&load::markdown(churn, true));
+        }
+        if let Some(tput) = &self.throughput {
+            out.push_str(
+                "\n## Throughput: isolated invocations per second\n\n\
+                 Closed loop with K keep-alive connections; every invocation runs in a fresh \
+                 clone (pre-forked ready clones, refilled in the background, then on-demand).\n\n",
+            );
+            out.push_str(&load::markdown(tput, false));
+        }
+        if let Some(d) = &self.density {
+            out.push_str("\n## Density: memory per zygote and per idle ready clone\n\n");
+            out.push_str(&density::markdown(d));
+        }
         let _ = write!(
             out,
             "\nmachine: {}  \ndaemon: {}  \ncommand: `{}`\n",
@@ -125,6 +221,146 @@ impl Report {
         );
         out
     }
+}
+
+/// fnhost's scenarios and the baselines in one table, then the ratios.
+pub fn side_by_side(scenarios: &Ordered<ScenarioSummary>, baselines: &[BaselineSummary]) -> String {
+    let mut out = String::from(
+        "## fnhost vs baselines: the same no-op Python function on the same root\n\n\
+         fnhost rows: HTTP round trip on loopback (request sent → body read). Baseline rows: \
+         start-to-exit of the command running `python3 -c` that imports the handler and calls \
+         it once. Milliseconds.\n\n\
+         | what | n | p50 | p90 | p99 | max |\n|---|--:|--:|--:|--:|--:|\n",
+    );
+    for (label, s) in &scenarios.0 {
+        let l = &s.latency;
+        if l.n == 0 {
+            let _ = writeln!(out, "| fnhost {label} | 0 | - | - | - | - |");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| fnhost {label} ({}) | {} | {} | {} | {} | {} |",
+            s.expected_start,
+            l.n,
+            ms(l.p50_ms),
+            ms(l.p90_ms),
+            ms(l.p99_ms),
+            ms(l.max_ms)
+        );
+    }
+    for b in baselines {
+        match (&b.latency, b.status) {
+            (Some(l), Status::Ok) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    b.name,
+                    l.n,
+                    ms(l.p50_ms),
+                    ms(l.p90_ms),
+                    ms(l.p99_ms),
+                    ms(l.max_ms)
+                );
+            }
+            (_, Status::NotInstalled) => {
+                let _ = writeln!(out, "| {} | not installed | - | - | - | - |", b.name);
+            }
+            _ => {
+                let _ = writeln!(out, "| {} | failed | - | - | - | - |", b.name);
+            }
+        }
+    }
+    let usable: Vec<(&BaselineSummary, f64, f64)> = baselines
+        .iter()
+        .filter_map(|b| b.latency.map(|l| (b, l.p50_ms, l.p99_ms)))
+        .collect();
+    if !usable.is_empty() && scenarios.0.iter().any(|(_, s)| s.latency.n > 0) {
+        out.push_str(
+            "\n### Ratios: baseline time ÷ fnhost time (> 1: fnhost is that many times faster)\n\n\
+             Each cell: p50 ratio (p99 ratio).\n\n| fnhost |",
+        );
+        for (b, _, _) in &usable {
+            let _ = write!(out, " vs {} |", b.name);
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"--:|".repeat(usable.len()));
+        out.push('\n');
+        for (label, s) in scenarios.0.iter().filter(|(_, s)| s.latency.n > 0) {
+            let _ = write!(out, "| {label} |");
+            for (_, p50, p99) in &usable {
+                let _ = write!(
+                    out,
+                    " {} ({}) |",
+                    ratio(*p50, s.latency.p50_ms),
+                    ratio(*p99, s.latency.p99_ms)
+                );
+            }
+            out.push('\n');
+        }
+    }
+    for b in baselines.iter().filter(|b| b.status != Status::Ok) {
+        if let Some(detail) = &b.detail {
+            let _ = writeln!(out, "\n- **{}:** {detail}", b.name);
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// `36.0×`, or `-` when fnhost's time is zero.
+pub fn ratio(baseline_ms: f64, fnhost_ms: f64) -> String {
+    if fnhost_ms <= 0.0 {
+        return "-".to_owned();
+    }
+    let r = baseline_ms / fnhost_ms;
+    if r >= 10.0 {
+        format!("{r:.0}×")
+    } else {
+        format!("{r:.2}×")
+    }
+}
+
+/// The daemon's own phase histograms, one column pair per function.
+fn metric_phase_table(phases: &PhaseMetrics, scenarios: &Ordered<ScenarioSummary>) -> String {
+    let functions: Vec<(String, String)> = if scenarios.0.is_empty() {
+        phases.keys().map(|f| (f.clone(), f.clone())).collect()
+    } else {
+        scenarios
+            .0
+            .iter()
+            .filter(|(_, s)| s.latency.n > 0)
+            .map(|(label, s)| (label.clone(), s.function.clone()))
+            .collect()
+    };
+    let mut out = String::from(
+        "\n## Where the time goes: the daemon's phase histograms (/metrics)\n\n\
+         Estimated from Prometheus buckets (25 µs … 30 s; linear within a bucket), in ms: \
+         p50 / p99, over every request to the function in this run (warm-up, churn and \
+         background refills included; the on-demand function also serves the churn suite). \
+         The zygote start of warm and on-demand functions happened once, at daemon start.\n\n\
+         | phase |",
+    );
+    for (label, _) in &functions {
+        let _ = write!(out, " {label} |");
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"--:|".repeat(functions.len()));
+    out.push('\n');
+    for (phase, description) in METRIC_PHASES {
+        let cells: Vec<String> = functions
+            .iter()
+            .map(|(_, f)| match phases.get(f).and_then(|p| p.get(*phase)) {
+                Some(m) => format!("{} / {}", ms(m.p50_ms), ms(m.p99_ms)),
+                None => "-".to_owned(),
+            })
+            .collect();
+        if cells.iter().all(|c| c == "-") {
+            continue;
+        }
+        let _ = writeln!(out, "| {description} | {} |", cells.join(" | "));
+    }
+    out
 }
 
 fn ms(v: f64) -> String {
@@ -232,6 +468,7 @@ mod tests {
 
     fn summary(n: u64, kinds: &[(&str, u64)]) -> ScenarioSummary {
         ScenarioSummary {
+            function: "noop".to_owned(),
             latency: Percentiles {
                 n,
                 p50_ms: 0.5,
@@ -262,6 +499,7 @@ mod tests {
             ]),
             errors: BTreeMap::new(),
             reconnects: 0,
+            cdf_ms: Vec::new(),
         }
     }
 
@@ -298,16 +536,17 @@ mod tests {
     fn markdown_flags_unexpected_starts_and_errors() {
         let mut warm = summary(10, &[("ready-clone", 8), ("on-demand-clone", 2)]);
         warm.errors.insert("503 PoolExhausted".to_owned(), 1);
-        let report = Report {
-            command: "fnhost-bench --warm 10".to_owned(),
-            machine: Machine {
+        let mut report = Report::new(
+            "fnhost-bench --warm 10".to_owned(),
+            Machine {
                 nproc: 2,
                 kernel: "6.18.0".to_owned(),
                 mem_total_kib: Some(24 * 1024 * 1024),
+                loadavg_1m: None,
             },
-            target: "http://127.0.0.1:1".to_owned(),
-            scenarios: Ordered(vec![("warm".to_owned(), warm)]),
-        };
+            "http://127.0.0.1:1".to_owned(),
+        );
+        report.scenarios = Ordered(vec![("warm".to_owned(), warm)]);
         let md = report.to_markdown();
         assert!(
             md.contains(
@@ -329,17 +568,55 @@ mod tests {
     }
 
     #[test]
+    fn side_by_side_has_ratios_and_missing_baselines() {
+        let scenarios = Ordered(vec![(
+            "warm".to_owned(),
+            summary(10, &[("ready-clone", 10)]),
+        )]);
+        let crun = BaselineSummary {
+            name: "crun run".to_owned(),
+            status: Status::Ok,
+            latency: Some(Percentiles {
+                n: 5,
+                p50_ms: 36.0,
+                p90_ms: 40.0,
+                p99_ms: 50.0,
+                max_ms: 50.0,
+                mean_ms: 37.0,
+            }),
+            detail: None,
+            cdf_ms: Vec::new(),
+        };
+        let runc = BaselineSummary {
+            name: "runc run".to_owned(),
+            status: Status::NotInstalled,
+            latency: None,
+            detail: Some("runc not installed".to_owned()),
+            cdf_ms: Vec::new(),
+        };
+        let md = side_by_side(&scenarios, &[crun, runc]);
+        assert!(md.contains("| runc run | not installed |"), "{md}");
+        assert!(md.contains("| fnhost | vs crun run |"), "{md}");
+        // 36 / 0.5 = 72, 50 / 2 = 25.
+        assert!(md.contains("| warm | 72× (25×) |"), "{md}");
+        assert!(md.contains("**runc run:** runc not installed"), "{md}");
+        assert_eq!(ratio(1.0, 0.5), "2.00×");
+        assert_eq!(ratio(1.0, 0.0), "-");
+    }
+
+    #[test]
     fn json_has_the_documented_shape() {
-        let report = Report {
-            command: "x".to_owned(),
-            machine: Machine {
+        let mut report = Report::new(
+            "x".to_owned(),
+            Machine {
                 nproc: 1,
                 kernel: "k".to_owned(),
                 mem_total_kib: None,
+                loadavg_1m: None,
             },
-            target: "t".to_owned(),
-            scenarios: Ordered(vec![("warm".to_owned(), summary(5, &[("ready-clone", 5)]))]),
-        };
+            "t".to_owned(),
+        );
+        report.scenarios = Ordered(vec![("warm".to_owned(), summary(5, &[("ready-clone", 5)]))]);
         let v = serde_json::to_value(&report).expect("serializable");
         let warm = &v["scenarios"]["warm"];
         for key in ["n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms"] {

@@ -39,10 +39,9 @@ pub async fn run_all(
     let mut out = Ordered::default();
     for scenario in scenarios.iter().filter(|s| s.n > 0) {
         let stats = run(endpoint, scenario, timeout).await?;
-        out.0.push((
-            scenario.label.to_owned(),
-            stats.summarize(scenario.expected_start),
-        ));
+        let mut summary = stats.summarize(scenario.expected_start);
+        summary.function = scenario.function.clone();
+        out.0.push((scenario.label.to_owned(), summary));
     }
     Ok(out)
 }

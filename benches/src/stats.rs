@@ -83,6 +83,19 @@ impl LatencyHistogram {
         us_to_ms(self.0.value_at_quantile(q))
     }
 
+    /// Adds every value recorded in `other`.
+    pub fn add(&mut self, other: &Self) {
+        // Both histograms share the same bounds, so adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// Latency at quantiles 0.00, 0.01, ..., 1.00 (101 points), for CDFs.
+    pub fn cdf_ms(&self) -> Vec<f64> {
+        (0..=100)
+            .map(|q| self.quantile_ms(f64::from(q) / 100.0))
+            .collect()
+    }
+
     pub fn summary(&self) -> Percentiles {
         Percentiles {
             n: self.0.len(),
@@ -202,12 +215,14 @@ impl ScenarioStats {
             })
             .collect();
         ScenarioSummary {
+            function: String::new(),
             latency: self.latency.summary(),
             expected_start: expected_start.to_owned(),
             start_kinds: self.start_kinds.clone(),
             phases: Ordered(phases),
             errors: self.errors.clone(),
             reconnects: self.reconnects,
+            cdf_ms: self.latency.cdf_ms(),
         }
     }
 }
@@ -224,6 +239,8 @@ pub struct PhaseSummary {
 /// The reportable result of one scenario (also its JSON form).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioSummary {
+    /// The function invoked (set by the scenario runner).
+    pub function: String,
     #[serde(flatten)]
     pub latency: Percentiles,
     /// The `x-fnhost-start` value this scenario is meant to measure.
@@ -232,6 +249,9 @@ pub struct ScenarioSummary {
     pub phases: Ordered<PhaseSummary>,
     pub errors: BTreeMap<String, u64>,
     pub reconnects: u64,
+    /// Latency at quantiles 0.00, 0.01, ..., 1.00 (for the CDF chart).
+    #[serde(skip)]
+    pub cdf_ms: Vec<f64>,
 }
 
 impl ScenarioSummary {

@@ -1,0 +1,631 @@
+//! The baselines: start-to-exit time of `crun run`, `runc run`,
+//! `bwrap --unshare-all` and plain host exec of the same Python work (import
+//! the no-op handler, call it once) over a root filesystem that mirrors
+//! fnhost's: the skeleton (merged-/usr symlinks, an /etc subset, the handler
+//! at /var/task) plus a read-only bind of the host's /usr.
+//!
+//! The harness re-executes itself as a worker in a private mount namespace:
+//! the /usr bind and the unmounted `/sys/fs/cgroup/unified` (crun 1.8 refuses
+//! hybrid cgroups) exist only there and vanish with the worker. The parent
+//! removes the temporary directory and the runtimes' cgroups afterwards.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::NOOP_HANDLER;
+use crate::stats::{LatencyHistogram, Percentiles};
+
+/// The baselines, in report order: name, program, Debian package.
+pub const BASELINES: &[(&str, &str, &str)] = &[
+    ("crun run", "crun", "crun"),
+    ("runc run", "runc", "runc"),
+    ("bwrap --unshare-all", "bwrap", "bubblewrap"),
+    ("host exec", "python3", "python3"),
+];
+
+/// The interpreter every baseline runs (and fnhost's zygotes use).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Untimed runs of each baseline before the timed ones.
+const WARMUP_RUNS: u64 = 2;
+
+/// A baseline gives up after this many consecutive failures.
+const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+
+/// Top-level directories of the root: mount points and empty directories.
+const ROOT_DIRS: &[&str] = &[
+    "proc", "dev", "sys", "tmp", "run", "root", "home", "mnt", "var", "var/tmp", "var/task", "etc",
+    "usr",
+];
+
+/// Host directories that are symlinks into /usr on a merged-/usr host
+/// (mirrored as the same symlink) or real directories (bound read-only).
+const USR_ALIASES: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Files and directories of the host's /etc copied into the root, as
+/// fnhost's skeleton does; names starting with `python3` are added.
+const ETC_ENTRIES: &[&str] = &[
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "os-release",
+    "protocols",
+    "services",
+];
+
+/// The work: import the handler from /var/task and call it once.
+fn python_script(task_dir: &str) -> String {
+    format!(
+        "import sys; sys.path.insert(0, {task_dir:?}); import handler; \
+         handler.handler({{'bench': True}}, None)"
+    )
+}
+
+/// How a baseline fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    NotInstalled,
+    Failed,
+}
+
+/// What the worker measured for one baseline (start-to-exit, microseconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawBaseline {
+    pub name: String,
+    pub status: Status,
+    pub samples_us: Vec<u64>,
+    /// The first failure, or how to install a missing program.
+    pub detail: Option<String>,
+}
+
+/// One baseline in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineSummary {
+    pub name: String,
+    pub status: Status,
+    #[serde(flatten)]
+    pub latency: Option<Percentiles>,
+    pub detail: Option<String>,
+    /// Latency at quantiles 0.00, 0.01, ..., 1.00 (for the CDF chart).
+    #[serde(skip)]
+    pub cdf_ms: Vec<f64>,
+}
+
+/// Runs every baseline `runs` times (interleaved) in a re-executed worker;
+/// `exe` is this program.
+pub fn run(exe: &Path, runs: u64) -> Result<Vec<BaselineSummary>> {
+    let dir = tempfile::Builder::new()
+        .prefix("fnhost-bench-baseline-")
+        .tempdir()
+        .context("creating the baseline directory")?;
+    eprintln!(
+        "fnhost-bench: baselines: {runs} runs each of {}",
+        BASELINES.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+    );
+    let mut cmd = Command::new(exe);
+    cmd.arg("--baseline-worker")
+        .arg(dir.path())
+        .arg("--baseline-runs")
+        .arg(runs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only two raw syscalls (unshare, mount) with constant arguments: no
+    // allocation, no locks. `last_os_error` reads errno without allocating.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let rc = libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = cmd
+        .output()
+        .context("running the baseline worker in a private mount namespace (needs root)");
+    let cgroup_leftovers = remove_cgroups(&cgroup_parent());
+    let output = output?;
+    if !output.status.success() {
+        bail!("the baseline worker failed ({})", output.status);
+    }
+    if let Err(err) = cgroup_leftovers {
+        eprintln!("fnhost-bench: baselines: removing runtime cgroups: {err:#}");
+    }
+    let raw: Vec<RawBaseline> =
+        serde_json::from_slice(&output.stdout).context("parsing the baseline worker's output")?;
+    Ok(raw.iter().map(summarize).collect())
+}
+
+fn summarize(raw: &RawBaseline) -> BaselineSummary {
+    let mut hist = LatencyHistogram::default();
+    for us in &raw.samples_us {
+        hist.record(std::time::Duration::from_micros(*us));
+    }
+    let has_samples = !raw.samples_us.is_empty();
+    BaselineSummary {
+        name: raw.name.clone(),
+        status: raw.status,
+        latency: has_samples.then(|| hist.summary()),
+        detail: raw.detail.clone(),
+        cdf_ms: if has_samples {
+            hist.cdf_ms()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The runtimes' cgroup (`cgroupsPath` of the bundle), relative to each
+/// hierarchy: one per harness run, reused by its sequential containers.
+fn cgroup_parent() -> String {
+    format!("fnhost-bench-baseline-{}", parent_pid())
+}
+
+/// The harness's pid: the worker's parent, or this process in the parent.
+fn parent_pid() -> u32 {
+    if std::env::args_os().any(|a| a == "--baseline-worker") {
+        std::os::unix::process::parent_id()
+    } else {
+        std::process::id()
+    }
+}
+
+/// Removes `/sys/fs/cgroup/*/<name>` and everything under it (runtimes
+/// remove their container cgroups on delete; this catches what is left).
+fn remove_cgroups(name: &str) -> Result<()> {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return Ok(());
+    };
+    for hierarchy in hierarchies.flatten() {
+        let top = hierarchy.path().join(name);
+        if top.is_dir() {
+            rmdir_tree(&top).with_context(|| format!("removing cgroup {}", top.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// cgroupfs directories are removed with rmdir, children first.
+fn rmdir_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        if entry.file_type()?.is_dir() {
+            rmdir_tree(&entry.path())?;
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+/// The worker: builds the root and bundle under `dir`, measures, prints the
+/// results as JSON on stdout. Runs in its own mount namespace.
+pub fn worker_main(dir: &Path, runs: u64) -> Result<()> {
+    let rootfs = dir.join("rootfs");
+    let binds = build_rootfs(&rootfs)?;
+    for (source, target) in &binds {
+        bind_readonly(source, target)?;
+    }
+    // crun 1.8 refuses hybrid cgroups; without the cgroup2 mount it sees v1.
+    let _ = umount(Path::new("/sys/fs/cgroup/unified"));
+    let bundle = dir.join("bundle");
+    fs::create_dir_all(&bundle).with_context(|| format!("creating {}", bundle.display()))?;
+    fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&oci_config(&rootfs, &cgroup_parent()))?,
+    )
+    .context("writing the OCI bundle's config.json")?;
+
+    let mut runners: Vec<Runner> = BASELINES
+        .iter()
+        .map(|(name, program, package)| Runner::new(name, program, package, dir, &rootfs))
+        .collect();
+    for _ in 0..WARMUP_RUNS {
+        for runner in &mut runners {
+            runner.run_once(false);
+        }
+    }
+    for _ in 0..runs {
+        for runner in &mut runners {
+            runner.run_once(true);
+        }
+    }
+    let results: Vec<RawBaseline> = runners.into_iter().map(Runner::finish).collect();
+    for (_, target) in binds.iter().rev() {
+        let _ = umount(target);
+    }
+    let _ = remove_cgroups(&cgroup_parent());
+    println!("{}", serde_json::to_string(&results)?);
+    Ok(())
+}
+
+/// Builds the root under `rootfs`; returns the (host dir, mount point)
+/// pairs still to bind read-only.
+fn build_rootfs(rootfs: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    for dir in ROOT_DIRS {
+        let path = rootfs.join(dir);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    let mut binds = vec![(PathBuf::from("/usr"), rootfs.join("usr"))];
+    for name in USR_ALIASES {
+        let host = Path::new("/").join(name);
+        match fs::symlink_metadata(&host) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&host)?;
+                symlink(&target, rootfs.join(name))
+                    .with_context(|| format!("mirroring the symlink {}", host.display()))?;
+            }
+            Ok(meta) if meta.is_dir() => {
+                fs::create_dir(rootfs.join(name))?;
+                binds.push((host, rootfs.join(name)));
+            }
+            _ => {}
+        }
+    }
+    let etc = rootfs.join("etc");
+    let host_etc = fs::read_dir("/etc").context("listing /etc")?;
+    for entry in host_etc.flatten() {
+        let name = entry.file_name();
+        let wanted = ETC_ENTRIES.iter().any(|e| name.as_bytes() == e.as_bytes())
+            || name.as_bytes().starts_with(b"python3");
+        if wanted {
+            copy_tree(&entry.path(), &etc.join(&name))?;
+        }
+    }
+    fs::write(etc.join("hosts"), "127.0.0.1\tlocalhost\n::1\tlocalhost\n")?;
+    fs::write(etc.join("hostname"), "fnhost-bench\n")?;
+    fs::write(etc.join("resolv.conf"), "")?;
+    fs::write(rootfs.join("var/task/handler.py"), NOOP_HANDLER)?;
+    Ok(binds)
+}
+
+/// Copies files, directories and symlinks (never following them).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    if meta.file_type().is_symlink() {
+        symlink(fs::read_link(from)?, to)?;
+    } else if meta.is_dir() {
+        fs::create_dir_all(to)?;
+        for entry in fs::read_dir(from)?.flatten() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if meta.is_file() {
+        fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
+fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("path {} contains a NUL byte", path.display()))
+}
+
+/// Binds `source` on `target`, then remounts the bind read-only.
+fn bind_readonly(source: &Path, target: &Path) -> Result<()> {
+    let (src, dst) = (cstring(source)?, cstring(target)?);
+    for flags in [
+        libc::MS_BIND | libc::MS_REC,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+    ] {
+        // SAFETY: both strings are valid NUL-terminated C strings that
+        // outlive the call; fstype and data may be null for bind mounts.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!("bind-mounting {} on {}", source.display(), target.display())
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Lazily unmounts `target`.
+fn umount(target: &Path) -> Result<()> {
+    let dst = cstring(target)?;
+    // SAFETY: `dst` is a valid NUL-terminated C string outliving the call.
+    if unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("unmounting {}", target.display()));
+    }
+    Ok(())
+}
+
+/// A minimal OCI runtime config: the Python work as uid 0 in new
+/// pid/mount/ipc/uts/network namespaces (no user namespace) on a read-only
+/// root, with /proc, a /dev tmpfs and a /tmp tmpfs.
+fn oci_config(rootfs: &Path, cgroup: &str) -> serde_json::Value {
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_KILL",
+    ];
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": [PYTHON, "-B", "-c", python_script("/var/task")],
+            "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"],
+            "cwd": "/var/task",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs, "readonly": true},
+        "hostname": "fnhost-bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
+                {"type": "uts"}, {"type": "network"}
+            ],
+            "cgroupsPath": format!("/{cgroup}/ct")
+        }
+    })
+}
+
+/// Finds `program` on PATH (plus the sbin directories root has).
+fn which(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        return Path::new(program).is_file().then(|| PathBuf::from(program));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Runs one baseline repeatedly and collects its timings.
+struct Runner {
+    raw: RawBaseline,
+    /// The program and the arguments of one run (`None`: not installed).
+    command: Option<(PathBuf, Vec<String>)>,
+    /// The OCI runtime's state directory, for `delete -f`.
+    runtime_root: Option<PathBuf>,
+    runs: u64,
+    consecutive_failures: u32,
+}
+
+impl Runner {
+    fn new(name: &str, program: &str, package: &str, dir: &Path, rootfs: &Path) -> Self {
+        let binary = if program == "python3" {
+            which(PYTHON)
+        } else {
+            which(program)
+        };
+        let mut raw = RawBaseline {
+            name: name.to_owned(),
+            status: Status::Ok,
+            samples_us: Vec::new(),
+            detail: None,
+        };
+        let Some(binary) = binary else {
+            raw.status = Status::NotInstalled;
+            raw.detail = Some(format!(
+                "{program} not installed: run FNHOST_BENCH_DEPS=1 scripts/install-deps.sh \
+                 (apt-get install {package})"
+            ));
+            return Self {
+                raw,
+                command: None,
+                runtime_root: None,
+                runs: 0,
+                consecutive_failures: 0,
+            };
+        };
+        let rootfs_s = rootfs.display().to_string();
+        let mut runtime_root = None;
+        let args: Vec<String> = match program {
+            "crun" | "runc" => {
+                let root = dir.join(format!("state-{program}"));
+                let args = vec![
+                    "--root".to_owned(),
+                    root.display().to_string(),
+                    "run".to_owned(),
+                    "--bundle".to_owned(),
+                    dir.join("bundle").display().to_string(),
+                ];
+                runtime_root = Some(root);
+                args
+            }
+            "bwrap" => [
+                "--unshare-all",
+                "--ro-bind",
+                &rootfs_s,
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--chdir",
+                "/var/task",
+                PYTHON,
+                "-B",
+                "-c",
+                &python_script("/var/task"),
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            _ => vec![
+                "-B".to_owned(),
+                "-c".to_owned(),
+                python_script(&format!("{rootfs_s}/var/task")),
+            ],
+        };
+        Self {
+            raw,
+            command: Some((binary, args)),
+            runtime_root,
+            runs: 0,
+            consecutive_failures: 0,
+        }
+    }
+
+    fn run_once(&mut self, timed: bool) {
+        let Some((binary, args)) = &self.command else {
+            return;
+        };
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
+            return;
+        }
+        self.runs += 1;
+        let id = format!("fnhost-bench-{}-{}", parent_pid(), self.runs);
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if self.runtime_root.is_some() {
+            cmd.arg(&id);
+        }
+        let started = Instant::now();
+        let result = cmd.output();
+        let elapsed = started.elapsed();
+        if let Some(root) = &self.runtime_root {
+            // Untimed: `run` already removed an exited container; this
+            // catches one that failed half-way.
+            let _ = Command::new(binary)
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "-f", &id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        match result {
+            Ok(out) if out.status.success() => {
+                self.consecutive_failures = 0;
+                if timed {
+                    let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                    self.raw.samples_us.push(us);
+                }
+            }
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                self.fail(format!("{}: {}", out.status, stderr.trim()));
+            }
+            Err(err) => self.fail(format!("cannot start {}: {err}", binary.display())),
+        }
+    }
+
+    fn fail(&mut self, detail: String) {
+        self.consecutive_failures += 1;
+        if self.raw.detail.is_none() {
+            eprintln!("fnhost-bench: baseline {} failed: {detail}", self.raw.name);
+            self.raw.detail = Some(detail);
+        }
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
+            self.raw.status = Status::Failed;
+        }
+    }
+
+    fn finish(self) -> RawBaseline {
+        self.raw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_config_is_minimal_and_readonly() {
+        let cfg = oci_config(Path::new("/tmp/r"), "fnhost-bench-baseline-1");
+        assert_eq!(cfg["root"]["readonly"], true);
+        assert_eq!(cfg["root"]["path"], "/tmp/r");
+        let ns: Vec<&str> = cfg["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .map(|n| n["type"].as_str().expect("type"))
+            .collect();
+        assert_eq!(ns, ["pid", "mount", "ipc", "uts", "network"]);
+        assert_eq!(cfg["process"]["args"][0], PYTHON);
+        assert_eq!(cfg["linux"]["cgroupsPath"], "/fnhost-bench-baseline-1/ct");
+    }
+
+    #[test]
+    fn script_imports_from_the_task_dir() {
+        let s = python_script("/var/task");
+        assert!(s.contains("sys.path.insert(0, \"/var/task\")"), "{s}");
+        assert!(s.contains("handler.handler("), "{s}");
+    }
+
+    #[test]
+    fn rootfs_mirrors_the_skeleton_without_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        let binds = build_rootfs(&rootfs).expect("rootfs builds");
+        assert_eq!(binds[0], (PathBuf::from("/usr"), rootfs.join("usr")));
+        assert!(rootfs.join("var/task/handler.py").is_file());
+        assert!(rootfs.join("etc/hosts").is_file());
+        assert!(rootfs.join("proc").is_dir());
+        if fs::symlink_metadata("/bin").is_ok_and(|m| m.file_type().is_symlink()) {
+            assert_eq!(
+                fs::read_link(rootfs.join("bin")).expect("symlink"),
+                fs::read_link("/bin").expect("symlink")
+            );
+        }
+    }
+
+    #[test]
+    fn missing_program_is_reported_with_install_hint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut runner = Runner::new("nope", "no-such-runtime-x", "pkg", dir.path(), dir.path());
+        runner.run_once(true);
+        let raw = runner.finish();
+        assert_eq!(raw.status, Status::NotInstalled);
+        assert!(raw
+            .detail
+            .expect("detail")
+            .contains("scripts/install-deps.sh"));
+    }
+}

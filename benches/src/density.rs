@@ -1,0 +1,334 @@
+//! Density: a daemon with one zygote and N idle ready clones; memory per
+//! zygote and per clone as PSS and USS (from `/proc/<pid>/smaps_rollup` of
+//! the daemon's descendants, grouped by their memory cgroup: `.../zygote`
+//! or `.../s<n>`), as memory-cgroup accounting, and as the drop of the
+//! host's `MemAvailable`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::daemon::{self, Daemon, DENSITY_FN};
+use crate::http::Endpoint;
+use crate::metrics;
+
+/// How long the pool may take to fill, per clone (plus a fixed minute).
+const FILL_TIME_PER_CLONE: Duration = Duration::from_millis(100);
+
+/// Memory of one process, from smaps_rollup, in KiB.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ProcMem {
+    rss_kib: u64,
+    pss_kib: u64,
+    /// Private_Clean + Private_Dirty: what exiting would free.
+    uss_kib: u64,
+}
+
+/// The density result (KiB unless named otherwise).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Density {
+    pub clones_requested: u32,
+    /// Sandboxes (clone cgroups with a live process) found.
+    pub clones_live: u32,
+    pub zygotes: u32,
+    pub zygote_pss_kib: u64,
+    pub zygote_uss_kib: u64,
+    pub zygote_cgroup_kib: Option<u64>,
+    pub clone_pss_kib_mean: f64,
+    pub clone_uss_kib_mean: f64,
+    pub clone_cgroup_kib_mean: Option<f64>,
+    pub daemon_pss_kib: u64,
+    pub mem_available_before_kib: u64,
+    pub mem_available_after_kib: u64,
+    /// (before - after) / clones: everything, daemon and zygote amortised.
+    pub host_kib_per_clone: f64,
+    /// MemAvailable before / host_kib_per_clone.
+    pub estimated_capacity: u64,
+    pub fill_seconds: f64,
+}
+
+/// Starts a density daemon, waits for its clones, measures, stops it.
+pub async fn run(fnhost: &Path, clones: u32) -> Result<Density> {
+    let before = mem_available_kib()?;
+    eprintln!("fnhost-bench: density: starting a daemon with {clones} ready clones");
+    let daemon = Daemon::start(fnhost, &daemon::density_functions(clones)).await?;
+    let endpoint = Endpoint::parse(daemon.url())?;
+    let started = Instant::now();
+    let limit = Duration::from_secs(60) + FILL_TIME_PER_CLONE * clones;
+    loop {
+        let ready = ready_clones(&endpoint).await.unwrap_or(0);
+        if ready >= u64::from(clones) {
+            break;
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "density: only {ready} of {clones} ready clones after {} s",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    // Let the refill settle and lazily freed memory return.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = mem_available_kib()?;
+    let result = measure(&daemon, clones, before, after, fill_seconds);
+    drop(daemon);
+    result
+}
+
+async fn ready_clones(endpoint: &Endpoint) -> Option<u64> {
+    let text = metrics::scrape(endpoint).await.ok()?;
+    let prefix = format!("fnhost_pool_ready_clones{{function=\"{DENSITY_FN}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn measure(
+    daemon: &Daemon,
+    clones: u32,
+    before: u64,
+    after: u64,
+    fill_seconds: f64,
+) -> Result<Density> {
+    let root = daemon.pid();
+    let mut groups: BTreeMap<String, ProcMem> = BTreeMap::new();
+    for pid in descendants(root) {
+        let Some(cgroup) = memory_cgroup(pid) else {
+            continue;
+        };
+        let Some(mem) = proc_mem(pid) else { continue };
+        let g = groups.entry(cgroup).or_default();
+        g.rss_kib += mem.rss_kib;
+        g.pss_kib += mem.pss_kib;
+        g.uss_kib += mem.uss_kib;
+    }
+    let daemon_pss_kib = proc_mem(root).map_or(0, |m| m.pss_kib);
+    let is_clone = |cg: &str| {
+        cg.rsplit('/')
+            .next()
+            .and_then(|leaf| leaf.strip_prefix('s'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let zygotes: Vec<(&String, &ProcMem)> = groups
+        .iter()
+        .filter(|(cg, _)| cg.ends_with("/zygote"))
+        .collect();
+    let sandboxes: Vec<(&String, &ProcMem)> =
+        groups.iter().filter(|(cg, _)| is_clone(cg)).collect();
+    if sandboxes.is_empty() {
+        bail!(
+            "density: found no clone processes under the daemon (pid {root}); cgroups seen: {:?}",
+            groups.keys().collect::<Vec<_>>()
+        );
+    }
+    let n = sandboxes.len() as f64;
+    let clone_cgroups: Vec<u64> = sandboxes
+        .iter()
+        .filter_map(|(cg, _)| cgroup_usage_kib(cg))
+        .collect();
+    let zygote_cgroup_kib = zygotes.first().and_then(|(cg, _)| cgroup_usage_kib(cg));
+    let host_kib_per_clone = before.saturating_sub(after) as f64 / f64::from(clones.max(1));
+    Ok(Density {
+        clones_requested: clones,
+        clones_live: sandboxes.len() as u32,
+        zygotes: zygotes.len() as u32,
+        zygote_pss_kib: zygotes.iter().map(|(_, m)| m.pss_kib).sum(),
+        zygote_uss_kib: zygotes.iter().map(|(_, m)| m.uss_kib).sum(),
+        zygote_cgroup_kib,
+        clone_pss_kib_mean: sandboxes.iter().map(|(_, m)| m.pss_kib).sum::<u64>() as f64 / n,
+        clone_uss_kib_mean: sandboxes.iter().map(|(_, m)| m.uss_kib).sum::<u64>() as f64 / n,
+        clone_cgroup_kib_mean: (!clone_cgroups.is_empty())
+            .then(|| clone_cgroups.iter().sum::<u64>() as f64 / clone_cgroups.len() as f64),
+        daemon_pss_kib,
+        mem_available_before_kib: before,
+        mem_available_after_kib: after,
+        host_kib_per_clone,
+        estimated_capacity: if host_kib_per_clone > 0.0 {
+            (before as f64 / host_kib_per_clone) as u64
+        } else {
+            0
+        },
+        fill_seconds,
+    })
+}
+
+/// Every descendant of `root` (from the ppid field of /proc/*/stat).
+fn descendants(root: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| parse_ppid(&s))
+        {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &child in children.get(&pid).map_or(&[][..], |v| v.as_slice()) {
+            out.push(child);
+            stack.push(child);
+        }
+    }
+    out
+}
+
+/// The ppid field of /proc/<pid>/stat (after the parenthesised comm).
+fn parse_ppid(stat: &str) -> Option<u32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The process's memory cgroup path (v1 `memory` line, else the v2 line).
+fn memory_cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_memory_cgroup(&text)
+}
+
+fn parse_memory_cgroup(text: &str) -> Option<String> {
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(path.to_owned());
+        }
+        if controllers.is_empty() {
+            v2 = Some(path.to_owned());
+        }
+    }
+    v2
+}
+
+fn proc_mem(pid: u32) -> Option<ProcMem> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    Some(parse_smaps_rollup(&text))
+}
+
+fn parse_smaps_rollup(text: &str) -> ProcMem {
+    let mut m = ProcMem::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(value)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(kib) = value.parse::<u64>() else {
+            continue;
+        };
+        match key {
+            "Rss:" => m.rss_kib = kib,
+            "Pss:" => m.pss_kib = kib,
+            "Private_Clean:" | "Private_Dirty:" => m.uss_kib += kib,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// The cgroup's charged memory: v1 `memory.usage_in_bytes`, else v2
+/// `memory.current`.
+fn cgroup_usage_kib(cgroup: &str) -> Option<u64> {
+    let rel = cgroup.trim_start_matches('/');
+    let candidates = [
+        PathBuf::from("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.usage_in_bytes"),
+        PathBuf::from("/sys/fs/cgroup")
+            .join(rel)
+            .join("memory.current"),
+    ];
+    candidates.iter().find_map(|p| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|b| b / 1024)
+    })
+}
+
+fn mem_available_kib() -> Result<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .context("no MemAvailable in /proc/meminfo")
+}
+
+fn mib(kib: f64) -> f64 {
+    kib / 1024.0
+}
+
+/// Markdown table of the density result.
+pub fn markdown(d: &Density) -> String {
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.2}", mib(v)));
+    format!(
+        "| what | MiB |\n|---|--:|\n\
+         | per idle ready clone, PSS | {:.2} |\n\
+         | per idle ready clone, USS (private) | {:.2} |\n\
+         | per idle ready clone, memory cgroup | {} |\n\
+         | per idle ready clone, host MemAvailable drop (daemon + zygote amortised) | {:.2} |\n\
+         | zygote, PSS | {:.2} |\n\
+         | zygote, USS | {:.2} |\n\
+         | zygote, memory cgroup | {} |\n\
+         | daemon, PSS | {:.2} |\n\
+         | host MemAvailable before → after | {:.0} → {:.0} |\n\n\
+         {} of {} clones live ({} zygote(s)), pool full {:.1} s after the daemon answered /healthz; at the MemAvailable \
+         cost per clone this host fits about **{}** idle sandboxes.\n",
+        mib(d.clone_pss_kib_mean),
+        mib(d.clone_uss_kib_mean),
+        opt(d.clone_cgroup_kib_mean),
+        mib(d.host_kib_per_clone),
+        mib(d.zygote_pss_kib as f64),
+        mib(d.zygote_uss_kib as f64),
+        opt(d.zygote_cgroup_kib.map(|v| v as f64)),
+        mib(d.daemon_pss_kib as f64),
+        mib(d.mem_available_before_kib as f64),
+        mib(d.mem_available_after_kib as f64),
+        d.clones_live,
+        d.clones_requested,
+        d.zygotes,
+        d.fill_seconds,
+        d.estimated_capacity,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        assert_eq!(parse_ppid("123 (python3 (x)) S 45 123 123 0 -1"), Some(45));
+        let cg = "12:pids:/a\n5:memory:/fnhost-bench-1/noop/s3\n0::/x\n";
+        assert_eq!(
+            parse_memory_cgroup(cg).as_deref(),
+            Some("/fnhost-bench-1/noop/s3")
+        );
+        assert_eq!(
+            parse_memory_cgroup("0::/only/v2\n").as_deref(),
+            Some("/only/v2")
+        );
+        let smaps = "Rss:  2048 kB\nPss:  1024 kB\nPrivate_Clean: 10 kB\nPrivate_Dirty: 90 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(smaps),
+            ProcMem {
+                rss_kib: 2048,
+                pss_kib: 1024,
+                uss_kib: 100
+            }
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! The daemon's own account of where time goes: the Prometheus histograms
+//! `fnhost_phase_seconds{function,phase}` and `fnhost_zygote_start_seconds`
+//! scraped from `/metrics`, with quantiles estimated from the buckets the
+//! way Prometheus's `histogram_quantile` does (linear within a bucket).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+
+use crate::http::{Connection, Endpoint};
+
+const PHASE_METRIC: &str = "fnhost_phase_seconds";
+const ZYGOTE_METRIC: &str = "fnhost_zygote_start_seconds";
+/// The phase name given to `fnhost_zygote_start_seconds`.
+pub const ZYGOTE_PHASE: &str = "zygote_start";
+
+/// One histogram's buckets, count and sum.
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// (upper bound in seconds, cumulative count), `+Inf` as infinity.
+    buckets: Vec<(f64, f64)>,
+    count: f64,
+    sum: f64,
+}
+
+/// Summary of one phase of one function, in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseMetric {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Phase summaries by function, then phase (`zygote_start` included).
+pub type PhaseMetrics = BTreeMap<String, BTreeMap<String, PhaseMetric>>;
+
+/// Scrapes `/metrics`.
+pub async fn scrape(endpoint: &Endpoint) -> Result<String> {
+    let mut conn = Connection::new(endpoint.clone());
+    let reply = conn
+        .send(
+            Method::GET,
+            &endpoint.path("/metrics"),
+            Bytes::new(),
+            Duration::from_secs(10),
+        )
+        .await?;
+    if reply.status != StatusCode::OK {
+        bail!("GET /metrics answered {}", reply.status);
+    }
+    Ok(String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+/// Parses the phase and zygote-start histograms out of Prometheus text.
+pub fn parse(text: &str) -> PhaseMetrics {
+    let mut hists: BTreeMap<(String, String), Histogram> = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+            None => (series, BTreeMap::new()),
+        };
+        let (base, kind) = if let Some(b) = name.strip_suffix("_bucket") {
+            (b, "bucket")
+        } else if let Some(b) = name.strip_suffix("_count") {
+            (b, "count")
+        } else if let Some(b) = name.strip_suffix("_sum") {
+            (b, "sum")
+        } else {
+            continue;
+        };
+        let phase = match base {
+            PHASE_METRIC => match labels.get("phase") {
+                Some(p) => p.clone(),
+                None => continue,
+            },
+            ZYGOTE_METRIC => ZYGOTE_PHASE.to_owned(),
+            _ => continue,
+        };
+        let function = labels.get("function").cloned().unwrap_or_default();
+        let hist = hists.entry((function, phase)).or_default();
+        match kind {
+            "bucket" => {
+                let le = match labels.get("le").map(String::as_str) {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(le) => le,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                hist.buckets.push((le, value));
+            }
+            "count" => hist.count = value,
+            _ => hist.sum = value,
+        }
+    }
+    let mut out = PhaseMetrics::new();
+    for ((function, phase), mut hist) in hists {
+        if hist.count <= 0.0 {
+            continue;
+        }
+        hist.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let metric = PhaseMetric {
+            count: hist.count as u64,
+            mean_ms: round_us(hist.sum / hist.count * 1000.0),
+            p50_ms: round_us(quantile(&hist, 0.50) * 1000.0),
+            p99_ms: round_us(quantile(&hist, 0.99) * 1000.0),
+        };
+        out.entry(function).or_default().insert(phase, metric);
+    }
+    out
+}
+
+fn round_us(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// `histogram_quantile`: linear interpolation inside the bucket that holds
+/// the rank; a rank in the `+Inf` bucket reports the largest finite bound.
+fn quantile(hist: &Histogram, q: f64) -> f64 {
+    let rank = q * hist.count;
+    let mut lower = 0.0;
+    let mut below = 0.0;
+    for &(le, cumulative) in &hist.buckets {
+        if cumulative >= rank {
+            if le.is_infinite() {
+                return lower;
+            }
+            let in_bucket = cumulative - below;
+            if in_bucket <= 0.0 {
+                return le;
+            }
+            return lower + (le - lower) * (rank - below) / in_bucket;
+        }
+        lower = le;
+        below = cumulative;
+    }
+    lower
+}
+
+/// `a="x",b="y"` (no escapes inside values are needed for fnhost's labels).
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let Some((value, tail)) = after.split_once('"') else {
+            break;
+        };
+        out.insert(
+            key.trim().trim_start_matches(',').trim().to_owned(),
+            value.to_owned(),
+        );
+        rest = tail;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# TYPE fnhost_phase_seconds histogram\n\
+fnhost_phase_seconds_bucket{function=\"noop\",phase=\"teardown\",le=\"0.001\"} 50\n\
+fnhost_phase_seconds_bucket{function=\"noop\",phase=\"teardown\",le=\"0.002\"} 100\n\
+fnhost_phase_seconds_bucket{function=\"noop\",phase=\"teardown\",le=\"+Inf\"} 100\n\
+fnhost_phase_seconds_sum{function=\"noop\",phase=\"teardown\"} 0.1\n\
+fnhost_phase_seconds_count{function=\"noop\",phase=\"teardown\"} 100\n\
+fnhost_zygote_start_seconds_bucket{function=\"cold\",le=\"0.025\"} 0\n\
+fnhost_zygote_start_seconds_bucket{function=\"cold\",le=\"0.05\"} 4\n\
+fnhost_zygote_start_seconds_bucket{function=\"cold\",le=\"+Inf\"} 4\n\
+fnhost_zygote_start_seconds_sum{function=\"cold\"} 0.14\n\
+fnhost_zygote_start_seconds_count{function=\"cold\"} 4\n\
+fnhost_invocations_total{function=\"noop\",outcome=\"ok\"} 100\n";
+
+    #[test]
+    fn parses_histograms_and_interpolates_quantiles() {
+        let m = parse(TEXT);
+        let teardown = &m["noop"]["teardown"];
+        assert_eq!(teardown.count, 100);
+        assert_eq!(teardown.mean_ms, 1.0);
+        // Rank 50 is the top of the first bucket; rank 99 is 49/50 into the second.
+        assert_eq!(teardown.p50_ms, 1.0);
+        assert_eq!(teardown.p99_ms, 1.98);
+        let zygote = &m["cold"][ZYGOTE_PHASE];
+        assert_eq!(zygote.count, 4);
+        assert_eq!(zygote.mean_ms, 35.0);
+        assert_eq!(zygote.p50_ms, 37.5);
+        assert!(!m["noop"].contains_key("invocations"));
+    }
+
+    #[test]
+    fn parses_labels() {
+        let l = parse_labels("function=\"a-b\",phase=\"clone\",le=\"+Inf\"");
+        assert_eq!(l["function"], "a-b");
+        assert_eq!(l["phase"], "clone");
+        assert_eq!(l["le"], "+Inf");
+    }
+}

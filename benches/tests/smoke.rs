@@ -1,0 +1,144 @@
+//! Smoke test of the harness: every suite with tiny counts against a real
+//! daemon, baselines included. Asserts that the run completes, that its
+//! JSON and charts parse, and that it leaves no cgroup or mount behind;
+//! never asserts on time. Needs root and `fnhost` (with its shim) next to
+//! the harness binary (`cargo build --workspace --all-targets`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Skips with a reason, or fails under CI=true where nothing may be skipped.
+fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but the harness smoke test cannot run: {reason}");
+    }
+    eprintln!("skipping the harness smoke test: {reason}");
+}
+
+fn fnhost_binary() -> PathBuf {
+    let bench = Path::new(env!("CARGO_BIN_EXE_fnhost-bench"));
+    bench
+        .parent()
+        .expect("the harness binary lives in a directory")
+        .join("fnhost")
+}
+
+#[test]
+fn every_suite_runs_with_tiny_counts() {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("needs root (namespaces, mounts, cgroups)");
+    }
+    let fnhost = fnhost_binary();
+    if !fnhost.is_file() {
+        return skip(&format!(
+            "{} not built: run cargo build --workspace --all-targets",
+            fnhost.display()
+        ));
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("bench.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_fnhost-bench"))
+        .args(["latency", "baselines", "churn", "throughput", "density"])
+        .args([
+            "--warm",
+            "5",
+            "--ondemand",
+            "3",
+            "--cold",
+            "2",
+            "--warmup",
+            "2",
+        ])
+        .args(["--baseline-runs", "2", "--duration", "0.3"])
+        .args(["--churn-clients", "1,2", "--concurrency", "1,4"])
+        .args(["--density-clones", "4"])
+        .arg("--fnhost")
+        .arg(&fnhost)
+        .arg("--out")
+        .arg(out.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("the harness starts");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        child.status.success(),
+        "harness failed ({}):\n{stdout}\n{stderr}",
+        child.status
+    );
+
+    assert!(stdout.contains("## fnhost vs baselines"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&json).expect("json written"))
+            .expect("json parses");
+    for scenario in ["warm", "ondemand", "cold"] {
+        assert!(
+            report["scenarios"][scenario]["p50_ms"].is_number(),
+            "{scenario}: {report}"
+        );
+    }
+    let baselines = report["baselines"].as_array().expect("baselines listed");
+    let names: Vec<&str> = baselines
+        .iter()
+        .map(|b| b["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["crun run", "runc run", "bwrap --unshare-all", "host exec"]
+    );
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    for b in baselines {
+        let status = b["status"].as_str().expect("status");
+        // CI installs every baseline (scripts/install-deps.sh), so there
+        // each must have run; elsewhere "not installed" is a valid outcome.
+        if in_ci || status != "not_installed" {
+            assert_eq!(status, "ok", "{b}");
+            assert!(b["p50_ms"].is_number(), "{b}");
+        }
+    }
+    assert_eq!(report["churn"].as_array().map(Vec::len), Some(2));
+    assert_eq!(report["throughput"].as_array().map(Vec::len), Some(2));
+    assert!(report["phase_metrics"]["noop"]["clone"]["count"].is_number());
+    assert!(report["density"]["clone_pss_kib_mean"].is_number());
+    for chart in [
+        "latency-cdf.svg",
+        "phases.svg",
+        "throughput.svg",
+        "density.svg",
+    ] {
+        let svg = fs::read_to_string(out.path().join(chart)).expect("chart written");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    // Nothing left behind: the daemons' and the runtimes' cgroups, and the
+    // baseline root's bind mounts.
+    let pid = child_pid_from(&stderr);
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
+        for name in [
+            format!("fnhost-bench-{pid}"),
+            format!("fnhost-bench-baseline-{pid}"),
+        ] {
+            let leftover = hierarchy.path().join(&name);
+            assert!(!leftover.exists(), "{} left behind", leftover.display());
+        }
+    }
+    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains("fnhost-bench-baseline-"),
+        "baseline mounts leaked:\n{mounts}"
+    );
+}
+
+/// The harness's pid, from its "started ... (pid N)" line's parent: the
+/// cgroups it names are `fnhost-bench-<harness pid>`, printed as `harness pid`.
+fn child_pid_from(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("fnhost-bench: harness pid "))
+        .expect("the harness prints its pid")
+        .trim()
+        .to_owned()
+}
