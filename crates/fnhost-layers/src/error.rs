@@ -45,4 +45,14 @@ pub enum LayerError {
     List { path: PathBuf, source: io::Error },
     #[error("cannot inspect host path {path} for the host layer: {source}")]
     HostPath { path: PathBuf, source: io::Error },
+    /// Boxed: image errors carry several strings, and every caller of the
+    /// store passes `LayerError` around.
+    #[error(transparent)]
+    Image(Box<crate::image::ImageError>),
+}
+
+impl From<crate::image::ImageError> for LayerError {
+    fn from(e: crate::image::ImageError) -> Self {
+        LayerError::Image(Box::new(e))
+    }
 }

@@ -105,6 +105,40 @@ impl LayerStore {
     }
 }
 
+/// Directories of the mountpoints layer that sits above an image's layers.
+const MOUNTPOINT_DIRS: &[(&str, u32)] = &[
+    ("proc", 0o755),
+    ("dev", 0o755),
+    ("tmp", 0o1777),
+    ("var", 0o755),
+    ("var/task", 0o755),
+    (".fnhost", 0o755),
+    (".fnhost/rw", 0o755),
+    (".fnhost/runtime", 0o755),
+    ("etc", 0o755),
+];
+
+impl LayerStore {
+    /// The small layer put above an image's layers so any image works: the
+    /// mount points a sandbox needs (`proc`, `dev`, `tmp`, `.fnhost/rw`,
+    /// `.fnhost/runtime`, `var/task`) and the generated `/etc/hosts`,
+    /// `hostname` and `resolv.conf` of a loopback-only sandbox.
+    pub fn mountpoints_layer(&self) -> Result<Layer, LayerError> {
+        let mut plan = Plan::new();
+        for (dir, mode) in MOUNTPOINT_DIRS {
+            plan.insert(PathBuf::from(dir), Node::Dir { mode: *mode })?;
+        }
+        for (name, contents) in ETC_FRESH {
+            let node = Node::File {
+                mode: 0o644,
+                data: FileData::Bytes(Cow::Borrowed(contents)),
+            };
+            plan.insert(Path::new("etc").join(name), node)?;
+        }
+        self.build(&plan)
+    }
+}
+
 /// Mirrors each of [`BOUND_DIRS`]: a host symlink becomes the same symlink,
 /// a host directory an empty mount point plus a bind.
 fn add_bound_dirs(plan: &mut Plan<'_>, host_root: &Path) -> Result<Vec<HostBind>, LayerError> {

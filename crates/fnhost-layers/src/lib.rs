@@ -1,10 +1,11 @@
 //! fnhost-layers: the content-addressed store of read-only layer directories
-//! that sandbox roots are overlaid from (code, runtime and host skeleton
-//! layers), and the host directories to bind beside them.
+//! that sandbox roots are overlaid from (code, runtime, host skeleton and
+//! imported image layers), and the host directories to bind beside them.
 #![forbid(unsafe_code)]
 
 mod error;
 mod host;
+mod image;
 mod plan;
 mod source;
 mod store;
@@ -12,4 +13,5 @@ mod write;
 
 pub use error::LayerError;
 pub use host::{HostBind, HostLayer};
+pub use image::{Image, ImageConfig, ImageError, ImageFormat, ImageRef, ImportLimits};
 pub use store::{Layer, LayerFile, LayerStore};

@@ -94,36 +94,83 @@ impl<'a> Plan<'a> {
 
     /// The layer's digest, `sha256:<hex>`.
     pub(crate) fn digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(b"fnhost-layer-v1\0");
-        hasher.update(self.root_mode.to_le_bytes());
-        for (path, node) in &self.nodes {
-            put_bytes(&mut hasher, path.as_os_str().as_bytes());
-            match node {
-                Node::Dir { mode } => {
-                    hasher.update(b"d");
-                    hasher.update(mode.to_le_bytes());
-                }
-                Node::File { mode, data } => {
-                    hasher.update(b"f");
-                    hasher.update(mode.to_le_bytes());
-                    let (len, sha256): (u64, [u8; 32]) = match data {
-                        FileData::Bytes(bytes) => {
-                            (bytes.len() as u64, Sha256::digest(bytes).into())
+        layer_digest(
+            self.root_mode,
+            self.nodes.iter().map(|(path, node)| {
+                let entry = match node {
+                    Node::Dir { mode } => DigestEntry::Dir {
+                        mode: *mode,
+                        opaque: false,
+                    },
+                    Node::File { mode, data } => {
+                        let (len, sha256): (u64, [u8; 32]) = match data {
+                            FileData::Bytes(bytes) => {
+                                (bytes.len() as u64, Sha256::digest(bytes).into())
+                            }
+                            FileData::Source { len, sha256, .. } => (*len, *sha256),
+                        };
+                        DigestEntry::File {
+                            mode: *mode,
+                            len,
+                            sha256,
                         }
-                        FileData::Source { len, sha256, .. } => (*len, *sha256),
-                    };
-                    hasher.update(len.to_le_bytes());
-                    hasher.update(sha256);
-                }
-                Node::Symlink { target } => {
-                    hasher.update(b"l");
-                    put_bytes(&mut hasher, target.as_os_str().as_bytes());
-                }
-            }
-        }
-        format!("sha256:{}", hex::encode(hasher.finalize()))
+                    }
+                    Node::Symlink { target } => DigestEntry::Symlink { target },
+                };
+                (path.as_path(), entry)
+            }),
+        )
     }
+}
+
+/// What the digest records of one entry. Layers extracted from images add
+/// overlayfs whiteouts and opaque directories, which plans never hold.
+pub(crate) enum DigestEntry<'a> {
+    Dir {
+        mode: u32,
+        opaque: bool,
+    },
+    File {
+        mode: u32,
+        len: u64,
+        sha256: [u8; 32],
+    },
+    Symlink {
+        target: &'a Path,
+    },
+    Whiteout,
+}
+
+/// The digest, `sha256:<hex>`, of a layer with root mode `root_mode` and
+/// `entries` in canonical (component-wise sorted) order.
+pub(crate) fn layer_digest<'a>(
+    root_mode: u32,
+    entries: impl Iterator<Item = (&'a Path, DigestEntry<'a>)>,
+) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"fnhost-layer-v1\0");
+    hasher.update(root_mode.to_le_bytes());
+    for (path, entry) in entries {
+        put_bytes(&mut hasher, path.as_os_str().as_bytes());
+        match entry {
+            DigestEntry::Dir { mode, opaque } => {
+                hasher.update(if opaque { b"o" } else { b"d" });
+                hasher.update(mode.to_le_bytes());
+            }
+            DigestEntry::File { mode, len, sha256 } => {
+                hasher.update(b"f");
+                hasher.update(mode.to_le_bytes());
+                hasher.update(len.to_le_bytes());
+                hasher.update(sha256);
+            }
+            DigestEntry::Symlink { target } => {
+                hasher.update(b"l");
+                put_bytes(&mut hasher, target.as_os_str().as_bytes());
+            }
+            DigestEntry::Whiteout => hasher.update(b"w"),
+        }
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
 /// Length-prefixed, so that no two different entry lists hash the same bytes.

@@ -45,6 +45,38 @@ pub struct LayerStore {
 }
 
 impl LayerStore {
+    /// Makes `uid:gid` own every entry of `layer` (symlinks themselves, not
+    /// their targets). Sandboxes in a user namespace see layers owned by the
+    /// namespace's root only if the host ids are its mapped root: overlayfs
+    /// cannot copy up a file whose owner is unmapped (EOVERFLOW). Skipped
+    /// when the layer's root already has that owner.
+    pub fn set_owner(&self, layer: &Path, uid: u32, gid: u32) -> Result<(), LayerError> {
+        let layer = Layer { digest: String::new(), path: layer.to_path_buf() };
+        use std::os::unix::fs::MetadataExt;
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LayerError::Write { path, source }
+        };
+        let meta = fs::symlink_metadata(&layer.path).map_err(write_err(&layer.path))?;
+        if meta.uid() == uid && meta.gid() == gid {
+            return Ok(());
+        }
+        let mut stack = vec![layer.path.clone()];
+        while let Some(path) = stack.pop() {
+            let meta = fs::symlink_metadata(&path).map_err(write_err(&path))?;
+            if meta.is_dir() {
+                for entry in fs::read_dir(&path).map_err(write_err(&path))? {
+                    stack.push(entry.map_err(write_err(&path))?.path());
+                }
+            }
+            // The root last, so an interrupted pass is redone next time.
+            if path != layer.path {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(write_err(&path))?;
+            }
+        }
+        std::os::unix::fs::lchown(&layer.path, Some(uid), Some(gid)).map_err(write_err(&layer.path))
+    }
+
     /// Opens the store at `root` (e.g. `<state_dir>/layers`), creating it
     /// with mode 0700 if needed, and removes builds left in `tmp/` by
     /// processes that no longer run.
@@ -54,11 +86,13 @@ impl LayerStore {
             move |source| LayerError::CreateStore { path, source }
         };
         fs::create_dir_all(root).map_err(create_err(root))?;
-        fs::set_permissions(root, Permissions::from_mode(0o700)).map_err(create_err(root))?;
+        // Searchable but not listable: sandboxes in a user namespace run as
+        // unprivileged host ids and must reach their layers' paths.
+        fs::set_permissions(root, Permissions::from_mode(0o711)).map_err(create_err(root))?;
         let root = fs::canonicalize(root).map_err(create_err(root))?;
-        for sub in ["sha256", "tmp"] {
+        for (sub, mode) in [("sha256", 0o711), ("tmp", 0o700)] {
             let path = root.join(sub);
-            match DirBuilder::new().mode(0o700).create(&path) {
+            match DirBuilder::new().mode(mode).create(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
                 Err(source) => return Err(LayerError::CreateStore { path, source }),
@@ -167,13 +201,42 @@ impl LayerStore {
     /// `layer.path`; if another builder got there first, keeps theirs.
     fn write_and_commit(&self, plan: &Plan<'_>, layer: Layer) -> Result<Layer, LayerError> {
         let hex = &layer.digest["sha256:".len()..];
+        let tmp = self.new_build(hex)?;
+        write_plan(plan, &tmp.path)?;
+        self.commit(tmp, layer, plan.nodes.len())
+    }
+
+    /// The layer that digest `sha256:<hex>` names (present or not).
+    pub(crate) fn layer_for(&self, digest: &str) -> Layer {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .expect("digest has a sha256: prefix");
+        Layer {
+            path: self.root.join("sha256").join(hex),
+            digest: digest.to_owned(),
+        }
+    }
+
+    /// A fresh, empty build directory in `tmp/`, removed on drop unless
+    /// committed. `label` only helps a reader of `tmp/`.
+    pub(crate) fn new_build(&self, label: &str) -> Result<TmpBuild, LayerError> {
         let seq = BUILD_SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = TmpBuild::create(
+        TmpBuild::create(
             self.root
                 .join("tmp")
-                .join(format!("{}-{seq}-{hex}", std::process::id())),
-        )?;
-        write_plan(plan, &tmp.path)?;
+                .join(format!("{}-{seq}-{label}", std::process::id())),
+        )
+    }
+
+    /// Renames finished build `tmp` to `layer.path`; if another builder of
+    /// the same digest got there first (or the layer already existed),
+    /// keeps that one and drops ours.
+    pub(crate) fn commit(
+        &self,
+        tmp: TmpBuild,
+        layer: Layer,
+        entries: usize,
+    ) -> Result<Layer, LayerError> {
         match fs::rename(&tmp.path, &layer.path) {
             Ok(()) => {
                 tmp.keep();
@@ -184,7 +247,7 @@ impl LayerStore {
                         path: sha_dir,
                         source,
                     })?;
-                tracing::info!(digest = %layer.digest, path = %layer.path.display(), entries = plan.nodes.len(), "layer built");
+                tracing::info!(digest = %layer.digest, path = %layer.path.display(), entries, "layer built");
                 Ok(layer)
             }
             // Another builder of the same digest got there first; its
@@ -234,8 +297,8 @@ fn is_sha256_hex(name: &str) -> bool {
 }
 
 /// A build directory that is removed unless the build is committed.
-struct TmpBuild {
-    path: PathBuf,
+pub(crate) struct TmpBuild {
+    pub(crate) path: PathBuf,
     committed: bool,
 }
 
@@ -327,7 +390,7 @@ mod tests {
         let src = tempfile::tempdir().expect("tempdir");
         code_tree(src.path());
         let store = LayerStore::open(&state.path().join("layers")).expect("open");
-        assert_eq!(mode(store.root()), 0o700);
+        assert_eq!(mode(store.root()), 0o711);
 
         let first = store
             .import_dir(src.path(), Path::new("var/task"))

@@ -41,6 +41,11 @@ pub enum SpawnError {
     Spec(String),
     #[error("clone3 of the zygote failed: {0} (fnhost needs root, or CAP_SYS_ADMIN, to create namespaces)")]
     Clone(#[source] io::Error),
+    #[error(
+        "cannot write the zygote's user namespace id map: {0} (check server.userns_host_base, or set \
+         server.user_namespace = false)"
+    )]
+    IdMap(#[source] io::Error),
 }
 
 impl From<NulError> for SpawnError {
@@ -49,13 +54,23 @@ impl From<NulError> for SpawnError {
     }
 }
 
+/// A user namespace id mapping: ids `0..size` inside are `host_base..` outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub host_base: u32,
+    pub size: u32,
+}
+
 /// Starts a zygote for `spec` inside the cgroup given by `cgroup_dir` (a
 /// cgroup2 directory fd, for `CLONE_INTO_CGROUP`) and `v1_procs` (v1
-/// `cgroup.procs` files the child writes itself into before exec).
+/// `cgroup.procs` files the child writes itself into before exec). With
+/// `userns`, the zygote gets its own user namespace: the child waits until
+/// the daemon has written its uid/gid maps, becomes root inside, then execs.
 pub fn spawn_zygote(
     spec: &ZygoteSpec,
     cgroup_dir: Option<&OwnedFd>,
     v1_procs: &[OwnedFd],
+    userns: Option<IdMap>,
 ) -> Result<ZygoteProcess, SpawnError> {
     let (control, child_control) = socketpair(
         AddressFamily::Unix,
@@ -74,6 +89,9 @@ pub fn spawn_zygote(
     let (output, child_output) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let dev_null = std::fs::File::open("/dev/null").map_err(SpawnError::DevNull)?;
+    // The child waits on this until its id maps are written.
+    let (map_ready_r, map_ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let map_ready_raw = map_ready_r.as_raw_fd();
 
     // Everything the child touches is prepared now: no allocation after clone.
     let exe = CString::new("/proc/self/exe")?;
@@ -93,7 +111,7 @@ pub fn spawn_zygote(
     // above, which stay valid in the child's copy of memory.
     let forked = unsafe {
         sys::clone3(CloneSpec {
-            flags: ZYGOTE_NAMESPACES,
+            flags: ZYGOTE_NAMESPACES | if userns.is_some() { libc::CLONE_NEWUSER as u64 } else { 0 },
             cgroup: cgroup_dir.map(|fd| fd.as_fd()),
             exit_signal: libc::SIGCHLD,
         })
@@ -101,9 +119,18 @@ pub fn spawn_zygote(
     .map_err(SpawnError::Clone)?;
     match forked {
         Forked::Child => {
+            // Still the daemon's credentials here: the v1 attach is checked
+            // against the opener of the files anyway.
             for fd in &v1_raw {
                 if sys::write_all_raw(*fd, b"0").is_err() {
                     sys::exit_immediately(120);
+                }
+            }
+            if userns.is_some() {
+                // Wait for the maps, then become root of the namespace (an
+                // unmapped uid would lose every capability at exec).
+                if !matches!(sys::read_byte_raw(map_ready_raw), Ok(true)) || sys::set_ids_raw(0, 0).is_err() {
+                    sys::exit_immediately(122);
                 }
             }
             // Sources are all >= 3, so filling 0..=2 first cannot clobber
@@ -120,6 +147,20 @@ pub fn spawn_zygote(
             unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
             sys::exit_immediately(127)
         }
-        Forked::Parent { pid, pidfd } => Ok(ZygoteProcess { pid, pidfd, control, output }),
+        Forked::Parent { pid, pidfd } => {
+            drop(map_ready_r);
+            if let Some(map) = userns {
+                let line = format!("0 {} {}\n", map.host_base, map.size);
+                let written = std::fs::write(format!("/proc/{pid}/uid_map"), &line)
+                    .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &line));
+                if let Err(e) = written {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                    return Err(SpawnError::IdMap(e));
+                }
+                sys::write_all_raw(map_ready_w.as_raw_fd(), b"1").map_err(SpawnError::IdMap)?;
+            }
+            drop(map_ready_w);
+            Ok(ZygoteProcess { pid, pidfd, control, output })
+        }
     }
 }

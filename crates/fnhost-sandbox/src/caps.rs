@@ -16,6 +16,8 @@ pub enum CapsError {
     Ambient { source: io::Error },
     #[error("cannot clear capability sets with capset: {source}")]
     Capset { source: io::Error },
+    #[error("cannot switch to uid {uid} gid {gid}: {source}")]
+    SetIds { uid: u32, gid: u32, source: io::Error },
     #[error("cannot set no_new_privs: {source}")]
     NoNewPrivs { source: io::Error },
 }
@@ -30,12 +32,13 @@ fn last_cap() -> u32 {
 }
 
 /// Drops every capability of the calling thread for good and sets
-/// `no_new_privs`. Must run single-threaded (capabilities are per thread).
-///
-/// `cap_last_cap` is passed in so callers that already read it (a zygote,
-/// once) do not pay a file read per clone; `None` reads it now.
-pub fn drop_all_privileges(cap_last_cap: Option<u32>) -> Result<(), CapsError> {
-    let last = cap_last_cap.unwrap_or_else(last_cap);
+/// `no_new_privs`; with `run_as`, also switches to that uid and gid (inside
+/// a user namespace: a non-root user). Must run single-threaded
+/// (capabilities and ids are per thread).
+pub fn drop_all_privileges(run_as: Option<(u32, u32)>) -> Result<(), CapsError> {
+    // Capabilities above the kernel's last one report EINVAL (see below),
+    // so no /proc read is needed (a clone's /proc hides /proc/sys anyway).
+    let last = 63;
     for cap in 0..=last {
         match sys::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
             Ok(_) => {}
@@ -46,6 +49,13 @@ pub fn drop_all_privileges(cap_last_cap: Option<u32>) -> Result<(), CapsError> {
     }
     sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)
         .map_err(|source| CapsError::Ambient { source })?;
+    if let Some((uid, gid)) = run_as {
+        sys::set_ids_raw(uid, gid).map_err(|source| CapsError::SetIds { uid, gid, source })?;
+        // Changing uid clears "dumpable", which makes the process's own
+        // /proc/self/* root-owned (environ, fd/ unreadable). It is alone in
+        // its pid namespace, so nothing else could ptrace it.
+        sys::prctl(libc::PR_SET_DUMPABLE, 1).map_err(|source| CapsError::SetIds { uid, gid, source })?;
+    }
     sys::capset_all(0).map_err(|source| CapsError::Capset { source })?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|source| CapsError::NoNewPrivs { source })?;
     Ok(())

@@ -7,7 +7,17 @@ pub mod caps;
 pub mod cgroup;
 pub mod mount;
 pub mod net;
+pub mod seccomp;
 pub mod sys;
+
+/// True when the calling process is in a user namespace other than the
+/// host's (its uid map is not the identity map of every id). Overlay mounts
+/// there need the `userxattr` option.
+pub fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|map| map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
 
 /// Namespaces of a zygote container: everything but user (and cgroup).
 pub const ZYGOTE_NAMESPACES: u64 = (libc::CLONE_NEWNS

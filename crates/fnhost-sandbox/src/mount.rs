@@ -43,6 +43,7 @@ pub trait Syscall {
     /// Creates an empty regular file (a bind-mount target); existing is fine.
     fn create_file(&self, path: &Path) -> io::Result<()>;
     fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Makes `new_root` the root of the mount namespace and detaches the old
     /// one (`pivot_root(".", ".")` from inside it, then lazy unmount).
     fn pivot_root_to(&self, new_root: &Path) -> io::Result<()>;
@@ -81,6 +82,10 @@ impl Syscall for LinuxSyscall {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
     }
 
     fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
@@ -125,6 +130,8 @@ pub struct ZygoteRoot {
     pub binds: Vec<Bind>,
     /// Size of the zygote's own /tmp (import-time scratch), bytes.
     pub tmp_bytes: u64,
+    /// Inside a user namespace: overlayfs must use `user.overlay.*` xattrs.
+    pub userxattr: bool,
 }
 
 fn overlay_lowerdir(layers: &[PathBuf]) -> Result<String, MountError> {
@@ -154,7 +161,10 @@ pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), Mou
         sys.mount(None, slash, None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
     )?;
     let staging = &root.staging;
-    let lower = overlay_lowerdir(&root.layers)?;
+    let mut lower = overlay_lowerdir(&root.layers)?;
+    if root.userxattr {
+        lower.push_str(",userxattr");
+    }
     step(
         "mount read-only overlay root",
         staging,
@@ -275,6 +285,11 @@ pub struct CloneRoot {
     /// Absolute paths in the zygote root that are separate mounts and must be
     /// carried into the clone root (read-only host binds, and /dev).
     pub carry: Vec<PathBuf>,
+    /// uid and gid that own the writable layer's root (the user the
+    /// function runs as); `None`: root.
+    pub owner: Option<(u32, u32)>,
+    /// Inside a user namespace: overlayfs must use `user.overlay.*` xattrs.
+    pub userxattr: bool,
 }
 
 /// Builds a clone's private root over its zygote's root and pivots into it.
@@ -296,9 +311,15 @@ pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), Mount
     let work = rw.join("work");
     let merged = rw.join("root");
     step("create upper dir", &upper, sys.mkdir(&upper, 0o755))?;
+    if let Some((uid, gid)) = root.owner {
+        step("hand the writable layer to the function's user", &upper, sys.chown(&upper, uid, gid))?;
+    }
     step("create work dir", &work, sys.mkdir(&work, 0o700))?;
     step("create merged dir", &merged, sys.mkdir(&merged, 0o755))?;
-    let options = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
+    let mut options = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
+    if root.userxattr {
+        options.push_str(",userxattr");
+    }
     step(
         "mount writable overlay root",
         &merged,
@@ -378,6 +399,9 @@ mod tests {
         fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
             self.record(format!("symlink {target} {}", link.display()))
         }
+        fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+            self.record(format!("chown {} {uid}:{gid}", path.display()))
+        }
         fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
             self.record(format!("pivot {}", new_root.display()))
         }
@@ -389,6 +413,7 @@ mod tests {
             layers: vec![PathBuf::from("/l/code"), PathBuf::from("/l/runtime"), PathBuf::from("/l/skel")],
             binds: vec![Bind { source: PathBuf::from("/usr"), target: PathBuf::from("usr") }],
             tmp_bytes: 1 << 20,
+            userxattr: false,
         }
     }
 
@@ -432,13 +457,19 @@ mod tests {
     #[test]
     fn clone_root_sequence() {
         let rec = Recorder::default();
-        let root = CloneRoot { writable_bytes: 64 << 20, carry: vec![PathBuf::from("/usr"), PathBuf::from("/dev")] };
+        let root = CloneRoot {
+            writable_bytes: 64 << 20,
+            carry: vec![PathBuf::from("/usr"), PathBuf::from("/dev")],
+            owner: Some((1000, 1000)),
+            userxattr: true,
+        };
         enter_clone_root(&rec, &root).unwrap();
         let calls = rec.calls.into_inner();
         assert!(calls[0].starts_with("mount tmpfs /.fnhost/rw tmpfs"));
+        assert!(calls.iter().any(|c| c == "chown /.fnhost/rw/upper 1000:1000"), "{calls:?}");
         assert!(calls[0].ends_with(&format!("size={},mode=755", 64u64 << 20)));
         assert!(calls.iter().any(|c| c
-            .ends_with("lowerdir=/,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work")
+            .ends_with("lowerdir=/,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work,userxattr")
             && c.contains("overlay /.fnhost/rw/root overlay")));
         assert!(calls.iter().any(|c| c.starts_with("mount /usr /.fnhost/rw/root/usr - MsFlags(MS_BIND | MS_REC)")));
         assert!(calls.iter().any(|c| c.starts_with("mount /dev /.fnhost/rw/root/dev - MsFlags(MS_BIND | MS_REC)")));

@@ -220,6 +220,46 @@ pub fn capset_all(mask: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets real, effective and saved uid and gid (and clears supplementary
+/// groups) of the calling thread with raw syscalls. Unlike glibc's
+/// wrappers this does not broadcast to other threads, so it is safe in the
+/// child of `clone3` from a multi-threaded process, where glibc still
+/// believes the parent's threads exist.
+pub fn set_ids_raw(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls with integer arguments; a null list with
+    // size 0 clears the supplementary groups.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `read(2)` of one byte, retrying on EINTR (async-signal-safe). Returns
+/// false at end of file.
+pub fn read_byte_raw(fd: RawFd) -> io::Result<bool> {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a valid local.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(n == 1);
+    }
+}
+
 /// `_exit(code)`: ends a forked child without running destructors, atexit
 /// handlers or unwinding.
 pub fn exit_immediately(code: i32) -> ! {

@@ -4,9 +4,10 @@
 //!
 //! The zygote is single-threaded, so the child of `clone3` may allocate and
 //! use std freely. The child: attaches itself to its v1 cgroups, mounts its
-//! private writable root, drops every privilege, reports `Ready` on its
-//! invocation socket, and returns to the runtime, which waits there for
-//! exactly one invocation.
+//! private writable root, drops every privilege, completes the seccomp
+//! filter inherited from the zygote, reports `Ready` on its invocation
+//! socket, and returns to the runtime, which waits there for exactly one
+//! invocation.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
@@ -14,6 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use fnhost_sandbox::mount::{enter_clone_root, CloneRoot, LinuxSyscall};
+use fnhost_sandbox::seccomp::{self, Filter, Profile};
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::{caps, CLONE_NAMESPACES};
 
@@ -30,6 +32,29 @@ fn micros(since: Instant) -> u64 {
 fn thread_count() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Environment variable naming a zygote's seccomp profile: unset or
+/// `default` (the built-in profile), `unconfined` (no filter), or the
+/// absolute path of a profile file inside the zygote's root. Read once and
+/// removed, so function code never sees it.
+pub const SECCOMP_ENV: &str = "FNHOST_SECCOMP";
+
+/// Compiles the zygote's seccomp profile (see [`SECCOMP_ENV`]); `None` means
+/// unconfined.
+fn compile_seccomp() -> Result<Option<Filter>, String> {
+    let choice = std::env::var(SECCOMP_ENV).unwrap_or_default();
+    std::env::remove_var(SECCOMP_ENV);
+    let profile = match choice.as_str() {
+        "" | "default" => Profile::default_profile(),
+        "unconfined" => return Ok(None),
+        path => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read seccomp profile {path}: {e}"))?;
+            Profile::parse(&text).map_err(|e| format!("{path}: {e}"))?
+        }
+    };
+    let arch = seccomp::host_arch().map_err(|e| e.to_string())?;
+    profile.compile(arch).map(Some).map_err(|e| e.to_string())
 }
 
 /// Sends an init failure on the control socket (used by the shim when the
@@ -61,6 +86,27 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         );
         sys::exit_immediately(1);
     }
+    // Compiled once. The zygote stage is installed here and inherited by
+    // every clone, which only adds the small clone stage (see
+    // fnhost_sandbox::seccomp).
+    let installed = compile_seccomp()
+        .and_then(|filter| match filter {
+            Some(f) => f.install_in_zygote().map(|()| Some(f)).map_err(|e| e.to_string()),
+            None => Ok(None),
+        });
+    let seccomp = match installed {
+        Ok(filter) => filter,
+        Err(message) => {
+            let failure = InitFailure {
+                stage: "sandbox".into(),
+                error_type: "SeccompProfileInvalid".into(),
+                message,
+                trace: Vec::new(),
+            };
+            let _ = report_init_failure(control, failure);
+            sys::exit_immediately(1);
+        }
+    };
     // Clones are reaped by the kernel; the daemon follows them by pidfd.
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe {
@@ -79,7 +125,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 sys::exit_immediately(2)
             }
         };
-        let DaemonMessage::Clone { sandbox, writable_bytes, carry, v2_cgroup, v1_procs } = msg;
+        let DaemonMessage::Clone { sandbox, writable_bytes, carry, v2_cgroup, v1_procs, run_as } = msg;
         let expected = 1 + usize::from(v2_cgroup) + v1_procs as usize;
         if fds.len() != expected {
             let message = format!("clone request carried {} descriptors, expected {expected}", fds.len());
@@ -104,7 +150,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         match forked {
             Ok(Forked::Child) => {
                 drop(cgroup_dir);
-                return setup_clone(control_fd, invocation, v1_procs, writable_bytes, carry);
+                return setup_clone(control_fd, invocation, v1_procs, writable_bytes, carry, run_as, seccomp.as_ref());
             }
             Ok(Forked::Parent { pid, pidfd }) => {
                 let reply = ZygoteMessage::Cloned { sandbox, pid, fork_us: micros(started) };
@@ -128,6 +174,8 @@ fn setup_clone(
     v1_procs: Vec<OwnedFd>,
     writable_bytes: u64,
     carry: Vec<String>,
+    run_as: Option<(u32, u32)>,
+    seccomp: Option<&Filter>,
 ) -> RawFd {
     // Function code must never reach the zygote's control channel, and its
     // children must be reaped normally (the zygote ignores SIGCHLD).
@@ -149,17 +197,34 @@ fn setup_clone(
     times.cgroup_us = micros(t);
 
     let t = Instant::now();
-    let root = CloneRoot { writable_bytes, carry: carry.into_iter().map(Into::into).collect() };
+    // The writable layer's root belongs to the uid the function runs as,
+    // so it can write anywhere in `/` (inside its private overlay).
+    let root = CloneRoot {
+        writable_bytes,
+        carry: carry.into_iter().map(Into::into).collect(),
+        owner: run_as,
+        userxattr: run_as.is_some(),
+    };
     if let Err(e) = enter_clone_root(&LinuxSyscall, &root) {
         setup_failed(&mut stream, "mount writable root", e.to_string());
     }
     times.mount_us = micros(t);
 
     let t = Instant::now();
-    if let Err(e) = caps::drop_all_privileges(None) {
+    if let Err(e) = caps::drop_all_privileges(run_as) {
         setup_failed(&mut stream, "drop privileges", e.to_string());
     }
     times.privileges_us = micros(t);
+
+    // Last step before function code: from here on only the profile's
+    // syscalls work, minus the setup-only ones.
+    if let Some(filter) = seccomp {
+        let t = Instant::now();
+        if let Err(e) = filter.install_in_clone() {
+            setup_failed(&mut stream, "install seccomp filter", e.to_string());
+        }
+        times.seccomp_us = micros(t);
+    }
 
     let meta = serde_json::to_vec(&times).unwrap_or_default();
     if stream.write_all(&encode_frame(FrameKind::Ready, &meta, &[])).is_err() {

@@ -32,6 +32,10 @@ pub enum DaemonMessage {
         carry: Vec<String>,
         v2_cgroup: bool,
         v1_procs: u32,
+        /// uid and gid the function runs as inside the sandbox (user
+        /// namespace mode); `None`: stay uid 0 without capabilities.
+        #[serde(default)]
+        run_as: Option<(u32, u32)>,
     },
 }
 
@@ -103,6 +107,10 @@ pub struct SetupTimes {
     pub cgroup_us: u64,
     pub mount_us: u64,
     pub privileges_us: u64,
+    /// Installing the clone stage of the seccomp filter (0 when the function
+    /// runs unconfined).
+    #[serde(default)]
+    pub seccomp_us: u64,
 }
 
 /// What a clone needs to know about its invocation (Lambda context fields).
@@ -222,6 +230,7 @@ mod tests {
             carry: vec!["/usr".into()],
             v2_cgroup: true,
             v1_procs: 3,
+            run_as: Some((1000, 1000)),
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert!(json.starts_with(r#"{"type":"clone","sandbox":7"#), "{json}");

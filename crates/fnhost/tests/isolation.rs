@@ -36,6 +36,8 @@ fn writes_do_not_survive_and_each_clone_is_alone() {
         assert_eq!(report["procs"], serde_json::json!([1]), "{report}");
         assert_eq!(report["usr_writable"], false, "{report}");
         assert_eq!(report["cap_eff"], "0000000000000000", "{report}");
+        // user_namespace = true (the default): a non-root user inside.
+        assert_eq!(report["uid"], 1000, "{report}");
     }
     // Nothing leaked onto the host either.
     assert!(!std::path::Path::new("/fnhost-marker").exists());
@@ -59,4 +61,21 @@ fn concurrent_invocations_do_not_see_each_other() {
     let slow = slow.join().unwrap();
     assert_eq!(slow.status, 200, "{}", slow.text());
     assert_eq!(slow.json()["procs"], serde_json::json!([1]));
+}
+
+#[test]
+fn without_a_user_namespace_the_same_isolation_holds_as_uid_0() {
+    if !require_root("without_a_user_namespace_the_same_isolation_holds_as_uid_0") {
+        return;
+    }
+    let daemon = Daemon::start_with(&config(), "user_namespace = false");
+    for _ in 0..2 {
+        let r = daemon.invoke("probe", "{}");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), daemon.stderr());
+        let report = r.json();
+        assert_eq!(report["uid"], 0, "{report}");
+        assert_eq!(report["cap_eff"], "0000000000000000", "{report}");
+        assert_eq!(report["tmp_marker_existed"], false, "{report}");
+        assert_eq!(report["procs"], serde_json::json!([1]), "{report}");
+    }
 }

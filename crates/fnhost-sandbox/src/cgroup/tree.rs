@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::detect::{Hierarchy, Kind};
 use super::fs::{self, CgroupFs, RealFs};
 use super::group::{kill_dirs, Cgroup};
-use super::{v2, CgroupError, CgroupLayout, CgroupLimits};
+use super::{v1, v2, CgroupError, CgroupLayout, CgroupLimits};
 
 /// How long killed processes get to leave their cgroups.
 const KILL_WAIT: Duration = Duration::from_secs(2);
@@ -94,6 +94,72 @@ impl CgroupTree {
         let cgroup = Cgroup::new(rel.to_string(), dirs, Arc::clone(&self.fs));
         cgroup.set_limits(limits)?;
         Ok(cgroup)
+    }
+
+    /// The memory-controller directory of `<root>/<rel>` (or of `<root>`
+    /// itself when `rel` is empty), with its kind.
+    fn memory_dir(&self, rel: &str) -> Result<(PathBuf, Kind), CgroupError> {
+        validate(&self.root)?;
+        if !rel.is_empty() {
+            validate(rel)?;
+        }
+        let h = self
+            .hierarchies
+            .iter()
+            .find(|h| matches!(h.kind, Kind::V2 | Kind::V1 { memory: true, .. }))
+            .ok_or_else(|| CgroupError::UnsupportedLayout {
+                reason: format!("no memory controller for cgroup root {}", self.root),
+            })?;
+        let mut dir = h.mount.join(&self.root);
+        if !rel.is_empty() {
+            dir.push(rel);
+        }
+        Ok((dir, h.kind))
+    }
+
+    /// Delegates `<root>/<rel>/cgroup.procs` of the cgroup2 hierarchy to
+    /// `uid:gid` (a user namespace's root), so processes of that namespace
+    /// may be born there with `CLONE_INTO_CGROUP` (the kernel checks write
+    /// access to the target's and the common ancestor's `cgroup.procs`).
+    /// v1 hierarchies need nothing: their attach is checked against the
+    /// credentials that opened the file (the daemon's).
+    pub fn delegate(&self, rel: &str, uid: u32, gid: u32) -> Result<(), CgroupError> {
+        validate(&self.root)?;
+        validate(rel)?;
+        for h in &self.hierarchies {
+            if matches!(h.kind, Kind::V2 | Kind::Unified) {
+                let procs = h.mount.join(&self.root).join(rel).join("cgroup.procs");
+                std::os::unix::fs::chown(&procs, Some(uid), Some(gid))
+                    .map_err(|source| CgroupError::Open { path: procs.clone(), source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory charged to `<root>/<rel>` and everything below it (`rel` empty:
+    /// all of fnhost), bytes.
+    pub fn memory_usage(&self, rel: &str) -> Result<u64, CgroupError> {
+        match self.memory_dir(rel)? {
+            (dir, Kind::V2) => v2::memory_current(&dir),
+            (dir, _) => v1::memory_current(&dir),
+        }
+    }
+
+    /// Caps the memory of fnhost's whole subtree: the hard backstop behind
+    /// the memory budget, so the kernel reclaims or OOM-kills inside fnhost
+    /// rather than anywhere on the host. Creates `<root>` if needed.
+    pub fn set_root_memory_limit(&self, bytes: u64) -> Result<(), CgroupError> {
+        let (dir, kind) = self.memory_dir("")?;
+        fs::ensure_dir(self.fs.as_ref(), &dir)?;
+        match kind {
+            Kind::V2 => {
+                let path = dir.join("memory.max");
+                let value = bytes.to_string();
+                fs::write_limit(self.fs.as_ref(), &path, &value)?;
+                fs::verify(&path, &value, |a| fs::memory_matches(a, bytes))
+            }
+            _ => v1::set_memory(&dir, bytes),
+        }
     }
 
     /// Removes every cgroup below `<root>` left by a previous run, killing
