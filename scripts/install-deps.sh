@@ -15,12 +15,11 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 have cc || need+=(gcc libc6-dev)
 have pkg-config || need+=(pkg-config)
 
-if [ "${FNHOST_BENCH_DEPS:-0}" = 1 ]; then
-  # Baselines of the benchmark harness.
-  have crun || need+=(crun)
-  have runc || need+=(runc)
-  have bwrap || need+=(bubblewrap)
-fi
+# Baselines of the benchmark harness (fnhost-bench runs them side by side
+# with fnhost, and its smoke test in CI includes them). runc lives in sbin.
+have crun || need+=(crun)
+have runc || [ -x /usr/sbin/runc ] || need+=(runc)
+have bwrap || need+=(bubblewrap)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -37,7 +36,7 @@ fi
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import boto3" 2>/dev/null; then
   if ! python3 -m venv .venv 2>/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
     fi
     rm -rf .venv
     /usr/bin/python3 -m venv .venv
@@ -49,3 +48,35 @@ if ! have cargo; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
+
+# --- deploy validators (issue 6: deploy/, crates/fnhost/tests/deploy.rs) ---
+# systemd-analyze verifies deploy/systemd/fnhost.service (package systemd;
+# works without systemd as PID 1); nginx tests deploy/routing/nginx.conf and
+# runs it on loopback; kubernetes-validate (PyPI, Kubernetes schemas bundled,
+# works offline) checks deploy/kubernetes/ and lives in .venv/.
+deploy_need=()
+command -v systemd-analyze >/dev/null 2>&1 || deploy_need+=(systemd)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || deploy_need+=(nginx)
+if [ ${#deploy_need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing ${deploy_need[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  # Installing nginx must not start it (it would listen on port 80): a
+  # policy-rc.d that denies service starts, only for this install.
+  deploy_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    deploy_policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > "$deploy_policy"
+    chmod 0755 "$deploy_policy"
+  fi
+  deploy_rc=0
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${deploy_need[@]}"; } || deploy_rc=$?
+  [ -z "$deploy_policy" ] || rm -f "$deploy_policy"
+  [ "$deploy_rc" -eq 0 ] || exit "$deploy_rc"
+fi
+if [ ! -x .venv/bin/kubernetes-validate ]; then
+  [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+# --- end deploy validators ---

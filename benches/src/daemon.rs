@@ -138,6 +138,9 @@ impl Daemon {
             .prefix("fnhost-bench-")
             .tempdir()
             .context("creating a temporary directory for the benchmark config")?;
+        // fnhost's sandboxes (user namespace) must be able to traverse it.
+        fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .with_context(|| format!("chmod {}", dir.path().display()))?;
         let code_dir = dir.path().join("noop");
         let state_dir = dir.path().join("state");
         fs::create_dir_all(&code_dir)

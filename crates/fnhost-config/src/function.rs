@@ -18,6 +18,7 @@ pub(crate) struct Settings {
     pool: PoolSettings,
     network: NetworkMode,
     python: PathBuf,
+    seccomp: String,
     env: BTreeMap<String, String>,
 }
 
@@ -28,6 +29,7 @@ impl Settings {
             pool: PoolSettings::default(),
             network: NetworkMode::default(),
             python: PathBuf::from(DEFAULT_PYTHON),
+            seccomp: "default".to_owned(),
             env: BTreeMap::new(),
         }
     }
@@ -102,6 +104,32 @@ pub(crate) fn overrides(
             " ms",
         )?);
     }
+    if let Some(v) = raw.idle_ttl_ms {
+        s.pool.idle_ttl_ms = to_u64(bounded(v, &path.key("idle_ttl_ms"), 0, 86_400_000, " ms")?);
+    }
+    if let Some(v) = raw.max_instances {
+        s.pool.max_instances = to_u32(bounded(v, &path.key("max_instances"), 1, 64, "")?);
+    }
+    if s.pool.max_instances < s.pool.zygotes {
+        let key = if raw.max_instances.is_some() {
+            "max_instances"
+        } else {
+            "zygotes"
+        };
+        return Err(invalid(
+            path.key(key),
+            format!(
+                "max_instances ({}) must be at least zygotes ({}): raise max_instances or lower zygotes",
+                s.pool.max_instances, s.pool.zygotes
+            ),
+        ));
+    }
+    if let Some(v) = raw.prewarm {
+        s.pool.prewarm = v;
+    }
+    if let Some(v) = raw.burst {
+        s.pool.burst = to_u32(bounded(v, &path.key("burst"), 1, 256, "")?);
+    }
     if let Some(python) = &raw.python {
         if !python.starts_with('/') || python.contains('\0') {
             return Err(invalid(
@@ -110,6 +138,16 @@ pub(crate) fn overrides(
             ));
         }
         s.python = PathBuf::from(python);
+    }
+    if let Some(seccomp) = &raw.seccomp {
+        let valid = seccomp == "default" || seccomp == "unconfined" || (seccomp.starts_with('/') && !seccomp.contains('\0'));
+        if !valid {
+            return Err(invalid(
+                path.key("seccomp"),
+                format!("{seccomp:?}: use \"default\", \"unconfined\" or the absolute path of a profile inside the sandbox root"),
+            ));
+        }
+        s.seccomp = seccomp.clone();
     }
     if let Some(env) = &raw.env {
         for (name, value) in env {
@@ -128,7 +166,7 @@ pub(crate) fn function(
 ) -> Result<FunctionSpec, Invalid> {
     let required = |key: &str, value: &Option<String>| {
         value.clone().ok_or_else(|| {
-            invalid(path.key(key), format!("missing required key `{key}`; every [[functions]] entry needs name, runtime, code and handler"))
+            invalid(path.key(key), format!("missing required key `{key}`; every [[functions]] entry needs name, runtime and code, plus handler (python3) or command (exec, rust)"))
         })
     };
     let name = required("name", &raw.name)?;
@@ -144,22 +182,84 @@ pub(crate) fn function(
         )
     })?;
     let code = code_dir(&required("code", &raw.code)?, &path.key("code"), base_dir)?;
-    let handler = required("handler", &raw.handler)?;
-    match runtime {
-        Runtime::Python3 => check_python_handler(&handler, &path.key("handler"))?,
-    }
+    let (handler, command) = entry_point(raw, runtime, path)?;
+    let image = raw
+        .image
+        .as_deref()
+        .map(|i| check_image(i, &path.key("image")))
+        .transpose()?;
     let settings = overrides(&raw.overrides(), path, defaults)?;
     Ok(FunctionSpec {
         name,
         runtime,
         code,
         handler,
+        command,
+        image,
         python: settings.python,
+        seccomp: settings.seccomp,
         limits: settings.limits,
         pool: settings.pool,
         network: settings.network,
         env: settings.env,
     })
+}
+
+/// `handler` (python3) or `command` (exec, rust): required for its runtime,
+/// rejected for the others.
+fn entry_point(
+    raw: &RawFunction,
+    runtime: Runtime,
+    path: &KeyPath,
+) -> Result<(String, Vec<String>), Invalid> {
+    let rt = runtime.as_str();
+    match runtime {
+        Runtime::Python3 => {
+            if raw.command.is_some() {
+                return Err(invalid(
+                    path.key("command"),
+                    "`command` is for exec and rust functions; a python3 function names its entry point with handler = \"module.function\"",
+                ));
+            }
+            let handler = raw.handler.clone().ok_or_else(|| {
+                invalid(path.key("handler"), "missing required key `handler`; a python3 function needs handler = \"module.function\" (e.g. \"handler.handler\")")
+            })?;
+            check_python_handler(&handler, &path.key("handler"))?;
+            Ok((handler, Vec::new()))
+        }
+        Runtime::Exec | Runtime::Rust => {
+            if raw.handler.is_some() {
+                return Err(invalid(
+                    path.key("handler"),
+                    format!("`handler` is for python3 functions; a {rt} function names its program with command = [\"/var/task/<program>\", ...]"),
+                ));
+            }
+            let command = raw.command.clone().ok_or_else(|| {
+                invalid(path.key("command"), format!("missing required key `command`; a {rt} function needs command = [\"/var/task/<program>\", ...] (its path inside the sandbox; code is mounted at /var/task)"))
+            })?;
+            check_command(&command, &path.key("command"))?;
+            Ok((String::new(), command))
+        }
+    }
+}
+
+fn check_command(command: &[String], path: &KeyPath) -> Result<(), Invalid> {
+    let Some(program) = command.first() else {
+        return Err(invalid(path.clone(), "must not be empty; give the program's path inside the sandbox first, e.g. [\"/var/task/fn\"]"));
+    };
+    if !program.starts_with('/') {
+        return Err(invalid(
+            path.clone(),
+            format!("{program:?} is not an absolute path; give the program's path inside the sandbox (code is mounted at /var/task), e.g. \"/var/task/{}\"", program.trim_start_matches("./")),
+        ));
+    }
+    if command.iter().any(|arg| arg.contains('\0')) {
+        return Err(invalid(
+            path.clone(),
+            "arguments must not contain NUL characters",
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str, path: &KeyPath) -> Result<(), Invalid> {
@@ -206,7 +306,47 @@ fn check_env(name: &str, value: &str, path: &KeyPath) -> Result<(), Invalid> {
             "environment variable values must not contain NUL characters",
         ));
     }
+    if name.starts_with("FNHOST_") {
+        return Err(invalid(
+            path.clone(),
+            "FNHOST_* variables are reserved for fnhost's own runtime settings; use the config keys instead",
+        ));
+    }
     Ok(())
+}
+
+/// An image reference, `name[:tag]` as `fnhost image import --name` takes
+/// it (the same grammar as fnhost-layers' `ImageRef`): slash-separated
+/// lowercase components of letters and digits joined by single `.`, `_`,
+/// `-` (or `__`), and a tag of letters, digits, `_`, `.`, `-`.
+fn check_image(image: &str, path: &KeyPath) -> Result<String, Invalid> {
+    let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let component_ok = |c: &str| {
+        let b = c.as_bytes();
+        !b.is_empty()
+            && alnum(b[0])
+            && alnum(b[b.len() - 1])
+            && b.iter()
+                .all(|&x| alnum(x) || matches!(x, b'.' | b'_' | b'-'))
+            && !b
+                .windows(2)
+                .any(|w| !alnum(w[0]) && !alnum(w[1]) && w != b"__")
+    };
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if name.len() <= 255 && name.split('/').all(component_ok) && tag_ok {
+        Ok(image.to_owned())
+    } else {
+        Err(invalid(
+            path.clone(),
+            format!("{image:?} is not an image reference; write \"name:tag\" as given to `fnhost image import --name` (lowercase name, e.g. \"python:3.11\" or \"team/app:v2\")"),
+        ))
+    }
 }
 
 /// `code` resolved against `base_dir`, canonicalized, and checked to be a directory.
@@ -312,10 +452,18 @@ mod tests {
             ),
             ("ready_clones = 1025", "ready_clones", "between 0 and 1024"),
             ("zygotes = 65", "zygotes", "between 0 and 64"),
+            (
+                "zygotes = 5",
+                "zygotes",
+                "max_instances (4) must be at least zygotes (5)",
+            ),
+            ("max_instances = 0", "max_instances", "between 1 and 64"),
             ("zygotes = -1", "zygotes", "got -1"),
             ("network = \"host\"", "network", "supported: \"none\""),
             ("python = \"python3\"", "python", "absolute path"),
             ("env = { \"A B\" = \"v\" }", "env.\"A B\"", "variable names"),
+            ("env = { FNHOST_SECCOMP = \"unconfined\" }", "env.FNHOST_SECCOMP", "reserved"),
+            ("seccomp = \"lax\"", "seccomp", "\"unconfined\""),
             (
                 "env = { 1X = \"v\" }",
                 "env.1X",
@@ -367,7 +515,7 @@ mod tests {
             &with("runtime", "\"node18\""),
             3,
             "functions[0].runtime",
-            "supported: \"python3\"",
+            "supported: \"python3\", \"exec\", \"rust\"",
         );
         assert_invalid(
             &with("handler", "\"handler\""),
@@ -386,6 +534,101 @@ mod tests {
             5,
             "functions[0].handler",
             "identifiers",
+        );
+    }
+
+    #[test]
+    fn exec_and_rust_functions_take_a_command() {
+        let dir = base();
+        for runtime in ["exec", "rust"] {
+            let text = format!(
+                "[[functions]]\nname = \"f\"\nruntime = \"{runtime}\"\ncode = \"fn\"\ncommand = [\"/var/task/fn\", \"-v\"]\n"
+            );
+            let config = parse(&text, dir.path()).expect("valid config");
+            let f = config.function("f").expect("f");
+            assert_eq!(f.runtime.as_str(), runtime);
+            assert_eq!(
+                f.command,
+                vec!["/var/task/fn".to_string(), "-v".to_string()]
+            );
+            assert_eq!(f.handler, "");
+        }
+        let python = parse(FUNCTION, dir.path()).expect("valid config");
+        assert!(python.functions[0].command.is_empty());
+    }
+
+    #[test]
+    fn image_is_an_optional_reference() {
+        let dir = base();
+        let config = parse(FUNCTION, dir.path()).expect("valid");
+        assert_eq!(config.functions[0].image, None);
+        for good in ["pyimg:1", "team/app", "python:3.11-slim", "a__b.c-d/e:V_1"] {
+            let config = parse(&format!("{FUNCTION}image = \"{good}\"\n"), dir.path()).expect(good);
+            assert_eq!(config.functions[0].image.as_deref(), Some(good));
+        }
+        for bad in ["", "Py:1", "../x:1", "a//b", "a:", "a:-x", "a b:1", "a:b/c"] {
+            assert_invalid(
+                &format!("{FUNCTION}image = \"{bad}\"\n"),
+                6,
+                "functions[0].image",
+                "is not an image reference",
+            );
+        }
+    }
+
+    #[test]
+    fn command_and_handler_belong_to_their_runtimes() {
+        let exec = |line: &str| {
+            format!("[[functions]]\nname = \"f\"\nruntime = \"exec\"\ncode = \"fn\"\n{line}\n")
+        };
+        assert_invalid(
+            &exec(""),
+            1,
+            "functions[0].command",
+            "missing required key `command`",
+        );
+        assert_invalid(
+            &exec("command = [\"/var/task/fn\"]\nhandler = \"m.h\""),
+            6,
+            "functions[0].handler",
+            "`handler` is for python3",
+        );
+        assert_invalid(
+            &exec("command = []"),
+            5,
+            "functions[0].command",
+            "must not be empty",
+        );
+        assert_invalid(
+            &exec("command = [\"./fn\"]"),
+            5,
+            "functions[0].command",
+            "\"/var/task/fn\"",
+        );
+        assert_invalid(
+            &exec("command = \"/var/task/fn\""),
+            5,
+            "functions[0].command",
+            "",
+        );
+        assert_invalid(
+            &FUNCTION.replace("rust", "x").replace("python3", "rust"),
+            5,
+            "functions[0].handler",
+            "a rust function names its program with command",
+        );
+        assert_invalid(
+            &format!("{FUNCTION}command = [\"/var/task/fn\"]\n"),
+            6,
+            "functions[0].command",
+            "`command` is for exec and rust functions",
+        );
+        let no_handler = FUNCTION.replace("handler = \"m.h\"\n", "");
+        assert_invalid(
+            &no_handler,
+            1,
+            "functions[0].handler",
+            "missing required key `handler`",
         );
     }
 

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod edit;
 mod function;
 mod model;
 mod schema;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::ImDocument;
 
 pub use model::{
-    FunctionSpec, Limits, NetworkMode, PoolSettings, Runtime, ServerConfig, DEFAULT_PYTHON,
+    AdminListen, FunctionSpec, Limits, NetworkMode, PoolSettings, Runtime, ServerConfig, DEFAULT_PYTHON, USERNS_SIZE,
 };
 
 use span::{line_of, KeyPath, Locator};
@@ -184,7 +185,10 @@ mod tests {
         let config = Config::embedded_default(&config_dir()).expect("embedded default is valid");
         assert_eq!(config.origin, DEFAULT_CONFIG_ORIGIN);
         assert_eq!(config.server, ServerConfig::default());
-        assert_eq!(config.functions.len(), 1);
+        assert_eq!(config.functions.len(), 2);
+        let wordcount = config.function("wordcount").expect("wordcount is configured");
+        assert_eq!(wordcount.runtime, Runtime::Exec);
+        assert_eq!(wordcount.command, vec!["/var/task/wordcount".to_string()]);
         let hello = config.function("hello").expect("hello is configured");
         assert_eq!(hello.runtime, Runtime::Python3);
         assert_eq!(hello.handler, "handler.handler");

@@ -21,6 +21,40 @@ pub struct ServerConfig {
     pub max_response_bytes: usize,
     /// How long in-flight invocations may finish after SIGTERM/SIGINT.
     pub shutdown_grace_ms: u64,
+    /// Where the admin API listens.
+    pub admin_listen: AdminListen,
+    /// Bearer token the admin API requires (mandatory unless it listens on
+    /// loopback or a Unix socket).
+    pub admin_token: Option<String>,
+    /// Memory all sandboxes and zygotes together may use, MiB; 0 = 80% of
+    /// the host's memory.
+    pub memory_budget_mb: u64,
+    /// Run zygotes and sandboxes in a user namespace: sandbox uid/gid 0..65535
+    /// map to host ids `userns_host_base`.., and function code runs as uid
+    /// and gid 1000 inside (host `userns_host_base + 1000`).
+    pub user_namespace: bool,
+    pub userns_host_base: u32,
+}
+
+/// Number of ids mapped into a sandbox's user namespace.
+pub const USERNS_SIZE: u32 = 65536;
+
+/// `server.admin_listen`: `"IP:PORT"`, `"unix:/path"` or `"off"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    Off,
+}
+
+impl AdminListen {
+    /// True when only this machine can reach it without a token.
+    pub fn is_local(&self) -> bool {
+        match self {
+            AdminListen::Tcp(addr) => addr.ip().is_loopback(),
+            AdminListen::Unix(_) | AdminListen::Off => true,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -31,6 +65,11 @@ impl Default for ServerConfig {
             cgroup_root: "fnhost".to_owned(),
             max_payload_bytes: 6 * 1024 * 1024,
             max_response_bytes: 6 * 1024 * 1024,
+            admin_listen: AdminListen::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 8081))),
+            admin_token: None,
+            memory_budget_mb: 0,
+            user_namespace: true,
+            userns_host_base: 100_000,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -44,10 +83,21 @@ pub struct FunctionSpec {
     pub runtime: Runtime,
     /// Absolute, canonical path of an existing directory, mounted at `/var/task`.
     pub code: PathBuf,
-    /// `module.function` (module may be dotted) inside the code directory.
+    /// `module.function` (module may be dotted) inside the code directory;
+    /// python3 only (empty for the other runtimes).
     pub handler: String,
+    /// exec and rust: the program (absolute path inside the root, e.g.
+    /// `/var/task/fn`) and its arguments; empty for python3.
+    pub command: Vec<String>,
+    /// Imported image (`name:tag`, see `fnhost image import`) whose layers
+    /// make the root; `None` = the built-in host layer. Only the syntax is
+    /// checked here: the host reports an image missing from the store.
+    pub image: Option<String>,
     /// Interpreter path inside the sandbox root; absolute.
     pub python: PathBuf,
+    /// Seccomp profile: "default", "unconfined", or an absolute path of a
+    /// profile file inside the sandbox root.
+    pub seccomp: String,
     pub limits: Limits,
     pub pool: PoolSettings,
     pub network: NetworkMode,
@@ -108,6 +158,17 @@ pub struct PoolSettings {
     pub max_concurrency: u32,
     /// How long a request may wait for a slot before 429.
     pub queue_timeout_ms: u64,
+    /// How long a zygote above `zygotes` (started on demand) may stay idle
+    /// before it is stopped; 0 = stop it as soon as its sandboxes are done.
+    pub idle_ttl_ms: u64,
+    /// Most zygotes of this function: above `zygotes`, more are started
+    /// while demand drains the ready clones faster than they are refilled.
+    pub max_instances: u32,
+    /// Start the warm zygotes and ready clones at startup (and reload)
+    /// rather than on the first request.
+    pub prewarm: bool,
+    /// Most clones the background refill creates at once.
+    pub burst: u32,
 }
 
 impl Default for PoolSettings {
@@ -117,6 +178,10 @@ impl Default for PoolSettings {
             ready_clones: 2,
             max_concurrency: 32,
             queue_timeout_ms: 1000,
+            idle_ttl_ms: 0,
+            max_instances: 4,
+            prewarm: true,
+            burst: 4,
         }
     }
 }
@@ -126,16 +191,24 @@ impl Default for PoolSettings {
 pub enum Runtime {
     /// `"python3"`: the Lambda handler contract, `handler(event, context)`.
     Python3,
+    /// `"exec"`: any executable, run per invocation; request on stdin,
+    /// response on stdout, non-zero exit = function error.
+    Exec,
+    /// `"rust"`: a native binary built with fnhost-sdk; its `main` becomes
+    /// the zygote.
+    Rust,
 }
 
 impl Runtime {
     /// Every runtime, for error messages.
-    pub const ALL: &'static [Runtime] = &[Runtime::Python3];
+    pub const ALL: &'static [Runtime] = &[Runtime::Python3, Runtime::Exec, Runtime::Rust];
 
     /// The TOML spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Python3 => "python3",
+            Runtime::Exec => "exec",
+            Runtime::Rust => "rust",
         }
     }
 

@@ -20,6 +20,11 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "max_payload_bytes",
     "max_response_bytes",
     "shutdown_grace_ms",
+    "admin_listen",
+    "admin_token",
+    "memory_budget_mb",
+    "user_namespace",
+    "userns_host_base",
 ];
 
 /// Keys of `[defaults]`: everything a function may override.
@@ -34,12 +39,18 @@ pub(crate) const OVERRIDE_KEYS: &[&str] = &[
     "ready_clones",
     "max_concurrency",
     "queue_timeout_ms",
+    "idle_ttl_ms",
+    "max_instances",
+    "prewarm",
+    "burst",
+    "seccomp",
     "python",
     "env",
 ];
 
-/// Keys only a `[[functions]]` entry has (all required).
-pub(crate) const FUNCTION_ONLY_KEYS: &[&str] = &["name", "runtime", "code", "handler"];
+/// Keys only a `[[functions]]` entry has (`handler` is for python3, `command` for exec and rust).
+pub(crate) const FUNCTION_ONLY_KEYS: &[&str] =
+    &["name", "runtime", "code", "handler", "command", "image"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +72,11 @@ pub(crate) struct RawServer {
     pub(crate) max_payload_bytes: Option<i64>,
     pub(crate) max_response_bytes: Option<i64>,
     pub(crate) shutdown_grace_ms: Option<i64>,
+    pub(crate) admin_listen: Option<String>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) memory_budget_mb: Option<i64>,
+    pub(crate) user_namespace: Option<bool>,
+    pub(crate) userns_host_base: Option<i64>,
 }
 
 /// The per-function keys, as found in `[defaults]` or in one `[[functions]]` entry.
@@ -77,6 +93,11 @@ pub(crate) struct RawOverrides {
     pub(crate) ready_clones: Option<i64>,
     pub(crate) max_concurrency: Option<i64>,
     pub(crate) queue_timeout_ms: Option<i64>,
+    pub(crate) idle_ttl_ms: Option<i64>,
+    pub(crate) max_instances: Option<i64>,
+    pub(crate) prewarm: Option<bool>,
+    pub(crate) burst: Option<i64>,
+    pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
 }
@@ -91,6 +112,8 @@ pub(crate) struct RawFunction {
     pub(crate) runtime: Option<String>,
     pub(crate) code: Option<String>,
     pub(crate) handler: Option<String>,
+    pub(crate) command: Option<Vec<String>>,
+    pub(crate) image: Option<String>,
     pub(crate) memory_mb: Option<i64>,
     pub(crate) cpu: Option<f64>,
     pub(crate) pids: Option<i64>,
@@ -101,6 +124,11 @@ pub(crate) struct RawFunction {
     pub(crate) ready_clones: Option<i64>,
     pub(crate) max_concurrency: Option<i64>,
     pub(crate) queue_timeout_ms: Option<i64>,
+    pub(crate) idle_ttl_ms: Option<i64>,
+    pub(crate) max_instances: Option<i64>,
+    pub(crate) prewarm: Option<bool>,
+    pub(crate) burst: Option<i64>,
+    pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
 }
@@ -119,6 +147,11 @@ impl RawFunction {
             ready_clones: self.ready_clones,
             max_concurrency: self.max_concurrency,
             queue_timeout_ms: self.queue_timeout_ms,
+            idle_ttl_ms: self.idle_ttl_ms,
+            max_instances: self.max_instances,
+            prewarm: self.prewarm,
+            burst: self.burst,
+            seccomp: self.seccomp.clone(),
             python: self.python.clone(),
             env: self.env.clone(),
         }
@@ -220,7 +253,9 @@ mod tests {
     fn every_key_document() -> String {
         let mut text = String::from("[server]\n");
         for key in SERVER_KEYS {
-            let value = if key.ends_with("bytes") || key.ends_with("_ms") {
+            let value = if *key == "user_namespace" {
+                "true"
+            } else if key.ends_with("bytes") || key.ends_with("_ms") || key.ends_with("_mb") || key.ends_with("_base") {
                 "1"
             } else {
                 "\"x\""
@@ -230,9 +265,10 @@ mod tests {
         let overrides: String = OVERRIDE_KEYS
             .iter()
             .map(|key| match *key {
-                "network" | "python" => format!("{key} = \"x\"\n"),
+                "network" | "python" | "seccomp" => format!("{key} = \"x\"\n"),
                 "env" => "env = { A = \"b\" }\n".to_owned(),
                 "cpu" => "cpu = 0.5\n".to_owned(),
+                "prewarm" => "prewarm = true\n".to_owned(),
                 _ => format!("{key} = 1\n"),
             })
             .collect();
@@ -240,7 +276,10 @@ mod tests {
         text.push_str(&overrides);
         text.push_str("[[functions]]\n");
         for key in FUNCTION_ONLY_KEYS {
-            text.push_str(&format!("{key} = \"x\"\n"));
+            match *key {
+                "command" => text.push_str("command = [\"x\"]\n"),
+                _ => text.push_str(&format!("{key} = \"x\"\n")),
+            }
         }
         text.push_str(&overrides);
         text

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::model::ServerConfig;
+use crate::model::{AdminListen, ServerConfig};
 use crate::schema::RawServer;
 use crate::span::KeyPath;
 use crate::validate::{bounded, invalid, to_u64, to_usize, Invalid};
@@ -88,6 +88,52 @@ pub(crate) fn server(
             " ms",
         )?);
     }
+    if let Some(listen) = &raw.admin_listen {
+        server.admin_listen = if listen == "off" {
+            AdminListen::Off
+        } else if let Some(socket) = listen.strip_prefix("unix:") {
+            if !socket.starts_with('/') {
+                return Err(invalid(
+                    path.key("admin_listen"),
+                    format!("{listen:?}: the Unix socket path must be absolute, e.g. \"unix:/run/fnhost/admin.sock\""),
+                ));
+            }
+            AdminListen::Unix(socket.into())
+        } else {
+            AdminListen::Tcp(listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    path.key("admin_listen"),
+                    format!("{listen:?} is not \"IP:PORT\", \"unix:/path\" or \"off\""),
+                )
+            })?)
+        };
+    }
+    if let Some(token) = &raw.admin_token {
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                path.key("admin_token"),
+                "must be at least 16 characters without spaces (e.g. from `openssl rand -hex 32`)",
+            ));
+        }
+        server.admin_token = Some(token.clone());
+    }
+    if !server.admin_listen.is_local() && server.admin_token.is_none() {
+        return Err(invalid(
+            path.key("admin_listen"),
+            "the admin API listens beyond loopback, so server.admin_token is required",
+        ));
+    }
+    if let Some(value) = raw.user_namespace {
+        server.user_namespace = value;
+    }
+    if let Some(value) = raw.userns_host_base {
+        let max = i64::from(u32::MAX) - i64::from(crate::model::USERNS_SIZE);
+        server.userns_host_base = u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
+            .expect("bounded to u32");
+    }
+    if let Some(value) = raw.memory_budget_mb {
+        server.memory_budget_mb = to_u64(bounded(value, &path.key("memory_budget_mb"), 0, 1 << 40, " MiB")?);
+    }
     Ok(server)
 }
 
@@ -139,6 +185,23 @@ mod tests {
             "server.state_dir",
             "must not be empty",
         );
+    }
+
+    #[test]
+    fn admin_listener_rules() {
+        assert_invalid("[server]\nadmin_listen = \"0.0.0.0:9000\"\n", 2, "server.admin_listen", "admin_token is required");
+        assert_invalid("[server]\nadmin_listen = \"unix:rel.sock\"\n", 2, "server.admin_listen", "must be absolute");
+        assert_invalid("[server]\nadmin_token = \"short\"\n", 2, "server.admin_token", "at least 16");
+        let dir = base();
+        let config = parse(
+            "[server]\nadmin_listen = \"0.0.0.0:9000\"\nadmin_token = \"0123456789abcdef0123\"\nmemory_budget_mb = 4096\n",
+            dir.path(),
+        )
+        .expect("valid");
+        assert!(!config.server.admin_listen.is_local());
+        assert_eq!(config.server.memory_budget_mb, 4096);
+        let config = parse("[server]\nadmin_listen = \"unix:/run/a.sock\"\n", dir.path()).expect("valid");
+        assert_eq!(config.server.admin_listen, crate::AdminListen::Unix("/run/a.sock".into()));
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
         InvokeError::Overloaded { .. } => {
             service_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", err.to_string())
         }
-        InvokeError::SandboxUnavailable { .. } | InvokeError::ShuttingDown => {
+        InvokeError::SandboxUnavailable { .. } | InvokeError::ShuttingDown | InvokeError::OverBudget { .. } => {
             service_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", err.to_string())
         }
     };

@@ -34,7 +34,9 @@ pub fn status_of(err: &InvokeError) -> StatusCode {
         InvokeError::NotFound { .. } => StatusCode::NOT_FOUND,
         InvokeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::SandboxUnavailable { .. } | InvokeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::SandboxUnavailable { .. } | InvokeError::ShuttingDown | InvokeError::OverBudget { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         InvokeError::InitFailed { .. }
         | InvokeError::FunctionError { .. }
         | InvokeError::MemoryLimit { .. }

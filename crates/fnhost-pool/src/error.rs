@@ -40,6 +40,12 @@ pub enum InvokeError {
     #[error("cannot create a sandbox for function '{function}': {detail}")]
     SandboxUnavailable { function: String, detail: String },
 
+    #[error(
+        "cannot start a sandbox for function '{function}': the memory budget of {budget_mb} MiB \
+         (server.memory_budget_mb) is used ({used_mb} MiB) and nothing idle could be evicted"
+    )]
+    OverBudget { function: String, budget_mb: u64, used_mb: u64 },
+
     #[error("fnhost is shutting down")]
     ShuttingDown,
 }
@@ -58,6 +64,7 @@ impl InvokeError {
             Self::ResponseTooLarge { .. } => "ResponseTooLarge",
             Self::SandboxCrashed { .. } => "SandboxCrashed",
             Self::SandboxUnavailable { .. } => "SandboxUnavailable",
+            Self::OverBudget { .. } => "MemoryBudgetExceeded",
             Self::ShuttingDown => "ShuttingDown",
         }
     }
@@ -65,7 +72,7 @@ impl InvokeError {
     /// When a client should retry, for overload answers.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Overloaded { .. } | Self::ShuttingDown => Some(Duration::from_secs(1)),
+            Self::Overloaded { .. } | Self::ShuttingDown | Self::OverBudget { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -3,6 +3,7 @@
 //! pre-forked ready clones and pooled cgroups, and runs invocations in fresh
 //! clones with the function's limits.
 
+pub mod budget;
 pub mod error;
 mod fd;
 pub mod host;
@@ -12,5 +13,5 @@ pub mod sandbox;
 pub mod zygote;
 
 pub use error::InvokeError;
-pub use host::{Host, HostError, HostOptions};
+pub use host::{Host, HostError, HostOptions, ReloadReport};
 pub use pool::{Invocation, PoolStatus, StartKind, Timings};

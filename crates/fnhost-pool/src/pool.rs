@@ -1,25 +1,31 @@
 //! The pool of one function: warm zygotes, pre-forked ready clones, pooled
 //! cgroups, and the admission limit. A background task keeps the configured
 //! number of zygotes and ready clones; a request takes a ready clone, or
-//! clones on demand, or (with no zygote) cold-starts one.
+//! clones on demand, or (with no zygote) cold-starts one. Pool settings can
+//! change while it runs (config reload); the memory budget can evict its
+//! idle zygotes for other functions.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use fnhost_config::FunctionSpec;
+use fnhost_config::{FunctionSpec, PoolSettings};
 use fnhost_sandbox::cgroup::{Cgroup, CgroupLimits, CgroupTree};
 use fnhost_zygote::protocol::InvokeMeta;
 use fnhost_zygote::spec::ZygoteSpec;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::budget::{MemoryBudget, Need};
+use crate::process::IdMap;
 use crate::error::InvokeError;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
-use crate::zygote::{StartError, Zygote};
+use crate::zygote::{Placement, StartError, Zygote};
 
 /// How long a zygote may take to start its runtime and import the function.
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// uid and gid function code runs as inside a user namespace.
+pub const SANDBOX_UID: u32 = 1000;
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -50,8 +56,8 @@ pub struct Timings {
     pub queue_us: u64,
     /// Starting a zygote (cold starts only).
     pub zygote_us: u64,
-    /// `clone3` in the zygote (for on-demand and cold starts: on this
-    /// request's path; for ready clones: paid ahead of time).
+    /// `clone3` in the zygote (on-demand and cold starts; a ready clone paid
+    /// it ahead of time).
     pub clone_us: u64,
     /// The clone's own setup: cgroup attach, mounts, privilege drop.
     pub setup_us: u64,
@@ -77,32 +83,63 @@ pub struct Ids {
     zygote: AtomicU64,
 }
 
-/// A snapshot of a pool, for status pages and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A snapshot of a pool, for the admin API, metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStatus {
     pub zygotes: usize,
     pub ready_clones: usize,
     pub free_cgroups: usize,
     pub in_flight: usize,
+    pub queued: usize,
+    pub evictions: u64,
+    pub memory_bytes: u64,
+}
+
+/// What every pool of a host shares.
+#[derive(Clone)]
+pub struct PoolShared {
+    pub tree: Arc<CgroupTree>,
+    pub ids: Arc<Ids>,
+    pub budget: Arc<MemoryBudget>,
+    pub max_response: usize,
+    /// The user namespace mapping, when sandboxes run in one.
+    pub userns: Option<IdMap>,
 }
 
 pub struct FunctionPool {
     pub spec: FunctionSpec,
     name: Arc<str>,
+    settings: RwLock<PoolSettings>,
     zygote_spec: ZygoteSpec,
     tree: Arc<CgroupTree>,
     zygote_cgroup: Cgroup,
     limits: CgroupLimits,
     ids: Arc<Ids>,
+    budget: Arc<MemoryBudget>,
     max_response: usize,
+    userns: Option<IdMap>,
     zygotes: Mutex<Vec<Arc<Zygote>>>,
     ready: Mutex<VecDeque<Sandbox>>,
     free_slots: Arc<Mutex<Vec<Slot>>>,
     next_slot: AtomicU64,
-    concurrency: Semaphore,
+    concurrency: Arc<Semaphore>,
+    /// Permits the semaphore currently stands for (max_concurrency).
+    permits: AtomicU32,
+    queued: AtomicU64,
+    in_flight: AtomicU64,
+    /// Requests since the last refill pass that found no ready clone.
+    misses: AtomicU64,
     wake: Arc<Notify>,
     cold_start: tokio::sync::Mutex<()>,
+    /// One refill pass at a time (the refill loop and prewarm both run them).
+    refilling: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Set by a budget eviction (or prewarm = false): do not refill until
+    /// the next request.
+    dormant: AtomicBool,
+    last_used_ms: AtomicU64,
+    zygote_bytes: AtomicU64,
+    evictions: AtomicU64,
 }
 
 /// Runs futures concurrently on the current task; results come back in
@@ -134,38 +171,117 @@ fn secs(us: u64) -> f64 {
     us as f64 / 1e6
 }
 
+/// Milliseconds since the first call (a process-wide monotonic clock).
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 impl FunctionPool {
-    pub fn new(
-        spec: FunctionSpec,
-        zygote_spec: ZygoteSpec,
-        tree: Arc<CgroupTree>,
-        zygote_cgroup: Cgroup,
-        ids: Arc<Ids>,
-        max_response: usize,
-    ) -> Arc<Self> {
+    pub fn new(spec: FunctionSpec, zygote_spec: ZygoteSpec, zygote_cgroup: Cgroup, shared: PoolShared) -> Arc<Self> {
+        let PoolShared { tree, ids, budget, max_response, userns } = shared;
         let limits = CgroupLimits::from_cpus(spec.limits.memory_bytes(), spec.limits.cpu, spec.limits.pids);
-        Arc::new(FunctionPool {
+        let pool = Arc::new(FunctionPool {
             name: Arc::from(spec.name.as_str()),
-            concurrency: Semaphore::new(spec.pool.max_concurrency as usize),
+            settings: RwLock::new(spec.pool),
+            concurrency: Arc::new(Semaphore::new(spec.pool.max_concurrency as usize)),
+            permits: AtomicU32::new(spec.pool.max_concurrency),
+            dormant: AtomicBool::new(!spec.pool.prewarm),
             spec,
             zygote_spec,
             tree,
             zygote_cgroup,
             limits,
             ids,
+            budget: budget.clone(),
             max_response,
+            userns,
             zygotes: Mutex::new(Vec::new()),
             ready: Mutex::new(VecDeque::new()),
             free_slots: Arc::new(Mutex::new(Vec::new())),
             next_slot: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             cold_start: tokio::sync::Mutex::new(()),
+            refilling: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
-        })
+            last_used_ms: AtomicU64::new(now_ms()),
+            zygote_bytes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        });
+        budget.register(&pool);
+        pool
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What this pool's zygotes are started from.
+    pub fn zygote_spec(&self) -> &ZygoteSpec {
+        &self.zygote_spec
+    }
+
+    /// The pool settings in force.
+    pub fn settings(&self) -> PoolSettings {
+        *self.settings.read().expect("settings lock")
+    }
+
+    /// Applies new pool settings without restarting anything: the refill
+    /// loop converges to the new zygote and ready-clone counts, and the
+    /// concurrency limit is resized (a lower limit takes effect as
+    /// in-flight invocations finish).
+    pub fn update_settings(&self, new: PoolSettings) {
+        let old = std::mem::replace(&mut *self.settings.write().expect("settings lock"), new);
+        if new.max_concurrency != old.max_concurrency {
+            let previous = self.permits.swap(new.max_concurrency, Ordering::SeqCst);
+            if new.max_concurrency > previous {
+                self.concurrency.add_permits((new.max_concurrency - previous) as usize);
+            } else {
+                let surplus = previous - new.max_concurrency;
+                let semaphore = self.concurrency.clone();
+                tokio::spawn(async move {
+                    if let Ok(permits) = semaphore.acquire_many(surplus).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        if new.prewarm && !old.prewarm {
+            self.dormant.store(false, Ordering::SeqCst);
+        }
+        tracing::info!(function = %self.name, ?new, "pool settings updated");
+        self.wake.notify_one();
+    }
+
+    pub fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    /// True when the pool holds warm processes and nothing is running.
+    pub fn evictable(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+            && (!self.zygotes.lock().expect("zygotes lock").is_empty()
+                || !self.ready.lock().expect("ready lock").is_empty())
+    }
+
+    /// Stops every idle zygote and ready clone; the pool stays dormant (no
+    /// refill) until its next request.
+    pub async fn evict_idle(&self) {
+        self.dormant.store(true, Ordering::SeqCst);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        let ready: Vec<Sandbox> = self.ready.lock().expect("ready lock").drain(..).collect();
+        let zygotes: Vec<Arc<Zygote>> = self.zygotes.lock().expect("zygotes lock").drain(..).collect();
+        for sandbox in ready {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+        }
+        for zygote in zygotes {
+            zygote.kill();
+        }
+        self.publish_gauges();
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -173,7 +289,10 @@ impl FunctionPool {
             zygotes: self.live_zygotes().len(),
             ready_clones: self.ready.lock().expect("ready lock").len(),
             free_cgroups: self.free_slots.lock().expect("slots lock").len(),
-            in_flight: self.spec.pool.max_concurrency as usize - self.concurrency.available_permits(),
+            in_flight: self.in_flight.load(Ordering::SeqCst) as usize,
+            queued: self.queued.load(Ordering::SeqCst) as usize,
+            evictions: self.evictions.load(Ordering::Relaxed),
+            memory_bytes: self.tree.memory_usage(&self.name).unwrap_or(0),
         }
     }
 
@@ -188,7 +307,9 @@ impl FunctionPool {
         let f = self.name.to_string();
         metrics::gauge!("fnhost_pool_zygotes", "function" => f.clone()).set(status.zygotes as f64);
         metrics::gauge!("fnhost_pool_ready_clones", "function" => f.clone()).set(status.ready_clones as f64);
-        metrics::gauge!("fnhost_pool_in_flight", "function" => f).set(status.in_flight as f64);
+        metrics::gauge!("fnhost_pool_in_flight", "function" => f.clone()).set(status.in_flight as f64);
+        metrics::gauge!("fnhost_pool_queued", "function" => f.clone()).set(status.queued as f64);
+        metrics::gauge!("fnhost_function_memory_bytes", "function" => f).set(status.memory_bytes as f64);
     }
 
     fn take_slot(&self) -> Result<Slot, String> {
@@ -198,16 +319,32 @@ impl FunctionPool {
         let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let rel = format!("{}/s{n}", self.name);
         let cgroup = self.tree.create(&rel, &self.limits).map_err(|e| e.to_string())?;
+        if let Some(map) = self.userns {
+            self.tree.delegate(&rel, map.host_base, map.host_base).map_err(|e| e.to_string())?;
+        }
         let oom_seen = cgroup.oom_kills().unwrap_or(0);
         Ok(Slot { cgroup, oom_seen })
     }
 
-    fn return_slot(&self, slot: Slot) {
-        self.free_slots.lock().expect("slots lock").push(slot);
+    fn over_budget(&self, e: crate::budget::OverBudget) -> InvokeError {
+        InvokeError::OverBudget { function: self.name.to_string(), budget_mb: e.budget_mb, used_mb: e.used_mb }
+    }
+
+    /// What the next zygote of this function will cost: its own last
+    /// measurement, else the host-wide one.
+    fn zygote_estimate(&self) -> u64 {
+        match self.zygote_bytes.load(Ordering::Relaxed) {
+            0 => self.budget.zygote_estimate(),
+            bytes => bytes,
+        }
     }
 
     /// Starts a zygote; `keep` adds it to the pool's warm set.
     async fn start_zygote(&self, keep: bool) -> Result<Arc<Zygote>, InvokeError> {
+        self.budget
+            .reserve(&self.name, Need::Zygote(self.zygote_estimate()))
+            .await
+            .map_err(|e| self.over_budget(e))?;
         let id = self.ids.zygote.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let (dir, v1) = self
@@ -215,16 +352,10 @@ impl FunctionPool {
             .clone_into_fd()
             .and_then(|dir| Ok((dir, self.zygote_cgroup.v1_procs_fds()?)))
             .map_err(|e| InvokeError::SandboxUnavailable { function: self.name.to_string(), detail: e.to_string() })?;
-        let result = Zygote::start(
-            id,
-            self.name.clone(),
-            &self.zygote_spec,
-            dir.as_ref(),
-            &v1,
-            ZYGOTE_START_TIMEOUT,
-            self.wake.clone(),
-        )
-        .await;
+        let placement = Placement { cgroup_dir: dir.as_ref(), v1_procs: &v1, userns: self.userns };
+        let result =
+            Zygote::start(id, self.name.clone(), &self.zygote_spec, placement, ZYGOTE_START_TIMEOUT, self.wake.clone())
+                .await;
         let f = self.name.to_string();
         metrics::histogram!("fnhost_zygote_start_seconds", "function" => f.clone()).record(started.elapsed().as_secs_f64());
         metrics::counter!("fnhost_zygote_starts_total", "function" => f).increment(1);
@@ -245,34 +376,47 @@ impl FunctionPool {
         if keep {
             self.zygotes.lock().expect("zygotes lock").push(zygote.clone());
         }
+        // Learn what a zygote of this function costs, for the budget.
+        let live = self.live_zygotes().len().max(1) as u64;
+        if let Ok(bytes) = self.zygote_cgroup.memory_current() {
+            if bytes > 0 {
+                self.zygote_bytes.store(bytes / live, Ordering::Relaxed);
+                self.budget.learn_zygote_bytes(bytes / live);
+            }
+        }
         Ok(zygote)
     }
 
     async fn create_sandbox(&self, zygote: Arc<Zygote>) -> Result<Sandbox, InvokeError> {
+        self.budget.reserve(&self.name, Need::Clone).await.map_err(|e| self.over_budget(e))?;
         let unavailable = |detail: String| InvokeError::SandboxUnavailable { function: self.name.to_string(), detail };
         let slot = self.take_slot().map_err(unavailable)?;
         let id = self.ids.sandbox.fetch_add(1, Ordering::Relaxed);
-        match Sandbox::create(id, zygote, slot, self.spec.limits.writable_layer_bytes()).await {
+        let run_as = self.userns.map(|_| (SANDBOX_UID, SANDBOX_UID));
+        match Sandbox::create(id, zygote, slot, self.spec.limits.writable_layer_bytes(), run_as).await {
             Ok(sandbox) => {
                 let f = self.name.to_string();
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "clone").record(secs(sandbox.fork_us));
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "cgroup_attach").record(secs(sandbox.setup.cgroup_us));
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "mount").record(secs(sandbox.setup.mount_us));
-                metrics::histogram!("fnhost_phase_seconds", "function" => f, "phase" => "drop_privileges").record(secs(sandbox.setup.privileges_us));
+                metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "drop_privileges").record(secs(sandbox.setup.privileges_us));
+                metrics::histogram!("fnhost_phase_seconds", "function" => f, "phase" => "seccomp").record(secs(sandbox.setup.seccomp_us));
                 Ok(sandbox)
             }
             Err((slot, detail)) => {
                 // The clone may still be exiting; only reuse an empty cgroup.
                 if slot.cgroup.is_empty().unwrap_or(false) {
-                    self.return_slot(slot);
+                    self.free_slots.lock().expect("slots lock").push(slot);
                 }
                 Err(unavailable(detail))
             }
         }
     }
 
-    /// Gets a sandbox for one request.
-    async fn checkout(&self) -> Result<(Sandbox, StartKind, u64), InvokeError> {
+    /// Gets a sandbox for one request. A cold start is shared: requests that
+    /// arrive while a zygote is starting wait for it (at most until
+    /// `deadline`, the end of their queue time) and clone from it.
+    async fn checkout(&self, deadline: Instant) -> Result<(Sandbox, StartKind, u64), InvokeError> {
         loop {
             let Some(sandbox) = self.ready.lock().expect("ready lock").pop_front() else { break };
             if sandbox.is_alive() {
@@ -280,23 +424,37 @@ impl FunctionPool {
             }
             self.spawn_teardown(sandbox);
         }
+        if self.settings().ready_clones > 0 {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
         for attempt in 0..2 {
             let zygote = self.live_zygotes().into_iter().min_by_key(Arc::strong_count);
             let (zygote, kind, zygote_us) = match zygote {
                 Some(z) => (z, StartKind::OnDemandClone, 0),
                 None => {
-                    let _guard = self.cold_start.lock().await;
+                    let settings = self.settings();
+                    let Ok(_guard) = tokio::time::timeout_at(deadline.into(), self.cold_start.lock()).await else {
+                        return Err(InvokeError::Overloaded {
+                            function: self.name.to_string(),
+                            max_concurrency: settings.max_concurrency,
+                            queue_timeout_ms: settings.queue_timeout_ms,
+                        });
+                    };
                     match self.live_zygotes().into_iter().next() {
                         Some(z) => (z, StartKind::OnDemandClone, 0),
                         None => {
                             let started = Instant::now();
-                            let keep = self.spec.pool.zygotes > 0;
-                            let z = self.start_zygote(keep).await?;
+                            // Kept in the warm set so concurrent requests
+                            // share it; released when the function goes
+                            // idle (see `release_surplus_zygotes`).
+                            let z = self.start_zygote(true).await?;
+                            metrics::counter!("fnhost_cold_starts_total", "function" => self.name.to_string()).increment(1);
                             (z, StartKind::ColdStart, started.elapsed().as_micros() as u64)
                         }
                     }
                 }
             };
+            zygote.touch();
             match self.create_sandbox(zygote.clone()).await {
                 Ok(sandbox) => return Ok((sandbox, kind, zygote_us)),
                 // A zygote that died under us: try once more with another.
@@ -336,11 +494,14 @@ impl FunctionPool {
                     backoff = Duration::from_millis(100);
                     false
                 }
+                // Out of budget is not a fault of this pool: wait quietly.
+                Err(InvokeError::OverBudget { .. }) => true,
                 Err(e) => {
                     tracing::warn!(function = %self.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "pool refill failed");
                     true
                 }
             };
+            self.stop_idle_extra_zygotes();
             self.publish_gauges();
             let wait = if failed { backoff } else { Duration::from_secs(1) };
             if failed {
@@ -353,55 +514,136 @@ impl FunctionPool {
         }
     }
 
+    /// Drops the pool's hold on zygotes above `zygotes` (with `idle_ttl_ms =
+    /// 0`, as soon as nothing runs): each dies when its last sandbox is torn
+    /// down, so the next request is a true cold start.
+    fn release_surplus_zygotes(&self) {
+        let keep = self.settings().zygotes as usize;
+        let surplus: Vec<Arc<Zygote>> = {
+            let mut zygotes = self.zygotes.lock().expect("zygotes lock");
+            let n = zygotes.len();
+            zygotes.drain(keep.min(n)..).collect()
+        };
+        let stale: Vec<Sandbox> = {
+            let mut ready = self.ready.lock().expect("ready lock");
+            let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
+                ready.drain(..).partition(|s| !surplus.iter().any(|z| Arc::ptr_eq(z, &s.zygote)));
+            *ready = keep;
+            stale.into_iter().collect()
+        };
+        for sandbox in stale {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+        }
+    }
+
+    /// Stops zygotes above the configured count once the function has been
+    /// idle for `idle_ttl_ms`, with the ready clones they hold.
+    fn stop_idle_extra_zygotes(&self) {
+        let settings = self.settings();
+        let live = self.live_zygotes();
+        if live.len() <= settings.zygotes as usize
+            || self.in_flight.load(Ordering::SeqCst) > 0
+            || now_ms().saturating_sub(self.last_used_ms()) < settings.idle_ttl_ms
+        {
+            return;
+        }
+        let surplus = live.len() - settings.zygotes as usize;
+        let victims: Vec<Arc<Zygote>> = {
+            let mut zygotes = self.zygotes.lock().expect("zygotes lock");
+            let n = zygotes.len();
+            zygotes.drain(n.saturating_sub(surplus)..).collect()
+        };
+        let stale: Vec<Sandbox> = {
+            let mut ready = self.ready.lock().expect("ready lock");
+            let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
+                ready.drain(..).partition(|s| !victims.iter().any(|v| Arc::ptr_eq(v, &s.zygote)));
+            *ready = keep;
+            stale.into_iter().collect()
+        };
+        for sandbox in stale {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+        }
+        for zygote in victims {
+            tracing::info!(function = %self.name, zygote = zygote.id, "stopping idle zygote (idle_ttl_ms)");
+            zygote.kill();
+        }
+    }
+
     /// One pass: start missing zygotes, drop dead ready clones, pre-fork
-    /// missing ready clones.
+    /// missing ready clones (at most `burst` at once).
     pub async fn refill_once(&self) -> Result<(), InvokeError> {
-        while self.live_zygotes().len() < self.spec.pool.zygotes as usize {
+        let _one_pass = self.refilling.lock().await;
+        if self.dormant.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let settings = self.settings();
+        while self.live_zygotes().len() < settings.zygotes as usize {
             if self.closed.load(Ordering::SeqCst) {
                 return Ok(());
             }
             self.start_zygote(true).await?;
         }
-        let dead: Vec<Sandbox> = {
+        let (dead, surplus): (Vec<Sandbox>, Vec<Sandbox>) = {
             let mut ready = self.ready.lock().expect("ready lock");
             let (alive, dead): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
                 ready.drain(..).partition(|s| s.is_alive());
             *ready = alive;
-            dead.into_iter().collect()
+            let keep = settings.ready_clones as usize;
+            let surplus = if ready.len() > keep { ready.drain(keep..).collect() } else { Vec::new() };
+            (dead.into_iter().collect(), surplus)
         };
-        for sandbox in dead {
+        for sandbox in dead.into_iter().chain(surplus) {
+            sandbox.kill();
             self.spawn_teardown(sandbox);
+        }
+        // Scale out: requests keep finding the ready clones used up, so
+        // the live zygotes (each forks one clone at a time) do not keep up.
+        let live = self.live_zygotes().len();
+        let misses = self.misses.swap(0, Ordering::Relaxed);
+        if live > 0 && live < settings.max_instances as usize && misses >= 2 * live as u64 {
+            tracing::info!(function = %self.name, zygotes = live + 1, "scaling out: starting another zygote");
+            self.start_zygote(true).await?;
         }
         // Clone the missing ready clones concurrently: a zygote forks one at
         // a time, but each clone's setup (mounts, privilege drop) overlaps
         // with the next fork.
-        let missing = (self.spec.pool.ready_clones as usize)
-            .saturating_sub(self.ready.lock().expect("ready lock").len());
-        if self.closed.load(Ordering::SeqCst) || missing == 0 {
-            return Ok(());
-        }
-        let zygotes = self.live_zygotes();
-        if zygotes.is_empty() {
-            return Ok(());
-        }
-        let creations = (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
-        let mut first_error = None;
-        for result in join_all(creations).await {
-            match result {
-                Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
-                Err(e) => first_error = first_error.or(Some(e)),
+        loop {
+            let missing = (settings.ready_clones as usize)
+                .saturating_sub(self.ready.lock().expect("ready lock").len())
+                .min(settings.burst as usize);
+            if self.closed.load(Ordering::SeqCst) || missing == 0 {
+                return Ok(());
+            }
+            let zygotes = self.live_zygotes();
+            if zygotes.is_empty() {
+                return Ok(());
+            }
+            let creations = (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
+            let mut first_error = None;
+            for result in join_all(creations).await {
+                match result {
+                    Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
+                    Err(e) => first_error = first_error.or(Some(e)),
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
-        first_error.map_or(Ok(()), Err)
     }
 
-    /// Stops refilling, kills every zygote (and so every clone), and waits
-    /// for in-flight invocations up to `grace`.
+    /// Stops refilling, waits for in-flight invocations up to `grace`, then
+    /// kills every zygote (and so every clone) and waits for the cgroups to
+    /// empty.
     pub async fn close(&self, grace: Duration) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_one();
-        let max = self.spec.pool.max_concurrency;
-        let _ = tokio::time::timeout(grace, self.concurrency.acquire_many(max)).await;
+        let deadline = Instant::now() + grace;
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.concurrency.close();
         let ready: Vec<Sandbox> = self.ready.lock().expect("ready lock").drain(..).collect();
         for sandbox in ready {
@@ -412,7 +654,6 @@ impl FunctionPool {
         for zygote in zygotes {
             zygote.kill();
         }
-        // Wait (bounded) for the pool's cgroups to empty.
         for _ in 0..500 {
             let busy = !self.zygote_cgroup.is_empty().unwrap_or(true)
                 || self.free_slots.lock().expect("slots lock").iter().any(|s| !s.cgroup.is_empty().unwrap_or(true));
@@ -424,26 +665,67 @@ impl FunctionPool {
         self.publish_gauges();
     }
 
+    /// Removes the pool's cgroups (after [`Self::close`]); used when a
+    /// function is deleted or replaced by a reload.
+    pub fn remove_cgroups(&self) {
+        for slot in self.free_slots.lock().expect("slots lock").drain(..) {
+            let _ = slot.cgroup.remove();
+        }
+        let _ = self.zygote_cgroup.remove();
+    }
+
     /// Runs one invocation.
     pub async fn invoke(&self, payload: &[u8], request_id: String) -> Result<Invocation, InvokeError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(InvokeError::ShuttingDown);
         }
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        if self.dormant.swap(false, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
         let started = Instant::now();
-        let queue_timeout = Duration::from_millis(self.spec.pool.queue_timeout_ms);
-        let _permit = match tokio::time::timeout(queue_timeout, self.concurrency.acquire()).await {
+        let settings = self.settings();
+        let queue_timeout = Duration::from_millis(settings.queue_timeout_ms);
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let acquired = tokio::time::timeout(queue_timeout, self.concurrency.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let _permit = match acquired {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(InvokeError::ShuttingDown),
             Err(_) => {
                 return Err(InvokeError::Overloaded {
                     function: self.name.to_string(),
-                    max_concurrency: self.spec.pool.max_concurrency,
-                    queue_timeout_ms: self.spec.pool.queue_timeout_ms,
+                    max_concurrency: settings.max_concurrency,
+                    queue_timeout_ms: settings.queue_timeout_ms,
                 })
             }
         };
-        let queue_us = started.elapsed().as_micros() as u64;
-        let (mut sandbox, kind, zygote_us) = self.checkout().await?;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let result = self.execute(payload, request_id, started).await;
+        let still_running = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        if still_running == 0 && settings.idle_ttl_ms == 0 {
+            self.release_surplus_zygotes();
+        }
+        let counter = match &result {
+            Err(InvokeError::Timeout { .. }) => Some("fnhost_timeouts_total"),
+            Err(InvokeError::MemoryLimit { .. }) => Some("fnhost_oom_kills_total"),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            metrics::counter!(counter, "function" => self.name.to_string()).increment(1);
+        }
+        result
+    }
+
+    /// Checks a sandbox out, runs the invocation in it, hands it to teardown.
+    async fn execute(&self, payload: &[u8], request_id: String, started: Instant) -> Result<Invocation, InvokeError> {
+        let queue_deadline = started + Duration::from_millis(self.settings().queue_timeout_ms);
+        let checkout_started = Instant::now();
+        let (mut sandbox, kind, zygote_us) = self.checkout(queue_deadline).await?;
+        // Waiting for another request's cold start is queueing too.
+        let waited_us = (checkout_started.elapsed().as_micros() as u64).saturating_sub(zygote_us + sandbox.create_us);
+        let queue_us = (checkout_started - started).as_micros() as u64 + if kind == StartKind::ReadyClone { 0 } else { waited_us };
         self.wake.notify_one();
         let timeout_ms = self.spec.limits.timeout_ms;
         let meta = InvokeMeta {
@@ -477,9 +759,7 @@ impl FunctionPool {
             RunOutcome::NoResponse { .. } if oom_now > oom_before => {
                 return Err(InvokeError::MemoryLimit { function, memory_mb: self.spec.limits.memory_mb })
             }
-            RunOutcome::NoResponse { detail } => {
-                return Err(InvokeError::SandboxCrashed { function, detail })
-            }
+            RunOutcome::NoResponse { detail } => return Err(InvokeError::SandboxCrashed { function, detail }),
         };
         let timings = Timings {
             queue_us,
@@ -490,14 +770,13 @@ impl FunctionPool {
             exchange_us: exchange_total.saturating_sub(handler_us),
             total_us: started.elapsed().as_micros() as u64,
         };
-        let f = &self.name;
         for (phase, us) in [
             ("queue", timings.queue_us),
             ("handler", timings.handler_us),
             ("exchange", timings.exchange_us),
             ("invoke_total", timings.total_us),
         ] {
-            metrics::histogram!("fnhost_phase_seconds", "function" => f.to_string(), "phase" => phase).record(secs(us));
+            metrics::histogram!("fnhost_phase_seconds", "function" => self.name.to_string(), "phase" => phase).record(secs(us));
         }
         Ok(Invocation { body, start: kind, sandbox_id, timings })
     }

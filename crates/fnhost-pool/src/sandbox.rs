@@ -84,6 +84,7 @@ impl Sandbox {
         zygote: Arc<Zygote>,
         slot: Slot,
         writable_bytes: u64,
+        run_as: Option<(u32, u32)>,
     ) -> Result<Sandbox, (Slot, String)> {
         let started = Instant::now();
         let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
@@ -102,7 +103,7 @@ impl Sandbox {
         fds.extend(cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()));
         fds.extend(v1_procs.iter().map(|fd| fd.as_raw_fd()));
         let cloned = zygote
-            .clone_sandbox(id, writable_bytes, &fds, cgroup_dir.is_some(), v1_procs.len() as u32)
+            .clone_sandbox(id, writable_bytes, &fds, cgroup_dir.is_some(), v1_procs.len() as u32, run_as)
             .await;
         drop(theirs);
         drop(cgroup_dir);

@@ -42,6 +42,15 @@ pub struct Cloned {
     pub fork_us: u64,
 }
 
+/// Where a new zygote goes: its cgroups and, optionally, a user namespace.
+pub struct Placement<'a> {
+    /// cgroup2 directory to clone into.
+    pub cgroup_dir: Option<&'a OwnedFd>,
+    /// v1 `cgroup.procs` files the zygote writes itself into.
+    pub v1_procs: &'a [OwnedFd],
+    pub userns: Option<crate::process::IdMap>,
+}
+
 /// A running, ready zygote.
 pub struct Zygote {
     pub id: u64,
@@ -53,6 +62,7 @@ pub struct Zygote {
     control: tokio::sync::Mutex<AsyncFd<OwnedFd>>,
     alive: Arc<AtomicBool>,
     carry: Vec<String>,
+    last_used: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Zygote {
@@ -138,14 +148,14 @@ impl Zygote {
         id: u64,
         function: Arc<str>,
         spec: &ZygoteSpec,
-        cgroup_dir: Option<&OwnedFd>,
-        v1_procs: &[OwnedFd],
+        placement: Placement<'_>,
         timeout: Duration,
         pool: Arc<Notify>,
     ) -> Result<Arc<Zygote>, StartError> {
         let started = Instant::now();
         let ZygoteProcess { pid, pidfd, control, output } =
-            spawn_zygote(spec, cgroup_dir, v1_procs).map_err(|e| StartError::Failed(e.to_string()))?;
+            spawn_zygote(spec, placement.cgroup_dir, placement.v1_procs, placement.userns)
+                .map_err(|e| StartError::Failed(e.to_string()))?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let pidfd = Arc::new(crate::fd::register(pidfd).map_err(|e| StartError::Failed(e.to_string()))?);
@@ -201,7 +211,17 @@ impl Zygote {
             control: tokio::sync::Mutex::new(control),
             alive,
             carry: spec.clone_carry(),
+            last_used: Mutex::new(Instant::now()),
         }))
+    }
+
+    /// Records that a request used this zygote.
+    pub fn touch(&self) {
+        *self.last_used.lock().expect("last_used lock") = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.lock().expect("last_used lock").elapsed()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -217,11 +237,13 @@ impl Zygote {
         fds: &[RawFd],
         v2_cgroup: bool,
         v1_procs: u32,
+        run_as: Option<(u32, u32)>,
     ) -> Result<Cloned, String> {
         if !self.is_alive() {
             return Err("the zygote has exited".into());
         }
-        let msg = DaemonMessage::Clone { sandbox, writable_bytes, carry: self.carry.clone(), v2_cgroup, v1_procs };
+        let msg =
+            DaemonMessage::Clone { sandbox, writable_bytes, carry: self.carry.clone(), v2_cgroup, v1_procs, run_as };
         let control = self.control.lock().await;
         send_msg(&control, &msg, fds).await.map_err(|e| format!("cannot reach the zygote: {e}"))?;
         match recv_msg(&control).await {

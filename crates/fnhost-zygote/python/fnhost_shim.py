@@ -150,6 +150,15 @@ def main():
         os._exit(2)
     # Same bookkeeping os.fork() does in a child (locks, random seeds, at-fork hooks).
     after_fork_child()
+    # The fork server read (and unset) its own settings in the zygote;
+    # os.environ is a snapshot from interpreter start, so drop them here too.
+    for name in [k for k in os.environ if k.startswith("FNHOST_")]:
+        del os.environ[name]
+    # The clone's pivot left it at "/"; Lambda handlers run in the task root.
+    try:
+        os.chdir(os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
+    except OSError:
+        pass
     _serve_one(fd, handler)
 
 

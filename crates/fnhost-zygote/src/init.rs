@@ -2,7 +2,8 @@
 //! daemon with `clone3` into fresh mount/pid/ipc/uts/net namespaces.
 //!
 //! It assembles the read-only root from shared layers, brings loopback up,
-//! starts the language runtime (which becomes the fork server) and then only
+//! starts the language runtime (which becomes the fork server; for the exec
+//! runtime, a forked child of init becomes it, see [`crate::exec`]) and then only
 //! reaps: when the runtime exits, init exits, and the kernel kills every
 //! process left in the namespace — every clone of this zygote included.
 
@@ -16,7 +17,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::control;
 use crate::protocol::{InitFailure, ZygoteMessage, CONTROL_FD, SPEC_ENV};
-use crate::spec::ZygoteSpec;
+use crate::spec::{RuntimeEntry, ZygoteSpec};
 
 fn fail(stage: &str, error_type: &str, message: String) -> ! {
     let msg = ZygoteMessage::InitFailed(InitFailure {
@@ -52,6 +53,7 @@ pub fn run() -> ! {
             .map(|b| Bind { source: b.source.clone(), target: b.target.clone() })
             .collect(),
         tmp_bytes: spec.tmp_bytes,
+        userxattr: fnhost_sandbox::in_user_namespace(),
     };
     if let Err(e) = enter_zygote_root(&LinuxSyscall, &root) {
         fail("sandbox", "RootfsSetupFailed", format!("cannot set up the zygote root: {e}"));
@@ -86,6 +88,9 @@ fn start_runtime(spec: &ZygoteSpec) -> Pid {
     // SAFETY: init is single-threaded, so the child may do anything.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            if spec.entry == RuntimeEntry::CommandPerInvocation {
+                crate::exec::serve_command(spec)
+            }
             let err = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
             fail(
                 "runtime",

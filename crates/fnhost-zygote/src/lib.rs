@@ -5,8 +5,10 @@
 //! runtime layer.
 
 pub mod control;
+pub mod exec;
 pub mod forkserver;
 pub mod init;
+pub mod invocation;
 pub mod protocol;
 pub mod spec;
 

@@ -13,6 +13,19 @@ pub struct BindSpec {
     pub target: PathBuf,
 }
 
+/// How init starts a zygote's runtime.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeEntry {
+    /// Exec `argv`: a program that becomes the fork server itself (the
+    /// Python shim, a Rust function built with fnhost-sdk).
+    #[default]
+    Exec,
+    /// Fork fnhost's built-in fork server (no exec; see [`crate::exec`]),
+    /// which runs `argv` once per invocation: the exec runtime.
+    CommandPerInvocation,
+}
+
 /// Everything the init of one zygote needs (passed as JSON in [`crate::protocol::SPEC_ENV`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ZygoteSpec {
@@ -27,6 +40,9 @@ pub struct ZygoteSpec {
     pub hostname: String,
     /// Runtime command (argv[0] is an absolute path inside the root).
     pub argv: Vec<String>,
+    /// What `argv` is: the runtime to exec, or the command each invocation runs.
+    #[serde(default)]
+    pub entry: RuntimeEntry,
     pub env: Vec<(String, String)>,
     /// Working directory of the runtime inside the root.
     pub cwd: PathBuf,
@@ -57,6 +73,7 @@ mod tests {
             tmp_bytes: 0,
             hostname: "h".into(),
             argv: vec![],
+            entry: RuntimeEntry::Exec,
             env: vec![],
             cwd: "/".into(),
         };

@@ -25,6 +25,24 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     /// Invoke a function on a running host and print its response.
     Invoke(InvokeArgs),
+    /// List, show, create/update or delete functions on a running host.
+    Functions {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: FunctionsCommand,
+    },
+    /// Make a running host re-read its config file (like SIGHUP).
+    Reload(AdminArgs),
+    /// Show a running host's memory budget and pools.
+    Status(AdminArgs),
+    /// Import container images into the layer store, or list them.
+    Image {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Internal: PID 1 of a zygote container (started by `serve`).
     #[command(name = "__zygote-init", hide = true)]
     ZygoteInit,
@@ -63,4 +81,61 @@ pub struct InvokeArgs {
     /// Print the response status and fnhost headers to stderr.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+/// How to reach the admin API.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Base URL of the admin API (server.admin_listen).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8081")]
+    pub admin_url: String,
+    /// Bearer token (server.admin_token); default: $FNHOST_ADMIN_TOKEN.
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+}
+
+/// Where the layer store is: `<state_dir>/layers`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Config file whose server.state_dir holds the store (default: the
+    /// embedded default config).
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// Override server.state_dir.
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an image: an OCI image layout (directory or tar), a `docker
+    /// save` archive, a rootfs tarball (plain, gzip or zstd) or a directory.
+    /// Functions then use it with image = "NAME:TAG".
+    Import {
+        /// The image file or directory.
+        path: PathBuf,
+        /// Name and tag to record it under, e.g. python:3.11.
+        #[arg(long)]
+        name: String,
+    },
+    /// List imported images with their layers.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCommand {
+    /// List functions with their pool status.
+    List,
+    /// Show one function.
+    Get { name: String },
+    /// Create or update a function from a JSON object of config keys
+    /// (e.g. {"runtime":"python3","code":"/srv/fn","handler":"app.handler"}).
+    Put {
+        name: String,
+        /// JSON file, or - for stdin.
+        #[arg(long, short)]
+        file: String,
+    },
+    /// Delete a function (in-flight invocations finish first).
+    Delete { name: String },
 }

@@ -2,7 +2,9 @@
 //! the crates together: CLI, config loading, telemetry, the host and the
 //! HTTP server, and the zygote init entry point.
 
+mod admin;
 mod cli;
+mod image;
 mod invoke;
 mod serve;
 mod telemetry;
@@ -21,6 +23,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => serve::check_config(args),
         Command::Invoke(args) => invoke::run(args),
+        Command::Functions { admin, command } => admin::functions(admin, command),
+        Command::Reload(args) => admin::reload(args),
+        Command::Status(args) => admin::status(args),
+        Command::Image { store, command } => image::run(store, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,38 +1,49 @@
 //! `fnhost serve` and `fnhost check-config`: load config, start the host
 //! and the HTTP server, drain on SIGTERM/SIGINT.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use fnhost_config::Config;
-use fnhost_dispatch::App;
+use fnhost_config::{AdminListen, Config};
+use fnhost_dispatch::{Admin, App, ConfigSource, Control, Listener};
 use fnhost_pool::{Host, HostOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{ConfigArgs, ServeArgs};
 use crate::telemetry;
 
-fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
-    let config = match &args.config {
-        Some(path) => Config::load_file(path)?,
+/// The config, its text, and where it came from (for reloads).
+pub(crate) fn load_config(args: &ConfigArgs) -> anyhow::Result<(Config, String, ConfigSource)> {
+    match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| fnhost_config::ConfigError::Read { path: path.clone(), source })?;
+            let base_dir = std::path::absolute(path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("."));
+            let config = Config::parse(&text, &path.display().to_string(), &base_dir)?;
+            Ok((config, text, ConfigSource { path: Some(path.clone()), base_dir }))
+        }
         None => {
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            Config::embedded_default(&cwd.join("config"))?
+            let base_dir = cwd.join("config");
+            let config = Config::embedded_default(&base_dir)?;
+            Ok((config, fnhost_config::DEFAULT_CONFIG.to_string(), ConfigSource { path: None, base_dir }))
         }
-    };
-    Ok(config)
+    }
 }
 
 pub fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
-    let config = load_config(&args)?;
+    let (config, _, _) = load_config(&args)?;
     println!("{}: ok", config.origin);
     println!("listen {}  state_dir {}  cgroup_root {}", config.server.listen, config.server.state_dir.display(), config.server.cgroup_root);
     for f in &config.functions {
         println!(
             "function {}: {} {} from {} | memory {} MiB, cpu {}, pids {}, timeout {} ms, writable {} MiB | zygotes {}, ready clones {}, max concurrency {}",
-            f.name, f.runtime.as_str(), f.handler, f.code.display(), f.limits.memory_mb, f.limits.cpu, f.limits.pids,
+            f.name, f.runtime.as_str(), if f.handler.is_empty() { f.command.join(" ") } else { f.handler.clone() }, f.code.display(), f.limits.memory_mb, f.limits.cpu, f.limits.pids,
             f.limits.timeout_ms, f.limits.writable_layer_mb, f.pool.zygotes, f.pool.ready_clones, f.pool.max_concurrency
         );
     }
@@ -40,7 +51,7 @@ pub fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = load_config(&args.config)?;
+    let (mut config, text, source) = load_config(&args.config)?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -58,32 +69,101 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("fnhost")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, metrics))
+    runtime.block_on(serve(config, text, source, metrics))
 }
 
-async fn serve(config: Config, metrics: metrics_exporter_prometheus::PrometheusHandle) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    text: String,
+    source: ConfigSource,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tracing::info!(config = %config.origin, "starting");
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let admin_listener = bind_admin(&config.server.admin_listen).await?;
     let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
     let addr = listener.local_addr().context("cannot read the listening address")?;
     println!("fnhost: listening on http://{addr}");
+    match &admin_listener {
+        Some(Listener::Tcp(l)) => println!("fnhost: admin API on http://{}", l.local_addr().context("admin address")?),
+        Some(Listener::Unix(_)) => println!("fnhost: admin API on {}", admin_description(&config.server.admin_listen)),
+        None => println!("fnhost: admin API off"),
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "listening");
-    let app = Arc::new(App::new(host.clone(), config.server.max_payload_bytes, Some(metrics)));
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let shutdown = async {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
-            _ = sigint.recv() => tracing::info!("SIGINT: draining"),
-        }
+    let control = Arc::new(Control::new(host.clone(), source, text, grace));
+    let app = Arc::new(App::new(host.clone(), config.server.max_payload_bytes, Some(metrics)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    fnhost_dispatch::serve(listener, app, shutdown, grace).await;
+    let admin_task = admin_listener.map(|listener| {
+        let admin = Arc::new(Admin { control: control.clone(), token: config.server.admin_token.clone() });
+        let handler = move |req| fnhost_dispatch::admin::handle(admin.clone(), req);
+        tokio::spawn(fnhost_dispatch::serve(listener, handler, stopped(stop_rx.clone()), grace))
+    });
+    let reloads = control.clone();
+    let signals = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sighup.recv() => match reloads.reload().await {
+                    Ok(report) => tracing::info!(?report, "SIGHUP: config reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the running config keeps serving"),
+                },
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: draining"); break; }
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    let handler = move |req| fnhost_dispatch::routes::handle(app.clone(), req);
+    fnhost_dispatch::serve(Listener::Tcp(listener), handler, stopped(stop_rx.clone()), grace).await;
+    let _ = signals.await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     host.shutdown(grace).await;
+    if let fnhost_config::AdminListen::Unix(path) = &config.server.admin_listen {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn admin_description(listen: &AdminListen) -> String {
+    match listen {
+        AdminListen::Tcp(addr) => format!("http://{addr}"),
+        AdminListen::Unix(path) => format!("unix:{}", path.display()),
+        AdminListen::Off => "off".to_string(),
+    }
+}
+
+async fn bind_admin(listen: &AdminListen) -> anyhow::Result<Option<Listener>> {
+    Ok(match listen {
+        AdminListen::Off => None,
+        AdminListen::Tcp(addr) => Some(Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?,
+        )),
+        AdminListen::Unix(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            // A socket left by a previous run.
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on unix:{} (server.admin_listen)", path.display()))?;
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+            Some(Listener::Unix(listener))
+        }
+    })
 }

@@ -1,0 +1,151 @@
+//! The host memory budget: all zygotes and sandboxes together stay under
+//! `memory_budget_mb`. Usage is read from fnhost's own cgroup root (the
+//! kernel's accounting, not an estimate). Before a pool starts a zygote or
+//! clones a sandbox it asks for room; when there is none, idle zygotes of
+//! *other* functions are evicted, least recently used first, and only then
+//! is the request refused. The cgroup root also carries the budget as a hard
+//! limit, so even a burst the estimates miss is contained inside fnhost.
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use fnhost_sandbox::cgroup::CgroupTree;
+
+use crate::pool::FunctionPool;
+
+/// Headroom kept on the hard cgroup limit above the soft budget, so the
+/// budget (which refuses politely) trips before the kernel's OOM killer.
+const HARD_LIMIT_HEADROOM: u64 = 256 << 20;
+
+/// What a pool asks room for.
+#[derive(Debug, Clone, Copy)]
+pub enum Need {
+    /// A new zygote of about this many bytes.
+    Zygote(u64),
+    /// A new clone (small: page tables and the pages it touches).
+    Clone,
+}
+
+/// Bytes assumed for a zygote before any has been measured.
+const DEFAULT_ZYGOTE_ESTIMATE: u64 = 32 << 20;
+
+/// Bytes assumed for one new clone before it has touched anything.
+const CLONE_ESTIMATE: u64 = 2 << 20;
+
+/// Shared by every pool of a host.
+pub struct MemoryBudget {
+    limit: RwLock<u64>,
+    /// Last measured cost of one zygote (any function), for functions that
+    /// have not started one yet.
+    zygote_estimate: std::sync::atomic::AtomicU64,
+    tree: Arc<CgroupTree>,
+    pools: RwLock<Vec<Weak<FunctionPool>>>,
+}
+
+/// Why room could not be made.
+#[derive(Debug)]
+pub struct OverBudget {
+    pub budget_mb: u64,
+    pub used_mb: u64,
+}
+
+/// 80% of the host's memory, for `memory_budget_mb = 0`.
+pub fn default_budget_bytes() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(4 << 20);
+    total_kb * 1024 / 10 * 8
+}
+
+impl MemoryBudget {
+    pub fn new(limit_bytes: u64, tree: Arc<CgroupTree>) -> Arc<Self> {
+        let budget = Arc::new(MemoryBudget {
+            limit: RwLock::new(0),
+            zygote_estimate: std::sync::atomic::AtomicU64::new(DEFAULT_ZYGOTE_ESTIMATE),
+            tree,
+            pools: RwLock::new(Vec::new()),
+        });
+        budget.set_limit(limit_bytes);
+        budget
+    }
+
+    /// Sets the budget and the hard limit on fnhost's cgroup root.
+    pub fn set_limit(&self, bytes: u64) {
+        *self.limit.write().expect("budget lock") = bytes;
+        if let Err(e) = self.tree.set_root_memory_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM)) {
+            tracing::warn!(error = %e, "cannot set the memory budget as a cgroup limit; relying on admission only");
+        }
+        metrics::gauge!("fnhost_memory_budget_bytes").set(bytes as f64);
+    }
+
+    /// Records the measured cost of a zygote.
+    pub fn learn_zygote_bytes(&self, bytes: u64) {
+        self.zygote_estimate.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What a zygote of a function never measured is assumed to cost.
+    pub fn zygote_estimate(&self) -> u64 {
+        self.zygote_estimate.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> u64 {
+        *self.limit.read().expect("budget lock")
+    }
+
+    /// Memory fnhost's sandboxes and zygotes use now.
+    pub fn used(&self) -> u64 {
+        let used = self.tree.memory_usage("").unwrap_or(0);
+        metrics::gauge!("fnhost_memory_used_bytes").set(used as f64);
+        used
+    }
+
+    /// Makes the budget aware of a pool (for eviction).
+    pub fn register(&self, pool: &Arc<FunctionPool>) {
+        let mut pools = self.pools.write().expect("budget pools lock");
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// Makes room for `need` on behalf of `requester`, evicting idle zygotes
+    /// of other functions (least recently used first) if necessary.
+    pub async fn reserve(&self, requester: &str, need: Need) -> Result<(), OverBudget> {
+        let bytes = match need {
+            Need::Zygote(b) => b,
+            Need::Clone => CLONE_ESTIMATE,
+        };
+        loop {
+            let used = self.used();
+            let limit = self.limit();
+            if used.saturating_add(bytes) <= limit {
+                return Ok(());
+            }
+            let victim = {
+                let pools = self.pools.read().expect("budget pools lock");
+                pools
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter(|p| p.name() != requester && p.evictable())
+                    .min_by_key(|p| p.last_used_ms())
+            };
+            let Some(victim) = victim else {
+                return Err(OverBudget { budget_mb: limit >> 20, used_mb: used >> 20 });
+            };
+            tracing::warn!(function = victim.name(), for_function = requester, used_mb = used >> 20,
+                budget_mb = limit >> 20, "memory budget reached: evicting idle zygotes");
+            victim.evict_idle().await;
+            metrics::counter!("fnhost_evictions_total", "function" => victim.name().to_string()).increment(1);
+            // Freed memory is uncharged as the processes exit.
+            for _ in 0..50 {
+                if self.used().saturating_add(bytes) <= limit {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
