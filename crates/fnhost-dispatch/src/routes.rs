@@ -46,13 +46,44 @@ impl App {
     }
 }
 
+/// Where a request goes (pure: method and path only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Metrics,
+    /// An invocation of `function` through the native or the Lambda API.
+    Invoke { function: String, lambda: bool },
+    /// The path exists with other methods; `allow` lists them.
+    MethodNotAllowed { allow: &'static str },
+    NotFound,
+}
+
+/// Routes a method and path.
+pub fn route(method: &Method, path: &str) -> Route {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Route::Healthz,
+        (&Method::GET, ["metrics"]) => Route::Metrics,
+        (&Method::POST, ["v1", "functions", name, "invoke"]) => {
+            Route::Invoke { function: name.to_string(), lambda: false }
+        }
+        (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
+            let decoded = percent_decode(name);
+            Route::Invoke { function: lambda::function_name(&decoded).to_string(), lambda: true }
+        }
+        (_, ["healthz"]) | (_, ["metrics"]) => Route::MethodNotAllowed { allow: "GET" },
+        (_, ["v1", "functions", _, "invoke"]) | (_, ["2015-03-31", "functions", _, "invocations"]) => {
+            Route::MethodNotAllowed { allow: "POST" }
+        }
+        _ => Route::NotFound,
+    }
+}
+
 /// Routes one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
-    let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let response = match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => healthz(&app),
-        (&Method::GET, ["metrics"]) => match &app.metrics {
+    let response = match route(req.method(), req.uri().path()) {
+        Route::Healthz => healthz(&app),
+        Route::Metrics => match &app.metrics {
             Some(handle) => {
                 let mut r = Response::new(Body::new(Bytes::from(handle.render())));
                 r.headers_mut().insert(
@@ -63,23 +94,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             }
             None => response::error(StatusCode::NOT_FOUND, "RouteNotFound", "metrics are disabled"),
         },
-        (&Method::POST, ["v1", "functions", name, "invoke"]) => {
-            let name = name.to_string();
-            invoke(&app, &name, req, Api::Native).await
+        Route::Invoke { function, lambda } => {
+            let api = if lambda { Api::Lambda } else { Api::Native };
+            invoke(&app, &function, req, api).await
         }
-        (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
-            let decoded = percent_decode(name);
-            let name = lambda::function_name(&decoded).to_string();
-            invoke(&app, &name, req, Api::Lambda).await
-        }
-        (_, ["healthz"]) | (_, ["metrics"]) => method_not_allowed("GET"),
-        (_, ["v1", "functions", _, "invoke"]) | (_, ["2015-03-31", "functions", _, "invocations"]) => {
-            method_not_allowed("POST")
-        }
-        _ => response::error(
+        Route::MethodNotAllowed { allow } => method_not_allowed(allow),
+        Route::NotFound => response::error(
             StatusCode::NOT_FOUND,
             "RouteNotFound",
-            format!("no route for {} {path}; try POST /v1/functions/{{name}}/invoke", req.method()),
+            format!(
+                "no route for {} {}; try POST /v1/functions/{{name}}/invoke",
+                req.method(),
+                req.uri().path()
+            ),
         ),
     };
     Ok(response)
@@ -258,7 +285,23 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, route, Route};
+    use hyper::Method;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
+        assert_eq!(
+            route(&Method::POST, "/v1/functions/hello/invoke"),
+            Route::Invoke { function: "hello".into(), lambda: false }
+        );
+        assert_eq!(
+            route(&Method::POST, "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A1%3Afunction%3Ahello/invocations"),
+            Route::Invoke { function: "hello".into(), lambda: true }
+        );
+        assert_eq!(route(&Method::GET, "/v1/functions/hello/invoke"), Route::MethodNotAllowed { allow: "POST" });
+        assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
+    }
 
     #[test]
     fn decodes_escapes_and_keeps_malformed_ones() {

@@ -100,17 +100,39 @@ fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
     }
 }
 
-/// Logs a zygote's stdout/stderr line by line, keeping the last lines.
+/// Most output lines per second a zygote (with all its clones) may log;
+/// the rest is counted and dropped, so a chatty function cannot flood the
+/// daemon's log.
+const MAX_LINES_PER_SECOND: u32 = 1000;
+
+/// Logs a zygote's stdout/stderr line by line (each cut at [`MAX_LINE`]
+/// bytes, at most [`MAX_LINES_PER_SECOND`]), keeping the last lines.
 fn forward_output(output: OwnedFd, function: Arc<str>, tail: Arc<Mutex<VecDeque<String>>>) -> io::Result<()> {
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(output)?;
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(receiver);
         let mut buf = Vec::new();
+        let mut window = Instant::now();
+        let (mut logged, mut dropped) = (0u32, 0u64);
         loop {
             buf.clear();
             match lines.read_until(b'\n', &mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
+                    if window.elapsed() >= Duration::from_secs(1) {
+                        window = Instant::now();
+                        logged = 0;
+                        dropped = 0;
+                    }
+                    if logged >= MAX_LINES_PER_SECOND {
+                        dropped += 1;
+                        if dropped == 1 {
+                            tracing::warn!(function = %function, "function output over {MAX_LINES_PER_SECOND} lines/s; dropping lines for the rest of this second");
+                        }
+                        metrics::counter!("fnhost_function_output_dropped_lines_total", "function" => function.to_string()).increment(1);
+                        continue;
+                    }
+                    logged += 1;
                     buf.truncate(MAX_LINE);
                     let line = String::from_utf8_lossy(&buf).trim_end().to_string();
                     tracing::info!(target: "fnhost::function_output", function = %function, "{line}");

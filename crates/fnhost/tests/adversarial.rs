@@ -35,9 +35,11 @@ fn hostile_code() -> tempfile::TempDir {
 }
 
 /// One `[[functions]]` entry on the hostile code.
+/// A function of the hostile fixture. One zygote, never scaled out: some
+/// tests compare the daemon's process count with a baseline.
 fn function(code: &Path, name: &str, handler: &str, extra: &str) -> String {
     format!(
-        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.{handler}\"\n{extra}\n",
+        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.{handler}\"\nmax_instances = 1\n{extra}\n",
         code.display()
     )
 }

@@ -35,9 +35,11 @@ fn embedded_default_config_is_valid() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("function hello"));
 }
 
+/// One zygote, never scaled out (max_instances = 1): these tests count
+/// processes and descriptors, which scale-out would change on purpose.
 fn hello_functions(ready: u32) -> String {
     format!(
-        "[[functions]]\nname = \"hello\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\nready_clones = {ready}\n",
+        "[[functions]]\nname = \"hello\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\nready_clones = {ready}\nmax_instances = 1\n",
         hello_code().display()
     )
 }

@@ -16,6 +16,19 @@ handler = "handler.sleep"
 timeout_ms = 300
 
 [[functions]]
+name = "burn"
+runtime = "python3"
+code = "{probe}"
+handler = "handler.burn"
+cpu = 0.2
+
+[[functions]]
+name = "chatty"
+runtime = "python3"
+code = "{probe}"
+handler = "handler.chatty"
+
+[[functions]]
 name = "allocate"
 runtime = "python3"
 code = "{probe}"
@@ -57,4 +70,62 @@ fn memory_limit_kills_the_sandbox_and_names_the_limit() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["allocated_mb"], 8);
     assert_eq!(http(daemon.addr, "GET", "/healthz", b"").status, 200);
+}
+
+/// Sum of `nr_throttled` over the function's sandbox cgroups (cpu.stat,
+/// v1 cpu controller or cgroup2).
+fn throttled(cgroup_root: &str, function: &str) -> u64 {
+    let mut total = 0;
+    for base in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
+        let Ok(dirs) = std::fs::read_dir(format!("{base}/{cgroup_root}/{function}")) else { continue };
+        for dir in dirs.flatten() {
+            let stat = std::fs::read_to_string(dir.path().join("cpu.stat")).unwrap_or_default();
+            total += stat
+                .lines()
+                .find_map(|l| l.strip_prefix("nr_throttled "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn cpu_quota_holds_a_busy_loop_to_its_share() {
+    if !require_root("cpu_quota_holds_a_busy_loop_to_its_share") {
+        return;
+    }
+    let daemon = Daemon::start(&config());
+    let before = throttled(&daemon.cgroup_root, "burn");
+    let r = daemon.invoke("burn", r#"{"seconds": 0.6}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    // The kernel throttled the sandbox's cgroup (the quota was hit)...
+    assert!(throttled(&daemon.cgroup_root, "burn") > before, "cpu = 0.2 never throttled: {report}");
+    // ...and the loop got about a fifth of a CPU, certainly not most of one.
+    let share = report["cpu"].as_f64().unwrap() / report["wall"].as_f64().unwrap();
+    assert!(share < 0.5, "busy loop got {share:.2} of a CPU with cpu = 0.2: {report}");
+}
+
+#[test]
+fn captured_output_is_capped() {
+    if !require_root("captured_output_is_capped") {
+        return;
+    }
+    let daemon = Daemon::start(&config());
+    let r = daemon.invoke("chatty", r#"{"lines": 20000}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dropped_metric = || {
+        http(daemon.addr, "GET", "/metrics", b"")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("fnhost_function_output_dropped_lines_total{function=\"chatty\"}"))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>()
+    };
+    assert!(eventually(std::time::Duration::from_secs(10), || dropped_metric() > 0.0), "no output was dropped");
+    // The log got at most about the per-second cap of those lines.
+    let logged = daemon.stderr().lines().filter(|l| l.contains("line ")).count();
+    assert!(logged < 20000, "all {logged} lines reached the log");
+    assert_eq!(daemon.invoke("chatty", r#"{"lines": 1}"#).status, 200);
 }

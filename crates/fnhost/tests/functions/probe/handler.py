@@ -52,3 +52,19 @@ def allocate(event, context):
 
 def noop(event, context):
     return {}
+
+
+def burn(event, context):
+    """Busy-loops for `seconds` of wall time; reports the CPU time it got."""
+    started_wall = time.monotonic()
+    started_cpu = time.process_time()
+    while time.monotonic() - started_wall < event.get("seconds", 0.6):
+        pass
+    return {"cpu": time.process_time() - started_cpu, "wall": time.monotonic() - started_wall}
+
+
+def chatty(event, context):
+    """Prints many lines (captured output must be capped by the host)."""
+    for i in range(event.get("lines", 20000)):
+        print("line", i)
+    return {"printed": event.get("lines", 20000)}
