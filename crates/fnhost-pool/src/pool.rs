@@ -26,6 +26,8 @@ use crate::zygote::{Placement, StartError, Zygote};
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// uid and gid function code runs as inside a user namespace.
 pub const SANDBOX_UID: u32 = 1000;
+/// Least idle time before a zygote added by scale-out is stopped.
+const SCALE_IN_IDLE_MS: u64 = 30_000;
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -542,9 +544,14 @@ impl FunctionPool {
     fn stop_idle_extra_zygotes(&self) {
         let settings = self.settings();
         let live = self.live_zygotes();
+        // Zygotes added by scale-out stay at least SCALE_IN_IDLE_MS after
+        // the last request: a sequential client leaves nothing in flight
+        // between requests, and stopping them then would only start them
+        // again on the next misses.
+        let idle_for = if settings.zygotes > 0 { settings.idle_ttl_ms.max(SCALE_IN_IDLE_MS) } else { settings.idle_ttl_ms };
         if live.len() <= settings.zygotes as usize
             || self.in_flight.load(Ordering::SeqCst) > 0
-            || now_ms().saturating_sub(self.last_used_ms()) < settings.idle_ttl_ms
+            || now_ms().saturating_sub(self.last_used_ms()) < idle_for
         {
             return;
         }
@@ -704,7 +711,9 @@ impl FunctionPool {
         let result = self.execute(payload, request_id, started).await;
         let still_running = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
-        if still_running == 0 && settings.idle_ttl_ms == 0 {
+        // Pure scale-to-zero: the zygote this request started goes away
+        // as soon as nothing runs, so the next request is a true cold start.
+        if still_running == 0 && settings.zygotes == 0 && settings.idle_ttl_ms == 0 {
             self.release_surplus_zygotes();
         }
         let counter = match &result {
