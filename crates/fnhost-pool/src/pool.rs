@@ -520,6 +520,31 @@ impl FunctionPool {
     /// 0`, as soon as nothing runs): each dies when its last sandbox is torn
     /// down, so the next request is a true cold start.
     fn release_surplus_zygotes(&self) {
+        self.remove_surplus_zygotes(false);
+    }
+
+    /// Stops zygotes above the configured count once the function has been
+    /// idle for `idle_ttl_ms`, with the ready clones they hold.
+    fn stop_idle_extra_zygotes(&self) {
+        let settings = self.settings();
+        // Zygotes added by scale-out stay at least SCALE_IN_IDLE_MS after
+        // the last request: a sequential client leaves nothing in flight
+        // between requests, and stopping them then would only start them
+        // again on the next misses.
+        let idle_for = if settings.zygotes > 0 { settings.idle_ttl_ms.max(SCALE_IN_IDLE_MS) } else { settings.idle_ttl_ms };
+        if self.live_zygotes().len() <= settings.zygotes as usize
+            || self.in_flight.load(Ordering::SeqCst) > 0
+            || now_ms().saturating_sub(self.last_used_ms()) < idle_for
+        {
+            return;
+        }
+        self.remove_surplus_zygotes(true);
+    }
+
+    /// Takes the zygotes above `zygotes` out of the pool with the ready
+    /// clones they hold; `kill` stops them now rather than when their last
+    /// sandbox is torn down.
+    fn remove_surplus_zygotes(&self, kill: bool) {
         let keep = self.settings().zygotes as usize;
         let surplus: Vec<Arc<Zygote>> = {
             let mut zygotes = self.zygotes.lock().expect("zygotes lock");
@@ -537,44 +562,11 @@ impl FunctionPool {
             sandbox.kill();
             self.spawn_teardown(sandbox);
         }
-    }
-
-    /// Stops zygotes above the configured count once the function has been
-    /// idle for `idle_ttl_ms`, with the ready clones they hold.
-    fn stop_idle_extra_zygotes(&self) {
-        let settings = self.settings();
-        let live = self.live_zygotes();
-        // Zygotes added by scale-out stay at least SCALE_IN_IDLE_MS after
-        // the last request: a sequential client leaves nothing in flight
-        // between requests, and stopping them then would only start them
-        // again on the next misses.
-        let idle_for = if settings.zygotes > 0 { settings.idle_ttl_ms.max(SCALE_IN_IDLE_MS) } else { settings.idle_ttl_ms };
-        if live.len() <= settings.zygotes as usize
-            || self.in_flight.load(Ordering::SeqCst) > 0
-            || now_ms().saturating_sub(self.last_used_ms()) < idle_for
-        {
-            return;
-        }
-        let surplus = live.len() - settings.zygotes as usize;
-        let victims: Vec<Arc<Zygote>> = {
-            let mut zygotes = self.zygotes.lock().expect("zygotes lock");
-            let n = zygotes.len();
-            zygotes.drain(n.saturating_sub(surplus)..).collect()
-        };
-        let stale: Vec<Sandbox> = {
-            let mut ready = self.ready.lock().expect("ready lock");
-            let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
-                ready.drain(..).partition(|s| !victims.iter().any(|v| Arc::ptr_eq(v, &s.zygote)));
-            *ready = keep;
-            stale.into_iter().collect()
-        };
-        for sandbox in stale {
-            sandbox.kill();
-            self.spawn_teardown(sandbox);
-        }
-        for zygote in victims {
-            tracing::info!(function = %self.name, zygote = zygote.id, "stopping idle zygote (idle_ttl_ms)");
-            zygote.kill();
+        if kill {
+            for zygote in surplus {
+                tracing::info!(function = %self.name, zygote = zygote.id, "stopping idle zygote (idle_ttl_ms)");
+                zygote.kill();
+            }
         }
     }
 
