@@ -504,6 +504,7 @@ impl FunctionPool {
                 }
             };
             self.stop_idle_extra_zygotes();
+            self.trim_idle_cgroups();
             self.publish_gauges();
             let wait = if failed { backoff } else { Duration::from_secs(1) };
             if failed {
@@ -539,6 +540,32 @@ impl FunctionPool {
             return;
         }
         self.remove_surplus_zygotes(true);
+    }
+
+    /// Removes spare cgroups (beyond what the ready clones need) once the
+    /// function has been idle for SCALE_IN_IDLE_MS: a burst grows the free
+    /// list to its peak concurrency, and keeping hundreds of idle cgroups
+    /// costs kernel memory and slows every walk of the hierarchy.
+    fn trim_idle_cgroups(&self) {
+        let keep = self.settings().ready_clones as usize + 2;
+        if self.in_flight.load(Ordering::SeqCst) > 0 || now_ms().saturating_sub(self.last_used_ms()) < SCALE_IN_IDLE_MS {
+            return;
+        }
+        let spare: Vec<Slot> = {
+            let mut free = self.free_slots.lock().expect("slots lock");
+            if free.len() <= keep {
+                return;
+            }
+            let n = free.len();
+            free.drain(keep..n).collect()
+        };
+        let removed = spare.len();
+        for slot in spare {
+            if let Err(e) = slot.cgroup.remove() {
+                tracing::warn!(cgroup = slot.cgroup.name(), error = %e, "cannot remove a spare cgroup");
+            }
+        }
+        tracing::info!(function = %self.name, removed, "removed spare cgroups of an idle pool");
     }
 
     /// Takes the zygotes above `zygotes` out of the pool with the ready
