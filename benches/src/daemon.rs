@@ -56,6 +56,9 @@ pub struct FunctionPool {
     pub name: &'static str,
     pub zygotes: u32,
     pub ready_clones: u32,
+    /// A native Rust function (the `rust-hello` example built with
+    /// fnhost-sdk) instead of the Python no-op.
+    pub native: bool,
 }
 
 /// The functions of the latency, churn and throughput suites.
@@ -65,6 +68,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         name: WARM_FN,
         zygotes: 1,
         ready_clones: 4,
+        native: false,
     },
     // A warm zygote but no pre-forked clone: clone on request (also the
     // churn function: every request is one create + destroy).
@@ -72,28 +76,39 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         name: ONDEMAND_FN,
         zygotes: 1,
         ready_clones: 0,
+        native: false,
     },
     // Scale to zero: every request starts a zygote.
     FunctionPool {
         name: COLD_FN,
         zygotes: 0,
         ready_clones: 0,
+        native: false,
     },
     // Throughput: enough ready clones for 16 concurrent connections.
     FunctionPool {
         name: TPUT_FN,
         zygotes: 1,
         ready_clones: 16,
+        native: false,
     },
 ];
 
-/// The density suite's one function: a zygote and `clones` idle clones.
-pub fn density_functions(clones: u32) -> [FunctionPool; 1] {
+/// The density suite's one function: a zygote and `clones` idle clones,
+/// Python or native.
+pub fn density_functions(clones: u32, native: bool) -> [FunctionPool; 1] {
     [FunctionPool {
         name: DENSITY_FN,
         zygotes: 1,
         ready_clones: clones,
+        native,
     }]
+}
+
+/// The native function's binary, built next to the fnhost binary by
+/// `cargo build --release --workspace`.
+pub fn native_binary(fnhost: &Path) -> PathBuf {
+    fnhost.with_file_name("rust-hello")
 }
 
 /// The benchmark config for a state directory, code directory and cgroup
@@ -107,12 +122,17 @@ pub fn config_toml(
     let state = toml_string(&state_dir.display().to_string());
     let code = toml_string(&code_dir.display().to_string());
     let cgroup_root = toml_string(cgroup_root);
+    let native_code = toml_string(&code_dir.with_file_name("native").display().to_string());
     let functions: String = functions
         .iter()
         .map(|f| {
+            let runtime = if f.native {
+                format!("runtime = \"rust\"\ncode = {native_code}\ncommand = [\"/var/task/rust-hello\"]")
+            } else {
+                format!("runtime = \"python3\"\ncode = {code}\nhandler = \"handler.handler\"")
+            };
             format!(
-                "\n[[functions]]\nname = \"{}\"\nruntime = \"python3\"\ncode = {code}\n\
-                 handler = \"handler.handler\"\nzygotes = {}\nready_clones = {}\n",
+                "\n[[functions]]\nname = \"{}\"\n{runtime}\nzygotes = {}\nready_clones = {}\n",
                 f.name, f.zygotes, f.ready_clones
             )
         })
@@ -147,6 +167,14 @@ impl Daemon {
             .with_context(|| format!("creating {}", code_dir.display()))?;
         fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        if functions.iter().any(|f| f.native) {
+            let source = native_binary(fnhost);
+            let native_dir = dir.path().join("native");
+            fs::create_dir_all(&native_dir).with_context(|| format!("creating {}", native_dir.display()))?;
+            fs::copy(&source, native_dir.join("rust-hello")).with_context(|| {
+                format!("copying the native example {} (build it with cargo build --release --workspace)", source.display())
+            })?;
+        }
         let handler = code_dir.join("handler.py");
         fs::write(&handler, NOOP_HANDLER)
             .with_context(|| format!("writing {}", handler.display()))?;

@@ -51,10 +51,11 @@ pub struct Density {
 }
 
 /// Starts a density daemon, waits for its clones, measures, stops it.
-pub async fn run(fnhost: &Path, clones: u32) -> Result<Density> {
+pub async fn run(fnhost: &Path, clones: u32, native: bool) -> Result<Density> {
     let before = mem_available_kib()?;
-    eprintln!("fnhost-bench: density: starting a daemon with {clones} ready clones");
-    let daemon = Daemon::start(fnhost, &daemon::density_functions(clones)).await?;
+    let kind = if native { "native Rust" } else { "Python" };
+    eprintln!("fnhost-bench: density: starting a daemon with {clones} ready clones of a {kind} function");
+    let daemon = Daemon::start(fnhost, &daemon::density_functions(clones, native)).await?;
     let endpoint = Endpoint::parse(daemon.url())?;
     let started = Instant::now();
     let limit = Duration::from_secs(60) + FILL_TIME_PER_CLONE * clones;
@@ -149,10 +150,15 @@ fn measure(
         mem_available_before_kib: before,
         mem_available_after_kib: after,
         host_kib_per_clone,
-        estimated_capacity: if host_kib_per_clone > 0.0 {
-            (before as f64 / host_kib_per_clone) as u64
-        } else {
-            0
+        // MemAvailable moves by more than a small clone costs (page cache,
+        // other tenants): never estimate from less than the clone's PSS.
+        estimated_capacity: {
+            let per_clone = host_kib_per_clone.max(clone_pss_kib_mean(&sandboxes));
+            if per_clone > 0.0 {
+                (before as f64 / per_clone) as u64
+            } else {
+                0
+            }
         },
         fill_seconds,
     })
@@ -267,6 +273,10 @@ fn mem_available_kib() -> Result<u64> {
         .context("no MemAvailable in /proc/meminfo")
 }
 
+fn clone_pss_kib_mean(sandboxes: &[(&String, &ProcMem)]) -> f64 {
+    sandboxes.iter().map(|(_, m)| m.pss_kib).sum::<u64>() as f64 / sandboxes.len().max(1) as f64
+}
+
 fn mib(kib: f64) -> f64 {
     kib / 1024.0
 }
@@ -285,8 +295,8 @@ pub fn markdown(d: &Density) -> String {
          | zygote, memory cgroup | {} |\n\
          | daemon, PSS | {:.2} |\n\
          | host MemAvailable before → after | {:.0} → {:.0} |\n\n\
-         {} of {} clones live ({} zygote(s)), pool full {:.1} s after the daemon answered /healthz; at the MemAvailable \
-         cost per clone this host fits about **{}** idle sandboxes.\n",
+         {} of {} clones live ({} zygote(s)), pool full {:.1} s after the daemon answered /healthz; at the larger of the \
+         MemAvailable drop and the PSS per clone, this host fits about **{}** idle sandboxes.\n",
         mib(d.clone_pss_kib_mean),
         mib(d.clone_uss_kib_mean),
         opt(d.clone_cgroup_kib_mean),

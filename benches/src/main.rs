@@ -135,7 +135,15 @@ async fn run(args: &Args) -> Result<()> {
             eprintln!("fnhost-bench: density needs its own daemon; skipped with --url");
         } else {
             daemon::check_fnhost_binary(&fnhost)?;
-            report.density = Some(density::run(&fnhost, args.density_clones).await?);
+            report.density = Some(density::run(&fnhost, args.density_clones, false).await?);
+            if daemon::native_binary(&fnhost).exists() {
+                report.density_native = Some(density::run(&fnhost, args.density_clones, true).await?);
+            } else {
+                eprintln!(
+                    "fnhost-bench: density: no {} (cargo build --release --workspace builds it); native density skipped",
+                    daemon::native_binary(&fnhost).display()
+                );
+            }
         }
     }
 

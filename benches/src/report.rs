@@ -124,6 +124,8 @@ pub struct Report {
     pub throughput: Option<Vec<LoadLevel>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub density: Option<Density>,
+    /// The same measurement for a native Rust function (fnhost-sdk).
+    pub density_native: Option<Density>,
 }
 
 impl Report {
@@ -150,6 +152,7 @@ impl Report {
             churn: None,
             throughput: None,
             density: None,
+            density_native: None,
         }
     }
 
@@ -209,7 +212,11 @@ impl Report {
             out.push_str(&load::markdown(tput, false));
         }
         if let Some(d) = &self.density {
-            out.push_str("\n## Density: memory per zygote and per idle ready clone\n\n");
+            out.push_str("\n## Density: memory per zygote and per idle ready clone (Python)\n\n");
+            out.push_str(&density::markdown(d));
+        }
+        if let Some(d) = &self.density_native {
+            out.push_str("\n## Density: native Rust function (fnhost-sdk)\n\n");
             out.push_str(&density::markdown(d));
         }
         let _ = write!(
