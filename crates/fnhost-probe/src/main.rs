@@ -242,10 +242,10 @@ fn namespaces() -> Vec<(&'static str, Outcome)> {
         // SAFETY: plain syscall with an integer argument.
         out.push((name, in_child(|| unsafe { libc::unshare(flag) } as c_long)));
     }
-    // SAFETY: fork-like raw clone (no stack given); a created child exits
-    // at once in reap_if_child.
     out.push((
         "clone_newuser",
+        // SAFETY: fork-like raw clone (no stack given); a created child exits
+        // at once in reap_if_child.
         reap_if_child(unsafe {
             libc::syscall(
                 libc::SYS_clone,
@@ -257,9 +257,9 @@ fn namespaces() -> Vec<(&'static str, Outcome)> {
             )
         }),
     ));
-    // SAFETY: as above, with new pid and mount namespaces.
     out.push((
         "clone_newpid_newns",
+        // SAFETY: as above, with new pid and mount namespaces.
         reap_if_child(unsafe {
             libc::syscall(
                 libc::SYS_clone,
@@ -356,9 +356,9 @@ fn processes(host_pids: &[i32]) -> Vec<(&'static str, Outcome)> {
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
     out.push(("ptrace_attach_parent", ptrace_attach(parent)));
-    // SAFETY: PTRACE_TRACEME takes no pointers.
     out.push((
         "ptrace_traceme",
+        // SAFETY: PTRACE_TRACEME takes no pointers.
         in_child(|| unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0usize, 0usize) }),
     ));
     let mut buf = [0u8; 16];
@@ -370,10 +370,10 @@ fn processes(host_pids: &[i32]) -> Vec<(&'static str, Outcome)> {
         iov_base: 0x40_0000 as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    // SAFETY: one local iovec over `buf`; the remote address is only read by
-    // the kernel on behalf of the target, if it is allowed at all.
     out.push((
         "process_vm_readv_parent",
+        // SAFETY: one local iovec over `buf`; the remote address is only read by
+        // the kernel on behalf of the target, if it is allowed at all.
         verdict(unsafe { libc::process_vm_readv(parent, &local, 1, &remote, 1, 0) } as c_long),
     ));
 
@@ -381,15 +381,15 @@ fn processes(host_pids: &[i32]) -> Vec<(&'static str, Outcome)> {
     let mut trace = Vec::new();
     let mut pidfd = Vec::new();
     for &pid in host_pids {
-        // SAFETY: signal 0 only checks whether the process can be signalled.
         kill.push((
             pid.to_string(),
+            // SAFETY: signal 0 only checks whether the process can be signalled.
             verdict(unsafe { libc::kill(pid, 0) } as c_long),
         ));
         trace.push((pid.to_string(), ptrace_attach(pid)));
-        // SAFETY: plain syscall; a returned descriptor is closed.
         pidfd.push((
             pid.to_string(),
+            // SAFETY: plain syscall; a returned descriptor is closed.
             fd_verdict(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }),
         ));
     }
@@ -444,9 +444,9 @@ fn kernel_interfaces() -> Vec<(&'static str, Outcome)> {
     // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
     let mut attr = [0u32; 32];
     attr[..4].copy_from_slice(&[1 /* BPF_MAP_TYPE_HASH */, 4, 4, 1]);
-    // SAFETY: `attr` is valid for the size passed; a map fd is closed.
     out.push((
         "bpf_map_create",
+        // SAFETY: `attr` is valid for the size passed; a map fd is closed.
         fd_verdict(unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -460,17 +460,17 @@ fn kernel_interfaces() -> Vec<(&'static str, Outcome)> {
     let mut pattr = [0u8; 128];
     pattr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
     pattr[4..8].copy_from_slice(&64u32.to_ne_bytes());
-    // SAFETY: `pattr` is larger than the size it declares; fd closed.
     out.push((
         "perf_event_open",
+        // SAFETY: `pattr` is larger than the size it declares; fd closed.
         fd_verdict(unsafe {
             libc::syscall(libc::SYS_perf_event_open, pattr.as_ptr(), 0, -1, -1, 0)
         }),
     ));
-    // SAFETY: LINUX_REBOOT_CMD_CAD_OFF: outside the initial pid namespace
-    // the kernel answers EINVAL even to a capable caller; nothing reboots.
     out.push((
         "reboot",
+        // SAFETY: LINUX_REBOOT_CMD_CAD_OFF: outside the initial pid namespace
+        // the kernel answers EINVAL even to a capable caller; nothing reboots.
         verdict(unsafe {
             libc::syscall(
                 libc::SYS_reboot,
@@ -518,9 +518,9 @@ fn kernel_interfaces() -> Vec<(&'static str, Outcome)> {
         tv_sec: 1,
         tv_nsec: 0,
     };
-    // SAFETY: CLOCK_MONOTONIC cannot be set (EINVAL even when capable).
     out.push((
         "clock_settime",
+        // SAFETY: CLOCK_MONOTONIC cannot be set (EINVAL even when capable).
         verdict(unsafe {
             libc::syscall(
                 libc::SYS_clock_settime,
@@ -529,32 +529,32 @@ fn kernel_interfaces() -> Vec<(&'static str, Outcome)> {
             )
         }),
     ));
-    // SAFETY: own UTS namespace; a short constant name.
     out.push((
         "sethostname",
+        // SAFETY: own UTS namespace; a short constant name.
         verdict(unsafe { libc::sethostname(c"probed".as_ptr(), 6) } as c_long),
     ));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: iopl(3) would only grant port I/O to this process.
     out.push(("iopl", verdict(unsafe { libc::syscall(libc::SYS_iopl, 3) })));
-    // SAFETY: plain syscall; a uffd is closed.
     out.push((
         "userfaultfd",
+        // SAFETY: plain syscall; a uffd is closed.
         fd_verdict(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) }),
     ));
     let mut params = [0u8; 120];
-    // SAFETY: `params` is a zeroed io_uring_params; a ring fd is closed.
     out.push((
         "io_uring_setup",
+        // SAFETY: `params` is a zeroed io_uring_params; a ring fd is closed.
         fd_verdict(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) }),
     ));
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[8]; }
     let mut handle = [0u8; 16];
     handle[0..4].copy_from_slice(&8u32.to_ne_bytes());
     handle[4..8].copy_from_slice(&1i32.to_ne_bytes());
-    // SAFETY: AT_FDCWD and a valid 16-byte handle; an opened fd is closed.
     out.push((
         "open_by_handle_at",
+        // SAFETY: AT_FDCWD and a valid 16-byte handle; an opened fd is closed.
         fd_verdict(unsafe {
             libc::syscall(
                 libc::SYS_open_by_handle_at,
@@ -567,9 +567,9 @@ fn kernel_interfaces() -> Vec<(&'static str, Outcome)> {
     let mut mount_id = 0i32;
     let mut handle = [0u8; 136];
     handle[0..4].copy_from_slice(&128u32.to_ne_bytes());
-    // SAFETY: a 128-byte handle buffer and a mount id out-parameter.
     out.push((
         "name_to_handle_at",
+        // SAFETY: a 128-byte handle buffer and a mount id out-parameter.
         verdict(unsafe {
             libc::syscall(
                 libc::SYS_name_to_handle_at,
@@ -711,8 +711,8 @@ fn privileges() -> Vec<(&'static str, Outcome)> {
     // words { effective, permitted, inheritable } with every bit set.
     let header = [0x2008_0522u32, 0];
     let data = [u32::MAX; 6];
-    // SAFETY: valid v3 header and two data structs.
     let capset =
+        // SAFETY: valid v3 header and two data structs.
         verdict(unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) });
     // SAFETY: plain syscall; uid 0 setting uid 0 changes nothing.
     let setuid = verdict(unsafe { libc::setuid(0) } as c_long);

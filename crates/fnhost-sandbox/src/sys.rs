@@ -54,6 +54,7 @@ pub enum Forked {
 /// call async-signal-safe functions until it execs or `_exit`s (no
 /// allocation, no locks). The child must never return into code that
 /// assumes it is the parent, and must never unwind past its caller.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 pub unsafe fn clone3(spec: CloneSpec<'_>) -> io::Result<Forked> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {

@@ -27,6 +27,7 @@ pub extern "C" fn fnhost_zygote_serve(control_fd: c_int, import_us: u64) -> c_in
 /// # Safety
 /// `json` must be valid for reads of `len` bytes.
 #[no_mangle]
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 pub unsafe extern "C" fn fnhost_zygote_init_failed(control_fd: c_int, json: *const u8, len: usize) -> c_int {
     // SAFETY: the caller guarantees `json` is valid for `len` bytes.
     let bytes = unsafe { std::slice::from_raw_parts(json, len) };
