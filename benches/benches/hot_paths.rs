@@ -7,13 +7,20 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use fnhost_dispatch::response::server_timing;
 use fnhost_dispatch::routes::route;
 use fnhost_pool::{Invocation, StartKind, Timings};
-use fnhost_zygote::protocol::{decode_frame_rest, encode_frame, frame_len, DaemonMessage, FrameKind, InvokeMeta};
+use fnhost_zygote::protocol::{
+    decode_frame_rest, encode_frame, frame_len, DaemonMessage, FrameKind, InvokeMeta,
+};
 use hyper::Method;
 
 fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("route");
     group.bench_function("native invoke", |b| {
-        b.iter(|| route(black_box(&Method::POST), black_box("/v1/functions/hello/invoke")))
+        b.iter(|| {
+            route(
+                black_box(&Method::POST),
+                black_box("/v1/functions/hello/invoke"),
+            )
+        })
     });
     group.bench_function("lambda invoke by ARN", |b| {
         let path = "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3Ahello/invocations";
@@ -40,7 +47,8 @@ fn frames(c: &mut Criterion) {
         let frame = encode_frame(FrameKind::Invoke, &meta, &body);
         group.bench_with_input(BenchmarkId::new("decode", size), &frame, |b, frame| {
             b.iter(|| {
-                let len = frame_len(frame[..4].try_into().expect("4 bytes"), usize::MAX).expect("length");
+                let len =
+                    frame_len(frame[..4].try_into().expect("4 bytes"), usize::MAX).expect("length");
                 decode_frame_rest(black_box(frame[4..4 + len].to_vec())).expect("frame")
             })
         });
@@ -58,7 +66,9 @@ fn control(c: &mut Criterion) {
         run_as: Some((1000, 1000)),
     };
     let json = serde_json::to_vec(&msg).expect("serializes");
-    c.bench_function("control message encode", |b| b.iter(|| serde_json::to_vec(black_box(&msg))));
+    c.bench_function("control message encode", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&msg)))
+    });
     c.bench_function("control message decode", |b| {
         b.iter(|| serde_json::from_slice::<DaemonMessage>(black_box(&json)))
     });
@@ -69,9 +79,19 @@ fn timing_header(c: &mut Criterion) {
         body: Vec::new(),
         start: StartKind::OnDemandClone,
         sandbox_id: 7,
-        timings: Timings { queue_us: 4, clone_us: 280, setup_us: 600, handler_us: 100, exchange_us: 600, total_us: 1600, ..Timings::default() },
+        timings: Timings {
+            queue_us: 4,
+            clone_us: 280,
+            setup_us: 600,
+            handler_us: 100,
+            exchange_us: 600,
+            total_us: 1600,
+            ..Timings::default()
+        },
     };
-    c.bench_function("server-timing header", |b| b.iter(|| server_timing(black_box(&inv), 7)));
+    c.bench_function("server-timing header", |b| {
+        b.iter(|| server_timing(black_box(&inv), 7))
+    });
 }
 
 criterion_group!(hot_paths, routing, frames, control, timing_header);

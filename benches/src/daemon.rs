@@ -159,8 +159,11 @@ impl Daemon {
             .tempdir()
             .context("creating a temporary directory for the benchmark config")?;
         // fnhost's sandboxes (user namespace) must be able to traverse it.
-        fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))
-            .with_context(|| format!("chmod {}", dir.path().display()))?;
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .with_context(|| format!("chmod {}", dir.path().display()))?;
         let code_dir = dir.path().join("noop");
         let state_dir = dir.path().join("state");
         fs::create_dir_all(&code_dir)
@@ -170,7 +173,8 @@ impl Daemon {
         if functions.iter().any(|f| f.native) {
             let source = native_binary(fnhost);
             let native_dir = dir.path().join("native");
-            fs::create_dir_all(&native_dir).with_context(|| format!("creating {}", native_dir.display()))?;
+            fs::create_dir_all(&native_dir)
+                .with_context(|| format!("creating {}", native_dir.display()))?;
             fs::copy(&source, native_dir.join("rust-hello")).with_context(|| {
                 format!("copying the native example {} (build it with cargo build --release --workspace)", source.display())
             })?;

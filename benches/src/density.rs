@@ -54,7 +54,9 @@ pub struct Density {
 pub async fn run(fnhost: &Path, clones: u32, native: bool) -> Result<Density> {
     let before = mem_available_kib()?;
     let kind = if native { "native Rust" } else { "Python" };
-    eprintln!("fnhost-bench: density: starting a daemon with {clones} ready clones of a {kind} function");
+    eprintln!(
+        "fnhost-bench: density: starting a daemon with {clones} ready clones of a {kind} function"
+    );
     let daemon = Daemon::start(fnhost, &daemon::density_functions(clones, native)).await?;
     let endpoint = Endpoint::parse(daemon.url())?;
     let started = Instant::now();

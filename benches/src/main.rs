@@ -137,7 +137,8 @@ async fn run(args: &Args) -> Result<()> {
             daemon::check_fnhost_binary(&fnhost)?;
             report.density = Some(density::run(&fnhost, args.density_clones, false).await?);
             if daemon::native_binary(&fnhost).exists() {
-                report.density_native = Some(density::run(&fnhost, args.density_clones, true).await?);
+                report.density_native =
+                    Some(density::run(&fnhost, args.density_clones, true).await?);
             } else {
                 eprintln!(
                     "fnhost-bench: density: no {} (cargo build --release --workspace builds it); native density skipped",

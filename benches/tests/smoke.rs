@@ -104,7 +104,10 @@ fn every_suite_runs_with_tiny_counts() {
     assert!(report["phase_metrics"]["noop"]["clone"]["count"].is_number());
     assert!(report["density"]["clone_pss_kib_mean"].is_number());
     // The workspace build puts the native example next to the bench binary.
-    assert!(report["density_native"]["clone_pss_kib_mean"].is_number(), "native density missing: {report}");
+    assert!(
+        report["density_native"]["clone_pss_kib_mean"].is_number(),
+        "native density missing: {report}"
+    );
     for chart in [
         "latency-cdf.svg",
         "phases.svg",

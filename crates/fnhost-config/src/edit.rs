@@ -19,9 +19,14 @@ pub enum EditError {
 }
 
 fn to_toml(key: &str, value: &serde_json::Value) -> Result<Value, EditError> {
-    let err = |message: &str| EditError::Value { key: key.to_string(), message: message.to_string() };
+    let err = |message: &str| EditError::Value {
+        key: key.to_string(),
+        message: message.to_string(),
+    };
     Ok(match value {
-        serde_json::Value::Null => return Err(err("null is not a config value; leave the key out instead")),
+        serde_json::Value::Null => {
+            return Err(err("null is not a config value; leave the key out instead"))
+        }
         serde_json::Value::Bool(b) => Value::from(*b),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => Value::from(i),
@@ -47,21 +52,35 @@ fn to_toml(key: &str, value: &serde_json::Value) -> Result<Value, EditError> {
 }
 
 fn functions(doc: &mut DocumentMut) -> &mut ArrayOfTables {
-    if doc.get("functions").and_then(Item::as_array_of_tables).is_none() {
+    if doc
+        .get("functions")
+        .and_then(Item::as_array_of_tables)
+        .is_none()
+    {
         doc.insert("functions", Item::ArrayOfTables(ArrayOfTables::new()));
     }
-    doc["functions"].as_array_of_tables_mut().expect("just ensured an array of tables")
+    doc["functions"]
+        .as_array_of_tables_mut()
+        .expect("just ensured an array of tables")
 }
 
 fn position(tables: &ArrayOfTables, name: &str) -> Option<usize> {
-    tables.iter().position(|t| t.get("name").and_then(Item::as_str) == Some(name))
+    tables
+        .iter()
+        .position(|t| t.get("name").and_then(Item::as_str) == Some(name))
 }
 
 /// Replaces (or appends) the `[[functions]]` entry called `name` with the
 /// keys of `entry` (a JSON object in the shape of a TOML function entry;
 /// its `name`, if present, must equal `name`).
-pub fn upsert_function(text: &str, name: &str, entry: &serde_json::Value) -> Result<String, EditError> {
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Document(e.to_string()))?;
+pub fn upsert_function(
+    text: &str,
+    name: &str,
+    entry: &serde_json::Value,
+) -> Result<String, EditError> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| EditError::Document(e.to_string()))?;
     let object = entry.as_object().ok_or(EditError::NotAnObject)?;
     let mut table = Table::new();
     table.insert("name", toml_edit::value(name));
@@ -70,7 +89,9 @@ pub fn upsert_function(text: &str, name: &str, entry: &serde_json::Value) -> Res
             if value.as_str() != Some(name) {
                 return Err(EditError::Value {
                     key: "name".into(),
-                    message: format!("must match the function in the URL ({name:?}) or be left out"),
+                    message: format!(
+                        "must match the function in the URL ({name:?}) or be left out"
+                    ),
                 });
             }
             continue;
@@ -89,7 +110,9 @@ pub fn upsert_function(text: &str, name: &str, entry: &serde_json::Value) -> Res
 
 /// Removes the `[[functions]]` entry called `name`.
 pub fn remove_function(text: &str, name: &str) -> Result<String, EditError> {
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Document(e.to_string()))?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| EditError::Document(e.to_string()))?;
     let tables = functions(&mut doc);
     let i = position(tables, name).ok_or_else(|| EditError::NotFound(name.to_string()))?;
     tables.remove(i);
@@ -111,7 +134,12 @@ mod tests {
         assert_eq!(fns.len(), 2);
         assert_eq!(fns.get(1).unwrap()["memory_mb"].as_integer(), Some(256));
         assert_eq!(fns.get(1).unwrap()["env"]["K"].as_str(), Some("v"));
-        let text = upsert_function(&text, "a", &serde_json::json!({"runtime": "python3", "code": ".", "handler": "x.y"})).unwrap();
+        let text = upsert_function(
+            &text,
+            "a",
+            &serde_json::json!({"runtime": "python3", "code": ".", "handler": "x.y"}),
+        )
+        .unwrap();
         let doc: DocumentMut = text.parse().unwrap();
         let fns = doc["functions"].as_array_of_tables().unwrap();
         assert_eq!(fns.len(), 2);
@@ -121,10 +149,22 @@ mod tests {
 
     #[test]
     fn bad_edits_are_refused() {
-        assert_eq!(upsert_function(BASE, "a", &serde_json::json!([1])), Err(EditError::NotAnObject));
-        assert!(matches!(upsert_function(BASE, "a", &serde_json::json!({"name": "b"})), Err(EditError::Value { .. })));
-        assert!(matches!(upsert_function(BASE, "a", &serde_json::json!({"cpu": null})), Err(EditError::Value { .. })));
-        assert_eq!(remove_function(BASE, "zz"), Err(EditError::NotFound("zz".into())));
+        assert_eq!(
+            upsert_function(BASE, "a", &serde_json::json!([1])),
+            Err(EditError::NotAnObject)
+        );
+        assert!(matches!(
+            upsert_function(BASE, "a", &serde_json::json!({"name": "b"})),
+            Err(EditError::Value { .. })
+        ));
+        assert!(matches!(
+            upsert_function(BASE, "a", &serde_json::json!({"cpu": null})),
+            Err(EditError::Value { .. })
+        ));
+        assert_eq!(
+            remove_function(BASE, "zz"),
+            Err(EditError::NotFound("zz".into()))
+        );
         let text = remove_function(BASE, "a").unwrap();
         assert!(!text.contains("name = \"a\""));
     }

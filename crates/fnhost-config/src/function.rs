@@ -140,7 +140,9 @@ pub(crate) fn overrides(
         s.python = PathBuf::from(python);
     }
     if let Some(seccomp) = &raw.seccomp {
-        let valid = seccomp == "default" || seccomp == "unconfined" || (seccomp.starts_with('/') && !seccomp.contains('\0'));
+        let valid = seccomp == "default"
+            || seccomp == "unconfined"
+            || (seccomp.starts_with('/') && !seccomp.contains('\0'));
         if !valid {
             return Err(invalid(
                 path.key("seccomp"),
@@ -462,7 +464,11 @@ mod tests {
             ("network = \"host\"", "network", "supported: \"none\""),
             ("python = \"python3\"", "python", "absolute path"),
             ("env = { \"A B\" = \"v\" }", "env.\"A B\"", "variable names"),
-            ("env = { FNHOST_SECCOMP = \"unconfined\" }", "env.FNHOST_SECCOMP", "reserved"),
+            (
+                "env = { FNHOST_SECCOMP = \"unconfined\" }",
+                "env.FNHOST_SECCOMP",
+                "reserved",
+            ),
             ("seccomp = \"lax\"", "seccomp", "\"unconfined\""),
             (
                 "env = { 1X = \"v\" }",

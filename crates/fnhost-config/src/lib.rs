@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use toml_edit::ImDocument;
 
 pub use model::{
-    AdminListen, FunctionSpec, Limits, NetworkMode, PoolSettings, Runtime, ServerConfig, DEFAULT_PYTHON, USERNS_SIZE,
+    AdminListen, FunctionSpec, Limits, NetworkMode, PoolSettings, Runtime, ServerConfig,
+    DEFAULT_PYTHON, USERNS_SIZE,
 };
 
 use span::{line_of, KeyPath, Locator};
@@ -186,7 +187,9 @@ mod tests {
         assert_eq!(config.origin, DEFAULT_CONFIG_ORIGIN);
         assert_eq!(config.server, ServerConfig::default());
         assert_eq!(config.functions.len(), 2);
-        let wordcount = config.function("wordcount").expect("wordcount is configured");
+        let wordcount = config
+            .function("wordcount")
+            .expect("wordcount is configured");
         assert_eq!(wordcount.runtime, Runtime::Exec);
         assert_eq!(wordcount.command, vec!["/var/task/wordcount".to_string()]);
         let hello = config.function("hello").expect("hello is configured");

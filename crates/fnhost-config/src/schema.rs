@@ -255,7 +255,11 @@ mod tests {
         for key in SERVER_KEYS {
             let value = if *key == "user_namespace" {
                 "true"
-            } else if key.ends_with("bytes") || key.ends_with("_ms") || key.ends_with("_mb") || key.ends_with("_base") {
+            } else if key.ends_with("bytes")
+                || key.ends_with("_ms")
+                || key.ends_with("_mb")
+                || key.ends_with("_base")
+            {
                 "1"
             } else {
                 "\"x\""

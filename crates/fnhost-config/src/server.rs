@@ -128,11 +128,18 @@ pub(crate) fn server(
     }
     if let Some(value) = raw.userns_host_base {
         let max = i64::from(u32::MAX) - i64::from(crate::model::USERNS_SIZE);
-        server.userns_host_base = u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
-            .expect("bounded to u32");
+        server.userns_host_base =
+            u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
+                .expect("bounded to u32");
     }
     if let Some(value) = raw.memory_budget_mb {
-        server.memory_budget_mb = to_u64(bounded(value, &path.key("memory_budget_mb"), 0, 1 << 40, " MiB")?);
+        server.memory_budget_mb = to_u64(bounded(
+            value,
+            &path.key("memory_budget_mb"),
+            0,
+            1 << 40,
+            " MiB",
+        )?);
     }
     Ok(server)
 }
@@ -189,9 +196,24 @@ mod tests {
 
     #[test]
     fn admin_listener_rules() {
-        assert_invalid("[server]\nadmin_listen = \"0.0.0.0:9000\"\n", 2, "server.admin_listen", "admin_token is required");
-        assert_invalid("[server]\nadmin_listen = \"unix:rel.sock\"\n", 2, "server.admin_listen", "must be absolute");
-        assert_invalid("[server]\nadmin_token = \"short\"\n", 2, "server.admin_token", "at least 16");
+        assert_invalid(
+            "[server]\nadmin_listen = \"0.0.0.0:9000\"\n",
+            2,
+            "server.admin_listen",
+            "admin_token is required",
+        );
+        assert_invalid(
+            "[server]\nadmin_listen = \"unix:rel.sock\"\n",
+            2,
+            "server.admin_listen",
+            "must be absolute",
+        );
+        assert_invalid(
+            "[server]\nadmin_token = \"short\"\n",
+            2,
+            "server.admin_token",
+            "at least 16",
+        );
         let dir = base();
         let config = parse(
             "[server]\nadmin_listen = \"0.0.0.0:9000\"\nadmin_token = \"0123456789abcdef0123\"\nmemory_budget_mb = 4096\n",
@@ -200,8 +222,15 @@ mod tests {
         .expect("valid");
         assert!(!config.server.admin_listen.is_local());
         assert_eq!(config.server.memory_budget_mb, 4096);
-        let config = parse("[server]\nadmin_listen = \"unix:/run/a.sock\"\n", dir.path()).expect("valid");
-        assert_eq!(config.server.admin_listen, crate::AdminListen::Unix("/run/a.sock".into()));
+        let config = parse(
+            "[server]\nadmin_listen = \"unix:/run/a.sock\"\n",
+            dir.path(),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.server.admin_listen,
+            crate::AdminListen::Unix("/run/a.sock".into())
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let Some(token) = &admin.token else { return true };
+    let Some(token) = &admin.token else {
+        return true;
+    };
     req.headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -55,7 +57,10 @@ fn describe(spec: &FunctionSpec, status: Option<fnhost_pool::PoolStatus>) -> ser
 }
 
 fn report(r: ReloadReport) -> Response<Body> {
-    response::json(StatusCode::OK, serde_json::to_string(&r).unwrap_or_default())
+    response::json(
+        StatusCode::OK,
+        serde_json::to_string(&r).unwrap_or_default(),
+    )
 }
 
 fn refused(e: ControlError) -> Response<Body> {
@@ -64,14 +69,26 @@ fn refused(e: ControlError) -> Response<Body> {
         ControlError::Host(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::BAD_REQUEST,
     };
-    response::error(status, "ConfigRefused", format!("{e}; the running config is unchanged"))
+    response::error(
+        status,
+        "ConfigRefused",
+        format!("{e}; the running config is unchanged"),
+    )
 }
 
 /// Routes one admin request.
-pub async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn handle(
+    admin: Arc<Admin>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     if !authorized(&admin, &req) {
-        let mut r = response::error(StatusCode::UNAUTHORIZED, "Unauthorized", "missing or wrong bearer token (server.admin_token)");
-        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut r = response::error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing or wrong bearer token (server.admin_token)",
+        );
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Ok(r);
     }
     let path = req.uri().path().to_string();

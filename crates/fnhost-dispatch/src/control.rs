@@ -31,8 +31,12 @@ impl ConfigSource {
 
     fn read(&self) -> Result<String, ControlError> {
         match &self.path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|source| ControlError::Config(ConfigError::Read { path: p.clone(), source })),
+            Some(p) => std::fs::read_to_string(p).map_err(|source| {
+                ControlError::Config(ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })
+            }),
             None => Ok(DEFAULT_CONFIG.to_string()),
         }
     }
@@ -60,10 +64,20 @@ pub struct Control {
 impl Control {
     /// `text` is the config the host was started with.
     pub fn new(host: Arc<Host>, source: ConfigSource, text: String, grace: Duration) -> Self {
-        Control { host, source, text: tokio::sync::Mutex::new(text), grace }
+        Control {
+            host,
+            source,
+            text: tokio::sync::Mutex::new(text),
+            grace,
+        }
     }
 
-    async fn apply(&self, text: String, origin: &str, current: &mut String) -> Result<ReloadReport, ControlError> {
+    async fn apply(
+        &self,
+        text: String,
+        origin: &str,
+        current: &mut String,
+    ) -> Result<ReloadReport, ControlError> {
         let config = Config::parse(&text, origin, &self.source.base_dir)?;
         let report = self.host.reload(&config, self.grace).await?;
         *current = text;
@@ -80,16 +94,22 @@ impl Control {
 
     /// Creates or replaces one function from a JSON object of config keys.
     /// Kept in memory: the next reload from the source file replaces it.
-    pub async fn upsert_function(&self, name: &str, entry: &serde_json::Value) -> Result<ReloadReport, ControlError> {
+    pub async fn upsert_function(
+        &self,
+        name: &str,
+        entry: &serde_json::Value,
+    ) -> Result<ReloadReport, ControlError> {
         let mut current = self.text.lock().await;
         let text = edit::upsert_function(&current, name, entry)?;
-        self.apply(text, &format!("<admin API: function {name}>"), &mut current).await
+        self.apply(text, &format!("<admin API: function {name}>"), &mut current)
+            .await
     }
 
     /// Deletes one function (its in-flight invocations finish first).
     pub async fn delete_function(&self, name: &str) -> Result<ReloadReport, ControlError> {
         let mut current = self.text.lock().await;
         let text = edit::remove_function(&current, name)?;
-        self.apply(text, &format!("<admin API: delete {name}>"), &mut current).await
+        self.apply(text, &format!("<admin API: delete {name}>"), &mut current)
+            .await
     }
 }

@@ -47,10 +47,15 @@ pub fn function_name(segment: &str) -> &str {
 }
 
 /// A Lambda service error: `x-amzn-ErrorType` header and `{Type, message}` body.
-pub fn service_error(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Response<Body> {
+pub fn service_error(
+    status: StatusCode,
+    error_type: &'static str,
+    message: impl Into<String>,
+) -> Response<Body> {
     let body = serde_json::json!({ "Type": "User", "message": message.into() });
     let mut r = response::json(status, body.to_string());
-    r.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+    r.headers_mut()
+        .insert("x-amzn-errortype", HeaderValue::from_static(error_type));
     r
 }
 
@@ -58,8 +63,14 @@ pub fn service_error(status: StatusCode, error_type: &'static str, message: impl
 pub fn invoke_error(err: &InvokeError) -> Response<Body> {
     let unhandled = |body: Bytes| {
         let mut r = response::json(StatusCode::OK, body);
-        r.headers_mut().insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
-        r.headers_mut().insert("x-amz-executed-version", HeaderValue::from_static("$LATEST"));
+        r.headers_mut().insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
+        r.headers_mut().insert(
+            "x-amz-executed-version",
+            HeaderValue::from_static("$LATEST"),
+        );
         r
     };
     let function_failure = |error_type: &str| {
@@ -68,7 +79,9 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
     };
     let mut r = match err {
         InvokeError::FunctionError { body, .. } => unhandled(Bytes::copy_from_slice(body)),
-        InvokeError::InitFailed { error_type, trace, .. } => {
+        InvokeError::InitFailed {
+            error_type, trace, ..
+        } => {
             let body = serde_json::json!({
                 "errorMessage": err.to_string(),
                 "errorType": format!("Runtime.InitError.{error_type}"),
@@ -85,15 +98,22 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
             "ResourceNotFoundException",
             format!("Function not found: arn:aws:lambda:local:000000000000:function:{function}"),
         ),
-        InvokeError::Overloaded { .. } => {
-            service_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", err.to_string())
-        }
-        InvokeError::SandboxUnavailable { .. } | InvokeError::ShuttingDown | InvokeError::OverBudget { .. } => {
-            service_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", err.to_string())
-        }
+        InvokeError::Overloaded { .. } => service_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            err.to_string(),
+        ),
+        InvokeError::SandboxUnavailable { .. }
+        | InvokeError::ShuttingDown
+        | InvokeError::OverBudget { .. } => service_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceException",
+            err.to_string(),
+        ),
     };
     if let Some(after) = err.retry_after() {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }
     r
 }
@@ -106,24 +126,42 @@ mod tests {
     fn names_from_arns_and_qualifiers() {
         assert_eq!(function_name("hello"), "hello");
         assert_eq!(function_name("hello:$LATEST"), "hello");
-        assert_eq!(function_name("arn:aws:lambda:us-east-1:123456789012:function:hello"), "hello");
-        assert_eq!(function_name("arn:aws:lambda:us-east-1:123456789012:function:hello:prod"), "hello");
+        assert_eq!(
+            function_name("arn:aws:lambda:us-east-1:123456789012:function:hello"),
+            "hello"
+        );
+        assert_eq!(
+            function_name("arn:aws:lambda:us-east-1:123456789012:function:hello:prod"),
+            "hello"
+        );
         assert_eq!(function_name("123456789012:function:hello"), "hello");
     }
 
     #[test]
     fn invocation_types() {
-        assert_eq!(InvocationType::parse(None).unwrap(), InvocationType::RequestResponse);
-        assert_eq!(InvocationType::parse(Some("Event")).unwrap(), InvocationType::Event);
+        assert_eq!(
+            InvocationType::parse(None).unwrap(),
+            InvocationType::RequestResponse
+        );
+        assert_eq!(
+            InvocationType::parse(Some("Event")).unwrap(),
+            InvocationType::Event
+        );
         assert!(InvocationType::parse(Some("Later")).is_err());
     }
 
     #[test]
     fn function_errors_are_200_with_the_error_header() {
-        let r = invoke_error(&InvokeError::Timeout { function: "f".into(), timeout_ms: 5 });
+        let r = invoke_error(&InvokeError::Timeout {
+            function: "f".into(),
+            timeout_ms: 5,
+        });
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["x-amz-function-error"], "Unhandled");
-        let r = invoke_error(&InvokeError::NotFound { function: "f".into(), defined: String::new() });
+        let r = invoke_error(&InvokeError::NotFound {
+            function: "f".into(),
+            defined: String::new(),
+        });
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(r.headers()["x-amzn-errortype"], "ResourceNotFoundException");
     }

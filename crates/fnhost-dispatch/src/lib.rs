@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 pub use admin::Admin;
-pub use control::{Control, ConfigSource, ControlError};
+pub use control::{ConfigSource, Control, ControlError};
 pub use routes::App;
 
 /// A listening socket of either kind.
@@ -55,8 +55,12 @@ impl Listener {
 
 /// Serves HTTP/1 on `listener` with `handler` until `shutdown` resolves,
 /// then waits up to `grace` for open connections to finish their requests.
-pub async fn serve<H, F>(listener: Listener, handler: H, shutdown: impl Future<Output = ()>, grace: Duration)
-where
+pub async fn serve<H, F>(
+    listener: Listener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<response::Body>, Infallible>> + Send + 'static,
 {
@@ -87,7 +91,13 @@ where
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "connections still open after the shutdown grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the shutdown grace period"
+        );
     }
 }

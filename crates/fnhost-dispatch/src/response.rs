@@ -3,7 +3,7 @@
 //! (plus `stackTrace` for function errors), the field names AWS Lambda uses.
 
 use bytes::Bytes;
-use fnhost_pool::{InvokeError, Invocation};
+use fnhost_pool::{Invocation, InvokeError};
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
@@ -14,7 +14,9 @@ pub type Body = Full<Bytes>;
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -34,9 +36,9 @@ pub fn status_of(err: &InvokeError) -> StatusCode {
         InvokeError::NotFound { .. } => StatusCode::NOT_FOUND,
         InvokeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::SandboxUnavailable { .. } | InvokeError::ShuttingDown | InvokeError::OverBudget { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        InvokeError::SandboxUnavailable { .. }
+        | InvokeError::ShuttingDown
+        | InvokeError::OverBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
         InvokeError::InitFailed { .. }
         | InvokeError::FunctionError { .. }
         | InvokeError::MemoryLimit { .. }
@@ -52,10 +54,16 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
         // The function's own error object (errorType/errorMessage/stackTrace), as produced by the runtime.
         InvokeError::FunctionError { body, .. } => {
             let mut r = json(status, Bytes::copy_from_slice(body));
-            r.headers_mut().insert("x-fnhost-error", HeaderValue::from_static("FunctionError"));
+            r.headers_mut()
+                .insert("x-fnhost-error", HeaderValue::from_static("FunctionError"));
             r
         }
-        InvokeError::InitFailed { stage, error_type, trace, .. } => {
+        InvokeError::InitFailed {
+            stage,
+            error_type,
+            trace,
+            ..
+        } => {
             let body = serde_json::json!({
                 "errorType": format!("Runtime.InitError.{error_type}"),
                 "errorMessage": err.to_string(),
@@ -63,13 +71,16 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
                 "stackTrace": trace,
             });
             let mut r = json(status, body.to_string());
-            r.headers_mut().insert("x-fnhost-error", HeaderValue::from_static("InitError"));
+            r.headers_mut()
+                .insert("x-fnhost-error", HeaderValue::from_static("InitError"));
             r
         }
         other => error(status, other.kind(), other.to_string()),
     };
     if let Some(after) = err.retry_after() {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }
     response
 }
@@ -85,9 +96,17 @@ pub fn server_timing(inv: &Invocation, dispatch_us: u64) -> String {
         parts.push(("clone", t.clone_us));
         parts.push(("setup", t.setup_us));
     }
-    parts.extend([("handler", t.handler_us), ("exchange", t.exchange_us), ("dispatch", dispatch_us)]);
+    parts.extend([
+        ("handler", t.handler_us),
+        ("exchange", t.exchange_us),
+        ("dispatch", dispatch_us),
+    ]);
     parts.push(("total", t.total_us + dispatch_us));
-    parts.iter().map(|(name, us)| format!("{name};dur={:.3}", *us as f64 / 1000.0)).collect::<Vec<_>>().join(", ")
+    parts
+        .iter()
+        .map(|(name, us)| format!("{name};dur={:.3}", *us as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The response for a successful invocation.
@@ -95,7 +114,10 @@ pub fn invocation(inv: Invocation, request_id: &str, dispatch_us: u64) -> Respon
     let timing = server_timing(&inv, dispatch_us);
     let mut response = json(StatusCode::OK, inv.body);
     let headers = response.headers_mut();
-    headers.insert("x-fnhost-start", HeaderValue::from_static(inv.start.as_str()));
+    headers.insert(
+        "x-fnhost-start",
+        HeaderValue::from_static(inv.start.as_str()),
+    );
     headers.insert("x-fnhost-sandbox", HeaderValue::from(inv.sandbox_id));
     if let Ok(v) = HeaderValue::from_str(&timing) {
         headers.insert("server-timing", v);
@@ -114,10 +136,32 @@ mod tests {
     #[test]
     fn statuses() {
         let f = || "f".to_string();
-        assert_eq!(status_of(&InvokeError::NotFound { function: f(), defined: "x".into() }), StatusCode::NOT_FOUND);
-        assert_eq!(status_of(&InvokeError::Timeout { function: f(), timeout_ms: 1 }), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(status_of(&InvokeError::MemoryLimit { function: f(), memory_mb: 1 }), StatusCode::BAD_GATEWAY);
-        let overloaded = InvokeError::Overloaded { function: f(), max_concurrency: 1, queue_timeout_ms: 1 };
+        assert_eq!(
+            status_of(&InvokeError::NotFound {
+                function: f(),
+                defined: "x".into()
+            }),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(&InvokeError::Timeout {
+                function: f(),
+                timeout_ms: 1
+            }),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            status_of(&InvokeError::MemoryLimit {
+                function: f(),
+                memory_mb: 1
+            }),
+            StatusCode::BAD_GATEWAY
+        );
+        let overloaded = InvokeError::Overloaded {
+            function: f(),
+            max_concurrency: 1,
+            queue_timeout_ms: 1,
+        };
         let r = invoke_error(&overloaded);
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[RETRY_AFTER], "1");
@@ -125,15 +169,23 @@ mod tests {
 
     #[test]
     fn error_body_shape() {
-        let r = invoke_error(&InvokeError::Timeout { function: "slow".into(), timeout_ms: 250 });
+        let r = invoke_error(&InvokeError::Timeout {
+            function: "slow".into(),
+            timeout_ms: 250,
+        });
         let body: serde_json::Value = serde_json::from_slice(&futures_body(r)).unwrap();
         assert_eq!(body["errorType"], "Timeout");
-        assert!(body["errorMessage"].as_str().unwrap().contains("250 ms (timeout_ms)"));
+        assert!(body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("250 ms (timeout_ms)"));
     }
 
     fn futures_body(r: Response<Body>) -> Bytes {
         use http_body_util::BodyExt;
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async { r.into_body().collect().await.unwrap().to_bytes() })
     }
 
@@ -143,7 +195,15 @@ mod tests {
             body: vec![],
             start: StartKind::OnDemandClone,
             sandbox_id: 1,
-            timings: Timings { queue_us: 10, clone_us: 800, setup_us: 200, handler_us: 30, exchange_us: 50, total_us: 1100, ..Timings::default() },
+            timings: Timings {
+                queue_us: 10,
+                clone_us: 800,
+                setup_us: 200,
+                handler_us: 30,
+                exchange_us: 50,
+                total_us: 1100,
+                ..Timings::default()
+            },
         };
         let st = server_timing(&inv, 40);
         assert_eq!(st, "queue;dur=0.010, clone;dur=0.800, setup;dur=0.200, handler;dur=0.030, exchange;dur=0.050, dispatch;dur=0.040, total;dur=1.140");

@@ -25,14 +25,26 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(host: Arc<Host>, max_payload_bytes: usize, metrics: Option<PrometheusHandle>) -> Self {
-        App { host, max_payload_bytes, metrics, request_seq: AtomicU64::new(0) }
+    pub fn new(
+        host: Arc<Host>,
+        max_payload_bytes: usize,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        App {
+            host,
+            max_payload_bytes,
+            metrics,
+            request_seq: AtomicU64::new(0),
+        }
     }
 
     /// A unique request id in UUID form (not a secret: time, counter, pid).
     fn request_id(&self) -> String {
         let seq = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         let pid = std::process::id() as u64;
         let a = nanos ^ pid.rotate_left(40);
         format!(
@@ -52,9 +64,14 @@ pub enum Route {
     Healthz,
     Metrics,
     /// An invocation of `function` through the native or the Lambda API.
-    Invoke { function: String, lambda: bool },
+    Invoke {
+        function: String,
+        lambda: bool,
+    },
     /// The path exists with other methods; `allow` lists them.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     NotFound,
 }
 
@@ -64,15 +81,20 @@ pub fn route(method: &Method, path: &str) -> Route {
     match (method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Route::Healthz,
         (&Method::GET, ["metrics"]) => Route::Metrics,
-        (&Method::POST, ["v1", "functions", name, "invoke"]) => {
-            Route::Invoke { function: name.to_string(), lambda: false }
-        }
+        (&Method::POST, ["v1", "functions", name, "invoke"]) => Route::Invoke {
+            function: name.to_string(),
+            lambda: false,
+        },
         (&Method::POST, ["2015-03-31", "functions", name, "invocations"]) => {
             let decoded = percent_decode(name);
-            Route::Invoke { function: lambda::function_name(&decoded).to_string(), lambda: true }
+            Route::Invoke {
+                function: lambda::function_name(&decoded).to_string(),
+                lambda: true,
+            }
         }
         (_, ["healthz"]) | (_, ["metrics"]) => Route::MethodNotAllowed { allow: "GET" },
-        (_, ["v1", "functions", _, "invoke"]) | (_, ["2015-03-31", "functions", _, "invocations"]) => {
+        (_, ["v1", "functions", _, "invoke"])
+        | (_, ["2015-03-31", "functions", _, "invocations"]) => {
             Route::MethodNotAllowed { allow: "POST" }
         }
         _ => Route::NotFound,
@@ -80,7 +102,10 @@ pub fn route(method: &Method, path: &str) -> Route {
 }
 
 /// Routes one request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let response = match route(req.method(), req.uri().path()) {
         Route::Healthz => healthz(&app),
         Route::Metrics => match &app.metrics {
@@ -92,7 +117,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
                 );
                 r
             }
-            None => response::error(StatusCode::NOT_FOUND, "RouteNotFound", "metrics are disabled"),
+            None => response::error(
+                StatusCode::NOT_FOUND,
+                "RouteNotFound",
+                "metrics are disabled",
+            ),
         },
         Route::Invoke { function, lambda } => {
             let api = if lambda { Api::Lambda } else { Api::Native };
@@ -134,8 +163,13 @@ fn percent_decode(segment: &str) -> String {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut r = response::error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("use {allow}"));
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    let mut r = response::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -157,17 +191,28 @@ enum Api {
 
 fn too_large(app: &App, api: Api, size: Option<u64>) -> Response<Body> {
     let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
-    let message = format!("request body{size} exceeds max_payload_bytes = {}", app.max_payload_bytes);
+    let message = format!(
+        "request body{size} exceeds max_payload_bytes = {}",
+        app.max_payload_bytes
+    );
     match api {
         Api::Native => response::error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge", message),
-        Api::Lambda => lambda::service_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", message),
+        Api::Lambda => lambda::service_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            message,
+        ),
     }
 }
 
 fn bad_request(api: Api, message: String) -> Response<Body> {
     match api {
         Api::Native => response::error(StatusCode::BAD_REQUEST, "InvalidRequestContent", message),
-        Api::Lambda => lambda::service_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", message),
+        Api::Lambda => lambda::service_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            message,
+        ),
     }
 }
 
@@ -184,7 +229,10 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
     let invocation_type = match api {
         Api::Native => InvocationType::RequestResponse,
         Api::Lambda => {
-            let header = req.headers().get("x-amz-invocation-type").and_then(|v| v.to_str().ok());
+            let header = req
+                .headers()
+                .get("x-amz-invocation-type")
+                .and_then(|v| v.to_str().ok());
             match InvocationType::parse(header) {
                 Ok(t) => t,
                 Err(message) => return bad_request(api, message),
@@ -198,7 +246,8 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             function: name.to_string(),
             defined: app.host.function_names().join(", "),
         };
-        metrics::counter!("fnhost_invocations_total", "function" => "-", "outcome" => err.kind()).increment(1);
+        metrics::counter!("fnhost_invocations_total", "function" => "-", "outcome" => err.kind())
+            .increment(1);
         return error_response(api, &err);
     }
     let declared = req
@@ -209,7 +258,10 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
     if declared.is_some_and(|len| len > app.max_payload_bytes as u64) {
         return too_large(app, api, declared);
     }
-    let payload = match Limited::new(req.into_body(), app.max_payload_bytes).collect().await {
+    let payload = match Limited::new(req.into_body(), app.max_payload_bytes)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(app, api, None),
         Err(e) => return bad_request(api, format!("cannot read request body: {e}")),
@@ -267,7 +319,10 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             metrics::histogram!("fnhost_phase_seconds", "function" => function, "phase" => "dispatch").record(dispatch_us as f64 / 1e6);
             let mut r = response::invocation(inv, &request_id, dispatch_us);
             if api == Api::Lambda {
-                r.headers_mut().insert("x-amz-executed-version", HeaderValue::from_static("$LATEST"));
+                r.headers_mut().insert(
+                    "x-amz-executed-version",
+                    HeaderValue::from_static("$LATEST"),
+                );
             }
             r
         }
@@ -293,13 +348,19 @@ mod tests {
         assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
         assert_eq!(
             route(&Method::POST, "/v1/functions/hello/invoke"),
-            Route::Invoke { function: "hello".into(), lambda: false }
+            Route::Invoke {
+                function: "hello".into(),
+                lambda: false
+            }
         );
         assert_eq!(
             route(&Method::POST, "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A1%3Afunction%3Ahello/invocations"),
             Route::Invoke { function: "hello".into(), lambda: true }
         );
-        assert_eq!(route(&Method::GET, "/v1/functions/hello/invoke"), Route::MethodNotAllowed { allow: "POST" });
+        assert_eq!(
+            route(&Method::GET, "/v1/functions/hello/invoke"),
+            Route::MethodNotAllowed { allow: "POST" }
+        );
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
     }
 

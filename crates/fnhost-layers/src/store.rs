@@ -51,7 +51,10 @@ impl LayerStore {
     /// cannot copy up a file whose owner is unmapped (EOVERFLOW). Skipped
     /// when the layer's root already has that owner.
     pub fn set_owner(&self, layer: &Path, uid: u32, gid: u32) -> Result<(), LayerError> {
-        let layer = Layer { digest: String::new(), path: layer.to_path_buf() };
+        let layer = Layer {
+            digest: String::new(),
+            path: layer.to_path_buf(),
+        };
         use std::os::unix::fs::MetadataExt;
         let write_err = |path: &Path| {
             let path = path.to_owned();

@@ -77,7 +77,10 @@ impl MemoryBudget {
     /// Sets the budget and the hard limit on fnhost's cgroup root.
     pub fn set_limit(&self, bytes: u64) {
         *self.limit.write().expect("budget lock") = bytes;
-        if let Err(e) = self.tree.set_root_memory_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM)) {
+        if let Err(e) = self
+            .tree
+            .set_root_memory_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM))
+        {
             tracing::warn!(error = %e, "cannot set the memory budget as a cgroup limit; relying on admission only");
         }
         metrics::gauge!("fnhost_memory_budget_bytes").set(bytes as f64);
@@ -85,12 +88,14 @@ impl MemoryBudget {
 
     /// Records the measured cost of a zygote.
     pub fn learn_zygote_bytes(&self, bytes: u64) {
-        self.zygote_estimate.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.zygote_estimate
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What a zygote of a function never measured is assumed to cost.
     pub fn zygote_estimate(&self) -> u64 {
-        self.zygote_estimate.load(std::sync::atomic::Ordering::Relaxed)
+        self.zygote_estimate
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn limit(&self) -> u64 {
@@ -133,12 +138,21 @@ impl MemoryBudget {
                     .min_by_key(|p| p.last_used_ms())
             };
             let Some(victim) = victim else {
-                return Err(OverBudget { budget_mb: limit >> 20, used_mb: used >> 20 });
+                return Err(OverBudget {
+                    budget_mb: limit >> 20,
+                    used_mb: used >> 20,
+                });
             };
-            tracing::warn!(function = victim.name(), for_function = requester, used_mb = used >> 20,
-                budget_mb = limit >> 20, "memory budget reached: evicting idle zygotes");
+            tracing::warn!(
+                function = victim.name(),
+                for_function = requester,
+                used_mb = used >> 20,
+                budget_mb = limit >> 20,
+                "memory budget reached: evicting idle zygotes"
+            );
             victim.evict_idle().await;
-            metrics::counter!("fnhost_evictions_total", "function" => victim.name().to_string()).increment(1);
+            metrics::counter!("fnhost_evictions_total", "function" => victim.name().to_string())
+                .increment(1);
             // Freed memory is uncharged as the processes exit.
             for _ in 0..50 {
                 if self.used().saturating_add(bytes) <= limit {

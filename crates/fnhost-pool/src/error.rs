@@ -14,11 +14,21 @@ pub enum InvokeError {
         "function '{function}' is at its limit of {max_concurrency} concurrent invocations \
          (max_concurrency) and no slot freed within {queue_timeout_ms} ms (queue_timeout_ms)"
     )]
-    Overloaded { function: String, max_concurrency: u32, queue_timeout_ms: u64 },
+    Overloaded {
+        function: String,
+        max_concurrency: u32,
+        queue_timeout_ms: u64,
+    },
 
     /// The function's zygote could not start (sandbox, runtime, or import).
     #[error("function '{function}' failed to initialize ({stage}): {error_type}: {message}")]
-    InitFailed { function: String, stage: String, error_type: String, message: String, trace: Vec<String> },
+    InitFailed {
+        function: String,
+        stage: String,
+        error_type: String,
+        message: String,
+        trace: Vec<String>,
+    },
 
     /// The handler raised; `body` is the Lambda-style error object it produced.
     #[error("function '{function}' raised an error")]
@@ -31,7 +41,11 @@ pub enum InvokeError {
     MemoryLimit { function: String, memory_mb: u64 },
 
     #[error("function '{function}' returned {size} bytes, more than max_response_bytes = {limit}")]
-    ResponseTooLarge { function: String, size: usize, limit: usize },
+    ResponseTooLarge {
+        function: String,
+        size: usize,
+        limit: usize,
+    },
 
     #[error("the sandbox of function '{function}' exited without a response: {detail}")]
     SandboxCrashed { function: String, detail: String },
@@ -44,7 +58,11 @@ pub enum InvokeError {
         "cannot start a sandbox for function '{function}': the memory budget of {budget_mb} MiB \
          (server.memory_budget_mb) is used ({used_mb} MiB) and nothing idle could be evicted"
     )]
-    OverBudget { function: String, budget_mb: u64, used_mb: u64 },
+    OverBudget {
+        function: String,
+        budget_mb: u64,
+        used_mb: u64,
+    },
 
     #[error("fnhost is shutting down")]
     ShuttingDown,
@@ -72,7 +90,9 @@ impl InvokeError {
     /// When a client should retry, for overload answers.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Overloaded { .. } | Self::ShuttingDown | Self::OverBudget { .. } => Some(Duration::from_secs(1)),
+            Self::Overloaded { .. } | Self::ShuttingDown | Self::OverBudget { .. } => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }

@@ -16,9 +16,9 @@ use fnhost_zygote::spec::{BindSpec, RuntimeEntry, ZygoteSpec};
 use fnhost_zygote::{PYTHON_SHIM, PYTHON_SHIM_PATH, SHIM_LIB_NAME, SHIM_LIB_PATH};
 
 use crate::budget::{default_budget_bytes, MemoryBudget};
-use crate::process::IdMap;
 use crate::error::InvokeError;
 use crate::pool::{FunctionPool, Ids, Invocation, PoolShared, PoolStatus};
+use crate::process::IdMap;
 
 /// Size of a zygote's own /tmp (import-time scratch).
 const ZYGOTE_TMP_BYTES: u64 = 16 << 20;
@@ -37,9 +37,15 @@ pub enum HostError {
     #[error("cannot clean up fnhost cgroups left by a previous run: {0}")]
     CgroupCleanup(#[source] fnhost_sandbox::cgroup::CgroupError),
     #[error("cannot create the cgroup of function '{function}': {source}")]
-    Cgroup { function: String, source: fnhost_sandbox::cgroup::CgroupError },
+    Cgroup {
+        function: String,
+        source: fnhost_sandbox::cgroup::CgroupError,
+    },
     #[error("cannot create state directory {path}: {source} (set server.state_dir to a writable directory)")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{path} has mode {mode:o}: sandboxes run in a user namespace as unprivileged host ids and must be \
          able to traverse it to reach server.state_dir (chmod o+x it, move server.state_dir, or set \
@@ -54,13 +60,24 @@ pub enum HostError {
         "cannot read the native zygote shim {path}: {source}; it is built next to the fnhost binary by \
          `cargo build --workspace` (or point FNHOST_SHIM_LIB at it)"
     )]
-    ShimLib { path: PathBuf, source: std::io::Error },
+    ShimLib {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot build the runtime layer: {0}")]
     RuntimeLayer(#[source] fnhost_layers::LayerError),
     #[error("cannot import the code of function '{function}' from {path}: {source}")]
-    CodeLayer { function: String, path: PathBuf, source: fnhost_layers::LayerError },
+    CodeLayer {
+        function: String,
+        path: PathBuf,
+        source: fnhost_layers::LayerError,
+    },
     #[error("function '{function}' uses image {image}: {source}")]
-    Image { function: String, image: String, source: fnhost_layers::LayerError },
+    Image {
+        function: String,
+        image: String,
+        source: fnhost_layers::LayerError,
+    },
 }
 
 /// Where the daemon finds things that are not in the config.
@@ -75,7 +92,9 @@ impl HostOptions {
     /// one directory up, for test binaries in `target/*/deps`).
     pub fn locate() -> HostOptions {
         if let Some(path) = std::env::var_os("FNHOST_SHIM_LIB") {
-            return HostOptions { shim_lib: PathBuf::from(path) };
+            return HostOptions {
+                shim_lib: PathBuf::from(path),
+            };
         }
         let exe = std::env::current_exe().unwrap_or_default();
         let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -132,21 +151,39 @@ struct RootLayers {
 /// The built-in host layer (skeleton + read-only binds of host dirs), or,
 /// for a function with an `image`, the mountpoints layer above the image's
 /// layers and no binds at all.
-fn root_layers(spec: &FunctionSpec, store: &LayerStore, host: &HostLayer) -> Result<RootLayers, HostError> {
+fn root_layers(
+    spec: &FunctionSpec,
+    store: &LayerStore,
+    host: &HostLayer,
+) -> Result<RootLayers, HostError> {
     let Some(reference) = &spec.image else {
         return Ok(RootLayers {
             layers: vec![host.skeleton.path.clone()],
-            binds: host.binds.iter().map(|b| BindSpec { source: b.source.clone(), target: b.target.clone() }).collect(),
+            binds: host
+                .binds
+                .iter()
+                .map(|b| BindSpec {
+                    source: b.source.clone(),
+                    target: b.target.clone(),
+                })
+                .collect(),
             env: Vec::new(),
         });
     };
-    let image_err =
-        |source| HostError::Image { function: spec.name.clone(), image: reference.clone(), source };
+    let image_err = |source| HostError::Image {
+        function: spec.name.clone(),
+        image: reference.clone(),
+        source,
+    };
     let image = store.image(reference).map_err(image_err)?;
     let mountpoints = store.mountpoints_layer().map_err(image_err)?;
     let mut layers = vec![mountpoints.path];
     layers.extend(image.layers.into_iter().map(|l| l.path));
-    Ok(RootLayers { layers, binds: Vec::new(), env: image.config.env_pairs() })
+    Ok(RootLayers {
+        layers,
+        binds: Vec::new(),
+        env: image.config.env_pairs(),
+    })
 }
 
 fn zygote_spec(
@@ -169,12 +206,18 @@ fn zygote_spec(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     env.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone());
-    env.insert("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), spec.limits.memory_mb.to_string());
+    env.insert(
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+        spec.limits.memory_mb.to_string(),
+    );
     env.extend(root.env);
     env.extend(spec.env.clone());
     // fnhost's own variables win over user ones (config rejects FNHOST_*
     // names in `env`; the runtimes remove them before function code runs).
-    env.insert(fnhost_zygote::forkserver::SECCOMP_ENV.into(), spec.seccomp.clone());
+    env.insert(
+        fnhost_zygote::forkserver::SECCOMP_ENV.into(),
+        spec.seccomp.clone(),
+    );
     let (argv, entry) = match spec.runtime {
         Runtime::Python3 => {
             for (k, v) in [("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1")] {
@@ -182,7 +225,12 @@ fn zygote_spec(
             }
             env.insert("FNHOST_HANDLER".into(), spec.handler.clone());
             env.insert("FNHOST_SHIM_LIB".into(), SHIM_LIB_PATH.into());
-            let argv = [spec.python.display().to_string(), "-s".into(), "-B".into(), PYTHON_SHIM_PATH.into()];
+            let argv = [
+                spec.python.display().to_string(),
+                "-s".into(),
+                "-B".into(),
+                PYTHON_SHIM_PATH.into(),
+            ];
             (argv.to_vec(), RuntimeEntry::Exec)
         }
         // The command runs once per invocation under fnhost's built-in fork server.
@@ -196,7 +244,10 @@ fn zygote_spec(
     ZygoteSpec {
         function: spec.name.clone(),
         staging: staging.to_path_buf(),
-        layers: [code.path.clone(), runtime.path.clone()].into_iter().chain(root.layers).collect(),
+        layers: [code.path.clone(), runtime.path.clone()]
+            .into_iter()
+            .chain(root.layers)
+            .collect(),
         binds: root.binds,
         tmp_bytes: ZYGOTE_TMP_BYTES,
         hostname: spec.name.clone(),
@@ -216,24 +267,42 @@ impl Host {
         let tree = Arc::new(CgroupTree::new(layout, &config.server.cgroup_root));
         let stale = tree.remove_stale().map_err(HostError::CgroupCleanup)?;
         if stale.cgroups_removed > 0 {
-            tracing::warn!(cgroups = stale.cgroups_removed, processes = stale.processes_killed,
-                "removed cgroups left by a previous run");
+            tracing::warn!(
+                cgroups = stale.cgroups_removed,
+                processes = stale.processes_killed,
+                "removed cgroups left by a previous run"
+            );
         }
         let state = &config.server.state_dir;
         let staging = state.join("run").join("root");
-        std::fs::create_dir_all(&staging).map_err(|source| HostError::StateDir { path: staging.clone(), source })?;
+        std::fs::create_dir_all(&staging).map_err(|source| HostError::StateDir {
+            path: staging.clone(),
+            source,
+        })?;
         let store = LayerStore::open(&state.join("layers")).map_err(HostError::Store)?;
         if config.server.user_namespace {
             check_traversable(&staging)?;
             check_traversable(store.root())?;
         }
-        let host_layer = store.host_layer(Path::new("/")).map_err(HostError::HostLayer)?;
-        let shim = std::fs::read(&options.shim_lib)
-            .map_err(|source| HostError::ShimLib { path: options.shim_lib.clone(), source })?;
+        let host_layer = store
+            .host_layer(Path::new("/"))
+            .map_err(HostError::HostLayer)?;
+        let shim = std::fs::read(&options.shim_lib).map_err(|source| HostError::ShimLib {
+            path: options.shim_lib.clone(),
+            source,
+        })?;
         let runtime = store
             .import_files(&[
-                LayerFile { path: PYTHON_SHIM_PATH.trim_start_matches('/').into(), contents: PYTHON_SHIM.into(), mode: 0o644 },
-                LayerFile { path: SHIM_LIB_PATH.trim_start_matches('/').into(), contents: shim, mode: 0o755 },
+                LayerFile {
+                    path: PYTHON_SHIM_PATH.trim_start_matches('/').into(),
+                    contents: PYTHON_SHIM.into(),
+                    mode: 0o644,
+                },
+                LayerFile {
+                    path: SHIM_LIB_PATH.trim_start_matches('/').into(),
+                    contents: shim,
+                    mode: 0o755,
+                },
             ])
             .map_err(HostError::RuntimeLayer)?;
         let budget = MemoryBudget::new(budget_bytes(&config.server), tree.clone());
@@ -265,22 +334,34 @@ impl Host {
     /// (content-addressed, so unchanged code is not copied again) and
     /// resolves its root layers.
     fn prepare(&self, spec: &FunctionSpec) -> Result<ZygoteSpec, HostError> {
-        let code = self.store.import_dir(&spec.code, Path::new("var/task")).map_err(|source| HostError::CodeLayer {
-            function: spec.name.clone(),
-            path: spec.code.clone(),
-            source,
-        })?;
+        let code = self
+            .store
+            .import_dir(&spec.code, Path::new("var/task"))
+            .map_err(|source| HostError::CodeLayer {
+                function: spec.name.clone(),
+                path: spec.code.clone(),
+                source,
+            })?;
         let root = root_layers(spec, &self.store, &self.host_layer)?;
         if let Some(map) = self.userns() {
             for layer in root.layers.iter().chain([&code.path, &self.runtime.path]) {
-                self.store.set_owner(layer, map.host_base, map.host_base).map_err(|source| HostError::CodeLayer {
-                    function: spec.name.clone(),
-                    path: layer.clone(),
-                    source,
-                })?;
+                self.store
+                    .set_owner(layer, map.host_base, map.host_base)
+                    .map_err(|source| HostError::CodeLayer {
+                        function: spec.name.clone(),
+                        path: layer.clone(),
+                        source,
+                    })?;
             }
         }
-        Ok(zygote_spec(spec, &self.staging, &code, &self.runtime, root, self.server.max_response_bytes))
+        Ok(zygote_spec(
+            spec,
+            &self.staging,
+            &code,
+            &self.runtime,
+            root,
+            self.server.max_response_bytes,
+        ))
     }
 
     /// A pool for `spec`: code layer, zygote cgroup, zygote spec; its
@@ -290,7 +371,11 @@ impl Host {
         self.build_pool_with(spec, zspec)
     }
 
-    fn build_pool_with(&self, spec: &FunctionSpec, zspec: ZygoteSpec) -> Result<Arc<FunctionPool>, HostError> {
+    fn build_pool_with(
+        &self,
+        spec: &FunctionSpec,
+        zspec: ZygoteSpec,
+    ) -> Result<Arc<FunctionPool>, HostError> {
         let zygote_limits = CgroupLimits::from_cpus(
             spec.limits.memory_bytes() + ZYGOTE_MEMORY_HEADROOM,
             spec.limits.cpu.max(1.0),
@@ -299,13 +384,19 @@ impl Host {
         let zygote_cgroup = self
             .tree
             .create(&format!("{}/zygote", spec.name), &zygote_limits)
-            .map_err(|source| HostError::Cgroup { function: spec.name.clone(), source })?;
+            .map_err(|source| HostError::Cgroup {
+                function: spec.name.clone(),
+                source,
+            })?;
         if let Some(map) = self.userns() {
             // Clones move from <fn>/zygote to <fn>/sN: the common ancestor's
             // cgroup.procs must be writable by the namespace's root too.
             self.tree
                 .delegate(&spec.name, map.host_base, map.host_base)
-                .map_err(|source| HostError::Cgroup { function: spec.name.clone(), source })?;
+                .map_err(|source| HostError::Cgroup {
+                    function: spec.name.clone(),
+                    source,
+                })?;
         }
         let shared = PoolShared {
             tree: self.tree.clone(),
@@ -322,7 +413,11 @@ impl Host {
     /// Applies a new, already validated config. Everything is built before
     /// anything is swapped, so a failure leaves the running config intact.
     /// In-flight invocations finish in the pools they started in.
-    pub async fn reload(&self, config: &Config, grace: Duration) -> Result<ReloadReport, HostError> {
+    pub async fn reload(
+        &self,
+        config: &Config,
+        grace: Duration,
+    ) -> Result<ReloadReport, HostError> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.pools.read().expect("pools lock").clone();
         let mut report = ReloadReport::default();
@@ -379,7 +474,11 @@ impl Host {
             .filter(|(name, pool)| next.get(*name).is_none_or(|p| !Arc::ptr_eq(p, pool)))
             .map(|(_, pool)| pool.clone())
             .collect();
-        report.removed = current.keys().filter(|name| !next.contains_key(*name)).cloned().collect();
+        report.removed = current
+            .keys()
+            .filter(|name| !next.contains_key(*name))
+            .cloned()
+            .collect();
         *self.pools.write().expect("pools lock") = next;
         for pool in retired {
             retire(pool, grace);
@@ -392,9 +491,10 @@ impl Host {
     }
 
     fn userns(&self) -> Option<IdMap> {
-        self.server
-            .user_namespace
-            .then_some(IdMap { host_base: self.server.userns_host_base, size: fnhost_config::USERNS_SIZE })
+        self.server.user_namespace.then_some(IdMap {
+            host_base: self.server.userns_host_base,
+            size: fnhost_config::USERNS_SIZE,
+        })
     }
 
     pub fn cgroup_layout(&self) -> &str {
@@ -402,12 +502,20 @@ impl Host {
     }
 
     pub fn function_names(&self) -> Vec<String> {
-        self.pools.read().expect("pools lock").keys().cloned().collect()
+        self.pools
+            .read()
+            .expect("pools lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn status(&self) -> BTreeMap<String, PoolStatus> {
         let pools = self.pools.read().expect("pools lock").clone();
-        pools.iter().map(|(name, pool)| (name.clone(), pool.status())).collect()
+        pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.status()))
+            .collect()
     }
 
     pub fn pool(&self, name: &str) -> Option<Arc<FunctionPool>> {
@@ -420,12 +528,21 @@ impl Host {
     }
 
     /// Runs one invocation of `name`.
-    pub async fn invoke(&self, name: &str, payload: &[u8], request_id: String) -> Result<Invocation, InvokeError> {
+    pub async fn invoke(
+        &self,
+        name: &str,
+        payload: &[u8],
+        request_id: String,
+    ) -> Result<Invocation, InvokeError> {
         let Some(pool) = self.pool(name) else {
             let names = self.function_names();
             return Err(InvokeError::NotFound {
                 function: name.to_string(),
-                defined: if names.is_empty() { "none".to_string() } else { names.join(", ") },
+                defined: if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                },
             });
         };
         pool.invoke(payload, request_id).await
@@ -434,8 +551,19 @@ impl Host {
     /// Drains in-flight work (up to `grace`), kills every zygote and clone,
     /// and removes fnhost's cgroups.
     pub async fn shutdown(&self, grace: Duration) {
-        let pools: Vec<Arc<FunctionPool>> = self.pools.read().expect("pools lock").values().cloned().collect();
-        futures_join_all(pools.into_iter().map(|pool| async move { pool.close(grace).await })).await;
+        let pools: Vec<Arc<FunctionPool>> = self
+            .pools
+            .read()
+            .expect("pools lock")
+            .values()
+            .cloned()
+            .collect();
+        futures_join_all(
+            pools
+                .into_iter()
+                .map(|pool| async move { pool.close(grace).await }),
+        )
+        .await;
         match self.tree.remove_all() {
             Ok(report) => tracing::info!(cgroups = report.cgroups_removed, "cgroups removed"),
             Err(e) => tracing::warn!(error = %e, "could not remove every cgroup at shutdown"),
@@ -450,11 +578,17 @@ fn check_traversable(path: &Path) -> Result<(), HostError> {
     use std::os::unix::fs::PermissionsExt;
     for dir in path.ancestors().skip(1) {
         let mode = std::fs::metadata(dir)
-            .map_err(|source| HostError::StateDir { path: dir.to_path_buf(), source })?
+            .map_err(|source| HostError::StateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?
             .permissions()
             .mode();
         if mode & 0o001 == 0 {
-            return Err(HostError::NotTraversable { path: dir.to_path_buf(), mode: mode & 0o7777 });
+            return Err(HostError::NotTraversable {
+                path: dir.to_path_buf(),
+                mode: mode & 0o7777,
+            });
         }
     }
     Ok(())
@@ -481,14 +615,23 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         ("server.listen", old.listen != new.listen),
         ("server.state_dir", old.state_dir != new.state_dir),
         ("server.cgroup_root", old.cgroup_root != new.cgroup_root),
-        ("server.max_payload_bytes", old.max_payload_bytes != new.max_payload_bytes),
-        ("server.max_response_bytes", old.max_response_bytes != new.max_response_bytes),
+        (
+            "server.max_payload_bytes",
+            old.max_payload_bytes != new.max_payload_bytes,
+        ),
+        (
+            "server.max_response_bytes",
+            old.max_response_bytes != new.max_response_bytes,
+        ),
         ("server.admin_listen", old.admin_listen != new.admin_listen),
         ("server.admin_token", old.admin_token != new.admin_token),
     ];
     for (key, changed) in checks {
         if changed {
-            tracing::warn!(key, "changed in the reloaded config; takes effect after a restart");
+            tracing::warn!(
+                key,
+                "changed in the reloaded config; takes effect after a restart"
+            );
             keys.push(key.to_string());
         }
     }
@@ -516,7 +659,9 @@ async fn prewarm(pools: impl Iterator<Item = Arc<FunctionPool>>) {
 }
 
 /// Runs futures concurrently and waits for all (a tiny `join_all`).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl IntoIterator<Item = F>) {
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     for handle in handles {
         let _ = handle.await;

@@ -17,8 +17,8 @@ use fnhost_zygote::spec::ZygoteSpec;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::budget::{MemoryBudget, Need};
-use crate::process::IdMap;
 use crate::error::InvokeError;
+use crate::process::IdMap;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
 use crate::zygote::{Placement, StartError, Zygote};
 
@@ -166,7 +166,10 @@ async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) 
         }
     })
     .await;
-    results.into_iter().map(|r| r.expect("every future completed")).collect()
+    results
+        .into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
 }
 
 fn secs(us: u64) -> f64 {
@@ -180,9 +183,24 @@ fn now_ms() -> u64 {
 }
 
 impl FunctionPool {
-    pub fn new(spec: FunctionSpec, zygote_spec: ZygoteSpec, zygote_cgroup: Cgroup, shared: PoolShared) -> Arc<Self> {
-        let PoolShared { tree, ids, budget, max_response, userns } = shared;
-        let limits = CgroupLimits::from_cpus(spec.limits.memory_bytes(), spec.limits.cpu, spec.limits.pids);
+    pub fn new(
+        spec: FunctionSpec,
+        zygote_spec: ZygoteSpec,
+        zygote_cgroup: Cgroup,
+        shared: PoolShared,
+    ) -> Arc<Self> {
+        let PoolShared {
+            tree,
+            ids,
+            budget,
+            max_response,
+            userns,
+        } = shared;
+        let limits = CgroupLimits::from_cpus(
+            spec.limits.memory_bytes(),
+            spec.limits.cpu,
+            spec.limits.pids,
+        );
         let pool = Arc::new(FunctionPool {
             name: Arc::from(spec.name.as_str()),
             settings: RwLock::new(spec.pool),
@@ -240,7 +258,8 @@ impl FunctionPool {
         if new.max_concurrency != old.max_concurrency {
             let previous = self.permits.swap(new.max_concurrency, Ordering::SeqCst);
             if new.max_concurrency > previous {
-                self.concurrency.add_permits((new.max_concurrency - previous) as usize);
+                self.concurrency
+                    .add_permits((new.max_concurrency - previous) as usize);
             } else {
                 let surplus = previous - new.max_concurrency;
                 let semaphore = self.concurrency.clone();
@@ -275,7 +294,12 @@ impl FunctionPool {
         self.dormant.store(true, Ordering::SeqCst);
         self.evictions.fetch_add(1, Ordering::Relaxed);
         let ready: Vec<Sandbox> = self.ready.lock().expect("ready lock").drain(..).collect();
-        let zygotes: Vec<Arc<Zygote>> = self.zygotes.lock().expect("zygotes lock").drain(..).collect();
+        let zygotes: Vec<Arc<Zygote>> = self
+            .zygotes
+            .lock()
+            .expect("zygotes lock")
+            .drain(..)
+            .collect();
         for sandbox in ready {
             sandbox.kill();
             self.spawn_teardown(sandbox);
@@ -308,10 +332,13 @@ impl FunctionPool {
         let status = self.status();
         let f = self.name.to_string();
         metrics::gauge!("fnhost_pool_zygotes", "function" => f.clone()).set(status.zygotes as f64);
-        metrics::gauge!("fnhost_pool_ready_clones", "function" => f.clone()).set(status.ready_clones as f64);
-        metrics::gauge!("fnhost_pool_in_flight", "function" => f.clone()).set(status.in_flight as f64);
+        metrics::gauge!("fnhost_pool_ready_clones", "function" => f.clone())
+            .set(status.ready_clones as f64);
+        metrics::gauge!("fnhost_pool_in_flight", "function" => f.clone())
+            .set(status.in_flight as f64);
         metrics::gauge!("fnhost_pool_queued", "function" => f.clone()).set(status.queued as f64);
-        metrics::gauge!("fnhost_function_memory_bytes", "function" => f).set(status.memory_bytes as f64);
+        metrics::gauge!("fnhost_function_memory_bytes", "function" => f)
+            .set(status.memory_bytes as f64);
     }
 
     fn take_slot(&self) -> Result<Slot, String> {
@@ -320,16 +347,25 @@ impl FunctionPool {
         }
         let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let rel = format!("{}/s{n}", self.name);
-        let cgroup = self.tree.create(&rel, &self.limits).map_err(|e| e.to_string())?;
+        let cgroup = self
+            .tree
+            .create(&rel, &self.limits)
+            .map_err(|e| e.to_string())?;
         if let Some(map) = self.userns {
-            self.tree.delegate(&rel, map.host_base, map.host_base).map_err(|e| e.to_string())?;
+            self.tree
+                .delegate(&rel, map.host_base, map.host_base)
+                .map_err(|e| e.to_string())?;
         }
         let oom_seen = cgroup.oom_kills().unwrap_or(0);
         Ok(Slot { cgroup, oom_seen })
     }
 
     fn over_budget(&self, e: crate::budget::OverBudget) -> InvokeError {
-        InvokeError::OverBudget { function: self.name.to_string(), budget_mb: e.budget_mb, used_mb: e.used_mb }
+        InvokeError::OverBudget {
+            function: self.name.to_string(),
+            budget_mb: e.budget_mb,
+            used_mb: e.used_mb,
+        }
     }
 
     /// What the next zygote of this function will cost: its own last
@@ -353,18 +389,41 @@ impl FunctionPool {
             .zygote_cgroup
             .clone_into_fd()
             .and_then(|dir| Ok((dir, self.zygote_cgroup.v1_procs_fds()?)))
-            .map_err(|e| InvokeError::SandboxUnavailable { function: self.name.to_string(), detail: e.to_string() })?;
-        let placement = Placement { cgroup_dir: dir.as_ref(), v1_procs: &v1, userns: self.userns };
-        let result =
-            Zygote::start(id, self.name.clone(), &self.zygote_spec, placement, ZYGOTE_START_TIMEOUT, self.wake.clone())
-                .await;
+            .map_err(|e| InvokeError::SandboxUnavailable {
+                function: self.name.to_string(),
+                detail: e.to_string(),
+            })?;
+        let placement = Placement {
+            cgroup_dir: dir.as_ref(),
+            v1_procs: &v1,
+            userns: self.userns,
+        };
+        let result = Zygote::start(
+            id,
+            self.name.clone(),
+            &self.zygote_spec,
+            placement,
+            ZYGOTE_START_TIMEOUT,
+            self.wake.clone(),
+        )
+        .await;
         let f = self.name.to_string();
-        metrics::histogram!("fnhost_zygote_start_seconds", "function" => f.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("fnhost_zygote_start_seconds", "function" => f.clone())
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("fnhost_zygote_starts_total", "function" => f).increment(1);
         let zygote = result.map_err(|e| match e {
-            StartError::Init { stage, error_type, message, trace } => {
-                InvokeError::InitFailed { function: self.name.to_string(), stage, error_type, message, trace }
-            }
+            StartError::Init {
+                stage,
+                error_type,
+                message,
+                trace,
+            } => InvokeError::InitFailed {
+                function: self.name.to_string(),
+                stage,
+                error_type,
+                message,
+                trace,
+            },
             StartError::Failed(detail) => InvokeError::InitFailed {
                 function: self.name.to_string(),
                 stage: "sandbox".into(),
@@ -376,7 +435,10 @@ impl FunctionPool {
         tracing::info!(function = %self.name, zygote = id, pid = zygote.pid,
             start_ms = zygote.started_in.as_secs_f64() * 1e3, import_ms = zygote.import_us as f64 / 1e3, "zygote ready");
         if keep {
-            self.zygotes.lock().expect("zygotes lock").push(zygote.clone());
+            self.zygotes
+                .lock()
+                .expect("zygotes lock")
+                .push(zygote.clone());
         }
         // Learn what a zygote of this function costs, for the budget.
         let live = self.live_zygotes().len().max(1) as u64;
@@ -390,19 +452,34 @@ impl FunctionPool {
     }
 
     async fn create_sandbox(&self, zygote: Arc<Zygote>) -> Result<Sandbox, InvokeError> {
-        self.budget.reserve(&self.name, Need::Clone).await.map_err(|e| self.over_budget(e))?;
-        let unavailable = |detail: String| InvokeError::SandboxUnavailable { function: self.name.to_string(), detail };
+        self.budget
+            .reserve(&self.name, Need::Clone)
+            .await
+            .map_err(|e| self.over_budget(e))?;
+        let unavailable = |detail: String| InvokeError::SandboxUnavailable {
+            function: self.name.to_string(),
+            detail,
+        };
         let slot = self.take_slot().map_err(unavailable)?;
         let id = self.ids.sandbox.fetch_add(1, Ordering::Relaxed);
         let run_as = self.userns.map(|_| (SANDBOX_UID, SANDBOX_UID));
-        match Sandbox::create(id, zygote, slot, self.spec.limits.writable_layer_bytes(), run_as).await {
+        match Sandbox::create(
+            id,
+            zygote,
+            slot,
+            self.spec.limits.writable_layer_bytes(),
+            run_as,
+        )
+        .await
+        {
             Ok(sandbox) => {
                 let f = self.name.to_string();
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "clone").record(secs(sandbox.fork_us));
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "cgroup_attach").record(secs(sandbox.setup.cgroup_us));
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "mount").record(secs(sandbox.setup.mount_us));
                 metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "drop_privileges").record(secs(sandbox.setup.privileges_us));
-                metrics::histogram!("fnhost_phase_seconds", "function" => f, "phase" => "seccomp").record(secs(sandbox.setup.seccomp_us));
+                metrics::histogram!("fnhost_phase_seconds", "function" => f, "phase" => "seccomp")
+                    .record(secs(sandbox.setup.seccomp_us));
                 Ok(sandbox)
             }
             Err((slot, detail)) => {
@@ -420,7 +497,9 @@ impl FunctionPool {
     /// `deadline`, the end of their queue time) and clone from it.
     async fn checkout(&self, deadline: Instant) -> Result<(Sandbox, StartKind, u64), InvokeError> {
         loop {
-            let Some(sandbox) = self.ready.lock().expect("ready lock").pop_front() else { break };
+            let Some(sandbox) = self.ready.lock().expect("ready lock").pop_front() else {
+                break;
+            };
             if sandbox.is_alive() {
                 return Ok((sandbox, StartKind::ReadyClone, 0));
             }
@@ -430,12 +509,17 @@ impl FunctionPool {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
         for attempt in 0..2 {
-            let zygote = self.live_zygotes().into_iter().min_by_key(Arc::strong_count);
+            let zygote = self
+                .live_zygotes()
+                .into_iter()
+                .min_by_key(Arc::strong_count);
             let (zygote, kind, zygote_us) = match zygote {
                 Some(z) => (z, StartKind::OnDemandClone, 0),
                 None => {
                     let settings = self.settings();
-                    let Ok(_guard) = tokio::time::timeout_at(deadline.into(), self.cold_start.lock()).await else {
+                    let Ok(_guard) =
+                        tokio::time::timeout_at(deadline.into(), self.cold_start.lock()).await
+                    else {
                         return Err(InvokeError::Overloaded {
                             function: self.name.to_string(),
                             max_concurrency: settings.max_concurrency,
@@ -451,7 +535,11 @@ impl FunctionPool {
                             // idle (see `release_surplus_zygotes`).
                             let z = self.start_zygote(true).await?;
                             metrics::counter!("fnhost_cold_starts_total", "function" => self.name.to_string()).increment(1);
-                            (z, StartKind::ColdStart, started.elapsed().as_micros() as u64)
+                            (
+                                z,
+                                StartKind::ColdStart,
+                                started.elapsed().as_micros() as u64,
+                            )
                         }
                     }
                 }
@@ -466,7 +554,10 @@ impl FunctionPool {
                 Err(e) => return Err(e),
             }
         }
-        Err(InvokeError::SandboxUnavailable { function: self.name.to_string(), detail: "no live zygote".into() })
+        Err(InvokeError::SandboxUnavailable {
+            function: self.name.to_string(),
+            detail: "no live zygote".into(),
+        })
     }
 
     fn spawn_teardown(&self, sandbox: Sandbox) {
@@ -506,7 +597,11 @@ impl FunctionPool {
             self.stop_idle_extra_zygotes();
             self.trim_idle_cgroups();
             self.publish_gauges();
-            let wait = if failed { backoff } else { Duration::from_secs(1) };
+            let wait = if failed {
+                backoff
+            } else {
+                Duration::from_secs(1)
+            };
             if failed {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -532,7 +627,11 @@ impl FunctionPool {
         // the last request: a sequential client leaves nothing in flight
         // between requests, and stopping them then would only start them
         // again on the next misses.
-        let idle_for = if settings.zygotes > 0 { settings.idle_ttl_ms.max(SCALE_IN_IDLE_MS) } else { settings.idle_ttl_ms };
+        let idle_for = if settings.zygotes > 0 {
+            settings.idle_ttl_ms.max(SCALE_IN_IDLE_MS)
+        } else {
+            settings.idle_ttl_ms
+        };
         if self.live_zygotes().len() <= settings.zygotes as usize
             || self.in_flight.load(Ordering::SeqCst) > 0
             || now_ms().saturating_sub(self.last_used_ms()) < idle_for
@@ -548,7 +647,9 @@ impl FunctionPool {
     /// costs kernel memory and slows every walk of the hierarchy.
     fn trim_idle_cgroups(&self) {
         let keep = self.settings().ready_clones as usize + 2;
-        if self.in_flight.load(Ordering::SeqCst) > 0 || now_ms().saturating_sub(self.last_used_ms()) < SCALE_IN_IDLE_MS {
+        if self.in_flight.load(Ordering::SeqCst) > 0
+            || now_ms().saturating_sub(self.last_used_ms()) < SCALE_IN_IDLE_MS
+        {
             return;
         }
         let spare: Vec<Slot> = {
@@ -580,8 +681,9 @@ impl FunctionPool {
         };
         let stale: Vec<Sandbox> = {
             let mut ready = self.ready.lock().expect("ready lock");
-            let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) =
-                ready.drain(..).partition(|s| !surplus.iter().any(|z| Arc::ptr_eq(z, &s.zygote)));
+            let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) = ready
+                .drain(..)
+                .partition(|s| !surplus.iter().any(|z| Arc::ptr_eq(z, &s.zygote)));
             *ready = keep;
             stale.into_iter().collect()
         };
@@ -617,7 +719,11 @@ impl FunctionPool {
                 ready.drain(..).partition(|s| s.is_alive());
             *ready = alive;
             let keep = settings.ready_clones as usize;
-            let surplus = if ready.len() > keep { ready.drain(keep..).collect() } else { Vec::new() };
+            let surplus = if ready.len() > keep {
+                ready.drain(keep..).collect()
+            } else {
+                Vec::new()
+            };
             (dead.into_iter().collect(), surplus)
         };
         for sandbox in dead.into_iter().chain(surplus) {
@@ -646,7 +752,8 @@ impl FunctionPool {
             if zygotes.is_empty() {
                 return Ok(());
             }
-            let creations = (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
+            let creations =
+                (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
             let mut first_error = None;
             for result in join_all(creations).await {
                 match result {
@@ -676,13 +783,23 @@ impl FunctionPool {
             sandbox.kill();
             let _ = sandbox.teardown().await;
         }
-        let zygotes: Vec<Arc<Zygote>> = self.zygotes.lock().expect("zygotes lock").drain(..).collect();
+        let zygotes: Vec<Arc<Zygote>> = self
+            .zygotes
+            .lock()
+            .expect("zygotes lock")
+            .drain(..)
+            .collect();
         for zygote in zygotes {
             zygote.kill();
         }
         for _ in 0..500 {
             let busy = !self.zygote_cgroup.is_empty().unwrap_or(true)
-                || self.free_slots.lock().expect("slots lock").iter().any(|s| !s.cgroup.is_empty().unwrap_or(true));
+                || self
+                    .free_slots
+                    .lock()
+                    .expect("slots lock")
+                    .iter()
+                    .any(|s| !s.cgroup.is_empty().unwrap_or(true));
             if !busy {
                 break;
             }
@@ -701,7 +818,11 @@ impl FunctionPool {
     }
 
     /// Runs one invocation.
-    pub async fn invoke(&self, payload: &[u8], request_id: String) -> Result<Invocation, InvokeError> {
+    pub async fn invoke(
+        &self,
+        payload: &[u8],
+        request_id: String,
+    ) -> Result<Invocation, InvokeError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(InvokeError::ShuttingDown);
         }
@@ -747,13 +868,24 @@ impl FunctionPool {
     }
 
     /// Checks a sandbox out, runs the invocation in it, hands it to teardown.
-    async fn execute(&self, payload: &[u8], request_id: String, started: Instant) -> Result<Invocation, InvokeError> {
+    async fn execute(
+        &self,
+        payload: &[u8],
+        request_id: String,
+        started: Instant,
+    ) -> Result<Invocation, InvokeError> {
         let queue_deadline = started + Duration::from_millis(self.settings().queue_timeout_ms);
         let checkout_started = Instant::now();
         let (mut sandbox, kind, zygote_us) = self.checkout(queue_deadline).await?;
         // Waiting for another request's cold start is queueing too.
-        let waited_us = (checkout_started.elapsed().as_micros() as u64).saturating_sub(zygote_us + sandbox.create_us);
-        let queue_us = (checkout_started - started).as_micros() as u64 + if kind == StartKind::ReadyClone { 0 } else { waited_us };
+        let waited_us = (checkout_started.elapsed().as_micros() as u64)
+            .saturating_sub(zygote_us + sandbox.create_us);
+        let queue_us = (checkout_started - started).as_micros() as u64
+            + if kind == StartKind::ReadyClone {
+                0
+            } else {
+                waited_us
+            };
         self.wake.notify_one();
         let timeout_ms = self.spec.limits.timeout_ms;
         let meta = InvokeMeta {
@@ -763,11 +895,21 @@ impl FunctionPool {
             remaining_ms: timeout_ms,
         };
         let sent = Instant::now();
-        let outcome = sandbox.run(&meta, payload, sent + Duration::from_millis(timeout_ms), self.max_response).await;
+        let outcome = sandbox
+            .run(
+                &meta,
+                payload,
+                sent + Duration::from_millis(timeout_ms),
+                self.max_response,
+            )
+            .await;
         let exchange_total = sent.elapsed().as_micros() as u64;
         let (clone_us, setup_us) = match kind {
             StartKind::ReadyClone => (0, 0),
-            _ => (sandbox.fork_us, sandbox.create_us.saturating_sub(sandbox.fork_us)),
+            _ => (
+                sandbox.fork_us,
+                sandbox.create_us.saturating_sub(sandbox.fork_us),
+            ),
         };
         let oom_before = sandbox.slot.oom_seen;
         let oom_now = match &outcome {
@@ -779,15 +921,31 @@ impl FunctionPool {
         let function = self.name.to_string();
         let (body, handler_us) = match outcome {
             RunOutcome::Result { body, handler_us } => (body, handler_us),
-            RunOutcome::FunctionError { body, .. } => return Err(InvokeError::FunctionError { function, body }),
-            RunOutcome::Timeout => return Err(InvokeError::Timeout { function, timeout_ms }),
+            RunOutcome::FunctionError { body, .. } => {
+                return Err(InvokeError::FunctionError { function, body })
+            }
+            RunOutcome::Timeout => {
+                return Err(InvokeError::Timeout {
+                    function,
+                    timeout_ms,
+                })
+            }
             RunOutcome::TooLarge { size } => {
-                return Err(InvokeError::ResponseTooLarge { function, size, limit: self.max_response })
+                return Err(InvokeError::ResponseTooLarge {
+                    function,
+                    size,
+                    limit: self.max_response,
+                })
             }
             RunOutcome::NoResponse { .. } if oom_now > oom_before => {
-                return Err(InvokeError::MemoryLimit { function, memory_mb: self.spec.limits.memory_mb })
+                return Err(InvokeError::MemoryLimit {
+                    function,
+                    memory_mb: self.spec.limits.memory_mb,
+                })
             }
-            RunOutcome::NoResponse { detail } => return Err(InvokeError::SandboxCrashed { function, detail }),
+            RunOutcome::NoResponse { detail } => {
+                return Err(InvokeError::SandboxCrashed { function, detail })
+            }
         };
         let timings = Timings {
             queue_us,
@@ -806,6 +964,11 @@ impl FunctionPool {
         ] {
             metrics::histogram!("fnhost_phase_seconds", "function" => self.name.to_string(), "phase" => phase).record(secs(us));
         }
-        Ok(Invocation { body, start: kind, sandbox_id, timings })
+        Ok(Invocation {
+            body,
+            start: kind,
+            sandbox_id,
+            timings,
+        })
     }
 }

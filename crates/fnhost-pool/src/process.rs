@@ -84,13 +84,17 @@ pub fn spawn_zygote(
         .map_err(SpawnError::Socket)?;
     let mut oflags = nix::fcntl::OFlag::from_bits_truncate(flags);
     oflags.remove(nix::fcntl::OFlag::O_NONBLOCK);
-    nix::fcntl::fcntl(child_control.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(oflags))
-        .map_err(SpawnError::Socket)?;
+    nix::fcntl::fcntl(
+        child_control.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(oflags),
+    )
+    .map_err(SpawnError::Socket)?;
     let (output, child_output) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let dev_null = std::fs::File::open("/dev/null").map_err(SpawnError::DevNull)?;
     // The child waits on this until its id maps are written.
-    let (map_ready_r, map_ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (map_ready_r, map_ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let map_ready_raw = map_ready_r.as_raw_fd();
 
     // Everything the child touches is prepared now: no allocation after clone.
@@ -98,20 +102,34 @@ pub fn spawn_zygote(
     let argv_owned = [CString::new("fnhost")?, CString::new(INIT_SUBCOMMAND)?];
     let spec_json = serde_json::to_string(spec).map_err(|e| SpawnError::Spec(e.to_string()))?;
     let env_owned = [CString::new(format!("{SPEC_ENV}={spec_json}"))?];
-    let argv: Vec<*const c_char> =
-        argv_owned.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const c_char> =
-        env_owned.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv: Vec<*const c_char> = argv_owned
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const c_char> = env_owned
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let v1_raw: Vec<i32> = v1_procs.iter().map(|fd| fd.as_raw_fd()).collect();
-    let (control_raw, output_raw, null_raw) =
-        (child_control.as_raw_fd(), child_output.as_raw_fd(), dev_null.as_raw_fd());
+    let (control_raw, output_raw, null_raw) = (
+        child_control.as_raw_fd(),
+        child_output.as_raw_fd(),
+        dev_null.as_raw_fd(),
+    );
 
     // SAFETY: the child branch below only calls async-signal-safe functions
     // (write, dup2/fcntl, execve, _exit) on descriptors and pointers prepared
     // above, which stay valid in the child's copy of memory.
     let forked = unsafe {
         sys::clone3(CloneSpec {
-            flags: ZYGOTE_NAMESPACES | if userns.is_some() { libc::CLONE_NEWUSER as u64 } else { 0 },
+            flags: ZYGOTE_NAMESPACES
+                | if userns.is_some() {
+                    libc::CLONE_NEWUSER as u64
+                } else {
+                    0
+                },
             cgroup: cgroup_dir.map(|fd| fd.as_fd()),
             exit_signal: libc::SIGCHLD,
         })
@@ -129,7 +147,9 @@ pub fn spawn_zygote(
             if userns.is_some() {
                 // Wait for the maps, then become root of the namespace (an
                 // unmapped uid would lose every capability at exec).
-                if !matches!(sys::read_byte_raw(map_ready_raw), Ok(true)) || sys::set_ids_raw(0, 0).is_err() {
+                if !matches!(sys::read_byte_raw(map_ready_raw), Ok(true))
+                    || sys::set_ids_raw(0, 0).is_err()
+                {
                     sys::exit_immediately(122);
                 }
             }
@@ -160,7 +180,12 @@ pub fn spawn_zygote(
                 sys::write_all_raw(map_ready_w.as_raw_fd(), b"1").map_err(SpawnError::IdMap)?;
             }
             drop(map_ready_w);
-            Ok(ZygoteProcess { pid, pidfd, control, output })
+            Ok(ZygoteProcess {
+                pid,
+                pidfd,
+                control,
+                output,
+            })
         }
     }
 }

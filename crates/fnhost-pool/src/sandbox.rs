@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fnhost_sandbox::cgroup::Cgroup;
 use fnhost_sandbox::sys;
 use fnhost_zygote::protocol::{
-    decode_frame_rest, encode_frame, frame_len, Frame, FrameKind, InvokeMeta, ResultMeta, SetupFailure,
-    SetupTimes,
+    decode_frame_rest, encode_frame, frame_len, Frame, FrameKind, InvokeMeta, ResultMeta,
+    SetupFailure, SetupTimes,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,23 +50,39 @@ pub struct Sandbox {
 /// How an invocation inside a sandbox ended.
 #[derive(Debug)]
 pub enum RunOutcome {
-    Result { body: Vec<u8>, handler_us: u64 },
-    FunctionError { body: Vec<u8>, handler_us: u64 },
+    Result {
+        body: Vec<u8>,
+        handler_us: u64,
+    },
+    FunctionError {
+        body: Vec<u8>,
+        handler_us: u64,
+    },
     Timeout,
-    TooLarge { size: usize },
+    TooLarge {
+        size: usize,
+    },
     /// The clone died or broke protocol without answering.
-    NoResponse { detail: String },
+    NoResponse {
+        detail: String,
+    },
 }
 
 async fn read_frame(stream: &mut UnixStream, limit: usize) -> Result<Frame, RunOutcomeError> {
     let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix).await.map_err(RunOutcomeError::Io)?;
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .map_err(RunOutcomeError::Io)?;
     let len = frame_len(prefix, limit).map_err(|e| match e {
         fnhost_zygote::protocol::FrameError::TooLarge { len, .. } => RunOutcomeError::TooLarge(len),
         other => RunOutcomeError::Protocol(other.to_string()),
     })?;
     let mut rest = vec![0u8; len];
-    stream.read_exact(&mut rest).await.map_err(RunOutcomeError::Io)?;
+    stream
+        .read_exact(&mut rest)
+        .await
+        .map_err(RunOutcomeError::Io)?;
     decode_frame_rest(rest).map_err(|e| RunOutcomeError::Protocol(e.to_string()))
 }
 
@@ -103,7 +119,14 @@ impl Sandbox {
         fds.extend(cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()));
         fds.extend(v1_procs.iter().map(|fd| fd.as_raw_fd()));
         let cloned = zygote
-            .clone_sandbox(id, writable_bytes, &fds, cgroup_dir.is_some(), v1_procs.len() as u32, run_as)
+            .clone_sandbox(
+                id,
+                writable_bytes,
+                &fds,
+                cgroup_dir.is_some(),
+                v1_procs.len() as u32,
+                run_as,
+            )
             .await;
         drop(theirs);
         drop(cgroup_dir);
@@ -119,15 +142,20 @@ impl Sandbox {
         let setup = async {
             ours.set_nonblocking(true).map_err(|e| e.to_string())?;
             let mut stream = UnixStream::from_std(ours).map_err(|e| e.to_string())?;
-            let frame = read_frame(&mut stream, META_ALLOWANCE).await.map_err(|e| format!("{e:?}"))?;
+            let frame = read_frame(&mut stream, META_ALLOWANCE)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
             match frame.kind {
                 FrameKind::Ready => {
                     let times: SetupTimes = serde_json::from_slice(&frame.meta).unwrap_or_default();
                     Ok((stream, times))
                 }
                 FrameKind::SetupFailed => {
-                    let f: SetupFailure = serde_json::from_slice(&frame.meta)
-                        .unwrap_or(SetupFailure { step: "unknown".into(), message: "unreadable".into() });
+                    let f: SetupFailure =
+                        serde_json::from_slice(&frame.meta).unwrap_or(SetupFailure {
+                            step: "unknown".into(),
+                            message: "unreadable".into(),
+                        });
                     Err(format!("clone setup failed at '{}': {}", f.step, f.message))
                 }
                 other => Err(format!("unexpected {other:?} frame from a new clone")),
@@ -150,7 +178,13 @@ impl Sandbox {
             }
             Err(_) => {
                 let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
-                Err((slot, format!("clone did not finish setup within {} s", SETUP_TIMEOUT.as_secs())))
+                Err((
+                    slot,
+                    format!(
+                        "clone did not finish setup within {} s",
+                        SETUP_TIMEOUT.as_secs()
+                    ),
+                ))
             }
         }
     }
@@ -160,21 +194,37 @@ impl Sandbox {
         if !self.zygote.is_alive() {
             return false;
         }
-        let mut poll = [libc::pollfd { fd: self.pidfd.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut poll = [libc::pollfd {
+            fd: self.pidfd.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         // SAFETY: `poll` is a valid array of one pollfd; timeout 0.
         let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, 0) };
         ready == 0
     }
 
     /// Sends the invocation and waits for its answer until `deadline`.
-    pub async fn run(&mut self, meta: &InvokeMeta, payload: &[u8], deadline: Instant, max_response: usize) -> RunOutcome {
+    pub async fn run(
+        &mut self,
+        meta: &InvokeMeta,
+        payload: &[u8],
+        deadline: Instant,
+        max_response: usize,
+    ) -> RunOutcome {
         let meta = serde_json::to_vec(meta).unwrap_or_default();
         let mut header = encode_frame(FrameKind::Invoke, &meta, &[]);
         let total = 1 + 4 + meta.len() + payload.len();
         header[..4].copy_from_slice(&(total as u32).to_le_bytes());
         let exchange = async {
-            self.stream.write_all(&header).await.map_err(RunOutcomeError::Io)?;
-            self.stream.write_all(payload).await.map_err(RunOutcomeError::Io)?;
+            self.stream
+                .write_all(&header)
+                .await
+                .map_err(RunOutcomeError::Io)?;
+            self.stream
+                .write_all(payload)
+                .await
+                .map_err(RunOutcomeError::Io)?;
             read_frame(&mut self.stream, max_response + META_ALLOWANCE).await
         };
         let frame = match tokio::time::timeout_at(deadline.into(), exchange).await {
@@ -187,24 +237,40 @@ impl Sandbox {
                 return RunOutcome::TooLarge { size };
             }
             Ok(Err(RunOutcomeError::Io(e))) => {
-                return RunOutcome::NoResponse { detail: format!("invocation channel closed ({e})") }
+                return RunOutcome::NoResponse {
+                    detail: format!("invocation channel closed ({e})"),
+                }
             }
             Ok(Err(RunOutcomeError::Protocol(e))) => {
                 self.kill();
-                return RunOutcome::NoResponse { detail: format!("protocol error: {e}") };
+                return RunOutcome::NoResponse {
+                    detail: format!("protocol error: {e}"),
+                };
             }
             Ok(Ok(frame)) => frame,
         };
-        let handler_us = serde_json::from_slice::<ResultMeta>(&frame.meta).map(|m| m.handler_us).unwrap_or(0);
+        let handler_us = serde_json::from_slice::<ResultMeta>(&frame.meta)
+            .map(|m| m.handler_us)
+            .unwrap_or(0);
         if frame.body.len() > max_response {
-            return RunOutcome::TooLarge { size: frame.body.len() };
+            return RunOutcome::TooLarge {
+                size: frame.body.len(),
+            };
         }
         match frame.kind {
-            FrameKind::Result => RunOutcome::Result { body: frame.body, handler_us },
-            FrameKind::Error => RunOutcome::FunctionError { body: frame.body, handler_us },
+            FrameKind::Result => RunOutcome::Result {
+                body: frame.body,
+                handler_us,
+            },
+            FrameKind::Error => RunOutcome::FunctionError {
+                body: frame.body,
+                handler_us,
+            },
             other => {
                 self.kill();
-                RunOutcome::NoResponse { detail: format!("unexpected {other:?} frame") }
+                RunOutcome::NoResponse {
+                    detail: format!("unexpected {other:?} frame"),
+                }
             }
         }
     }
@@ -218,7 +284,13 @@ impl Sandbox {
     /// returns its slot with the current OOM count, or `None` if the cgroup
     /// could not be emptied (it is then not reused).
     pub async fn teardown(self) -> Option<Slot> {
-        let Sandbox { stream, pidfd, mut slot, zygote, .. } = self;
+        let Sandbox {
+            stream,
+            pidfd,
+            mut slot,
+            zygote,
+            ..
+        } = self;
         drop(stream);
         match tokio::time::timeout(EXIT_TIMEOUT, pidfd.readable()).await {
             Ok(Ok(mut guard)) => guard.clear_ready(),
@@ -242,7 +314,10 @@ impl Sandbox {
                     waited += step;
                 }
                 Ok(false) | Err(_) => {
-                    tracing::error!(cgroup = slot.cgroup.name(), "sandbox cgroup did not empty; not reusing it");
+                    tracing::error!(
+                        cgroup = slot.cgroup.name(),
+                        "sandbox cgroup did not empty; not reusing it"
+                    );
                     return None;
                 }
             }

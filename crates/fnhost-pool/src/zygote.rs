@@ -29,7 +29,12 @@ const MAX_LINE: usize = 4096;
 #[derive(Debug, Clone)]
 pub enum StartError {
     /// The zygote reported a structured failure (mounts, runtime, import).
-    Init { stage: String, error_type: String, message: String, trace: Vec<String> },
+    Init {
+        stage: String,
+        error_type: String,
+        message: String,
+        trace: Vec<String>,
+    },
     /// It could not be started or died without saying why.
     Failed(String),
 }
@@ -67,7 +72,11 @@ pub struct Zygote {
 
 impl std::fmt::Debug for Zygote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Zygote").field("id", &self.id).field("function", &self.function).field("pid", &self.pid).finish()
+        f.debug_struct("Zygote")
+            .field("id", &self.id)
+            .field("function", &self.function)
+            .field("pid", &self.pid)
+            .finish()
     }
 }
 
@@ -107,7 +116,11 @@ const MAX_LINES_PER_SECOND: u32 = 1000;
 
 /// Logs a zygote's stdout/stderr line by line (each cut at [`MAX_LINE`]
 /// bytes, at most [`MAX_LINES_PER_SECOND`]), keeping the last lines.
-fn forward_output(output: OwnedFd, function: Arc<str>, tail: Arc<Mutex<VecDeque<String>>>) -> io::Result<()> {
+fn forward_output(
+    output: OwnedFd,
+    function: Arc<str>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> io::Result<()> {
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(output)?;
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(receiver);
@@ -149,7 +162,13 @@ fn forward_output(output: OwnedFd, function: Arc<str>, tail: Arc<Mutex<VecDeque<
 }
 
 /// Reaps the zygote when it exits, marks it dead and wakes its pool.
-fn watch_exit(pidfd: Arc<AsyncFd<OwnedFd>>, alive: Arc<AtomicBool>, function: Arc<str>, id: u64, pool: Arc<Notify>) {
+fn watch_exit(
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+    alive: Arc<AtomicBool>,
+    function: Arc<str>,
+    id: u64,
+    pool: Arc<Notify>,
+) {
     tokio::spawn(async move {
         if let Ok(mut guard) = pidfd.readable().await {
             guard.clear_ready();
@@ -158,7 +177,8 @@ fn watch_exit(pidfd: Arc<AsyncFd<OwnedFd>>, alive: Arc<AtomicBool>, function: Ar
         let status = sys::waitid_pidfd(pidfd.get_ref().as_fd(), false);
         if was_alive {
             tracing::warn!(function = %function, zygote = id, ?status, "zygote exited");
-            metrics::counter!("fnhost_zygote_exits_total", "function" => function.to_string()).increment(1);
+            metrics::counter!("fnhost_zygote_exits_total", "function" => function.to_string())
+                .increment(1);
         }
         pool.notify_one();
     });
@@ -175,15 +195,27 @@ impl Zygote {
         pool: Arc<Notify>,
     ) -> Result<Arc<Zygote>, StartError> {
         let started = Instant::now();
-        let ZygoteProcess { pid, pidfd, control, output } =
-            spawn_zygote(spec, placement.cgroup_dir, placement.v1_procs, placement.userns)
-                .map_err(|e| StartError::Failed(e.to_string()))?;
+        let ZygoteProcess {
+            pid,
+            pidfd,
+            control,
+            output,
+        } = spawn_zygote(
+            spec,
+            placement.cgroup_dir,
+            placement.v1_procs,
+            placement.userns,
+        )
+        .map_err(|e| StartError::Failed(e.to_string()))?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let alive = Arc::new(AtomicBool::new(true));
-        let pidfd = Arc::new(crate::fd::register(pidfd).map_err(|e| StartError::Failed(e.to_string()))?);
+        let pidfd =
+            Arc::new(crate::fd::register(pidfd).map_err(|e| StartError::Failed(e.to_string()))?);
         watch_exit(pidfd.clone(), alive.clone(), function.clone(), id, pool);
-        forward_output(output, function.clone(), tail.clone()).map_err(|e| StartError::Failed(e.to_string()))?;
-        let control = crate::fd::register(control).map_err(|e| StartError::Failed(e.to_string()))?;
+        forward_output(output, function.clone(), tail.clone())
+            .map_err(|e| StartError::Failed(e.to_string()))?;
+        let control =
+            crate::fd::register(control).map_err(|e| StartError::Failed(e.to_string()))?;
         let kill = |pidfd: &AsyncFd<OwnedFd>| {
             let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
         };
@@ -211,7 +243,9 @@ impl Zygote {
             }
             Ok(Received::Message(other, _)) => {
                 kill(&pidfd);
-                return Err(StartError::Failed(format!("unexpected first message from zygote: {other:?}")));
+                return Err(StartError::Failed(format!(
+                    "unexpected first message from zygote: {other:?}"
+                )));
             }
             Ok(Received::Closed) | Err(_) => {
                 kill(&pidfd);
@@ -264,18 +298,35 @@ impl Zygote {
         if !self.is_alive() {
             return Err("the zygote has exited".into());
         }
-        let msg =
-            DaemonMessage::Clone { sandbox, writable_bytes, carry: self.carry.clone(), v2_cgroup, v1_procs, run_as };
+        let msg = DaemonMessage::Clone {
+            sandbox,
+            writable_bytes,
+            carry: self.carry.clone(),
+            v2_cgroup,
+            v1_procs,
+            run_as,
+        };
         let control = self.control.lock().await;
-        send_msg(&control, &msg, fds).await.map_err(|e| format!("cannot reach the zygote: {e}"))?;
+        send_msg(&control, &msg, fds)
+            .await
+            .map_err(|e| format!("cannot reach the zygote: {e}"))?;
         match recv_msg(&control).await {
-            Ok(Received::Message(ZygoteMessage::Cloned { sandbox: got, pid, fork_us }, mut fds))
-                if got == sandbox && fds.len() == 1 =>
-            {
-                Ok(Cloned { pid, pidfd: fds.remove(0), fork_us })
-            }
+            Ok(Received::Message(
+                ZygoteMessage::Cloned {
+                    sandbox: got,
+                    pid,
+                    fork_us,
+                },
+                mut fds,
+            )) if got == sandbox && fds.len() == 1 => Ok(Cloned {
+                pid,
+                pidfd: fds.remove(0),
+                fork_us,
+            }),
             Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => Err(message),
-            Ok(Received::Message(other, _)) => Err(format!("unexpected reply from zygote: {other:?}")),
+            Ok(Received::Message(other, _)) => {
+                Err(format!("unexpected reply from zygote: {other:?}"))
+            }
             Ok(Received::Closed) => Err("the zygote exited".into()),
             Err(e) => Err(format!("zygote control channel failed: {e}")),
         }

@@ -17,7 +17,11 @@ pub enum CapsError {
     #[error("cannot clear capability sets with capset: {source}")]
     Capset { source: io::Error },
     #[error("cannot switch to uid {uid} gid {gid}: {source}")]
-    SetIds { uid: u32, gid: u32, source: io::Error },
+    SetIds {
+        uid: u32,
+        gid: u32,
+        source: io::Error,
+    },
     #[error("cannot set no_new_privs: {source}")]
     NoNewPrivs { source: io::Error },
 }
@@ -47,14 +51,21 @@ pub fn drop_all_privileges(run_as: Option<(u32, u32)>) -> Result<(), CapsError> 
             Err(source) => return Err(CapsError::BoundingSet { cap, source }),
         }
     }
-    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)
-        .map_err(|source| CapsError::Ambient { source })?;
+    sys::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+    )
+    .map_err(|source| CapsError::Ambient { source })?;
     if let Some((uid, gid)) = run_as {
         sys::set_ids_raw(uid, gid).map_err(|source| CapsError::SetIds { uid, gid, source })?;
         // Changing uid clears "dumpable", which makes the process's own
         // /proc/self/* root-owned (environ, fd/ unreadable). It is alone in
         // its pid namespace, so nothing else could ptrace it.
-        sys::prctl(libc::PR_SET_DUMPABLE, 1).map_err(|source| CapsError::SetIds { uid, gid, source })?;
+        sys::prctl(libc::PR_SET_DUMPABLE, 1).map_err(|source| CapsError::SetIds {
+            uid,
+            gid,
+            source,
+        })?;
     }
     sys::capset_all(0).map_err(|source| CapsError::Capset { source })?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|source| CapsError::NoNewPrivs { source })?;

@@ -74,7 +74,12 @@ impl Syscall for LinuxSyscall {
     }
 
     fn create_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map(drop)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map(drop)
     }
 
     fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
@@ -108,7 +113,11 @@ pub struct MountError {
 }
 
 fn step<T>(step: &'static str, target: &Path, r: io::Result<T>) -> Result<T, MountError> {
-    r.map_err(|source| MountError { step, target: target.to_path_buf(), source })
+    r.map_err(|source| MountError {
+        step,
+        target: target.to_path_buf(),
+        source,
+    })
 }
 
 /// A read-only bind of a host directory into the root.
@@ -158,7 +167,13 @@ pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), Mou
     step(
         "make mounts private",
         slash,
-        sys.mount(None, slash, None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+        sys.mount(
+            None,
+            slash,
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None,
+        ),
     )?;
     let staging = &root.staging;
     let mut lower = overlay_lowerdir(&root.layers)?;
@@ -186,7 +201,13 @@ pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), Mou
         step(
             "bind host directory",
             &target,
-            sys.mount(Some(source), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+            sys.mount(
+                Some(source),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            ),
         )?;
         step(
             "make host bind read-only",
@@ -195,7 +216,11 @@ pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), Mou
                 None,
                 &target,
                 None,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                MsFlags::MS_REMOUNT
+                    | MsFlags::MS_BIND
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV,
                 None,
             ),
         )?;
@@ -214,7 +239,11 @@ pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), Mou
             Some(&format!("size={},mode=1777", root.tmp_bytes.max(4096))),
         ),
     )?;
-    step("pivot into zygote root", staging, sys.pivot_root_to(staging))
+    step(
+        "pivot into zygote root",
+        staging,
+        sys.pivot_root_to(staging),
+    )
 }
 
 fn mount_proc(sys: &dyn Syscall, target: &Path) -> Result<(), MountError> {
@@ -247,7 +276,11 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
     )?;
     for name in DEVICES {
         let target = dev.join(name);
-        step("create device bind target", &target, sys.create_file(&target))?;
+        step(
+            "create device bind target",
+            &target,
+            sys.create_file(&target),
+        )?;
         let source = format!("/dev/{name}");
         step(
             "bind host device",
@@ -271,7 +304,11 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
             None,
             dev,
             None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NOEXEC,
             None,
         ),
     )
@@ -312,11 +349,19 @@ pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), Mount
     let merged = rw.join("root");
     step("create upper dir", &upper, sys.mkdir(&upper, 0o755))?;
     if let Some((uid, gid)) = root.owner {
-        step("hand the writable layer to the function's user", &upper, sys.chown(&upper, uid, gid))?;
+        step(
+            "hand the writable layer to the function's user",
+            &upper,
+            sys.chown(&upper, uid, gid),
+        )?;
     }
     step("create work dir", &work, sys.mkdir(&work, 0o700))?;
     step("create merged dir", &merged, sys.mkdir(&merged, 0o755))?;
-    let mut options = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
+    let mut options = format!(
+        "lowerdir=/,upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
     if root.userxattr {
         options.push_str(",userxattr");
     }
@@ -342,7 +387,13 @@ pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), Mount
         step(
             "carry mount into clone root",
             &target,
-            sys.mount(Some(source), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+            sys.mount(
+                Some(source),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            ),
         )?;
     }
     mount_proc(sys, &merged.join("proc"))?;
@@ -410,8 +461,15 @@ mod tests {
     fn zygote_root() -> ZygoteRoot {
         ZygoteRoot {
             staging: PathBuf::from("/state/run/z1"),
-            layers: vec![PathBuf::from("/l/code"), PathBuf::from("/l/runtime"), PathBuf::from("/l/skel")],
-            binds: vec![Bind { source: PathBuf::from("/usr"), target: PathBuf::from("usr") }],
+            layers: vec![
+                PathBuf::from("/l/code"),
+                PathBuf::from("/l/runtime"),
+                PathBuf::from("/l/skel"),
+            ],
+            binds: vec![Bind {
+                source: PathBuf::from("/usr"),
+                target: PathBuf::from("usr"),
+            }],
             tmp_bytes: 1 << 20,
             userxattr: false,
         }
@@ -422,19 +480,36 @@ mod tests {
         let rec = Recorder::default();
         enter_zygote_root(&rec, &zygote_root()).unwrap();
         let calls = rec.calls.into_inner();
-        assert!(calls[0].starts_with("mount - / - MsFlags(MS_REC | MS_PRIVATE)"), "{}", calls[0]);
+        assert!(
+            calls[0].starts_with("mount - / - MsFlags(MS_REC | MS_PRIVATE)"),
+            "{}",
+            calls[0]
+        );
         assert!(calls[1].contains("overlay /state/run/z1 overlay"));
-        assert!(calls[1].ends_with("lowerdir=/l/code:/l/runtime:/l/skel"), "{}", calls[1]);
+        assert!(
+            calls[1].ends_with("lowerdir=/l/code:/l/runtime:/l/skel"),
+            "{}",
+            calls[1]
+        );
         assert!(calls[1].contains("MS_RDONLY"));
         assert!(calls[2].starts_with("mount /usr /state/run/z1/usr - MsFlags(MS_BIND | MS_REC)"));
         assert!(calls[3].contains("MS_REMOUNT") && calls[3].contains("MS_RDONLY"));
-        assert!(calls.iter().any(|c| c.contains("proc /state/run/z1/proc proc") && c.ends_with("subset=pid")));
+        assert!(calls
+            .iter()
+            .any(|c| c.contains("proc /state/run/z1/proc proc") && c.ends_with("subset=pid")));
         for dev in DEVICES {
-            assert!(calls.iter().any(|c| c.starts_with(&format!("mount /dev/{dev} /state/run/z1/dev/{dev}"))));
+            assert!(calls
+                .iter()
+                .any(|c| c.starts_with(&format!("mount /dev/{dev} /state/run/z1/dev/{dev}"))));
         }
-        let dev_ro = calls.iter().position(|c| c.starts_with("mount - /state/run/z1/dev") && c.contains("MS_RDONLY"));
+        let dev_ro = calls
+            .iter()
+            .position(|c| c.starts_with("mount - /state/run/z1/dev") && c.contains("MS_RDONLY"));
         let last_dev_bind = calls.iter().rposition(|c| c.starts_with("mount /dev/"));
-        assert!(dev_ro > last_dev_bind, "/dev must be made read-only after it is populated");
+        assert!(
+            dev_ro > last_dev_bind,
+            "/dev must be made read-only after it is populated"
+        );
         assert_eq!(calls.last().unwrap(), "pivot /state/run/z1");
     }
 
@@ -448,7 +523,10 @@ mod tests {
 
     #[test]
     fn failure_names_step_and_target() {
-        let rec = Recorder { fail_on: Some("/usr"), ..Recorder::default() };
+        let rec = Recorder {
+            fail_on: Some("/usr"),
+            ..Recorder::default()
+        };
         let err = enter_zygote_root(&rec, &zygote_root()).unwrap_err();
         assert_eq!(err.step, "bind host directory");
         assert_eq!(err.target, PathBuf::from("/state/run/z1/usr"));
@@ -466,14 +544,25 @@ mod tests {
         enter_clone_root(&rec, &root).unwrap();
         let calls = rec.calls.into_inner();
         assert!(calls[0].starts_with("mount tmpfs /.fnhost/rw tmpfs"));
-        assert!(calls.iter().any(|c| c == "chown /.fnhost/rw/upper 1000:1000"), "{calls:?}");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c == "chown /.fnhost/rw/upper 1000:1000"),
+            "{calls:?}"
+        );
         assert!(calls[0].ends_with(&format!("size={},mode=755", 64u64 << 20)));
-        assert!(calls.iter().any(|c| c
-            .ends_with("lowerdir=/,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work,userxattr")
-            && c.contains("overlay /.fnhost/rw/root overlay")));
-        assert!(calls.iter().any(|c| c.starts_with("mount /usr /.fnhost/rw/root/usr - MsFlags(MS_BIND | MS_REC)")));
-        assert!(calls.iter().any(|c| c.starts_with("mount /dev /.fnhost/rw/root/dev - MsFlags(MS_BIND | MS_REC)")));
-        assert!(calls.iter().any(|c| c.contains("proc /.fnhost/rw/root/proc proc")));
+        assert!(calls.iter().any(|c| c.ends_with(
+            "lowerdir=/,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work,userxattr"
+        ) && c.contains("overlay /.fnhost/rw/root overlay")));
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with("mount /usr /.fnhost/rw/root/usr - MsFlags(MS_BIND | MS_REC)")));
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with("mount /dev /.fnhost/rw/root/dev - MsFlags(MS_BIND | MS_REC)")));
+        assert!(calls
+            .iter()
+            .any(|c| c.contains("proc /.fnhost/rw/root/proc proc")));
         assert_eq!(calls.last().unwrap(), "pivot /.fnhost/rw/root");
     }
 }

@@ -21,7 +21,9 @@ pub fn bring_up_loopback() -> Result<(), NetError> {
     // SAFETY: plain socket(2) call; the result is checked.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(NetError::Socket { source: io::Error::last_os_error() });
+        return Err(NetError::Socket {
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: `raw` is a new descriptor we own.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -32,7 +34,9 @@ pub fn bring_up_loopback() -> Result<(), NetError> {
     }
     // SAFETY: SIOCGIFFLAGS reads into `req`, which is valid for writes.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(NetError::GetFlags { source: io::Error::last_os_error() });
+        return Err(NetError::GetFlags {
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: the kernel filled ifru_flags for SIOCGIFFLAGS.
     unsafe {
@@ -40,7 +44,9 @@ pub fn bring_up_loopback() -> Result<(), NetError> {
     }
     // SAFETY: SIOCSIFFLAGS reads `req`, a valid ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(NetError::SetFlags { source: io::Error::last_os_error() });
+        return Err(NetError::SetFlags {
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -85,7 +85,10 @@ pub unsafe fn clone3(spec: CloneSpec<'_>) -> io::Result<Forked> {
             // SAFETY: on success with CLONE_PIDFD the kernel stored a new,
             // owned file descriptor in `pidfd`.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            Ok(Forked::Parent { pid: pid as i32, pidfd })
+            Ok(Forked::Parent {
+                pid: pid as i32,
+                pidfd,
+            })
         }
     }
 }
@@ -182,7 +185,15 @@ pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
 /// `prctl(option, arg2, 0, 0, 0)` for the integer-only options we use.
 pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: the options used with this wrapper take integer arguments only.
-    let ret = unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let ret = unsafe {
+        libc::prctl(
+            option,
+            arg2,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -205,12 +216,23 @@ pub fn capset_all(mask: u64) -> io::Result<()> {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header { version: VERSION_3, pid: 0 };
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
     let low = mask as u32;
     let high = (mask >> 32) as u32;
     let data = [
-        Data { effective: low, permitted: low, inheritable: low },
-        Data { effective: high, permitted: high, inheritable: high },
+        Data {
+            effective: low,
+            permitted: low,
+            inheritable: low,
+        },
+        Data {
+            effective: high,
+            permitted: high,
+            inheritable: high,
+        },
     ];
     // SAFETY: header and data are valid for the call; version 3 takes two
     // Data elements.

@@ -14,7 +14,9 @@ use fnhost_zygote::protocol::InitFailure;
 /// returns (it exits when the daemon closes the control socket).
 #[no_mangle]
 pub extern "C" fn fnhost_zygote_serve(control_fd: c_int, import_us: u64) -> c_int {
-    match catch_unwind(AssertUnwindSafe(|| forkserver::serve(control_fd, import_us))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        forkserver::serve(control_fd, import_us)
+    })) {
         Ok(fd) => fd,
         Err(_) => std::process::abort(),
     }
@@ -28,7 +30,11 @@ pub extern "C" fn fnhost_zygote_serve(control_fd: c_int, import_us: u64) -> c_in
 /// `json` must be valid for reads of `len` bytes.
 #[no_mangle]
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-pub unsafe extern "C" fn fnhost_zygote_init_failed(control_fd: c_int, json: *const u8, len: usize) -> c_int {
+pub unsafe extern "C" fn fnhost_zygote_init_failed(
+    control_fd: c_int,
+    json: *const u8,
+    len: usize,
+) -> c_int {
     // SAFETY: the caller guarantees `json` is valid for `len` bytes.
     let bytes = unsafe { std::slice::from_raw_parts(json, len) };
     let result = catch_unwind(AssertUnwindSafe(|| {

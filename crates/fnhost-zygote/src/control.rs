@@ -44,7 +44,12 @@ pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Received<T>
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_CONTROL_FDS]);
     let (len, fds, truncated) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 for cmsg in msg.cmsgs().map_err(io::Error::from)? {
@@ -56,7 +61,9 @@ pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Received<T>
                         }
                     }
                 }
-                let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                let truncated = msg
+                    .flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
                 break (msg.bytes, fds, truncated);
             }
             Err(nix::errno::Errno::EINTR) => continue,
@@ -64,13 +71,20 @@ pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Received<T>
         }
     };
     if truncated {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "control message truncated"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "control message truncated",
+        ));
     }
     if len == 0 {
         return Ok(Received::Closed);
     }
-    let msg = serde_json::from_slice(&buf[..len])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad control message: {e}")))?;
+    let msg = serde_json::from_slice(&buf[..len]).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad control message: {e}"),
+        )
+    })?;
     Ok(Received::Message(msg, fds))
 }
 
@@ -83,10 +97,19 @@ mod tests {
 
     #[test]
     fn message_with_fd_round_trip() {
-        let (a, b) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
         let file = tempfile::tempfile().unwrap();
-        let msg = ZygoteMessage::Cloned { sandbox: 1, pid: 2, fork_us: 3 };
+        let msg = ZygoteMessage::Cloned {
+            sandbox: 1,
+            pid: 2,
+            fork_us: 3,
+        };
         send(a.as_fd(), &msg, &[file.as_raw_fd()]).unwrap();
         match recv::<ZygoteMessage>(b.as_fd()).unwrap() {
             Received::Message(got, fds) => {
@@ -96,6 +119,9 @@ mod tests {
             Received::Closed => panic!("closed"),
         }
         drop(a);
-        assert!(matches!(recv::<ZygoteMessage>(b.as_fd()).unwrap(), Received::Closed));
+        assert!(matches!(
+            recv::<ZygoteMessage>(b.as_fd()).unwrap(),
+            Received::Closed
+        ));
     }
 }

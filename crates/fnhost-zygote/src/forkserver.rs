@@ -31,7 +31,10 @@ fn micros(since: Instant) -> u64 {
 /// Number of threads of the calling process.
 fn thread_count() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Environment variable naming a zygote's seccomp profile: unset or
@@ -49,7 +52,8 @@ fn compile_seccomp() -> Result<Option<Filter>, String> {
         "" | "default" => Profile::default_profile(),
         "unconfined" => return Ok(None),
         path => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read seccomp profile {path}: {e}"))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read seccomp profile {path}: {e}"))?;
             Profile::parse(&text).map_err(|e| format!("{path}: {e}"))?
         }
     };
@@ -89,11 +93,13 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
     // Compiled once. The zygote stage is installed here and inherited by
     // every clone, which only adds the small clone stage (see
     // fnhost_sandbox::seccomp).
-    let installed = compile_seccomp()
-        .and_then(|filter| match filter {
-            Some(f) => f.install_in_zygote().map(|()| Some(f)).map_err(|e| e.to_string()),
-            None => Ok(None),
-        });
+    let installed = compile_seccomp().and_then(|filter| match filter {
+        Some(f) => f
+            .install_in_zygote()
+            .map(|()| Some(f))
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    });
     let seccomp = match installed {
         Ok(filter) => filter,
         Err(message) => {
@@ -110,7 +116,10 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
     // Clones are reaped by the kernel; the daemon follows them by pidfd.
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe {
-        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGCHLD, nix::sys::signal::SigHandler::SigIgn);
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
     }
     if control::send(control, &ZygoteMessage::Ready { import_us }, &[]).is_err() {
         sys::exit_immediately(0);
@@ -125,11 +134,25 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 sys::exit_immediately(2)
             }
         };
-        let DaemonMessage::Clone { sandbox, writable_bytes, carry, v2_cgroup, v1_procs, run_as } = msg;
+        let DaemonMessage::Clone {
+            sandbox,
+            writable_bytes,
+            carry,
+            v2_cgroup,
+            v1_procs,
+            run_as,
+        } = msg;
         let expected = 1 + usize::from(v2_cgroup) + v1_procs as usize;
         if fds.len() != expected {
-            let message = format!("clone request carried {} descriptors, expected {expected}", fds.len());
-            let _ = control::send(control, &ZygoteMessage::CloneFailed { sandbox, message }, &[]);
+            let message = format!(
+                "clone request carried {} descriptors, expected {expected}",
+                fds.len()
+            );
+            let _ = control::send(
+                control,
+                &ZygoteMessage::CloneFailed { sandbox, message },
+                &[],
+            );
             continue;
         }
         let mut fds = fds.into_iter();
@@ -150,17 +173,33 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         match forked {
             Ok(Forked::Child) => {
                 drop(cgroup_dir);
-                return setup_clone(control_fd, invocation, v1_procs, writable_bytes, carry, run_as, seccomp.as_ref());
+                return setup_clone(
+                    control_fd,
+                    invocation,
+                    v1_procs,
+                    writable_bytes,
+                    carry,
+                    run_as,
+                    seccomp.as_ref(),
+                );
             }
             Ok(Forked::Parent { pid, pidfd }) => {
-                let reply = ZygoteMessage::Cloned { sandbox, pid, fork_us: micros(started) };
+                let reply = ZygoteMessage::Cloned {
+                    sandbox,
+                    pid,
+                    fork_us: micros(started),
+                };
                 if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
                     sys::exit_immediately(0);
                 }
             }
             Err(e) => {
                 let message = format!("clone3 failed: {e}");
-                let _ = control::send(control, &ZygoteMessage::CloneFailed { sandbox, message }, &[]);
+                let _ = control::send(
+                    control,
+                    &ZygoteMessage::CloneFailed { sandbox, message },
+                    &[],
+                );
             }
         }
     }
@@ -182,7 +221,10 @@ fn setup_clone(
     let _ = nix::unistd::close(control_fd);
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe {
-        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl);
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
     }
     let mut stream = UnixStream::from(invocation);
     let mut times = SetupTimes::default();
@@ -227,7 +269,10 @@ fn setup_clone(
     }
 
     let meta = serde_json::to_vec(&times).unwrap_or_default();
-    if stream.write_all(&encode_frame(FrameKind::Ready, &meta, &[])).is_err() {
+    if stream
+        .write_all(&encode_frame(FrameKind::Ready, &meta, &[]))
+        .is_err()
+    {
         // The daemon dropped this clone before it was ready.
         sys::exit_immediately(0);
     }
@@ -235,7 +280,10 @@ fn setup_clone(
 }
 
 fn setup_failed(stream: &mut UnixStream, step: &str, message: String) -> ! {
-    let failure = SetupFailure { step: step.to_string(), message };
+    let failure = SetupFailure {
+        step: step.to_string(),
+        message,
+    };
     let meta = serde_json::to_vec(&failure).unwrap_or_default();
     let _ = stream.write_all(&encode_frame(FrameKind::SetupFailed, &meta, &[]));
     sys::exit_immediately(1)

@@ -42,7 +42,11 @@ pub fn run() -> ! {
         .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
     {
         Ok(spec) => spec,
-        Err(e) => fail("sandbox", "InvalidZygoteSpec", format!("cannot read {SPEC_ENV}: {e}")),
+        Err(e) => fail(
+            "sandbox",
+            "InvalidZygoteSpec",
+            format!("cannot read {SPEC_ENV}: {e}"),
+        ),
     };
     let root = ZygoteRoot {
         staging: spec.staging.clone(),
@@ -50,32 +54,50 @@ pub fn run() -> ! {
         binds: spec
             .binds
             .iter()
-            .map(|b| Bind { source: b.source.clone(), target: b.target.clone() })
+            .map(|b| Bind {
+                source: b.source.clone(),
+                target: b.target.clone(),
+            })
             .collect(),
         tmp_bytes: spec.tmp_bytes,
         userxattr: fnhost_sandbox::in_user_namespace(),
     };
     if let Err(e) = enter_zygote_root(&LinuxSyscall, &root) {
-        fail("sandbox", "RootfsSetupFailed", format!("cannot set up the zygote root: {e}"));
+        fail(
+            "sandbox",
+            "RootfsSetupFailed",
+            format!("cannot set up the zygote root: {e}"),
+        );
     }
     if let Err(e) = net::bring_up_loopback() {
         fail("sandbox", "NetworkSetupFailed", e.to_string());
     }
     if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
-        fail("sandbox", "HostnameSetupFailed", format!("cannot set hostname {:?}: {e}", spec.hostname));
+        fail(
+            "sandbox",
+            "HostnameSetupFailed",
+            format!("cannot set hostname {:?}: {e}", spec.hostname),
+        );
     }
     let runtime = start_runtime(&spec);
     reap_until_exit(runtime)
 }
 
 fn cstrings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, String> {
-    items.into_iter().map(|s| CString::new(s).map_err(|e| e.to_string())).collect()
+    items
+        .into_iter()
+        .map(|s| CString::new(s).map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn start_runtime(spec: &ZygoteSpec) -> Pid {
     let argv = match cstrings(spec.argv.iter().cloned()) {
         Ok(v) if !v.is_empty() => v,
-        Ok(_) => fail("runtime", "InvalidZygoteSpec", "empty runtime command".into()),
+        Ok(_) => fail(
+            "runtime",
+            "InvalidZygoteSpec",
+            "empty runtime command".into(),
+        ),
         Err(e) => fail("runtime", "InvalidZygoteSpec", e),
     };
     let env = match cstrings(spec.env.iter().map(|(k, v)| format!("{k}={v}"))) {
@@ -83,7 +105,11 @@ fn start_runtime(spec: &ZygoteSpec) -> Pid {
         Err(e) => fail("runtime", "InvalidZygoteSpec", e),
     };
     if let Err(e) = nix::unistd::chdir(&spec.cwd) {
-        fail("runtime", "RuntimeStartFailed", format!("cannot enter {}: {e}", spec.cwd.display()));
+        fail(
+            "runtime",
+            "RuntimeStartFailed",
+            format!("cannot enter {}: {e}", spec.cwd.display()),
+        );
     }
     // SAFETY: init is single-threaded, so the child may do anything.
     match unsafe { fork() } {

@@ -49,7 +49,11 @@ pub enum ZygoteMessage {
     /// import).
     InitFailed(InitFailure),
     /// A clone exists; its pidfd is attached.
-    Cloned { sandbox: u64, pid: i32, fork_us: u64 },
+    Cloned {
+        sandbox: u64,
+        pid: i32,
+        fork_us: u64,
+    },
     /// `clone3` itself failed.
     CloneFailed { sandbox: u64, message: String },
 }
@@ -187,7 +191,9 @@ pub fn decode_frame_rest(rest: Vec<u8>) -> Result<Frame, FrameError> {
     let kind = FrameKind::from_u8(rest[0]).ok_or(FrameError::Malformed("unknown frame kind"))?;
     let meta_len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
     let meta_end = 5usize.checked_add(meta_len).filter(|&e| e <= rest.len());
-    let meta_end = meta_end.ok_or(FrameError::Malformed("meta length past the end of the frame"))?;
+    let meta_end = meta_end.ok_or(FrameError::Malformed(
+        "meta length past the end of the frame",
+    ))?;
     let meta = rest[5..meta_end].to_vec();
     let mut body = rest;
     body.drain(..meta_end);
@@ -212,7 +218,13 @@ mod tests {
     #[test]
     fn oversized_frame_rejected_before_allocation() {
         let err = frame_len((10_000u32).to_le_bytes(), 100).unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { len: 10_000, limit: 100 });
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: 10_000,
+                limit: 100
+            }
+        );
     }
 
     #[test]
@@ -239,6 +251,8 @@ mod tests {
             r#"{"type":"init_failed","stage":"import","errorType":"ModuleNotFoundError","errorMessage":"No module named 'x'","stackTrace":[]}"#,
         )
         .unwrap();
-        assert!(matches!(failed, ZygoteMessage::InitFailed(f) if f.error_type == "ModuleNotFoundError"));
+        assert!(
+            matches!(failed, ZygoteMessage::InitFailed(f) if f.error_type == "ModuleNotFoundError")
+        );
     }
 }

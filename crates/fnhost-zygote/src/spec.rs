@@ -52,8 +52,11 @@ impl ZygoteSpec {
     /// Absolute paths inside the root that are separate mounts a clone must
     /// carry into its own root: the host binds and /dev.
     pub fn clone_carry(&self) -> Vec<String> {
-        let mut carry: Vec<String> =
-            self.binds.iter().map(|b| format!("/{}", b.target.display())).collect();
+        let mut carry: Vec<String> = self
+            .binds
+            .iter()
+            .map(|b| format!("/{}", b.target.display()))
+            .collect();
         carry.push("/dev".to_string());
         carry
     }
@@ -69,7 +72,10 @@ mod tests {
             function: "f".into(),
             staging: "/s".into(),
             layers: vec![],
-            binds: vec![BindSpec { source: "/usr".into(), target: "usr".into() }],
+            binds: vec![BindSpec {
+                source: "/usr".into(),
+                target: "usr".into(),
+            }],
             tmp_bytes: 0,
             hostname: "h".into(),
             argv: vec![],
@@ -77,6 +83,9 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
         };
-        assert_eq!(spec.clone_carry(), vec!["/usr".to_string(), "/dev".to_string()]);
+        assert_eq!(
+            spec.clone_carry(),
+            vec!["/usr".to_string(), "/dev".to_string()]
+        );
     }
 }

@@ -18,20 +18,38 @@ use crate::telemetry;
 pub(crate) fn load_config(args: &ConfigArgs) -> anyhow::Result<(Config, String, ConfigSource)> {
     match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| fnhost_config::ConfigError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                fnhost_config::ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             let base_dir = std::path::absolute(path)
                 .ok()
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .unwrap_or_else(|| PathBuf::from("."));
             let config = Config::parse(&text, &path.display().to_string(), &base_dir)?;
-            Ok((config, text, ConfigSource { path: Some(path.clone()), base_dir }))
+            Ok((
+                config,
+                text,
+                ConfigSource {
+                    path: Some(path.clone()),
+                    base_dir,
+                },
+            ))
         }
         None => {
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
             let base_dir = cwd.join("config");
             let config = Config::embedded_default(&base_dir)?;
-            Ok((config, fnhost_config::DEFAULT_CONFIG.to_string(), ConfigSource { path: None, base_dir }))
+            Ok((
+                config,
+                fnhost_config::DEFAULT_CONFIG.to_string(),
+                ConfigSource {
+                    path: None,
+                    base_dir,
+                },
+            ))
         }
     }
 }
@@ -39,7 +57,12 @@ pub(crate) fn load_config(args: &ConfigArgs) -> anyhow::Result<(Config, String, 
 pub fn check_config(args: ConfigArgs) -> anyhow::Result<()> {
     let (config, _, _) = load_config(&args)?;
     println!("{}: ok", config.origin);
-    println!("listen {}  state_dir {}  cgroup_root {}", config.server.listen, config.server.state_dir.display(), config.server.cgroup_root);
+    println!(
+        "listen {}  state_dir {}  cgroup_root {}",
+        config.server.listen,
+        config.server.state_dir.display(),
+        config.server.cgroup_root
+    );
     for f in &config.functions {
         println!(
             "function {}: {} {} from {} | memory {} MiB, cpu {}, pids {}, timeout {} ms, writable {} MiB | zygotes {}, ready clones {}, max concurrency {}",
@@ -60,7 +83,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("invalid --state-dir {}", state_dir.display()))?;
     }
     if !nix::unistd::geteuid().is_root() {
-        bail!("fnhost serve needs root: it creates namespaces, mounts and cgroups (run it with sudo)");
+        bail!(
+            "fnhost serve needs root: it creates namespaces, mounts and cgroups (run it with sudo)"
+        );
     }
     telemetry::init_logging();
     let metrics = telemetry::init_metrics()?;
@@ -87,11 +112,19 @@ async fn serve(
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let admin_listener = bind_admin(&config.server.admin_listen).await?;
     let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
-    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     println!("fnhost: listening on http://{addr}");
     match &admin_listener {
-        Some(Listener::Tcp(l)) => println!("fnhost: admin API on http://{}", l.local_addr().context("admin address")?),
-        Some(Listener::Unix(_)) => println!("fnhost: admin API on {}", admin_description(&config.server.admin_listen)),
+        Some(Listener::Tcp(l)) => println!(
+            "fnhost: admin API on http://{}",
+            l.local_addr().context("admin address")?
+        ),
+        Some(Listener::Unix(_)) => println!(
+            "fnhost: admin API on {}",
+            admin_description(&config.server.admin_listen)
+        ),
         None => println!("fnhost: admin API off"),
     }
     use std::io::Write;
@@ -99,15 +132,27 @@ async fn serve(
     tracing::info!(%addr, "listening");
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let control = Arc::new(Control::new(host.clone(), source, text, grace));
-    let app = Arc::new(App::new(host.clone(), config.server.max_payload_bytes, Some(metrics)));
+    let app = Arc::new(App::new(
+        host.clone(),
+        config.server.max_payload_bytes,
+        Some(metrics),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin_task = admin_listener.map(|listener| {
-        let admin = Arc::new(Admin { control: control.clone(), token: config.server.admin_token.clone() });
+        let admin = Arc::new(Admin {
+            control: control.clone(),
+            token: config.server.admin_token.clone(),
+        });
         let handler = move |req| fnhost_dispatch::admin::handle(admin.clone(), req);
-        tokio::spawn(fnhost_dispatch::serve(listener, handler, stopped(stop_rx.clone()), grace))
+        tokio::spawn(fnhost_dispatch::serve(
+            listener,
+            handler,
+            stopped(stop_rx.clone()),
+            grace,
+        ))
     });
     let reloads = control.clone();
     let signals = tokio::spawn(async move {
@@ -124,7 +169,13 @@ async fn serve(
         let _ = stop_tx.send(true);
     });
     let handler = move |req| fnhost_dispatch::routes::handle(app.clone(), req);
-    fnhost_dispatch::serve(Listener::Tcp(listener), handler, stopped(stop_rx.clone()), grace).await;
+    fnhost_dispatch::serve(
+        Listener::Tcp(listener),
+        handler,
+        stopped(stop_rx.clone()),
+        grace,
+    )
+    .await;
     let _ = signals.await;
     if let Some(task) = admin_task {
         let _ = task.await;
@@ -155,12 +206,17 @@ async fn bind_admin(listen: &AdminListen) -> anyhow::Result<Option<Listener>> {
         )),
         AdminListen::Unix(path) => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             // A socket left by a previous run.
             let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("cannot listen on unix:{} (server.admin_listen)", path.display()))?;
+            let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+                format!(
+                    "cannot listen on unix:{} (server.admin_listen)",
+                    path.display()
+                )
+            })?;
             std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .with_context(|| format!("cannot restrict {}", path.display()))?;
             Some(Listener::Unix(listener))

@@ -536,13 +536,24 @@ fn seccomp_is_a_per_function_setting() {
     let functions = format!(
         "{}{}",
         function(code.path(), "confined", "probe", "timeout_ms = 60000"),
-        function(code.path(), "unconfined", "probe", "timeout_ms = 60000\nseccomp = \"unconfined\"")
+        function(
+            code.path(),
+            "unconfined",
+            "probe",
+            "timeout_ms = 60000\nseccomp = \"unconfined\""
+        )
     );
     let daemon = Daemon::start(&functions);
     let confined = ok_json(&daemon, "confined", "{}");
     let unconfined = ok_json(&daemon, "unconfined", "{}");
     // keyctl is refused only by the filter: namespaces and dropped
     // capabilities do not stop it.
-    assert_eq!(confined["keyctl_join_session_keyring"]["denied"], true, "{confined}");
-    assert_eq!(unconfined["keyctl_join_session_keyring"]["denied"], false, "{unconfined}");
+    assert_eq!(
+        confined["keyctl_join_session_keyring"]["denied"], true,
+        "{confined}"
+    );
+    assert_eq!(
+        unconfined["keyctl_join_session_keyring"]["denied"], false,
+        "{unconfined}"
+    );
 }

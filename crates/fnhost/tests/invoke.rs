@@ -74,13 +74,20 @@ fn invoke_over_http_in_fresh_clones() {
         if i == 0 {
             assert_eq!(start, "ready-clone");
         } else {
-            assert!(start == "ready-clone" || start == "on-demand-clone", "{start}");
+            assert!(
+                start == "ready-clone" || start == "on-demand-clone",
+                "{start}"
+            );
         }
         let timing = r.header("server-timing").expect("server-timing");
         for phase in ["queue;dur=", "handler;dur=", "total;dur="] {
             assert!(timing.contains(phase), "{timing}");
         }
-        sandboxes.push(r.header("x-fnhost-sandbox").expect("sandbox id").to_string());
+        sandboxes.push(
+            r.header("x-fnhost-sandbox")
+                .expect("sandbox id")
+                .to_string(),
+        );
     }
     sandboxes.dedup();
     assert_eq!(sandboxes.len(), 3, "every invocation gets its own sandbox");
@@ -111,7 +118,10 @@ fn errors_are_json_with_the_right_status() {
     let r = daemon.invoke("nope", "{}");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["errorType"], "FunctionNotFound");
-    assert!(r.json()["errorMessage"].as_str().unwrap().contains("'nope'"));
+    assert!(r.json()["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("'nope'"));
 
     let r = daemon.invoke("hello", "{not json");
     assert_eq!(r.status, 400);
@@ -120,7 +130,10 @@ fn errors_are_json_with_the_right_status() {
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5000));
     let r = daemon.invoke("hello", &big);
     assert_eq!(r.status, 413);
-    assert!(r.json()["errorMessage"].as_str().unwrap().contains("max_payload_bytes = 4096"));
+    assert!(r.json()["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("max_payload_bytes = 4096"));
 
     let r = daemon.invoke("fail", r#"{"why":"testing"}"#);
     assert_eq!(r.status, 502, "{}", r.text());
@@ -128,7 +141,12 @@ fn errors_are_json_with_the_right_status() {
     assert_eq!(body["errorType"], "ValueError");
     assert_eq!(body["errorMessage"], "probe failure: testing");
     let trace = body["stackTrace"].as_array().expect("stackTrace list");
-    assert!(trace.iter().any(|l| l.as_str().unwrap().contains("handler.py")), "{trace:?}");
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("handler.py")),
+        "{trace:?}"
+    );
 
     // The pool is unaffected by a failing handler.
     let r = daemon.invoke("hello", "{}");
@@ -138,7 +156,13 @@ fn errors_are_json_with_the_right_status() {
     assert_eq!(r.status, 502, "{}", r.text());
     let body = r.json();
     assert_eq!(body["errorType"], "Runtime.InitError.ModuleNotFoundError");
-    assert!(body["errorMessage"].as_str().unwrap().contains("no_such_module"), "{body}");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_module"),
+        "{body}"
+    );
 
     let r = http(daemon.addr, "GET", "/v1/functions/hello/invoke", b"");
     assert_eq!(r.status, 405);

@@ -30,8 +30,14 @@ fn writes_do_not_survive_and_each_clone_is_alone() {
         let r = daemon.invoke("probe", "{}");
         assert_eq!(r.status, 200, "{}\n{}", r.text(), daemon.stderr());
         let report = r.json();
-        assert_eq!(report["tmp_marker_existed"], false, "round {round}: /tmp write survived: {report}");
-        assert_eq!(report["root_marker_existed"], false, "round {round}: / write survived: {report}");
+        assert_eq!(
+            report["tmp_marker_existed"], false,
+            "round {round}: /tmp write survived: {report}"
+        );
+        assert_eq!(
+            report["root_marker_existed"], false,
+            "round {round}: / write survived: {report}"
+        );
         assert_eq!(report["pid"], 1, "{report}");
         assert_eq!(report["procs"], serde_json::json!([1]), "{report}");
         assert_eq!(report["usr_writable"], false, "{report}");
@@ -51,7 +57,12 @@ fn concurrent_invocations_do_not_see_each_other() {
     let daemon = Daemon::start(&config());
     let addr = daemon.addr;
     let slow = std::thread::spawn(move || {
-        http(addr, "POST", "/v1/functions/probe/invoke", br#"{"sleep": 1.5}"#)
+        http(
+            addr,
+            "POST",
+            "/v1/functions/probe/invoke",
+            br#"{"sleep": 1.5}"#,
+        )
     });
     std::thread::sleep(Duration::from_millis(300));
     let r = daemon.invoke("probe", "{}");

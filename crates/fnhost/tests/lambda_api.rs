@@ -45,7 +45,11 @@ fn boto3_invokes_through_the_lambda_api() {
         return;
     }
     let python = python_with_boto3();
-    assert!(python.exists(), "{} missing: run scripts/install-deps.sh (it installs boto3 into .venv/)", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/install-deps.sh (it installs boto3 into .venv/)",
+        python.display()
+    );
     let functions = format!(
         "[[functions]]\nname = \"hello\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\n\n\
          [[functions]]\nname = \"fail\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.fail\"\n",
@@ -57,7 +61,12 @@ fn boto3_invokes_through_the_lambda_api() {
         .args(["-c", CLIENT, &format!("http://{}", daemon.addr)])
         .output()
         .expect("run python");
-    assert!(out.status.success(), "client failed: {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.stderr());
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.stderr()
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client report");
 
     assert_eq!(report["ok"]["status"], 200, "{report}");
@@ -68,9 +77,14 @@ fn boto3_invokes_through_the_lambda_api() {
     assert_eq!(report["fail"]["status"], 200, "{report}");
     assert_eq!(report["fail"]["function_error"], "Unhandled");
     assert_eq!(report["fail"]["payload"]["errorType"], "ValueError");
-    assert!(report["fail"]["payload"]["stackTrace"].as_array().is_some_and(|t| !t.is_empty()));
+    assert!(report["fail"]["payload"]["stackTrace"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty()));
 
-    assert_eq!(report["missing"]["code"], "ResourceNotFoundException", "{report}");
+    assert_eq!(
+        report["missing"]["code"], "ResourceNotFoundException",
+        "{report}"
+    );
     assert_eq!(report["missing"]["status"], 404);
     assert_eq!(report["event"], 202);
     assert_eq!(report["dryrun"], 204);

@@ -17,12 +17,23 @@ fn invalid_config_refuses_to_start_naming_file_line_and_key() {
         hello_code().display()
     );
     let config = write_config(dir.path(), "fnhost-test-badconfig", "", &functions);
-    let out = Command::new(env!("CARGO_BIN_EXE_fnhost")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:13: functions[0].memory_mb", config.display());
-    assert!(stderr.contains(&expected), "expected {expected:?} in: {stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_fnhost")).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in: {stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
 }
@@ -30,8 +41,16 @@ fn invalid_config_refuses_to_start_naming_file_line_and_key() {
 #[test]
 fn embedded_default_config_is_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(env!("CARGO_BIN_EXE_fnhost")).arg("check-config").current_dir(&root).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .arg("check-config")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("function hello"));
 }
 
@@ -51,7 +70,10 @@ fn zygote_inits(daemon: &Daemon) -> Vec<u32> {
         .filter(|p| {
             let ppid_is_daemon = std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
-                .and_then(|s| s.rfind(')').map(|i| s[i + 2..].split_whitespace().nth(1).map(str::to_string)))
+                .and_then(|s| {
+                    s.rfind(')')
+                        .map(|i| s[i + 2..].split_whitespace().nth(1).map(str::to_string))
+                })
                 .flatten()
                 .and_then(|v| v.parse::<u32>().ok())
                 == Some(daemon_pid);
@@ -79,8 +101,14 @@ fn killed_zygote_is_replaced() {
         "zygote was not replaced:\n{}",
         daemon.stderr()
     );
-    let ok = eventually(Duration::from_secs(10), || daemon.invoke("hello", "{}").status == 200);
-    assert!(ok, "invocations fail after zygote replacement:\n{}", daemon.stderr());
+    let ok = eventually(Duration::from_secs(10), || {
+        daemon.invoke("hello", "{}").status == 200
+    });
+    assert!(
+        ok,
+        "invocations fail after zygote replacement:\n{}",
+        daemon.stderr()
+    );
 }
 
 #[test]
@@ -97,10 +125,21 @@ fn thousand_invocations_leave_nothing_behind() {
     // (ready clones + in flight + tearing down), never the invocation count.
     let slot_cgroups = |d: &Daemon| {
         std::fs::read_dir(format!("/sys/fs/cgroup/memory/{}/hello", d.cgroup_root))
-            .map(|dir| dir.flatten().filter(|e| e.file_name().to_string_lossy().starts_with('s')).count())
+            .map(|dir| {
+                dir.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with('s'))
+                    .count()
+            })
             .unwrap_or(0)
     };
-    let snapshot = |_: &Daemon| (fd_count(pid), descendants(pid).len(), mount_count("self"), mount_count(&pid.to_string()));
+    let snapshot = |_: &Daemon| {
+        (
+            fd_count(pid),
+            descendants(pid).len(),
+            mount_count("self"),
+            mount_count(&pid.to_string()),
+        )
+    };
     let settled = |d: &Daemon| {
         let mut last = snapshot(d);
         eventually(Duration::from_secs(10), || {
@@ -125,11 +164,17 @@ fn thousand_invocations_leave_nothing_behind() {
             after == baseline
         });
     }
-    assert_eq!(after, baseline, "(daemon fds, daemon descendant processes, host mounts, daemon mounts) changed");
+    assert_eq!(
+        after, baseline,
+        "(daemon fds, daemon descendant processes, host mounts, daemon mounts) changed"
+    );
     let slots = slot_cgroups(&daemon);
     // The working set (2 ready clones + 1 in flight + teardowns that lag on
     // a loaded machine) stays small; a leak would leave ~1000.
-    assert!(slots <= 16, "{slots} sandbox cgroups after 1000 invocations: cgroups are not being reused");
+    assert!(
+        slots <= 16,
+        "{slots} sandbox cgroups after 1000 invocations: cgroups are not being reused"
+    );
     let cgroups_after = daemon.cgroup_dirs().len();
     assert!(
         cgroups_after <= cgroups_before + 4 * 3,

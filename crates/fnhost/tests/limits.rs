@@ -49,7 +49,13 @@ fn timeout_kills_the_sandbox_and_names_the_limit() {
     assert_eq!(r.status, 504, "{}", r.text());
     let body = r.json();
     assert_eq!(body["errorType"], "Timeout");
-    assert!(body["errorMessage"].as_str().unwrap().contains("300 ms (timeout_ms)"), "{body}");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("300 ms (timeout_ms)"),
+        "{body}"
+    );
     let r = daemon.invoke("sleep", r#"{"seconds": 0}"#);
     assert_eq!(r.status, 200, "{}", r.text());
 }
@@ -64,7 +70,13 @@ fn memory_limit_kills_the_sandbox_and_names_the_limit() {
     assert_eq!(r.status, 502, "{}\n{}", r.text(), daemon.stderr());
     let body = r.json();
     assert_eq!(body["errorType"], "MemoryLimitExceeded", "{body}");
-    assert!(body["errorMessage"].as_str().unwrap().contains("64 MiB (memory_mb)"), "{body}");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("64 MiB (memory_mb)"),
+        "{body}"
+    );
     // Within the limit it works, and the daemon lives on.
     let r = daemon.invoke("allocate", r#"{"mb": 8}"#);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -77,7 +89,9 @@ fn memory_limit_kills_the_sandbox_and_names_the_limit() {
 fn throttled(cgroup_root: &str, function: &str) -> u64 {
     let mut total = 0;
     for base in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
-        let Ok(dirs) = std::fs::read_dir(format!("{base}/{cgroup_root}/{function}")) else { continue };
+        let Ok(dirs) = std::fs::read_dir(format!("{base}/{cgroup_root}/{function}")) else {
+            continue;
+        };
         for dir in dirs.flatten() {
             let stat = std::fs::read_to_string(dir.path().join("cpu.stat")).unwrap_or_default();
             total += stat
@@ -101,10 +115,16 @@ fn cpu_quota_holds_a_busy_loop_to_its_share() {
     assert_eq!(r.status, 200, "{}", r.text());
     let report = r.json();
     // The kernel throttled the sandbox's cgroup (the quota was hit)...
-    assert!(throttled(&daemon.cgroup_root, "burn") > before, "cpu = 0.2 never throttled: {report}");
+    assert!(
+        throttled(&daemon.cgroup_root, "burn") > before,
+        "cpu = 0.2 never throttled: {report}"
+    );
     // ...and the loop got about a fifth of a CPU, certainly not most of one.
     let share = report["cpu"].as_f64().unwrap() / report["wall"].as_f64().unwrap();
-    assert!(share < 0.5, "busy loop got {share:.2} of a CPU with cpu = 0.2: {report}");
+    assert!(
+        share < 0.5,
+        "busy loop got {share:.2} of a CPU with cpu = 0.2: {report}"
+    );
 }
 
 #[test]
@@ -119,13 +139,23 @@ fn captured_output_is_capped() {
         http(daemon.addr, "GET", "/metrics", b"")
             .text()
             .lines()
-            .filter(|l| l.starts_with("fnhost_function_output_dropped_lines_total{function=\"chatty\"}"))
+            .filter(|l| {
+                l.starts_with("fnhost_function_output_dropped_lines_total{function=\"chatty\"}")
+            })
             .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
             .sum::<f64>()
     };
-    assert!(eventually(std::time::Duration::from_secs(10), || dropped_metric() > 0.0), "no output was dropped");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || dropped_metric()
+            > 0.0),
+        "no output was dropped"
+    );
     // The log got at most about the per-second cap of those lines.
-    let logged = daemon.stderr().lines().filter(|l| l.contains("line ")).count();
+    let logged = daemon
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("line "))
+        .count();
     assert!(logged < 20000, "all {logged} lines reached the log");
     assert_eq!(daemon.invoke("chatty", r#"{"lines": 1}"#).status, 200);
 }

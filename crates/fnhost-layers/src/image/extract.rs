@@ -579,11 +579,13 @@ impl<'a> Extraction<'a> {
             if !opaque {
                 break;
             }
-            rustix::fs::fsetxattr(fd, name, b"y", XattrFlags::empty()).map_err(|e| ImageError::Whiteout {
-                layer: self.layer.clone(),
-                entry: dir.display().to_string(),
-                what: "opaque directory",
-                source: e.into(),
+            rustix::fs::fsetxattr(fd, name, b"y", XattrFlags::empty()).map_err(|e| {
+                ImageError::Whiteout {
+                    layer: self.layer.clone(),
+                    entry: dir.display().to_string(),
+                    what: "opaque directory",
+                    source: e.into(),
+                }
             })?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| self.write_err(dir)(e.into()))

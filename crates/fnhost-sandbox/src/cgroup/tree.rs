@@ -129,8 +129,12 @@ impl CgroupTree {
         for h in &self.hierarchies {
             if matches!(h.kind, Kind::V2 | Kind::Unified) {
                 let procs = h.mount.join(&self.root).join(rel).join("cgroup.procs");
-                std::os::unix::fs::chown(&procs, Some(uid), Some(gid))
-                    .map_err(|source| CgroupError::Open { path: procs.clone(), source })?;
+                std::os::unix::fs::chown(&procs, Some(uid), Some(gid)).map_err(|source| {
+                    CgroupError::Open {
+                        path: procs.clone(),
+                        source,
+                    }
+                })?;
             }
         }
         Ok(())
