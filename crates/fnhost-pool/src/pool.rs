@@ -544,7 +544,6 @@ impl FunctionPool {
                     }
                 }
             };
-            zygote.touch();
             match self.create_sandbox(zygote.clone()).await {
                 Ok(sandbox) => return Ok((sandbox, kind, zygote_us)),
                 // A zygote that died under us: try once more with another.

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,7 +67,6 @@ pub struct Zygote {
     control: tokio::sync::Mutex<AsyncFd<OwnedFd>>,
     alive: Arc<AtomicBool>,
     carry: Vec<String>,
-    last_used: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Zygote {
@@ -267,17 +266,7 @@ impl Zygote {
             control: tokio::sync::Mutex::new(control),
             alive,
             carry: spec.clone_carry(),
-            last_used: Mutex::new(Instant::now()),
         }))
-    }
-
-    /// Records that a request used this zygote.
-    pub fn touch(&self) {
-        *self.last_used.lock().expect("last_used lock") = Instant::now();
-    }
-
-    pub fn idle_for(&self) -> Duration {
-        self.last_used.lock().expect("last_used lock").elapsed()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -337,10 +326,6 @@ impl Zygote {
         if self.alive.swap(false, Ordering::SeqCst) {
             let _ = sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
         }
-    }
-
-    pub fn pidfd_raw(&self) -> RawFd {
-        self.pidfd.get_ref().as_raw_fd()
     }
 }
 

@@ -26,15 +26,6 @@ pub enum CapsError {
     NoNewPrivs { source: io::Error },
 }
 
-/// Highest capability number the running kernel knows (from
-/// /proc/sys/kernel/cap_last_cap), falling back to a generous bound.
-fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(63)
-}
-
 /// Drops every capability of the calling thread for good and sets
 /// `no_new_privs`; with `run_as`, also switches to that uid and gid (inside
 /// a user namespace: a non-root user). Must run single-threaded
@@ -70,20 +61,4 @@ pub fn drop_all_privileges(run_as: Option<(u32, u32)>) -> Result<(), CapsError> 
     sys::capset_all(0).map_err(|source| CapsError::Capset { source })?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|source| CapsError::NoNewPrivs { source })?;
     Ok(())
-}
-
-/// Reads the kernel's highest capability number once (see [`drop_all_privileges`]).
-pub fn kernel_last_cap() -> u32 {
-    last_cap()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_cap_is_plausible() {
-        let last = kernel_last_cap();
-        assert!((30..=63).contains(&last), "cap_last_cap = {last}");
-    }
 }

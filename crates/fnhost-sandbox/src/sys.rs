@@ -152,17 +152,6 @@ pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Ex
     }))
 }
 
-/// `close_range(first, u32::MAX, 0)`: closes every descriptor >= `first`.
-pub fn close_fds_from(first: u32) -> io::Result<()> {
-    // SAFETY: plain syscall; closing descriptors we may still reference is
-    // the caller's decision (used right after clone in a fresh child).
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// `dup2(fd, target)` that also clears `FD_CLOEXEC` when `fd == target`
 /// (dup2 is a no-op then and would leave the flag set).
 pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
