@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use fnhost_layers::LayerStore;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::NOOP_HANDLER;
@@ -41,32 +42,6 @@ const WARMUP_RUNS: u64 = 2;
 
 /// A baseline gives up after this many consecutive failures.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
-
-/// Top-level directories of the root: mount points and empty directories.
-const ROOT_DIRS: &[&str] = &[
-    "proc", "dev", "sys", "tmp", "run", "root", "home", "mnt", "var", "var/tmp", "var/task", "etc",
-    "usr",
-];
-
-/// Host directories that are symlinks into /usr on a merged-/usr host
-/// (mirrored as the same symlink) or real directories (bound read-only).
-const USR_ALIASES: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
-
-/// Files and directories of the host's /etc copied into the root, as
-/// fnhost's skeleton does; names starting with `python3` are added.
-const ETC_ENTRIES: &[&str] = &[
-    "passwd",
-    "group",
-    "nsswitch.conf",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "localtime",
-    "timezone",
-    "os-release",
-    "protocols",
-    "services",
-];
 
 /// The work: import the handler from /var/task and call it once.
 fn python_script(task_dir: &str) -> String {
@@ -264,42 +239,23 @@ pub fn worker_main(dir: &Path, runs: u64) -> Result<()> {
     Ok(())
 }
 
-/// Builds the root under `rootfs`; returns the (host dir, mount point)
-/// pairs still to bind read-only.
+/// Builds the root under `rootfs` from fnhost's own built-in host layer
+/// (its skeleton copied, its binds returned), so the baselines run on the
+/// same root filesystem as fnhost's sandboxes; returns the (host dir, mount
+/// point) pairs still to bind read-only.
 fn build_rootfs(rootfs: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
-    for dir in ROOT_DIRS {
-        let path = rootfs.join(dir);
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-    }
-    let mut binds = vec![(PathBuf::from("/usr"), rootfs.join("usr"))];
-    for name in USR_ALIASES {
-        let host = Path::new("/").join(name);
-        match fs::symlink_metadata(&host) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(&host)?;
-                symlink(&target, rootfs.join(name))
-                    .with_context(|| format!("mirroring the symlink {}", host.display()))?;
-            }
-            Ok(meta) if meta.is_dir() => {
-                fs::create_dir(rootfs.join(name))?;
-                binds.push((host, rootfs.join(name)));
-            }
-            _ => {}
-        }
-    }
-    let etc = rootfs.join("etc");
-    let host_etc = fs::read_dir("/etc").context("listing /etc")?;
-    for entry in host_etc.flatten() {
-        let name = entry.file_name();
-        let wanted = ETC_ENTRIES.iter().any(|e| name.as_bytes() == e.as_bytes())
-            || name.as_bytes().starts_with(b"python3");
-        if wanted {
-            copy_tree(&entry.path(), &etc.join(&name))?;
-        }
-    }
-    fs::write(etc.join("hosts"), "127.0.0.1\tlocalhost\n::1\tlocalhost\n")?;
-    fs::write(etc.join("hostname"), "fnhost-bench\n")?;
-    fs::write(etc.join("resolv.conf"), "")?;
+    let store_dir = rootfs.with_file_name("layers");
+    let store =
+        LayerStore::open(&store_dir).context("opening a layer store for the baseline root")?;
+    let host = store
+        .host_layer(Path::new("/"))
+        .context("building fnhost's host layer")?;
+    copy_tree(&host.skeleton.path, rootfs)?;
+    let binds = host
+        .binds
+        .iter()
+        .map(|b| (b.source.clone(), rootfs.join(&b.target)))
+        .collect();
     fs::write(rootfs.join("var/task/handler.py"), NOOP_HANDLER)?;
     Ok(binds)
 }

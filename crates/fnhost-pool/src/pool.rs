@@ -288,18 +288,24 @@ impl FunctionPool {
                 || !self.ready.lock().expect("ready lock").is_empty())
     }
 
-    /// Stops every idle zygote and ready clone; the pool stays dormant (no
-    /// refill) until its next request.
-    pub async fn evict_idle(&self) {
-        self.dormant.store(true, Ordering::SeqCst);
-        self.evictions.fetch_add(1, Ordering::Relaxed);
-        let ready: Vec<Sandbox> = self.ready.lock().expect("ready lock").drain(..).collect();
-        let zygotes: Vec<Arc<Zygote>> = self
+    /// Takes every ready clone and zygote out of the pool.
+    fn take_all(&self) -> (Vec<Sandbox>, Vec<Arc<Zygote>>) {
+        let ready = self.ready.lock().expect("ready lock").drain(..).collect();
+        let zygotes = self
             .zygotes
             .lock()
             .expect("zygotes lock")
             .drain(..)
             .collect();
+        (ready, zygotes)
+    }
+
+    /// Stops every idle zygote and ready clone; the pool stays dormant (no
+    /// refill) until its next request.
+    pub async fn evict_idle(&self) {
+        self.dormant.store(true, Ordering::SeqCst);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        let (ready, zygotes) = self.take_all();
         for sandbox in ready {
             sandbox.kill();
             self.spawn_teardown(sandbox);
@@ -777,17 +783,11 @@ impl FunctionPool {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.concurrency.close();
-        let ready: Vec<Sandbox> = self.ready.lock().expect("ready lock").drain(..).collect();
+        let (ready, zygotes) = self.take_all();
         for sandbox in ready {
             sandbox.kill();
             let _ = sandbox.teardown().await;
         }
-        let zygotes: Vec<Arc<Zygote>> = self
-            .zygotes
-            .lock()
-            .expect("zygotes lock")
-            .drain(..)
-            .collect();
         for zygote in zygotes {
             zygote.kill();
         }

@@ -108,7 +108,7 @@ where
     let Some(control) = control_socket() else {
         run_locally(&handler)
     };
-    if let Some(threads) = thread_count().filter(|&n| n > 1) {
+    if let Some(threads) = forkserver::thread_count().filter(|&n| n > 1) {
         let failure = InitFailure {
             stage: "import".into(),
             error_type: "ZygoteNotSingleThreaded".into(),
@@ -167,15 +167,6 @@ fn control_socket() -> Option<BorrowedFd<'static>> {
     let fd = unsafe { BorrowedFd::borrow_raw(CONTROL_FD) };
     let kind = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType).ok()?;
     (kind == nix::sys::socket::SockType::SeqPacket).then_some(fd)
-}
-
-/// Number of threads of this process.
-fn thread_count() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs the handler on one payload: the JSON result, or the error object.

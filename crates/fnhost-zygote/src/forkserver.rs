@@ -28,8 +28,9 @@ fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
 
-/// Number of threads of the calling process.
-fn thread_count() -> Option<u64> {
+/// Number of threads of the calling process (a zygote must have one when
+/// it forks).
+pub fn thread_count() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()

@@ -165,25 +165,29 @@ impl Daemon {
 
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_child(self.child.take()?)
     }
 
     /// Cgroup directories fnhost has under its root, across hierarchies.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         cgroup_dirs(&self.cgroup_root)
+    }
+}
+
+/// SIGTERM, then wait for the exit status (SIGKILL after 20 s).
+pub fn stop_child(mut child: Child) -> Option<std::process::ExitStatus> {
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
