@@ -783,6 +783,10 @@ impl FunctionPool {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.concurrency.close();
+        // A refill pass already under way may still be cloning (and
+        // creating cgroups); let it finish so everything it made is drained
+        // below. Later passes see `closed` and return at once.
+        let _no_refill = self.refilling.lock().await;
         let (ready, zygotes) = self.take_all();
         for sandbox in ready {
             sandbox.kill();
