@@ -151,8 +151,6 @@ impl MemoryBudget {
                 "memory budget reached: evicting idle zygotes"
             );
             victim.evict_idle().await;
-            metrics::counter!("fnhost_evictions_total", "function" => victim.name().to_string())
-                .increment(1);
             // Freed memory is uncharged as the processes exit.
             for _ in 0..50 {
                 if self.used().saturating_add(bytes) <= limit {

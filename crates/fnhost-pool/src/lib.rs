@@ -10,6 +10,7 @@ pub mod host;
 pub mod pool;
 pub mod process;
 pub mod sandbox;
+mod telemetry;
 pub mod zygote;
 
 pub use error::InvokeError;

@@ -20,6 +20,7 @@ use crate::budget::{MemoryBudget, Need};
 use crate::error::InvokeError;
 use crate::process::IdMap;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
+use crate::telemetry::PoolMetrics;
 use crate::zygote::{Placement, StartError, Zygote};
 
 /// How long a zygote may take to start its runtime and import the function.
@@ -142,6 +143,7 @@ pub struct FunctionPool {
     last_used_ms: AtomicU64,
     zygote_bytes: AtomicU64,
     evictions: AtomicU64,
+    metrics: PoolMetrics,
 }
 
 /// Runs futures concurrently on the current task; results come back in
@@ -196,6 +198,7 @@ impl FunctionPool {
             max_response,
             userns,
         } = shared;
+        let spec_name = spec.name.clone();
         let limits = CgroupLimits::from_cpus(
             spec.limits.memory_bytes(),
             spec.limits.cpu,
@@ -230,6 +233,7 @@ impl FunctionPool {
             last_used_ms: AtomicU64::new(now_ms()),
             zygote_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            metrics: PoolMetrics::new(&spec_name),
         });
         budget.register(&pool);
         pool
@@ -305,6 +309,7 @@ impl FunctionPool {
     pub async fn evict_idle(&self) {
         self.dormant.store(true, Ordering::SeqCst);
         self.evictions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.evictions.increment(1);
         let (ready, zygotes) = self.take_all();
         for sandbox in ready {
             sandbox.kill();
@@ -336,15 +341,12 @@ impl FunctionPool {
 
     fn publish_gauges(&self) {
         let status = self.status();
-        let f = self.name.to_string();
-        metrics::gauge!("fnhost_pool_zygotes", "function" => f.clone()).set(status.zygotes as f64);
-        metrics::gauge!("fnhost_pool_ready_clones", "function" => f.clone())
-            .set(status.ready_clones as f64);
-        metrics::gauge!("fnhost_pool_in_flight", "function" => f.clone())
-            .set(status.in_flight as f64);
-        metrics::gauge!("fnhost_pool_queued", "function" => f.clone()).set(status.queued as f64);
-        metrics::gauge!("fnhost_function_memory_bytes", "function" => f)
-            .set(status.memory_bytes as f64);
+        let m = &self.metrics;
+        m.zygotes.set(status.zygotes as f64);
+        m.ready_clones.set(status.ready_clones as f64);
+        m.in_flight.set(status.in_flight as f64);
+        m.queued.set(status.queued as f64);
+        m.memory.set(status.memory_bytes as f64);
     }
 
     fn take_slot(&self) -> Result<Slot, String> {
@@ -413,10 +415,10 @@ impl FunctionPool {
             self.wake.clone(),
         )
         .await;
-        let f = self.name.to_string();
-        metrics::histogram!("fnhost_zygote_start_seconds", "function" => f.clone())
+        self.metrics
+            .zygote_start
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("fnhost_zygote_starts_total", "function" => f).increment(1);
+        self.metrics.zygote_starts.increment(1);
         let zygote = result.map_err(|e| match e {
             StartError::Init {
                 stage,
@@ -479,13 +481,14 @@ impl FunctionPool {
         .await
         {
             Ok(sandbox) => {
-                let f = self.name.to_string();
-                metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "clone").record(secs(sandbox.fork_us));
-                metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "cgroup_attach").record(secs(sandbox.setup.cgroup_us));
-                metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "mount").record(secs(sandbox.setup.mount_us));
-                metrics::histogram!("fnhost_phase_seconds", "function" => f.clone(), "phase" => "drop_privileges").record(secs(sandbox.setup.privileges_us));
-                metrics::histogram!("fnhost_phase_seconds", "function" => f, "phase" => "seccomp")
-                    .record(secs(sandbox.setup.seccomp_us));
+                let phase = &self.metrics.phase;
+                phase.clone.record(secs(sandbox.fork_us));
+                phase.cgroup_attach.record(secs(sandbox.setup.cgroup_us));
+                phase.mount.record(secs(sandbox.setup.mount_us));
+                phase
+                    .drop_privileges
+                    .record(secs(sandbox.setup.privileges_us));
+                phase.seccomp.record(secs(sandbox.setup.seccomp_us));
                 Ok(sandbox)
             }
             Err((slot, detail)) => {
@@ -540,7 +543,7 @@ impl FunctionPool {
                             // share it; released when the function goes
                             // idle (see `release_surplus_zygotes`).
                             let z = self.start_zygote(true).await?;
-                            metrics::counter!("fnhost_cold_starts_total", "function" => self.name.to_string()).increment(1);
+                            self.metrics.cold_starts.increment(1);
                             (
                                 z,
                                 StartKind::ColdStart,
@@ -568,12 +571,11 @@ impl FunctionPool {
     fn spawn_teardown(&self, sandbox: Sandbox) {
         let free_slots = self.free_slots.clone();
         let wake = self.wake.clone();
-        let name = self.name.to_string();
+        let teardown = self.metrics.phase.teardown.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let slot = sandbox.teardown().await;
-            metrics::histogram!("fnhost_phase_seconds", "function" => name, "phase" => "teardown")
-                .record(started.elapsed().as_secs_f64());
+            teardown.record(started.elapsed().as_secs_f64());
             if let Some(slot) = slot {
                 free_slots.lock().expect("slots lock").push(slot);
                 wake.notify_one();
@@ -859,13 +861,10 @@ impl FunctionPool {
         if still_running == 0 && settings.zygotes == 0 && settings.idle_ttl_ms == 0 {
             self.release_surplus_zygotes();
         }
-        let counter = match &result {
-            Err(InvokeError::Timeout { .. }) => Some("fnhost_timeouts_total"),
-            Err(InvokeError::MemoryLimit { .. }) => Some("fnhost_oom_kills_total"),
-            _ => None,
-        };
-        if let Some(counter) = counter {
-            metrics::counter!(counter, "function" => self.name.to_string()).increment(1);
+        match &result {
+            Err(InvokeError::Timeout { .. }) => self.metrics.timeouts.increment(1),
+            Err(InvokeError::MemoryLimit { .. }) => self.metrics.oom_kills.increment(1),
+            _ => {}
         }
         result
     }
@@ -959,14 +958,11 @@ impl FunctionPool {
             exchange_us: exchange_total.saturating_sub(handler_us),
             total_us: started.elapsed().as_micros() as u64,
         };
-        for (phase, us) in [
-            ("queue", timings.queue_us),
-            ("handler", timings.handler_us),
-            ("exchange", timings.exchange_us),
-            ("invoke_total", timings.total_us),
-        ] {
-            metrics::histogram!("fnhost_phase_seconds", "function" => self.name.to_string(), "phase" => phase).record(secs(us));
-        }
+        let phase = &self.metrics.phase;
+        phase.queue.record(secs(timings.queue_us));
+        phase.handler.record(secs(timings.handler_us));
+        phase.exchange.record(secs(timings.exchange_us));
+        phase.invoke_total.record(secs(timings.total_us));
         Ok(Invocation {
             body,
             start: kind,
