@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::model::{FunctionSpec, Limits, NetworkMode, PoolSettings, Runtime, DEFAULT_PYTHON};
+use crate::model::{
+    FunctionSpec, HibernateMode, Limits, NetworkMode, PoolSettings, Runtime, DEFAULT_PYTHON,
+};
 use crate::schema::{RawFunction, RawOverrides};
 use crate::span::KeyPath;
 use crate::validate::{bounded, invalid, spellings, to_u32, to_u64, Invalid};
@@ -129,6 +131,29 @@ pub(crate) fn overrides(
     }
     if let Some(v) = raw.burst {
         s.pool.burst = to_u32(bounded(v, &path.key("burst"), 1, 256, "")?);
+    }
+    if let Some(v) = raw.hibernate_after_ms {
+        s.pool.hibernate_after_ms = to_u64(bounded(
+            v,
+            &path.key("hibernate_after_ms"),
+            0,
+            86_400_000,
+            " ms",
+        )?);
+    }
+    if let Some(mode) = &raw.hibernate_mode {
+        s.pool.hibernate_mode = HibernateMode::from_toml(mode).ok_or_else(|| {
+            invalid(
+                path.key("hibernate_mode"),
+                format!(
+                    "unsupported hibernate mode {mode:?}; supported: {}",
+                    spellings(HibernateMode::ALL.iter().map(|m| m.as_str()))
+                ),
+            )
+        })?;
+    }
+    if let Some(v) = raw.hibernate_prefetch {
+        s.pool.hibernate_prefetch = v;
     }
     if let Some(python) = &raw.python {
         if !python.starts_with('/') || python.contains('\0') {
@@ -424,6 +449,45 @@ mod tests {
         assert_eq!(env(g), "A=1,B=2");
         let code = dir.path().join("fn").canonicalize().expect("canonical");
         assert_eq!(f.code, code);
+    }
+
+    #[test]
+    fn hibernation_keys_default_override_and_validate() {
+        let dir = base();
+        let text = format!(
+            "[defaults]\nhibernate_after_ms = 60000\n\
+             {FUNCTION}hibernate_mode = \"reclaim\"\nhibernate_prefetch = false\n\
+             [[functions]]\nname = \"g\"\nruntime = \"python3\"\ncode = \"fn\"\nhandler = \"m.h\"\n"
+        );
+        let config = parse(&text, dir.path()).expect("valid config");
+        let (f, g) = (
+            config.function("f").expect("f"),
+            config.function("g").expect("g"),
+        );
+        assert_eq!(
+            (f.pool.hibernate_after_ms, g.pool.hibernate_after_ms),
+            (60000, 60000)
+        );
+        assert_eq!(f.pool.hibernate_mode, crate::HibernateMode::Reclaim);
+        assert_eq!(g.pool.hibernate_mode, crate::HibernateMode::Snapshot);
+        assert_eq!(
+            (f.pool.hibernate_prefetch, g.pool.hibernate_prefetch),
+            (false, true)
+        );
+        let plain = parse(FUNCTION, dir.path()).expect("valid config");
+        assert_eq!(plain.function("f").expect("f").pool.hibernate_after_ms, 0);
+        assert_invalid(
+            &format!("{FUNCTION}hibernate_mode = \"swap\"\n"),
+            6,
+            "functions[0].hibernate_mode",
+            "supported: \"snapshot\", \"reclaim\"",
+        );
+        assert_invalid(
+            &format!("{FUNCTION}hibernate_after_ms = -1\n"),
+            6,
+            "functions[0].hibernate_after_ms",
+            "between 0 and 86400000 ms",
+        );
     }
 
     #[test]

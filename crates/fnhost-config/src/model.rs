@@ -169,6 +169,41 @@ pub struct PoolSettings {
     pub prewarm: bool,
     /// Most clones the background refill creates at once.
     pub burst: u32,
+    /// Idle time after which a warm zygote hibernates (its ready clones
+    /// are stopped and its memory released); 0 = never.
+    pub hibernate_after_ms: u64,
+    /// How a zygote hibernates.
+    pub hibernate_mode: HibernateMode,
+    /// On wake-up, copy back first the pages the previous wake-up faulted
+    /// on (record-and-prefetch).
+    pub hibernate_prefetch: bool,
+}
+
+/// How an idle zygote gives its memory back (TOML `hibernate_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HibernateMode {
+    /// `"snapshot"`: private memory written to a snapshot file under the
+    /// state directory and dropped; restored through userfaultfd on wake-up.
+    Snapshot,
+    /// `"reclaim"`: ask the kernel to reclaim the zygote cgroup's memory
+    /// (`memory.reclaim` on cgroup v2, `memory.force_empty` on v1). Without
+    /// swap only page cache goes.
+    Reclaim,
+}
+
+impl HibernateMode {
+    pub const ALL: [HibernateMode; 2] = [HibernateMode::Snapshot, HibernateMode::Reclaim];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::Reclaim => "reclaim",
+        }
+    }
+
+    pub fn from_toml(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
 }
 
 impl Default for PoolSettings {
@@ -182,6 +217,9 @@ impl Default for PoolSettings {
             max_instances: 4,
             prewarm: true,
             burst: 4,
+            hibernate_after_ms: 0,
+            hibernate_mode: HibernateMode::Snapshot,
+            hibernate_prefetch: true,
         }
     }
 }

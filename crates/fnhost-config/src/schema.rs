@@ -43,6 +43,9 @@ pub(crate) const OVERRIDE_KEYS: &[&str] = &[
     "max_instances",
     "prewarm",
     "burst",
+    "hibernate_after_ms",
+    "hibernate_mode",
+    "hibernate_prefetch",
     "seccomp",
     "python",
     "env",
@@ -97,6 +100,9 @@ pub(crate) struct RawOverrides {
     pub(crate) max_instances: Option<i64>,
     pub(crate) prewarm: Option<bool>,
     pub(crate) burst: Option<i64>,
+    pub(crate) hibernate_after_ms: Option<i64>,
+    pub(crate) hibernate_mode: Option<String>,
+    pub(crate) hibernate_prefetch: Option<bool>,
     pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
@@ -128,6 +134,9 @@ pub(crate) struct RawFunction {
     pub(crate) max_instances: Option<i64>,
     pub(crate) prewarm: Option<bool>,
     pub(crate) burst: Option<i64>,
+    pub(crate) hibernate_after_ms: Option<i64>,
+    pub(crate) hibernate_mode: Option<String>,
+    pub(crate) hibernate_prefetch: Option<bool>,
     pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
@@ -151,6 +160,9 @@ impl RawFunction {
             max_instances: self.max_instances,
             prewarm: self.prewarm,
             burst: self.burst,
+            hibernate_after_ms: self.hibernate_after_ms,
+            hibernate_mode: self.hibernate_mode.clone(),
+            hibernate_prefetch: self.hibernate_prefetch,
             seccomp: self.seccomp.clone(),
             python: self.python.clone(),
             env: self.env.clone(),
@@ -269,10 +281,10 @@ mod tests {
         let overrides: String = OVERRIDE_KEYS
             .iter()
             .map(|key| match *key {
-                "network" | "python" | "seccomp" => format!("{key} = \"x\"\n"),
+                "network" | "python" | "seccomp" | "hibernate_mode" => format!("{key} = \"x\"\n"),
                 "env" => "env = { A = \"b\" }\n".to_owned(),
                 "cpu" => "cpu = 0.5\n".to_owned(),
-                "prewarm" => "prewarm = true\n".to_owned(),
+                "prewarm" | "hibernate_prefetch" => format!("{key} = true\n"),
                 _ => format!("{key} = 1\n"),
             })
             .collect();

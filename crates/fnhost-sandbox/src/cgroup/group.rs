@@ -13,7 +13,7 @@ use super::fs::{self, CgroupFs};
 use super::{v1, v2, CgroupError, CgroupLimits};
 
 /// A cgroup under fnhost's root, present in every hierarchy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     name: String,
     dirs: Vec<(PathBuf, Kind)>,
@@ -130,6 +130,32 @@ impl Cgroup {
                 Kind::V1 { memory: true, .. } => return v1::memory_current(dir),
                 _ => {}
             }
+        }
+        Err(no_memory_controller(&self.name))
+    }
+
+    /// Asks the kernel to reclaim this cgroup's memory now (`memory.reclaim`
+    /// of the current usage on v2, `memory.force_empty` on v1). Without swap
+    /// only page cache can go; anonymous memory stays. A partial reclaim
+    /// (EAGAIN) is not an error.
+    pub fn reclaim(&self) -> Result<(), CgroupError> {
+        for (dir, kind) in &self.dirs {
+            let (path, value) = match kind {
+                Kind::V2 => (
+                    dir.join("memory.reclaim"),
+                    v2::memory_current(dir)?.max(1).to_string(),
+                ),
+                Kind::V1 { memory: true, .. } => (dir.join("memory.force_empty"), "0".to_string()),
+                _ => continue,
+            };
+            return match self.fs.write(&path, &value) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(()),
+                other => other.map_err(|source| CgroupError::WriteLimit {
+                    path,
+                    value,
+                    source,
+                }),
+            };
         }
         Err(no_memory_controller(&self.name))
     }

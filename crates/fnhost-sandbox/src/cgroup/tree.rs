@@ -530,6 +530,29 @@ mod tests {
     }
 
     #[test]
+    fn reclaim_writes_the_layouts_own_file() {
+        let fake = Arc::new(FakeCgroupFs::v2());
+        let cg = tree(&fake).create("f/zygote", &limits()).unwrap();
+        let dir = fake.base().join("cgroup/fnhost/f/zygote");
+        std::fs::write(dir.join("memory.current"), "8192\n").unwrap();
+        std::fs::write(dir.join("memory.reclaim"), "").unwrap();
+        cg.reclaim().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.reclaim")).unwrap(),
+            "8192"
+        );
+
+        let fake = Arc::new(FakeCgroupFs::hybrid());
+        let cg = tree(&fake).create("f/zygote", &limits()).unwrap();
+        let file = fake
+            .base()
+            .join("memory/fnhost/f/zygote/memory.force_empty");
+        std::fs::write(&file, "").unwrap();
+        cg.reclaim().unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "0");
+    }
+
+    #[test]
     fn v2_write_that_does_not_stick_is_caught() {
         let fake = Arc::new(FakeCgroupFs::v2());
         let cg = tree(&fake).create("f/s1", &limits()).unwrap();
