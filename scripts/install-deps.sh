@@ -14,6 +14,10 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 # Building: a C toolchain for -sys crates, pkg-config.
 have cc || need+=(gcc libc6-dev)
 have pkg-config || need+=(pkg-config)
+# userfaultfd-sys (hibernation, crates/fnhost-snapshot) generates its bindings
+# with bindgen at build time: it needs libclang and the kernel's uapi headers.
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
+[ -f /usr/include/linux/userfaultfd.h ] || need+=(linux-libc-dev)
 
 # Baselines of the benchmark harness (fnhost-bench runs them side by side
 # with fnhost, and its smoke test in CI includes them). runc lives in sbin.

@@ -1,0 +1,417 @@
+//! Zygote side of hibernation: save the private anonymous memory to the
+//! snapshot file, hand the pages to a userfaultfd and drop them.
+//!
+//! # Protocol
+//! 1. The daemon sends `/dev/userfaultfd` and the snapshot file's fd.
+//! 2. [`prepare`] reads `/proc/self/maps`, creates the uffd from the device
+//!    and does the API handshake. The caller sends [`Prepared::uffd`] and
+//!    [`Prepared::regions`] to the daemon (allocating is fine until here).
+//! 3. With signals blocked, [`hibernate`] runs the *window*: (1) write every
+//!    non-zero page, (2) register every region for missing faults, (3)
+//!    `MADV_DONTNEED` every region, (4) close its own uffd copy. Nothing in
+//!    it allocates or writes to memory that is saved, since such a write
+//!    would be lost: the region table lives on the caller's stack (the stack
+//!    is never hibernated) and only syscalls are made (through libc's
+//!    wrappers until the first drop, through the bare `syscall` stub after
+//!    it). A few pages stay resident throughout: see `resident.rs`.
+//! 4. After `hibernate` returns `Ok`, dropped memory faults and waits for the
+//!    daemon. The caller reports "done" with [`send_bare`] and waits with
+//!    [`recv_bare`], touching nothing but its stack until the daemon has
+//!    run its wake: no allocation, no statics, not even libc's own syscall
+//!    wrappers (they read libc's hibernated `.bss`). On `Err` nothing was
+//!    dropped.
+//!
+//! # Why no non-cooperative uffd events
+//! The uffd is opened with no event features (no fork, remove or unmap
+//! events). While hibernated the zygote is paused, and during the wake only
+//! its fork-server code runs, which neither unmaps nor discards memory.
+//! Clones are forked only after the wake completed and the daemon closed
+//! the uffd; closing the last uffd fd unregisters every range, so later
+//! missing pages are ordinary zero-fill anonymous pages. It follows that the
+//! daemon must never close the uffd without a completed wake while the
+//! zygote may still run: pages not yet restored would read as zeros. If
+//! the wake fails, kill the zygote.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+
+use crate::regions::{self, Region, RegionError, RegionTable};
+use crate::{resident, uffd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HibernateError {
+    #[error("read /proc/self/maps: {0}")]
+    ReadMaps(#[source] io::Error),
+    #[error(transparent)]
+    Regions(#[from] RegionError),
+    #[error("the current stack at {sp:#x} lies in a region to hibernate; hibernate only from the main thread")]
+    StackNotExcluded { sp: u64 },
+    #[error("create a userfaultfd from {}: {source}", uffd::DEVICE)]
+    CreateUffd { source: io::Error },
+    #[error("userfaultfd api handshake: {source}")]
+    UffdApi { source: io::Error },
+    #[error("write {len} bytes at {addr:#x} to snapshot offset {offset}: {source}")]
+    WriteSnapshot {
+        addr: u64,
+        len: u64,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("register {start:#x}+{len:#x} with the userfaultfd: {source}")]
+    Register {
+        start: u64,
+        len: u64,
+        source: io::Error,
+    },
+}
+
+/// Everything the window needs, created beforehand. A plain value (the
+/// region table is inline): keep it on the stack, never in a `Box`.
+#[derive(Debug)]
+pub struct Prepared {
+    uffd: OwnedFd,
+    pagemap: Option<OwnedFd>,
+    table: RegionTable,
+    page: u64,
+}
+
+impl Prepared {
+    pub fn regions(&self) -> &[Region] {
+        self.table.as_slice()
+    }
+
+    /// The uffd to send to the daemon (`SCM_RIGHTS` duplicates it).
+    pub fn uffd(&self) -> BorrowedFd<'_> {
+        self.uffd.as_fd()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    pub pages_written: u64,
+    pub bytes_dropped: u64,
+    /// Regions whose `MADV_DONTNEED` failed: they stay resident (and the
+    /// wake skips their pages), which costs memory but not correctness.
+    pub regions_not_dropped: u32,
+}
+
+/// Read the memory map and create the uffd from `device` (closed on
+/// return). Call it as late as possible before [`hibernate`]: mappings
+/// created afterwards simply stay resident, but one removed in between
+/// makes the window fail.
+pub fn prepare(device: OwnedFd) -> Result<Prepared, HibernateError> {
+    let page = regions::page_size();
+    let uffd = uffd::new_from_device(device.as_fd())
+        .map_err(|source| HibernateError::CreateUffd { source })?;
+    drop(device);
+    uffd::api_handshake(uffd.as_fd()).map_err(|source| HibernateError::UffdApi { source })?;
+    // Optional: without it every page is read to find the zero ones.
+    let pagemap = File::open("/proc/self/pagemap").ok().map(OwnedFd::from);
+
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(HibernateError::ReadMaps)?;
+    let regions = regions::subtract(&regions::parse_maps(&maps), &resident::keep_ranges(page));
+    let sp = std::ptr::addr_of!(page) as u64;
+    if regions.iter().any(|r| r.contains(sp)) {
+        return Err(HibernateError::StackNotExcluded { sp });
+    }
+    let table = RegionTable::from_slice(&regions)?;
+    Ok(Prepared {
+        uffd,
+        pagemap,
+        table,
+        page,
+    })
+}
+
+/// The hibernation window; see the module docs.
+///
+/// Caller guarantees: the process is single-threaded, signals are blocked,
+/// the uffd was already handed to the daemon, and `prepared` is on the
+/// stack. On `Err` every registered range was unregistered and nothing was
+/// dropped.
+pub fn hibernate(
+    prepared: Prepared,
+    snapshot: BorrowedFd<'_>,
+) -> Result<WindowStats, HibernateError> {
+    let Prepared {
+        uffd,
+        pagemap,
+        table,
+        page,
+    } = prepared;
+    let regions = table.as_slice();
+    let mut stats = WindowStats::default();
+
+    // (1) Save every non-zero page.
+    for (region, offset) in regions::layout(regions) {
+        let pm = pagemap.as_ref().map(AsFd::as_fd);
+        stats.pages_written += save_region(snapshot, pm, region, offset, page)?;
+    }
+    drop(pagemap); // a libc close: still fine before the drop
+
+    // (2) Register every region; undo on failure.
+    for (i, region) in regions.iter().enumerate() {
+        if let Err(source) = uffd::register_missing(uffd.as_fd(), *region) {
+            for done in &regions[..i] {
+                let _ = uffd::unregister(uffd.as_fd(), *done);
+            }
+            return Err(HibernateError::Register {
+                start: region.start,
+                len: region.len,
+                source,
+            });
+        }
+    }
+
+    // (3) Drop. From here on, touching a saved page waits for the daemon.
+    for region in regions {
+        if dontneed(*region).is_ok() {
+            stats.bytes_dropped += region.len;
+        } else {
+            stats.regions_not_dropped += 1;
+        }
+    }
+
+    // (4) The daemon holds the only uffd from now on.
+    close_bare(uffd);
+    Ok(stats)
+}
+
+/// Write the non-zero pages of `region` at `offset` in runs of consecutive
+/// pages; returns the number of pages written. Pages never populated (per
+/// `/proc/self/pagemap`: neither present nor swapped) are zero and are not
+/// even read.
+fn save_region(
+    snapshot: BorrowedFd<'_>,
+    pagemap: Option<BorrowedFd<'_>>,
+    region: Region,
+    offset: u64,
+    page: u64,
+) -> Result<u64, HibernateError> {
+    const BATCH: usize = 512;
+    const PM_PRESENT_OR_SWAPPED: u64 = 3 << 62;
+    let mut entries = [0u64; BATCH];
+    let mut run_start: Option<u64> = None;
+    let mut written = 0;
+    let flush = |run: u64, end: u64| {
+        let at = offset + (run - region.start);
+        pwrite_all(snapshot, run, end - run, at).map_err(|source| HibernateError::WriteSnapshot {
+            addr: run,
+            len: end - run,
+            offset: at,
+            source,
+        })
+    };
+
+    let pages = region.len / page;
+    let mut index = 0;
+    while index < pages {
+        let batch = (pages - index).min(BATCH as u64) as usize;
+        let first = region.start + index * page;
+        let known = pagemap.map_or(0, |pm| {
+            read_pagemap(pm, first / page, &mut entries[..batch])
+        });
+        for (i, entry) in entries[..batch].iter().enumerate() {
+            let addr = first + i as u64 * page;
+            let maybe_data = i >= known || entry & PM_PRESENT_OR_SWAPPED != 0;
+            if maybe_data && !is_zero_page(addr, page) {
+                written += 1;
+                run_start.get_or_insert(addr);
+            } else if let Some(run) = run_start.take() {
+                flush(run, addr)?;
+            }
+        }
+        index += batch as u64;
+    }
+    if let Some(run) = run_start {
+        flush(run, region.end())?;
+    }
+    Ok(written)
+}
+
+/// Fill `entries` from `/proc/self/pagemap` starting at page frame `vpn`;
+/// returns how many entries are valid (0 on error: treat as unknown).
+fn read_pagemap(pagemap: BorrowedFd<'_>, vpn: u64, entries: &mut [u64]) -> usize {
+    let Ok(offset) = libc::off_t::try_from(vpn * 8) else {
+        return 0;
+    };
+    // SAFETY: `entries` is valid for writes of its full byte length and any
+    // bit pattern is a valid u64.
+    let n = unsafe {
+        libc::pread(
+            pagemap.as_raw_fd(),
+            entries.as_mut_ptr().cast(),
+            std::mem::size_of_val(entries),
+            offset,
+        )
+    };
+    usize::try_from(n).map_or(0, |n| n / 8)
+}
+
+/// Whether the page at `addr` is all zeros.
+fn is_zero_page(addr: u64, page: u64) -> bool {
+    let words = addr as *const u64;
+    (0..(page / 8) as usize).all(|i| {
+        // SAFETY: `addr` is a page of a region read from /proc/self/maps as
+        // readable, and the single-threaded caller changes no mappings
+        // during the window. Volatile reads treat the bytes as opaque
+        // data: the compiler knows nothing about memory it reaches through
+        // an address from the kernel.
+        unsafe { words.add(i).read_volatile() == 0 }
+    })
+}
+
+/// pwrite(2) `[addr, addr + len)` of this process to `fd` at `offset`,
+/// retrying short writes.
+fn pwrite_all(fd: BorrowedFd<'_>, addr: u64, len: u64, offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let at = libc::off_t::try_from(offset + done)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: the kernel only reads the source range, which is mapped
+        // readable (see `is_zero_page`); an unreadable page is EFAULT.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                (addr + done) as *const libc::c_void,
+                (len - done) as usize,
+                at,
+            )
+        };
+        match n {
+            n if n > 0 => done += n.unsigned_abs() as u64,
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// MADV_DONTNEED the region: its pages are freed, and (being registered)
+/// the next access raises a missing fault on the uffd.
+fn dontneed(region: Region) -> io::Result<()> {
+    let args = [
+        region.start,
+        region.len,
+        libc::MADV_DONTNEED as u64,
+        0,
+        0,
+        0,
+    ];
+    // SAFETY: the range is private anonymous memory whose contents were
+    // saved to the snapshot; the caller touches nothing but its stack until
+    // the wake restores it.
+    unsafe { bare_syscall(libc::SYS_madvise, args) }.map(drop)
+}
+
+/// syscall(2) through libc's bare assembly stub. After the drop only this
+/// is safe: libc's own wrappers (`close`, `send`, `recv`, ...) first read
+/// `__libc_single_threaded` in libc's `.bss`, an anonymous mapping that
+/// was hibernated, and would wait on the uffd. The stub touches only the
+/// stack, and `errno` (kept resident) on failure.
+///
+/// # Safety
+/// The arguments must be valid for syscall `nr`.
+unsafe fn bare_syscall(nr: libc::c_long, a: [u64; 6]) -> io::Result<u64> {
+    loop {
+        // SAFETY: forwarded from the caller.
+        let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        if rc >= 0 {
+            return Ok(rc.unsigned_abs());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// close(2) with the bare stub, for use after the drop.
+fn close_bare(fd: OwnedFd) {
+    let fd = fd.into_raw_fd() as u64;
+    // SAFETY: we owned `fd` and give it up here; closing it touches no memory.
+    let _ = unsafe { bare_syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]) };
+}
+
+/// Send one message on a socket with the bare stub (`sendto`, with
+/// `MSG_NOSIGNAL`): the way to report "done" after [`hibernate`], as it
+/// touches only `buf` (keep it on the stack) and `errno`.
+pub fn send_bare(sock: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    let fd = sock.as_raw_fd() as u64;
+    let args = [
+        fd,
+        buf.as_ptr() as u64,
+        buf.len() as u64,
+        libc::MSG_NOSIGNAL as u64,
+        0,
+        0,
+    ];
+    // SAFETY: `buf` is valid for reads of its length; no address is given.
+    unsafe { bare_syscall(libc::SYS_sendto, args) }.map(|n| n as usize)
+}
+
+/// Receive one message from a socket with the bare stub (`recvfrom`),
+/// blocking; 0 means the peer closed it. See [`send_bare`].
+pub fn recv_bare(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = sock.as_raw_fd() as u64;
+    let args = [fd, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0];
+    // SAFETY: `buf` is valid for writes of its length; no address is asked.
+    unsafe { bare_syscall(libc::SYS_recvfrom, args) }.map(|n| n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+
+    /// The write step on a heap buffer, without registering or dropping.
+    #[test]
+    fn save_region_writes_only_non_zero_pages() {
+        let page = regions::page_size();
+        let pages = 8usize;
+        let layout = std::alloc::Layout::from_size_align(pages * page as usize, page as usize)
+            .expect("layout");
+        // SAFETY: non-zero size; freed below with the same layout.
+        let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!buf.is_null());
+        // SAFETY: offsets are within the allocation.
+        unsafe {
+            *buf.add(page as usize) = 1; // page 1
+            *buf.add(2 * page as usize + 5) = 2; // page 2
+            *buf.add(6 * page as usize - 1) = 3; // page 5 (last byte)
+        }
+        let region = Region {
+            start: buf as u64,
+            len: pages as u64 * page,
+        };
+        let mut file = tempfile::tempfile().expect("tempfile");
+        let pagemap = File::open("/proc/self/pagemap").ok();
+        let pm = pagemap.as_ref().map(|f| f.as_fd());
+        let written = save_region(file.as_fd(), pm, region, page, page).expect("save");
+        let written_without_pagemap =
+            save_region(file.as_fd(), None, region, page, page).expect("save");
+        // SAFETY: allocated above with `layout`.
+        unsafe { std::alloc::dealloc(buf, layout) };
+
+        assert_eq!(written, 3);
+        assert_eq!(written_without_pagemap, 3);
+        let mut contents = Vec::new();
+        file.read_to_end(&mut contents).expect("read");
+        assert_eq!(contents.len() as u64, 6 * page + page);
+        let at = |p: u64, i: u64| contents[(page + p * page + i) as usize];
+        assert_eq!(at(1, 0), 1);
+        assert_eq!(at(2, 5), 2);
+        assert_eq!(at(5, page - 1), 3);
+        let mut one = [9u8; 1];
+        file.read_exact_at(&mut one, page + 3 * page)
+            .expect("read hole");
+        assert_eq!(one[0], 0);
+    }
+}

@@ -1,0 +1,27 @@
+//! Hibernation of idle zygotes: a zygote writes its private memory to a
+//! snapshot file and drops it; the daemon later copies it back through a
+//! userfaultfd the zygote created and handed over, serving page faults on
+//! demand meanwhile.
+//!
+//! Zygote side: [`prepare`], then [`hibernate()`] (see the [`hibernate`](mod@hibernate)
+//! module for the protocol and its constraints). Daemon side: [`uffd::open_device`],
+//! [`Snapshot`], [`Sleeper`] and [`wake`].
+
+pub mod asleep;
+pub mod hibernate;
+pub mod regions;
+mod resident;
+pub mod restore;
+pub mod snapshot;
+pub mod uffd;
+pub mod working_set;
+
+pub use hibernate::{
+    hibernate, prepare, recv_bare, send_bare, HibernateError, Prepared, WindowStats,
+};
+pub use regions::{
+    layout, layout_offset, page_size, parse_maps, Region, RegionError, RegionTable, MAX_REGIONS,
+};
+pub use restore::{wake, RestoreError, Sleeper, WakeStats};
+pub use snapshot::{SealStats, Snapshot};
+pub use working_set::WorkingSet;

@@ -1,0 +1,345 @@
+//! The snapshot file, daemon side: created empty, filled by the zygote,
+//! sealed (synced, its data extents found, its page cache dropped) and
+//! unlinked when dropped.
+//!
+//! Layout: the regions concatenated in address order; only non-zero pages
+//! were written, so zero pages are holes found with `SEEK_DATA`/`SEEK_HOLE`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::regions::{self, page_ceil, page_floor, Region};
+use crate::restore::RestoreError;
+
+/// A run of data pages: where it goes in the zygote and where it is in the
+/// file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub addr: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.addr + self.len
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealStats {
+    /// Bytes of non-zero pages in the file.
+    pub data_bytes: u64,
+    /// The file's apparent size.
+    pub file_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    path: PathBuf,
+    file: File,
+    regions: Vec<Region>,
+    extents: Vec<Extent>,
+    sealed: Option<SealStats>,
+}
+
+impl Snapshot {
+    /// Create the (empty, `0600`) file; its parent directory must exist and
+    /// the name must be new.
+    pub fn create(path: PathBuf) -> io::Result<Snapshot> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("create snapshot {}: {err}", path.display()),
+                )
+            })?;
+        Ok(Snapshot {
+            path,
+            file,
+            regions: Vec::new(),
+            extents: Vec::new(),
+            sealed: None,
+        })
+    }
+
+    /// The fd to pass to the zygote.
+    pub fn file(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// After the zygote reported its window done: sync the file, record
+    /// `regions` (as reported by the zygote), find the data extents, then
+    /// drop the file's page cache so the snapshot costs no memory while the
+    /// zygote sleeps.
+    pub fn seal(&mut self, regions: Vec<Region>) -> Result<SealStats, RestoreError> {
+        let page = regions::page_size();
+        let total =
+            check_regions(&regions, page).map_err(|reason| RestoreError::InvalidRegions {
+                path: self.path.clone(),
+                reason,
+            })?;
+        let seal_err = |step: &'static str| {
+            let path = self.path.clone();
+            move |source| RestoreError::Seal { path, step, source }
+        };
+        self.file.sync_data().map_err(seal_err("fdatasync"))?;
+        let file_bytes = self.file.metadata().map_err(seal_err("stat"))?.len();
+        if file_bytes > total {
+            return Err(RestoreError::InvalidRegions {
+                path: self.path.clone(),
+                reason: "the file is larger than its regions",
+            });
+        }
+        let data = data_ranges(&self.file, file_bytes, page).map_err(seal_err("seek data"))?;
+        let extents = extents(&regions, &data);
+        // SAFETY: plain syscall on an open descriptor; no memory involved.
+        let rc =
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            tracing::warn!(path = %self.path.display(), errno = rc, "drop snapshot page cache");
+        }
+        let stats = SealStats {
+            data_bytes: extents.iter().map(|e| e.len).sum(),
+            file_bytes,
+        };
+        self.regions = regions;
+        self.extents = extents;
+        self.sealed = Some(stats);
+        Ok(stats)
+    }
+
+    /// Bytes of saved (non-zero) pages; 0 before [`Snapshot::seal`].
+    pub fn data_bytes(&self) -> u64 {
+        self.sealed.map_or(0, |s| s.data_bytes)
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    pub(crate) fn sealed(&self) -> Option<SealStats> {
+        self.sealed
+    }
+
+    pub(crate) fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
+    pub(crate) fn file_ref(&self) -> &File {
+        &self.file
+    }
+
+    /// The file offset of the saved page at `addr`; `None` for a zero page.
+    pub(crate) fn data_offset(&self, addr: u64) -> Option<u64> {
+        data_offset(&self.extents, addr)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %err, "remove snapshot");
+            }
+        }
+    }
+}
+
+/// Regions must be page aligned, non-empty, sorted and disjoint; returns
+/// their total length.
+fn check_regions(regions: &[Region], page: u64) -> Result<u64, &'static str> {
+    let mut total = 0u64;
+    let mut prev_end = 0;
+    for r in regions {
+        if r.start % page != 0 || r.len % page != 0 || r.len == 0 {
+            return Err("a region is empty or not page aligned");
+        }
+        if r.start < prev_end {
+            return Err("regions overlap or are out of order");
+        }
+        prev_end = r.start.checked_add(r.len).ok_or("a region wraps around")?;
+        total = total.checked_add(r.len).ok_or("regions too large")?;
+    }
+    Ok(total)
+}
+
+/// The file's data ranges (page aligned, clipped to `file_bytes`).
+fn data_ranges(file: &File, file_bytes: u64, page: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    let mut pos = 0;
+    while pos < file_bytes {
+        let Some(start) = seek(file, pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(file, start, libc::SEEK_HOLE)?.unwrap_or(file_bytes);
+        let (start, end) = (
+            page_floor(start, page),
+            page_ceil(end, page).min(file_bytes),
+        );
+        if start < end {
+            ranges.push((start, end));
+        }
+        pos = end.max(start + page);
+    }
+    Ok(ranges)
+}
+
+/// lseek(2); `None` for ENXIO (no data/hole at or after `pos`).
+fn seek(file: &File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let pos = libc::off_t::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain syscall on an open descriptor; no memory involved.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), pos, whence) };
+    if at >= 0 {
+        return Ok(Some(at.unsigned_abs()));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(err),
+    }
+}
+
+/// Map file data ranges onto region addresses, splitting at region
+/// boundaries. Both inputs sorted; the output is sorted by address.
+pub(crate) fn extents(regions: &[Region], data: &[(u64, u64)]) -> Vec<Extent> {
+    let mut out = Vec::new();
+    for (region, offset) in regions::layout(regions) {
+        let region_end = offset + region.len;
+        for &(start, end) in data {
+            let (lo, hi) = (start.max(offset), end.min(region_end));
+            if lo < hi {
+                out.push(Extent {
+                    addr: region.start + (lo - offset),
+                    offset: lo,
+                    len: hi - lo,
+                });
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn data_offset(extents: &[Extent], addr: u64) -> Option<u64> {
+    let i = extents.partition_point(|e| e.end() <= addr);
+    extents
+        .get(i)
+        .filter(|e| e.addr <= addr)
+        .map(|e| e.offset + (addr - e.addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = 0x1000;
+
+    fn r(start: u64, len: u64) -> Region {
+        Region { start, len }
+    }
+
+    #[test]
+    fn check_regions_rejects_bad_lists() {
+        assert_eq!(
+            check_regions(&[r(0x1000, P), r(0x3000, 2 * P)], P),
+            Ok(3 * P)
+        );
+        assert!(check_regions(&[r(0x1001, P)], P).is_err());
+        assert!(check_regions(&[r(0x1000, 0)], P).is_err());
+        assert!(check_regions(&[r(0x3000, P), r(0x1000, P)], P).is_err());
+        assert!(check_regions(&[r(0x1000, 2 * P), r(0x2000, P)], P).is_err());
+        assert!(check_regions(&[r(u64::MAX - 0xfff, 2 * P)], P).is_err());
+    }
+
+    #[test]
+    fn extents_split_at_region_boundaries() {
+        // Region A: 0x10000..0x14000 at file 0..0x4000,
+        // region B: 0x80000..0x82000 at file 0x4000..0x6000.
+        let regions = [r(0x10000, 4 * P), r(0x80000, 2 * P)];
+        let data = [(P, 2 * P), (3 * P, 5 * P)];
+        assert_eq!(
+            extents(&regions, &data),
+            vec![
+                Extent {
+                    addr: 0x11000,
+                    offset: P,
+                    len: P
+                },
+                Extent {
+                    addr: 0x13000,
+                    offset: 3 * P,
+                    len: P
+                },
+                Extent {
+                    addr: 0x80000,
+                    offset: 4 * P,
+                    len: P
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn data_offset_tells_data_from_holes() {
+        let regions = [r(0x10000, 4 * P), r(0x80000, 2 * P)];
+        let ext = extents(&regions, &[(P, 2 * P), (3 * P, 5 * P)]);
+        assert_eq!(data_offset(&ext, 0x11000), Some(P));
+        assert_eq!(data_offset(&ext, 0x11fff), Some(2 * P - 1));
+        assert_eq!(data_offset(&ext, 0x10000), None);
+        assert_eq!(data_offset(&ext, 0x12000), None);
+        assert_eq!(data_offset(&ext, 0x80000), Some(4 * P));
+        assert_eq!(data_offset(&ext, 0x81000), None);
+        assert_eq!(data_offset(&ext, 0x5000), None);
+    }
+
+    #[test]
+    fn seal_finds_holes_and_unlinks_on_drop() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.snap");
+        let mut snap = Snapshot::create(path.clone()).expect("create");
+        assert!(Snapshot::create(path.clone()).is_err(), "O_EXCL");
+        let page = regions::page_size();
+        let f = snap.file_ref();
+        f.write_all_at(&vec![1u8; page as usize], page)
+            .expect("write");
+        f.write_all_at(&vec![2u8; page as usize], 5 * page)
+            .expect("write");
+        let regions = vec![r(0x400000, 4 * page), r(0x900000, 4 * page)];
+        let stats = snap.seal(regions).expect("seal");
+        assert_eq!(stats.file_bytes, 6 * page);
+        assert_eq!(stats.data_bytes, 2 * page);
+        assert_eq!(snap.data_bytes(), 2 * page);
+        assert_eq!(snap.data_offset(0x400000 + page), Some(page));
+        assert_eq!(snap.data_offset(0x400000), None);
+        assert_eq!(snap.data_offset(0x900000 + page), Some(5 * page));
+        drop(snap);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn seal_rejects_a_file_larger_than_its_regions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut snap = Snapshot::create(dir.path().join("big.snap")).expect("create");
+        snap.file_ref()
+            .set_len(3 * regions::page_size())
+            .expect("grow");
+        let err = snap
+            .seal(vec![r(0x400000, regions::page_size())])
+            .expect_err("too large");
+        assert!(err.to_string().contains("larger"), "{err}");
+    }
+}

@@ -1,0 +1,306 @@
+//! userfaultfd: the kernel ABI (`<linux/userfaultfd.h>`) and one safe
+//! wrapper per ioctl.
+//!
+//! The daemon opens `/dev/userfaultfd` and hands the device to the zygote,
+//! which creates the uffd with `USERFAULTFD_IOC_NEW` so that it is bound to
+//! the zygote's own mm (the zygote sits in a user namespace and could only
+//! call `userfaultfd(2)` with `UFFD_USER_MODE_ONLY`, under which a kernel
+//! access to a dropped page, e.g. `read()` into it, fails with `EFAULT`).
+//! Everything here returns `io::Result`; none of the zygote-side calls
+//! allocate.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::regions::Region;
+
+pub const DEVICE: &str = "/dev/userfaultfd";
+
+const UFFD_API: u64 = 0xAA;
+const UFFDIO: u8 = 0xAA;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+// Bits of the `ioctls` masks returned by UFFDIO_API and UFFDIO_REGISTER.
+const BIT_REGISTER: u64 = 1 << 0x00;
+const BIT_UNREGISTER: u64 = 1 << 0x01;
+const BIT_WAKE: u64 = 1 << 0x02;
+const BIT_COPY: u64 = 1 << 0x03;
+const BIT_ZEROPAGE: u64 = 1 << 0x04;
+
+#[repr(C)]
+pub(crate) struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+pub(crate) struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+pub(crate) struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+pub(crate) struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// `struct uffd_msg`; for a page fault `arg` is `{flags, address, ptid}`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UffdMsg {
+    event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    arg: [u64; 3],
+}
+
+mod sys {
+    use super::*;
+    nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(UFFDIO, 0x00));
+    nix::ioctl_readwrite!(api, UFFDIO, 0x3F, UffdioApi);
+    nix::ioctl_readwrite!(register, UFFDIO, 0x00, UffdioRegister);
+    nix::ioctl_read!(unregister, UFFDIO, 0x01, UffdioRange);
+    nix::ioctl_read!(wake, UFFDIO, 0x02, UffdioRange);
+    nix::ioctl_readwrite!(copy, UFFDIO, 0x03, UffdioCopy);
+    nix::ioctl_readwrite!(zeropage, UFFDIO, 0x04, UffdioZeropage);
+}
+
+/// Daemon side: open `/dev/userfaultfd` to hand to a zygote.
+pub fn open_device() -> io::Result<OwnedFd> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(DEVICE)
+        .map_err(|err| {
+            let hint = match err.kind() {
+                io::ErrorKind::NotFound => {
+                    "the kernel has no userfaultfd device (needs Linux 6.1 or newer built with \
+                     CONFIG_USERFAULTFD); disable hibernation in the config"
+                }
+                io::ErrorKind::PermissionDenied => {
+                    "run the daemon as root or give its user read-write access to the device"
+                }
+                _ => "hibernation is unavailable until it can be opened",
+            };
+            io::Error::new(err.kind(), format!("open {DEVICE}: {err}: {hint}"))
+        })?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Zygote side: create a uffd bound to the calling process's mm from the
+/// device fd (`O_CLOEXEC | O_NONBLOCK`, never `UFFD_USER_MODE_ONLY`).
+pub fn new_from_device(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a
+    // new file descriptor; no memory is passed.
+    let fd = unsafe { sys::ioc_new(dev.as_raw_fd(), libc::O_CLOEXEC | libc::O_NONBLOCK) }?;
+    // SAFETY: on success the ioctl returned a fresh descriptor that nothing
+    // else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// UFFDIO_API with no optional features; checks that registering and
+/// unregistering are offered (copy, zeropage and wake are per-range and
+/// checked by [`register_missing`]).
+pub fn api_handshake(uffd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    // SAFETY: `api` is a valid, exclusively borrowed `struct uffdio_api`.
+    unsafe { sys::api(uffd.as_raw_fd(), &mut api) }?;
+    let wanted = BIT_REGISTER | BIT_UNREGISTER;
+    if api.ioctls & wanted != wanted {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "userfaultfd offers no register/unregister ioctls",
+        ));
+    }
+    Ok(())
+}
+
+/// Register `r` for missing-page faults; fails (leaving it unregistered)
+/// unless UFFDIO_COPY, UFFDIO_ZEROPAGE and UFFDIO_WAKE work on it.
+/// Allocation-free.
+pub fn register_missing(uffd: BorrowedFd<'_>, r: Region) -> io::Result<()> {
+    let mut reg = UffdioRegister {
+        range: UffdioRange {
+            start: r.start,
+            len: r.len,
+        },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: `reg` is a valid, exclusively borrowed `struct uffdio_register`.
+    unsafe { sys::register(uffd.as_raw_fd(), &mut reg) }?;
+    let wanted = BIT_COPY | BIT_ZEROPAGE | BIT_WAKE;
+    if reg.ioctls & wanted != wanted {
+        let _ = unregister(uffd, r);
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok(())
+}
+
+pub fn unregister(uffd: BorrowedFd<'_>, r: Region) -> io::Result<()> {
+    let mut range = UffdioRange {
+        start: r.start,
+        len: r.len,
+    };
+    // SAFETY: `range` is a valid `struct uffdio_range` the kernel only reads.
+    unsafe { sys::unregister(uffd.as_raw_fd(), &mut range) }?;
+    Ok(())
+}
+
+/// UFFDIO_COPY `len` bytes from `src` (an address in the caller's own
+/// address space) to `dst` in the uffd's mm, waking the faulting threads.
+/// Returns the bytes copied, which is less than `len` when the kernel
+/// stopped early (it then reports `EAGAIN`); an error means nothing was
+/// copied. A `src` the kernel cannot read yields `EFAULT`, not a signal.
+pub fn copy(uffd: BorrowedFd<'_>, dst: u64, src: *const u8, len: u64) -> io::Result<u64> {
+    let mut copy = UffdioCopy {
+        dst,
+        src: src as u64,
+        len,
+        mode: 0,
+        copy: 0,
+    };
+    // SAFETY: `copy` is a valid `struct uffdio_copy`. The kernel reads `src`
+    // with fault-tolerant user copies, so an unreadable source is an error,
+    // and writes only into the (other) mm the uffd is bound to.
+    let res = unsafe { sys::copy(uffd.as_raw_fd(), &mut copy) };
+    partial(res, copy.copy)
+}
+
+/// UFFDIO_ZEROPAGE: map zero pages over `[dst, dst + len)` and wake.
+pub fn zeropage(uffd: BorrowedFd<'_>, dst: u64, len: u64) -> io::Result<u64> {
+    let mut zero = UffdioZeropage {
+        range: UffdioRange { start: dst, len },
+        mode: 0,
+        zeropage: 0,
+    };
+    // SAFETY: `zero` is a valid `struct uffdio_zeropage`.
+    let res = unsafe { sys::zeropage(uffd.as_raw_fd(), &mut zero) };
+    partial(res, zero.zeropage)
+}
+
+fn partial(res: nix::Result<libc::c_int>, done: i64) -> io::Result<u64> {
+    match res {
+        Ok(_) => Ok(u64::try_from(done).unwrap_or(0)),
+        Err(nix::errno::Errno::EAGAIN) if done > 0 => Ok(done.unsigned_abs()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// UFFDIO_WAKE: wake threads waiting on `[start, start + len)`, e.g. after a
+/// fault on a page that was meanwhile copied.
+pub fn wake(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    let mut range = UffdioRange { start, len };
+    // SAFETY: `range` is a valid `struct uffdio_range` the kernel only reads.
+    unsafe { sys::wake(uffd.as_raw_fd(), &mut range) }?;
+    Ok(())
+}
+
+/// Append the addresses of all pending page faults to `out` without
+/// blocking (the uffd is `O_NONBLOCK`). Other events cannot occur: no
+/// event features are enabled.
+pub fn read_faults(uffd: BorrowedFd<'_>, out: &mut Vec<u64>) -> io::Result<()> {
+    const BATCH: usize = 64;
+    let mut msgs = [UffdMsg {
+        event: 0,
+        reserved1: 0,
+        reserved2: 0,
+        reserved3: 0,
+        arg: [0; 3],
+    }; BATCH];
+    loop {
+        // SAFETY: the buffer is valid for writes of its full size and any
+        // bit pattern is a valid `UffdMsg`.
+        let n = unsafe {
+            libc::read(
+                uffd.as_raw_fd(),
+                msgs.as_mut_ptr().cast(),
+                std::mem::size_of_val(&msgs),
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock => Ok(()),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(err),
+            };
+        }
+        let count = n.unsigned_abs() / std::mem::size_of::<UffdMsg>();
+        out.extend(
+            msgs[..count]
+                .iter()
+                .filter(|m| m.event == UFFD_EVENT_PAGEFAULT)
+                .map(|m| m.arg[1]),
+        );
+        if count < BATCH {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_sizes_match_the_kernel_header() {
+        assert_eq!(std::mem::size_of::<UffdioApi>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioRange>(), 16);
+        assert_eq!(std::mem::size_of::<UffdioRegister>(), 32);
+        assert_eq!(std::mem::size_of::<UffdioCopy>(), 40);
+        assert_eq!(std::mem::size_of::<UffdioZeropage>(), 32);
+        assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_header() {
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x3F, 24), 0xc018aa3f);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x00, 32), 0xc020aa00);
+        assert_eq!(nix::request_code_read!(UFFDIO, 0x01, 16), 0x8010aa01);
+        assert_eq!(nix::request_code_read!(UFFDIO, 0x02, 16), 0x8010aa02);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x03, 40), 0xc028aa03);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x04, 32), 0xc020aa04);
+        assert_eq!(nix::request_code_none!(UFFDIO, 0x00), 0xaa00);
+    }
+
+    #[test]
+    fn partial_copy_reports_progress() {
+        use nix::errno::Errno;
+        assert_eq!(partial(Ok(0), 8192).expect("ok"), 8192);
+        assert_eq!(partial(Err(Errno::EAGAIN), 4096).expect("partial"), 4096);
+        let again = partial(Err(Errno::EAGAIN), -11).expect_err("nothing copied");
+        assert_eq!(again.raw_os_error(), Some(libc::EAGAIN));
+        let exists = partial(Err(Errno::EEXIST), -17).expect_err("exists");
+        assert_eq!(exists.raw_os_error(), Some(libc::EEXIST));
+    }
+}

@@ -1,0 +1,555 @@
+//! Privileged end-to-end test of hibernation (needs root for
+//! `/dev/userfaultfd`; skipped with a reason otherwise, a failure under
+//! `CI=true`).
+//!
+//! No test harness: `main` runs the scenarios one after another in a single
+//! thread, and re-executes this binary as the hibernating child (env
+//! `FNHOST_SNAPSHOT_TEST_CHILD_FD` set to its socket). Parent and child talk
+//! over a `SOCK_SEQPACKET` pair: one message per step, first byte a tag.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use fnhost_snapshot::{
+    hibernate, prepare, recv_bare, send_bare, uffd, wake, Region, RestoreError, Sleeper, Snapshot,
+    WakeStats, WorkingSet,
+};
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+const CHILD_ENV: &str = "FNHOST_SNAPSHOT_TEST_CHILD_FD";
+
+/// Parent → child: hibernate (with the device and snapshot fds), go, exit.
+const HIBERNATE: u8 = b'H';
+const GO: u8 = b'G';
+const EXIT: u8 = b'X';
+/// Child → parent: prepared (uffd + regions), window done, verified, error.
+const PREPARED: u8 = b'P';
+const DONE: u8 = b'D';
+const VERIFIED: u8 = b'V';
+const FAILED: u8 = b'E';
+
+type Scenario = (&'static str, fn(&Path));
+
+fn main() -> ExitCode {
+    if let Ok(fd) = std::env::var(CHILD_ENV) {
+        child::run(fd.parse().expect("child fd number"));
+    }
+    if let Some(reason) = skip_reason() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            eprintln!("hibernate: cannot run under CI=true: {reason}");
+            return ExitCode::FAILURE;
+        }
+        println!("hibernate: skipped: {reason}");
+        return ExitCode::SUCCESS;
+    }
+
+    let scenarios: [Scenario; 4] = [
+        (
+            "cycles_with_and_without_prefetch",
+            parent::with_and_without_prefetch,
+        ),
+        ("five_cycles_leave_nothing_behind", parent::five_cycles),
+        (
+            "truncated_snapshot_fails_the_wake",
+            parent::truncated_snapshot,
+        ),
+        (
+            "on_demand_faults_feed_the_prefetch",
+            parent::on_demand_faults,
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, scenario) in scenarios {
+        let dir = tempfile::tempdir().expect("tempdir");
+        println!("test {name} ...");
+        match panic::catch_unwind(AssertUnwindSafe(|| scenario(dir.path()))) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("hibernate: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root to open /dev/userfaultfd".into());
+    }
+    if !Path::new(uffd::DEVICE).exists() {
+        return Some(format!(
+            "{} does not exist (kernel older than 6.1?)",
+            uffd::DEVICE
+        ));
+    }
+    None
+}
+
+/// One SEQPACKET message with optional fds.
+fn send(sock: BorrowedFd<'_>, tag: u8, body: &[u8], fds: &[BorrowedFd<'_>]) {
+    let mut msg = vec![tag];
+    msg.extend_from_slice(body);
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let cmsgs = if raw.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(&msg)],
+        &cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .expect("sendmsg");
+}
+
+/// The next message as (tag, body, fds); tag 0 on EOF.
+fn recv(sock: BorrowedFd<'_>) -> (u8, Vec<u8>, Vec<OwnedFd>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .expect("recvmsg (timed out?)");
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().expect("cmsgs") {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: SCM_RIGHTS installed these descriptors for us alone.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let len = msg.bytes;
+    if len == 0 {
+        return (0, Vec::new(), fds);
+    }
+    (buf[0], buf[1..len].to_vec(), fds)
+}
+
+mod child {
+    use super::*;
+
+    const BIG_WORDS: usize = 4 << 20; // 32 MiB
+    const ZEROS: usize = 4 << 20;
+    const FLIPPING: usize = 2 << 20;
+    const BOXES: usize = 20_000;
+
+    /// Distinctive memory: a big patterned buffer, untouched zeros, a buffer
+    /// that is zero or patterned depending on the seed, many small boxes.
+    #[allow(clippy::vec_box)] // many small heap allocations, on purpose
+    struct Memory {
+        seed: u64,
+        big: Vec<u64>,
+        zeros: Vec<u8>,
+        flipping: Vec<u8>,
+        boxes: Vec<Box<[u64; 4]>>,
+    }
+
+    fn word(i: usize, seed: u64) -> u64 {
+        (i as u64 ^ (seed << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+    }
+
+    impl Memory {
+        fn new() -> Memory {
+            let mut mem = Memory {
+                seed: 0,
+                big: vec![0; BIG_WORDS],
+                zeros: vec![0; ZEROS],
+                flipping: vec![1; FLIPPING],
+                boxes: Vec::new(),
+            };
+            mem.fill(1);
+            mem
+        }
+
+        fn fill(&mut self, seed: u64) {
+            self.seed = seed;
+            for (i, w) in self.big.iter_mut().enumerate() {
+                *w = word(i, seed);
+            }
+            let flip = if seed & 1 == 0 { seed as u8 } else { 0 };
+            self.flipping.fill(flip);
+            self.boxes = (0..BOXES)
+                .map(|i| Box::new([word(i, seed), i as u64, seed, !word(i, seed)]))
+                .collect();
+        }
+
+        /// Checks everything, last page first (the daemon copies in address
+        /// order, so during an early wake this faults on pages not yet
+        /// copied): first a saved page, then a zero page, then the rest.
+        fn verify(&self) -> Result<(), String> {
+            let seed = self.seed;
+            let last = BIG_WORDS - 1;
+            if self.big[last] != word(last, seed) || self.zeros[ZEROS - 1] != 0 {
+                return Err("last pages differ".into());
+            }
+            for i in (0..self.big.len()).rev() {
+                if self.big[i] != word(i, seed) {
+                    return Err(format!("big[{i}] = {:#x}", self.big[i]));
+                }
+            }
+            if let Some(i) = self.zeros.iter().rposition(|&b| b != 0) {
+                return Err(format!("zeros[{i}] = {}", self.zeros[i]));
+            }
+            let flip = if seed & 1 == 0 { seed as u8 } else { 0 };
+            if let Some(i) = self.flipping.iter().rposition(|&b| b != flip) {
+                return Err(format!("flipping[{i}] = {}", self.flipping[i]));
+            }
+            for (i, b) in self.boxes.iter().enumerate().rev() {
+                if **b != [word(i, seed), i as u64, seed, !word(i, seed)] {
+                    return Err(format!("box {i} = {b:?}"));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    pub fn run(fd: RawFd) -> ! {
+        // SAFETY: the parent left this descriptor open for us; nothing else
+        // in this process owns it.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut mem = Memory::new();
+        loop {
+            let (tag, _, fds) = recv(sock.as_fd());
+            match tag {
+                HIBERNATE => cycle(sock.as_fd(), fds, &mut mem),
+                EXIT | 0 => std::process::exit(0),
+                other => panic!("child: unexpected message {other}"),
+            }
+        }
+    }
+
+    fn cycle(sock: BorrowedFd<'_>, fds: Vec<OwnedFd>, mem: &mut Memory) {
+        let [device, snapshot]: [OwnedFd; 2] = fds.try_into().expect("device and snapshot fds");
+        let prepared = match prepare(device) {
+            Ok(p) => p,
+            Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
+        };
+        let regions = serde_json::to_vec(prepared.regions()).expect("regions json");
+        send(sock, PREPARED, &regions, &[prepared.uffd()]);
+        nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&nix::sys::signal::SigSet::all()),
+            None,
+        )
+        .expect("block signals");
+
+        // From here until the wake: stack only, raw syscalls only.
+        let started = Instant::now();
+        let result = hibernate(prepared, snapshot.as_fd());
+        let window = started.elapsed();
+        let stats = match result {
+            Ok(stats) => stats,
+            Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
+        };
+        let mut go = [0u8; 1];
+        if send_bare(sock, &[DONE]).is_err() || !matches!(recv_bare(sock, &mut go), Ok(1)) {
+            // SAFETY: _exit is async-signal-safe and touches no memory.
+            unsafe { libc::_exit(3) };
+        }
+
+        let report = match mem.verify() {
+            Ok(()) => format!(
+                "ok window_us={} pages_written={} bytes_dropped={} not_dropped={}",
+                window.as_micros(),
+                stats.pages_written,
+                stats.bytes_dropped,
+                stats.regions_not_dropped
+            ),
+            Err(bad) => format!("bad: {bad}"),
+        };
+        drop(snapshot);
+        mem.fill(mem.seed + 1);
+        send(sock, VERIFIED, report.as_bytes(), &[]);
+    }
+}
+
+mod parent {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// A spawned child; killed and reaped on drop, even while unwinding.
+    struct Child {
+        proc: std::process::Child,
+        sock: OwnedFd,
+        cycles: u32,
+    }
+
+    impl Child {
+        fn spawn() -> Child {
+            let (sock, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .expect("socketpair");
+            // This process is single-threaded: no other spawn can inherit it.
+            nix::fcntl::fcntl(
+                theirs.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .expect("clear cloexec");
+            setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::seconds(60)).expect("timeout");
+            let proc = Command::new(std::env::current_exe().expect("current exe"))
+                .env(CHILD_ENV, theirs.as_raw_fd().to_string())
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn child");
+            drop(theirs);
+            Child {
+                proc,
+                sock,
+                cycles: 0,
+            }
+        }
+
+        fn pid(&self) -> u32 {
+            self.proc.id()
+        }
+
+        fn send(&self, tag: u8, fds: &[BorrowedFd<'_>]) {
+            send(self.sock.as_fd(), tag, &[], fds);
+        }
+
+        fn expect(&self, want: u8) -> (Vec<u8>, Vec<OwnedFd>) {
+            let (tag, body, fds) = recv(self.sock.as_fd());
+            assert_eq!(
+                tag as char,
+                want as char,
+                "child said: {}",
+                String::from_utf8_lossy(&body)
+            );
+            (body, fds)
+        }
+
+        fn exit(mut self) {
+            self.send(EXIT, &[]);
+            let status = self.proc.wait().expect("wait child");
+            assert!(status.success(), "child exited with {status}");
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.proc.kill();
+            let _ = self.proc.wait();
+        }
+    }
+
+    fn anon_rss_kib(pid: u32) -> u64 {
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
+        text.lines()
+            .find_map(|l| l.strip_prefix("Anonymous:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("Anonymous: line")
+    }
+
+    /// Wait until the child sleeps in a userfault, so a wake has a fault to serve.
+    fn wait_for_fault(pid: u32) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+            != "handle_userfault"
+        {
+            assert!(Instant::now() < until, "child never faulted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("list fds")
+            .count()
+    }
+
+    /// A hibernated child, sealed and ready to wake.
+    struct Hibernated {
+        sleeper: Sleeper,
+        path: PathBuf,
+        rss_before: u64,
+    }
+
+    fn hibernate_child(child: &mut Child, dir: &Path) -> Hibernated {
+        child.cycles += 1;
+        let device = uffd::open_device().expect("open device");
+        let path = dir.join(format!("zygote-{}-{}.snap", child.pid(), child.cycles));
+        let snapshot = Snapshot::create(path.clone()).expect("create snapshot");
+        child.send(HIBERNATE, &[device.as_fd(), snapshot.file()]);
+        drop(device);
+
+        let (body, mut fds) = child.expect(PREPARED);
+        let regions: Vec<Region> = serde_json::from_slice(&body).expect("regions");
+        let uffd = fds.pop().expect("uffd fd");
+        let rss_before = anon_rss_kib(child.pid());
+        let mut sleeper = Sleeper::new(uffd, snapshot);
+        let started = Instant::now();
+        child.expect(DONE);
+        let window = started.elapsed();
+
+        let started = Instant::now();
+        let seal = sleeper.snapshot.seal(regions).expect("seal");
+        let seal_time = started.elapsed();
+        let rss_after = anon_rss_kib(child.pid());
+        println!(
+            "  hibernate: window {window:?} (as seen by the parent), seal {seal_time:?}, \
+             data {} KiB of file {} KiB, anon RSS {rss_before} KiB -> {rss_after} KiB",
+            seal.data_bytes >> 10,
+            seal.file_bytes >> 10
+        );
+        assert!(
+            seal.data_bytes >= 32 << 20,
+            "only {} data bytes",
+            seal.data_bytes
+        );
+        assert!(
+            rss_after * 4 < rss_before,
+            "anon RSS {rss_before} KiB -> {rss_after} KiB"
+        );
+        Hibernated {
+            sleeper,
+            path,
+            rss_before,
+        }
+    }
+
+    /// Wake the child, release it and check its memory; `go_early` lets it
+    /// run (and fault) while the wake is still copying.
+    fn wake_child(
+        child: &Child,
+        h: Hibernated,
+        ws: &mut WorkingSet,
+        prefetch: bool,
+        go_early: bool,
+    ) -> WakeStats {
+        if go_early {
+            child.send(GO, &[]);
+            wait_for_fault(child.pid());
+        }
+        let stats = wake(&h.sleeper, ws, prefetch, Instant::now() + DEADLINE).expect("wake");
+        drop(h.sleeper);
+        assert!(
+            !h.path.exists(),
+            "snapshot {} left behind",
+            h.path.display()
+        );
+        if !go_early {
+            child.send(GO, &[]);
+        }
+        let (report, _) = child.expect(VERIFIED);
+        let report = String::from_utf8_lossy(&report).into_owned();
+        assert!(report.starts_with("ok"), "child memory: {report}");
+        let rss = anon_rss_kib(child.pid());
+        println!(
+            "  wake (prefetch {prefetch}, early go {go_early}): {:?}, copied {} pages, prefetched {}, \
+             faults {} (zero {}), anon RSS back to {rss} KiB (was {} KiB); child: {report}",
+            stats.duration, stats.copied_pages, stats.prefetched_pages, stats.faults, stats.zero_faults, h.rss_before
+        );
+        stats
+    }
+
+    pub fn with_and_without_prefetch(dir: &Path) {
+        let mut child = Child::spawn();
+        let mut ws = WorkingSet::default();
+        let h = hibernate_child(&mut child, dir);
+        let plain = wake_child(&child, h, &mut ws, false, false);
+        assert_eq!(plain.prefetched_pages, 0);
+        assert!(plain.copied_pages >= (32 << 20) / fnhost_snapshot::page_size());
+        let h = hibernate_child(&mut child, dir);
+        wake_child(&child, h, &mut ws, true, false);
+        child.exit();
+    }
+
+    pub fn five_cycles(dir: &Path) {
+        let fds_before = open_fds();
+        let mut child = Child::spawn();
+        let mut ws = WorkingSet::default();
+        for i in 0..5 {
+            let h = hibernate_child(&mut child, dir);
+            wake_child(&child, h, &mut ws, i % 2 == 1, false);
+        }
+        child.exit();
+        assert_eq!(open_fds(), fds_before, "fds leaked");
+        let left: Vec<_> = std::fs::read_dir(dir).expect("list dir").collect();
+        assert!(left.is_empty(), "files left: {left:?}");
+    }
+
+    pub fn truncated_snapshot(dir: &Path) {
+        let mut child = Child::spawn();
+        let h = hibernate_child(&mut child, dir);
+        nix::unistd::ftruncate(h.sleeper.snapshot.file(), 0).expect("truncate");
+        let started = Instant::now();
+        let result = wake(
+            &h.sleeper,
+            &mut WorkingSet::default(),
+            false,
+            Instant::now() + DEADLINE,
+        );
+        println!(
+            "  wake of a truncated snapshot after {:?}: {result:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(result, Err(RestoreError::SnapshotUnreadable { .. })),
+            "{result:?}"
+        );
+        child.proc.kill().expect("kill child");
+        let status = child.proc.wait().expect("reap child");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        // With the process gone every copy fails with ESRCH.
+        let result = wake(
+            &h.sleeper,
+            &mut WorkingSet::default(),
+            false,
+            Instant::now() + DEADLINE,
+        );
+        assert!(
+            matches!(result, Err(RestoreError::ProcessGone)),
+            "{result:?}"
+        );
+        drop(h.sleeper);
+        assert!(!h.path.exists());
+    }
+
+    pub fn on_demand_faults(dir: &Path) {
+        let mut child = Child::spawn();
+        let mut ws = WorkingSet::default();
+        let h = hibernate_child(&mut child, dir);
+        let early = wake_child(&child, h, &mut ws, false, true);
+        // The child's first two touches: a saved page, then a zero page.
+        assert!(early.faults >= 2, "faults not served on demand: {early:?}");
+        assert!(early.zero_faults >= 1, "no zero page served: {early:?}");
+        assert!(!ws.is_empty());
+        println!("  working set: {} pages", ws.len());
+        let h = hibernate_child(&mut child, dir);
+        let again = wake_child(&child, h, &mut ws, true, false);
+        assert!(again.prefetched_pages > 0, "nothing prefetched: {again:?}");
+        child.exit();
+    }
+}
