@@ -51,6 +51,8 @@ fn describe(spec: &FunctionSpec, status: Option<fnhost_pool::PoolStatus>) -> ser
         "writable_layer_mb": l.writable_layer_mb,
         "zygotes": p.zygotes, "ready_clones": p.ready_clones, "max_concurrency": p.max_concurrency,
         "queue_timeout_ms": p.queue_timeout_ms, "idle_ttl_ms": p.idle_ttl_ms, "prewarm": p.prewarm, "burst": p.burst,
+        "hibernate_after_ms": p.hibernate_after_ms, "hibernate_mode": p.hibernate_mode.as_str(),
+        "hibernate_prefetch": p.hibernate_prefetch,
         "env": spec.env,
         "status": status,
     })

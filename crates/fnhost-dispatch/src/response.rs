@@ -92,6 +92,9 @@ pub fn server_timing(inv: &Invocation, dispatch_us: u64) -> String {
     if t.zygote_us > 0 {
         parts.push(("zygote", t.zygote_us));
     }
+    if inv.start == fnhost_pool::StartKind::Wake {
+        parts.push(("wake", t.wake_us));
+    }
     if t.clone_us > 0 || t.setup_us > 0 {
         parts.push(("clone", t.clone_us));
         parts.push(("setup", t.setup_us));

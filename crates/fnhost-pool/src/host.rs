@@ -17,6 +17,7 @@ use fnhost_zygote::{PYTHON_SHIM, PYTHON_SHIM_PATH, SHIM_LIB_NAME, SHIM_LIB_PATH}
 
 use crate::budget::{default_budget_bytes, MemoryBudget};
 use crate::error::InvokeError;
+use crate::hibernation::SnapshotStore;
 use crate::pool::{FunctionPool, Ids, Invocation, PoolShared, PoolStatus};
 use crate::process::IdMap;
 
@@ -78,6 +79,13 @@ pub enum HostError {
         image: String,
         source: fnhost_layers::LayerError,
     },
+    #[error("cannot prepare the snapshot directory under {path}: {source} (set server.state_dir to a writable directory)")]
+    SnapshotDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Hibernation(String),
 }
 
 /// Where the daemon finds things that are not in the config.
@@ -117,6 +125,7 @@ pub struct Host {
     host_layer: HostLayer,
     runtime: Layer,
     staging: PathBuf,
+    snapshots: Arc<SnapshotStore>,
     ids: Arc<Ids>,
     server: ServerConfig,
     layout: String,
@@ -305,6 +314,10 @@ impl Host {
                 },
             ])
             .map_err(HostError::RuntimeLayer)?;
+        let snapshots = SnapshotStore::open(state).map_err(|source| HostError::SnapshotDir {
+            path: state.clone(),
+            source,
+        })?;
         let budget = MemoryBudget::new(budget_bytes(&config.server), tree.clone());
         let host = Host {
             pools: RwLock::new(BTreeMap::new()),
@@ -314,6 +327,7 @@ impl Host {
             host_layer,
             runtime,
             staging,
+            snapshots: Arc::new(snapshots),
             ids: Arc::new(Ids::default()),
             server: config.server.clone(),
             layout: layout_text,
@@ -334,6 +348,7 @@ impl Host {
     /// (content-addressed, so unchanged code is not copied again) and
     /// resolves its root layers.
     fn prepare(&self, spec: &FunctionSpec) -> Result<ZygoteSpec, HostError> {
+        self.snapshots.check(spec).map_err(HostError::Hibernation)?;
         let code = self
             .store
             .import_dir(&spec.code, Path::new("var/task"))
@@ -404,6 +419,7 @@ impl Host {
             budget: self.budget.clone(),
             max_response: self.server.max_response_bytes,
             userns: self.userns(),
+            snapshots: self.snapshots.clone(),
         };
         let pool = FunctionPool::new(spec.clone(), zspec, zygote_cgroup, shared);
         tokio::spawn(pool.clone().maintain());

@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod error;
 mod fd;
+pub mod hibernation;
 pub mod host;
 pub mod pool;
 pub mod process;

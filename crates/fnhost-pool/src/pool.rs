@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use fnhost_config::{FunctionSpec, PoolSettings};
+use fnhost_config::{FunctionSpec, HibernateMode, PoolSettings};
 use fnhost_sandbox::cgroup::{Cgroup, CgroupLimits, CgroupTree};
 use fnhost_zygote::protocol::InvokeMeta;
 use fnhost_zygote::spec::ZygoteSpec;
@@ -18,6 +18,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::budget::{MemoryBudget, Need};
 use crate::error::InvokeError;
+use crate::hibernation::SnapshotStore;
 use crate::process::IdMap;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
 use crate::telemetry::PoolMetrics;
@@ -41,6 +42,8 @@ pub enum StartKind {
     OnDemandClone,
     /// No zygote was running: one was started for this request.
     ColdStart,
+    /// The zygote was hibernated: it was woken, then cloned.
+    Wake,
 }
 
 impl StartKind {
@@ -49,6 +52,7 @@ impl StartKind {
             Self::ReadyClone => "ready-clone",
             Self::OnDemandClone => "on-demand-clone",
             Self::ColdStart => "cold-start",
+            Self::Wake => "wake",
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Timings {
     pub queue_us: u64,
     /// Starting a zygote (cold starts only).
     pub zygote_us: u64,
+    /// Waking a hibernated zygote (wake-ups only).
+    pub wake_us: u64,
     /// `clone3` in the zygote (on-demand and cold starts; a ready clone paid
     /// it ahead of time).
     pub clone_us: u64,
@@ -96,6 +102,10 @@ pub struct PoolStatus {
     pub queued: usize,
     pub evictions: u64,
     pub memory_bytes: u64,
+    /// Zygotes hibernating now.
+    pub hibernated: usize,
+    /// Bytes of memory held in their snapshot files.
+    pub snapshot_bytes: u64,
 }
 
 /// What every pool of a host shares.
@@ -107,6 +117,7 @@ pub struct PoolShared {
     pub max_response: usize,
     /// The user namespace mapping, when sandboxes run in one.
     pub userns: Option<IdMap>,
+    pub snapshots: Arc<SnapshotStore>,
 }
 
 pub struct FunctionPool {
@@ -121,6 +132,7 @@ pub struct FunctionPool {
     budget: Arc<MemoryBudget>,
     max_response: usize,
     userns: Option<IdMap>,
+    snapshots: Arc<SnapshotStore>,
     zygotes: Mutex<Vec<Arc<Zygote>>>,
     ready: Mutex<VecDeque<Sandbox>>,
     free_slots: Arc<Mutex<Vec<Slot>>>,
@@ -197,6 +209,7 @@ impl FunctionPool {
             budget,
             max_response,
             userns,
+            snapshots,
         } = shared;
         let spec_name = spec.name.clone();
         let limits = CgroupLimits::from_cpus(
@@ -219,6 +232,7 @@ impl FunctionPool {
             budget: budget.clone(),
             max_response,
             userns,
+            snapshots,
             zygotes: Mutex::new(Vec::new()),
             ready: Mutex::new(VecDeque::new()),
             free_slots: Arc::new(Mutex::new(Vec::new())),
@@ -322,7 +336,10 @@ impl FunctionPool {
     }
 
     pub fn status(&self) -> PoolStatus {
+        let zygotes = self.live_zygotes();
         PoolStatus {
+            hibernated: zygotes.iter().filter(|z| z.is_asleep()).count(),
+            snapshot_bytes: zygotes.iter().map(|z| z.snapshot_bytes()).sum(),
             zygotes: self.live_zygotes().len(),
             ready_clones: self.ready.lock().expect("ready lock").len(),
             free_cgroups: self.free_slots.lock().expect("slots lock").len(),
@@ -347,6 +364,8 @@ impl FunctionPool {
         m.in_flight.set(status.in_flight as f64);
         m.queued.set(status.queued as f64);
         m.memory.set(status.memory_bytes as f64);
+        m.hibernated.set(status.hibernated as f64);
+        m.snapshot_bytes.set(status.snapshot_bytes as f64);
     }
 
     fn take_slot(&self) -> Result<Slot, String> {
@@ -481,6 +500,9 @@ impl FunctionPool {
         .await
         {
             Ok(sandbox) => {
+                if let Some(woke) = &sandbox.woke {
+                    self.record_wake(woke);
+                }
                 let phase = &self.metrics.phase;
                 phase.clone.record(secs(sandbox.fork_us));
                 phase.cgroup_attach.record(secs(sandbox.setup.cgroup_us));
@@ -492,6 +514,9 @@ impl FunctionPool {
                 Ok(sandbox)
             }
             Err((slot, detail)) => {
+                if detail.starts_with("wake-up failed") {
+                    self.metrics.wakes_failed.increment(1);
+                }
                 // The clone may still be exiting; only reuse an empty cgroup.
                 if slot.cgroup.is_empty().unwrap_or(false) {
                     self.free_slots.lock().expect("slots lock").push(slot);
@@ -554,6 +579,9 @@ impl FunctionPool {
                 }
             };
             match self.create_sandbox(zygote.clone()).await {
+                Ok(sandbox) if sandbox.woke.is_some() && kind == StartKind::OnDemandClone => {
+                    return Ok((sandbox, StartKind::Wake, zygote_us))
+                }
                 Ok(sandbox) => return Ok((sandbox, kind, zygote_us)),
                 // A zygote that died under us: try once more with another.
                 Err(e) if attempt == 0 && !zygote.is_alive() => {
@@ -602,6 +630,7 @@ impl FunctionPool {
                 }
             };
             self.stop_idle_extra_zygotes();
+            self.hibernate_if_idle().await;
             self.trim_idle_cgroups();
             self.publish_gauges();
             let wait = if failed {
@@ -686,23 +715,122 @@ impl FunctionPool {
             let n = zygotes.len();
             zygotes.drain(keep.min(n)..).collect()
         };
+        self.stop_ready_clones_of(&surplus);
+        if kill {
+            for zygote in surplus {
+                tracing::info!(function = %self.name, zygote = zygote.id, "stopping idle zygote (idle_ttl_ms)");
+                zygote.kill();
+            }
+        }
+    }
+
+    /// Hibernates the pool's zygotes once the function has been idle for
+    /// `hibernate_after_ms`: their ready clones are stopped (each holds
+    /// pages of its zygote), then each zygote's memory goes to a snapshot
+    /// (or the kernel reclaims the cgroup's). The pool stays dormant (no
+    /// refill) until its next request, which wakes a zygote.
+    async fn hibernate_if_idle(&self) {
+        let settings = self.settings();
+        if settings.hibernate_after_ms == 0
+            || self.closed.load(Ordering::SeqCst)
+            || self.in_flight.load(Ordering::SeqCst) > 0
+            || self.queued.load(Ordering::SeqCst) > 0
+            || now_ms().saturating_sub(self.last_used_ms()) < settings.hibernate_after_ms
+        {
+            return;
+        }
+        let sleepy: Vec<Arc<Zygote>> = self
+            .live_zygotes()
+            .into_iter()
+            .filter(|z| !z.is_asleep())
+            .collect();
+        if sleepy.is_empty() {
+            return;
+        }
+        // No refill while asleep: it would fork ready clones (waking the
+        // zygotes right away). The next request clears this.
+        self.dormant.store(true, Ordering::SeqCst);
+        let _one_pass = self.refilling.lock().await;
+        self.stop_ready_clones_of(&sleepy);
+        let mode = settings.hibernate_mode;
+        for zygote in sleepy {
+            // A request that arrived meanwhile keeps the pool awake.
+            if !self.dormant.load(Ordering::SeqCst) {
+                return;
+            }
+            let started = Instant::now();
+            let outcome = match mode {
+                HibernateMode::Snapshot => {
+                    let path = self.snapshots.path(&self.name, zygote.id);
+                    match self.snapshots.device() {
+                        Ok(device) => zygote
+                            .hibernate_snapshot(device, path, settings.hibernate_prefetch)
+                            .await
+                            .map(|h| h.map(|h| (h.snapshot_bytes, h.dropped_bytes))),
+                        Err(e) => Err(e),
+                    }
+                }
+                HibernateMode::Reclaim => {
+                    // Let the killed ready clones leave the cgroup first.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // The kernel reclaims synchronously (for a while when
+                    // little can go): off the runtime's threads.
+                    let cgroup = self.zygote_cgroup.clone();
+                    match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
+                        Ok(Ok(())) => Ok(zygote.mark_reclaimed().await.then_some((0, 0))),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(format!("reclaim task failed: {e}")),
+                    }
+                }
+            };
+            match outcome {
+                Ok(Some((snapshot_bytes, dropped_bytes))) => {
+                    let took = started.elapsed();
+                    self.metrics.hibernations.increment(1);
+                    self.metrics.hibernate.record(took.as_secs_f64());
+                    tracing::info!(function = %self.name, zygote = zygote.id, mode = mode.as_str(),
+                        snapshot_mb = snapshot_bytes as f64 / 1048576.0, dropped_mb = dropped_bytes as f64 / 1048576.0,
+                        took_ms = took.as_secs_f64() * 1e3, "zygote hibernated");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics.hibernations_failed.increment(1);
+                    tracing::warn!(function = %self.name, zygote = zygote.id, mode = mode.as_str(), error = %e,
+                        "cannot hibernate zygote; it stays warm");
+                }
+            }
+        }
+        self.publish_gauges();
+    }
+
+    fn record_wake(&self, woke: &crate::zygote::Woken) {
+        let m = &self.metrics;
+        m.wakes.increment(1);
+        m.wake.record(secs(woke.wake_us));
+        if let Some(stats) = &woke.restore {
+            m.wake_faults.increment(stats.faults);
+            m.wake_prefetched_pages.increment(stats.prefetched_pages);
+            m.wake_copied_pages.increment(stats.copied_pages);
+        }
+        let restore = woke.restore.clone().unwrap_or_default();
+        tracing::info!(function = %self.name, wake_ms = woke.wake_us as f64 / 1e3,
+            restore_ms = restore.duration.as_secs_f64() * 1e3, copied_pages = restore.copied_pages,
+            faults = restore.faults, prefetched = restore.prefetched_pages, "zygote woken");
+    }
+
+    /// Stops the ready clones forked by any of `zygotes`.
+    fn stop_ready_clones_of(&self, zygotes: &[Arc<Zygote>]) {
         let stale: Vec<Sandbox> = {
             let mut ready = self.ready.lock().expect("ready lock");
             let (keep, stale): (VecDeque<Sandbox>, VecDeque<Sandbox>) = ready
                 .drain(..)
-                .partition(|s| !surplus.iter().any(|z| Arc::ptr_eq(z, &s.zygote)));
+                .partition(|s| !zygotes.iter().any(|z| Arc::ptr_eq(z, &s.zygote)));
             *ready = keep;
             stale.into_iter().collect()
         };
         for sandbox in stale {
             sandbox.kill();
             self.spawn_teardown(sandbox);
-        }
-        if kill {
-            for zygote in surplus {
-                tracing::info!(function = %self.name, zygote = zygote.id, "stopping idle zygote (idle_ttl_ms)");
-                zygote.kill();
-            }
         }
     }
 
@@ -906,11 +1034,15 @@ impl FunctionPool {
             )
             .await;
         let exchange_total = sent.elapsed().as_micros() as u64;
+        let wake_us = sandbox.woke.as_ref().map_or(0, |w| w.wake_us);
         let (clone_us, setup_us) = match kind {
             StartKind::ReadyClone => (0, 0),
             _ => (
                 sandbox.fork_us,
-                sandbox.create_us.saturating_sub(sandbox.fork_us),
+                sandbox
+                    .create_us
+                    .saturating_sub(sandbox.fork_us)
+                    .saturating_sub(wake_us),
             ),
         };
         let oom_before = sandbox.slot.oom_seen;
@@ -952,6 +1084,7 @@ impl FunctionPool {
         let timings = Timings {
             queue_us,
             zygote_us,
+            wake_us,
             clone_us,
             setup_us,
             handler_us,

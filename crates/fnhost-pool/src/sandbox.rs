@@ -43,8 +43,11 @@ pub struct Sandbox {
     pub zygote: Arc<Zygote>,
     pub fork_us: u64,
     pub setup: SetupTimes,
-    /// Time from the clone request to the clone's `Ready`, as seen here.
+    /// Time from the clone request to the clone's `Ready`, as seen here
+    /// (including a wake-up of the zygote, if there was one).
     pub create_us: u64,
+    /// The zygote was hibernated and woken for this clone.
+    pub woke: Option<crate::zygote::Woken>,
 }
 
 /// How an invocation inside a sandbox ended.
@@ -171,6 +174,7 @@ impl Sandbox {
                 fork_us: cloned.fork_us,
                 setup,
                 create_us: started.elapsed().as_micros() as u64,
+                woke: cloned.woke,
             }),
             Ok(Err(e)) => {
                 let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);

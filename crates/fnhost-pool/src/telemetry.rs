@@ -34,6 +34,17 @@ pub struct PoolMetrics {
     pub in_flight: Gauge,
     pub queued: Gauge,
     pub memory: Gauge,
+    pub hibernations: Counter,
+    pub hibernations_failed: Counter,
+    pub hibernate: Histogram,
+    pub wakes: Counter,
+    pub wakes_failed: Counter,
+    pub wake: Histogram,
+    pub wake_faults: Counter,
+    pub wake_prefetched_pages: Counter,
+    pub wake_copied_pages: Counter,
+    pub hibernated: Gauge,
+    pub snapshot_bytes: Gauge,
 }
 
 impl PoolMetrics {
@@ -63,7 +74,18 @@ impl PoolMetrics {
             ready_clones: gauge!("fnhost_pool_ready_clones", "function" => f.clone()),
             in_flight: gauge!("fnhost_pool_in_flight", "function" => f.clone()),
             queued: gauge!("fnhost_pool_queued", "function" => f.clone()),
-            memory: gauge!("fnhost_function_memory_bytes", "function" => f),
+            memory: gauge!("fnhost_function_memory_bytes", "function" => f.clone()),
+            hibernations: counter!("fnhost_hibernations_total", "function" => f.clone(), "result" => "ok"),
+            hibernations_failed: counter!("fnhost_hibernations_total", "function" => f.clone(), "result" => "failed"),
+            hibernate: histogram!("fnhost_hibernate_seconds", "function" => f.clone()),
+            wakes: counter!("fnhost_wakes_total", "function" => f.clone(), "result" => "ok"),
+            wakes_failed: counter!("fnhost_wakes_total", "function" => f.clone(), "result" => "failed"),
+            wake: histogram!("fnhost_wake_seconds", "function" => f.clone()),
+            wake_faults: counter!("fnhost_wake_faults_total", "function" => f.clone()),
+            wake_prefetched_pages: counter!("fnhost_wake_prefetched_pages_total", "function" => f.clone()),
+            wake_copied_pages: counter!("fnhost_wake_copied_pages_total", "function" => f.clone()),
+            hibernated: gauge!("fnhost_pool_hibernated_zygotes", "function" => f.clone()),
+            snapshot_bytes: gauge!("fnhost_pool_snapshot_bytes", "function" => f),
         }
     }
 }

@@ -1,16 +1,19 @@
 //! A zygote seen from the daemon: its process (reaped through a pidfd), its
-//! control channel (one clone request at a time, in order), and its output
-//! (logged, last lines kept for error messages). Dropping the last handle
-//! kills the zygote — and with it, through its pid namespace, every clone.
+//! control channel (one request at a time, in order), its hibernation
+//! state, and its output (logged, last lines kept for error messages).
+//! Dropping the last handle kills the zygote — and with it, through its pid
+//! namespace, every clone — and removes its snapshot.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::sys;
+use fnhost_snapshot::{Sleeper, Snapshot, WakeStats, WorkingSet};
 use fnhost_zygote::control::{self, Received};
 use fnhost_zygote::protocol::{DaemonMessage, ZygoteMessage};
 use fnhost_zygote::spec::ZygoteSpec;
@@ -45,6 +48,53 @@ pub struct Cloned {
     pub pid: i32,
     pub pidfd: OwnedFd,
     pub fork_us: u64,
+    /// Set when the zygote was hibernated and had to be woken first.
+    pub woke: Option<Woken>,
+}
+
+/// How long a zygote may take to write its snapshot, or to be woken.
+const HIBERNATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A wake-up that preceded a clone.
+#[derive(Debug, Clone)]
+pub struct Woken {
+    /// Whole wake-up, from the request to the last page in place.
+    pub wake_us: u64,
+    /// Restore statistics (snapshot mode only).
+    pub restore: Option<WakeStats>,
+}
+
+/// Outcome of hibernating a zygote with a snapshot.
+#[derive(Debug, Clone)]
+pub struct Hibernation {
+    pub duration: Duration,
+    /// Bytes of memory written to the snapshot (non-zero pages).
+    pub snapshot_bytes: u64,
+    /// Bytes of address space dropped.
+    pub dropped_bytes: u64,
+}
+
+/// Why a zygote is asleep.
+enum Sleep {
+    /// Its memory is in a snapshot; pages come back through the
+    /// userfaultfd, which `server` watches until the wake-up takes over.
+    Snapshot {
+        snapshot: Snapshot,
+        server: tokio::task::JoinHandle<Result<OwnedFd, String>>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        prefetch: bool,
+    },
+    /// The kernel was asked to reclaim its cgroup's memory; pages fault
+    /// back in by themselves.
+    Reclaimed,
+}
+
+/// The control socket and what only its holder may change.
+struct Channel {
+    fd: AsyncFd<OwnedFd>,
+    sleep: Option<Sleep>,
+    /// Pages earlier wake-ups faulted on, prefetched first next time.
+    working_set: WorkingSet,
 }
 
 /// Where a new zygote goes: its cgroups and, optionally, a user namespace.
@@ -64,8 +114,12 @@ pub struct Zygote {
     pub import_us: u64,
     pub started_in: Duration,
     pidfd: Arc<AsyncFd<OwnedFd>>,
-    control: tokio::sync::Mutex<AsyncFd<OwnedFd>>,
+    control: tokio::sync::Mutex<Channel>,
     alive: Arc<AtomicBool>,
+    /// Mirrors `Channel::sleep.is_some()` for lock-free status reads.
+    asleep: AtomicBool,
+    /// Data bytes of the current snapshot (0 when awake).
+    snapshot_bytes: AtomicU64,
     carry: Vec<String>,
 }
 
@@ -183,6 +237,59 @@ fn watch_exit(
     });
 }
 
+/// Answers the page faults of a sleeping zygote from its snapshot until
+/// `stop` fires (or its sender is dropped); returns the userfaultfd for the
+/// wake-up. See `fnhost_snapshot::asleep`. If a fault cannot be served the
+/// zygote is killed at once (rather than left blocked on the fault) and
+/// the pool replaces it.
+async fn serve_asleep(
+    uffd: OwnedFd,
+    snapshot: std::fs::File,
+    regions: Vec<fnhost_snapshot::Region>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    function: Arc<str>,
+    zygote: u64,
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+) -> Result<OwnedFd, String> {
+    let served = serve_faults(uffd, snapshot, regions, stop, &function, zygote).await;
+    if let Err(e) = &served {
+        tracing::error!(function = %function, zygote, error = %e, "cannot serve a sleeping zygote's page fault; stopping the zygote");
+        let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+    }
+    served
+}
+
+async fn serve_faults(
+    uffd: OwnedFd,
+    snapshot: std::fs::File,
+    regions: Vec<fnhost_snapshot::Region>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    function: &str,
+    zygote: u64,
+) -> Result<OwnedFd, String> {
+    let uffd =
+        crate::fd::register(uffd).map_err(|e| format!("cannot watch the userfaultfd: {e}"))?;
+    let mut page = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(uffd.into_inner()),
+            ready = uffd.readable() => {
+                let mut guard = ready.map_err(|e| e.to_string())?;
+                loop {
+                    match fnhost_snapshot::asleep::serve_pending(uffd.get_ref().as_fd(), &snapshot, &regions, &mut page) {
+                        Ok(0) => break,
+                        Ok(served) => {
+                            tracing::debug!(function = %function, zygote, served, "served page faults of a sleeping zygote");
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
 impl Zygote {
     /// Starts a zygote and waits until its runtime has imported the function.
     pub async fn start(
@@ -263,8 +370,14 @@ impl Zygote {
             import_us,
             started_in: started.elapsed(),
             pidfd,
-            control: tokio::sync::Mutex::new(control),
+            control: tokio::sync::Mutex::new(Channel {
+                fd: control,
+                sleep: None,
+                working_set: WorkingSet::default(),
+            }),
             alive,
+            asleep: AtomicBool::new(false),
+            snapshot_bytes: AtomicU64::new(0),
             carry: spec.clone_carry(),
         }))
     }
@@ -295,11 +408,13 @@ impl Zygote {
             v1_procs,
             run_as,
         };
-        let control = self.control.lock().await;
-        send_msg(&control, &msg, fds)
+        let mut channel = self.control.lock().await;
+        let woke = self.wake_locked(&mut channel).await?;
+        let control = &channel.fd;
+        send_msg(control, &msg, fds)
             .await
             .map_err(|e| format!("cannot reach the zygote: {e}"))?;
-        match recv_msg(&control).await {
+        match recv_msg(control).await {
             Ok(Received::Message(
                 ZygoteMessage::Cloned {
                     sandbox: got,
@@ -311,6 +426,7 @@ impl Zygote {
                 pid,
                 pidfd: fds.remove(0),
                 fork_us,
+                woke,
             }),
             Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => Err(message),
             Ok(Received::Message(other, _)) => {
@@ -319,6 +435,236 @@ impl Zygote {
             Ok(Received::Closed) => Err("the zygote exited".into()),
             Err(e) => Err(format!("zygote control channel failed: {e}")),
         }
+    }
+
+    /// True while the zygote hibernates.
+    pub fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::SeqCst)
+    }
+
+    /// Data bytes of the zygote's snapshot while it hibernates.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Hibernates the zygote with a snapshot at `path`: it creates its own
+    /// userfaultfd from `device` and hands it over, writes its private
+    /// memory to the file and drops it. `Ok(None)`: it already sleeps.
+    pub async fn hibernate_snapshot(
+        &self,
+        device: &OwnedFd,
+        path: PathBuf,
+        prefetch: bool,
+    ) -> Result<Option<Hibernation>, String> {
+        let mut channel = self.control.lock().await;
+        if channel.sleep.is_some() {
+            return Ok(None);
+        }
+        if !self.is_alive() {
+            return Err("the zygote has exited".into());
+        }
+        let started = Instant::now();
+        let mut snapshot = Snapshot::create(path.clone())
+            .map_err(|e| format!("cannot create snapshot {}: {e}", path.display()))?;
+        let fds = [device.as_raw_fd(), snapshot.file().as_raw_fd()];
+        let file = snapshot
+            .file()
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| format!("cannot reopen snapshot {}: {e}", path.display()))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let function = self.function.clone();
+        let id = self.id;
+        let pidfd = self.pidfd.clone();
+        let exchange = async {
+            send_msg(&channel.fd, &DaemonMessage::Hibernate, &fds)
+                .await
+                .map_err(|e| format!("cannot reach the zygote: {e}"))?;
+            let (regions, uffd) = match recv_msg(&channel.fd).await {
+                Ok(Received::Message(ZygoteMessage::Hibernating { regions }, mut fds))
+                    if fds.len() == 1 =>
+                {
+                    (regions, fds.remove(0))
+                }
+                Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
+                    return Err(message)
+                }
+                other => return Err(format!("unexpected reply to hibernate: {other:?}")),
+            };
+            // Trailing zero pages stay holes instead of past-EOF reads.
+            let len = fnhost_snapshot::asleep::layout_len(&regions);
+            file.set_len(len)
+                .map_err(|e| format!("cannot size snapshot {}: {e}", path.display()))?;
+            // Faults are answered from the moment the pages may be gone.
+            let server = tokio::spawn(serve_asleep(
+                uffd,
+                file,
+                regions.clone(),
+                stopped,
+                function,
+                id,
+                pidfd,
+            ));
+            match recv_msg(&channel.fd).await {
+                Ok(Received::Message(
+                    ZygoteMessage::Hibernated {
+                        pages_written: _,
+                        bytes_dropped,
+                    },
+                    _,
+                )) => Ok((regions, server, bytes_dropped)),
+                Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
+                    Err(message)
+                }
+                other => Err(format!("unexpected reply to hibernate: {other:?}")),
+            }
+        };
+        let (regions, server, dropped_bytes) =
+            match tokio::time::timeout(HIBERNATION_TIMEOUT, exchange).await {
+                Ok(Ok(done)) => done,
+                Ok(Err(message)) => return Err(message),
+                Err(_) => {
+                    // It may be stuck half-way: it cannot be trusted again.
+                    self.kill();
+                    return Err(format!(
+                        "the zygote did not finish hibernating within {} s",
+                        HIBERNATION_TIMEOUT.as_secs()
+                    ));
+                }
+            };
+        // fdatasync and dropping the file's page cache block: off the runtime.
+        let sealed = tokio::task::spawn_blocking(move || {
+            let sealed = snapshot.seal(regions);
+            (snapshot, sealed)
+        })
+        .await;
+        let (snapshot, stats) = match sealed {
+            Ok((snapshot, Ok(stats))) => (snapshot, stats),
+            Ok((_, Err(e))) => {
+                // Its memory is gone and the snapshot unusable.
+                self.kill();
+                return Err(format!("cannot seal snapshot {}: {e}", path.display()));
+            }
+            Err(e) => {
+                self.kill();
+                return Err(format!("snapshot sealing failed: {e}"));
+            }
+        };
+        self.snapshot_bytes
+            .store(stats.data_bytes, Ordering::Relaxed);
+        channel.sleep = Some(Sleep::Snapshot {
+            snapshot,
+            server,
+            stop,
+            prefetch,
+        });
+        self.asleep.store(true, Ordering::SeqCst);
+        Ok(Some(Hibernation {
+            duration: started.elapsed(),
+            snapshot_bytes: stats.data_bytes,
+            dropped_bytes,
+        }))
+    }
+
+    /// Marks the zygote hibernated after its cgroup's memory was
+    /// reclaimed (nothing to restore on wake-up). `false`: it already
+    /// sleeps.
+    pub async fn mark_reclaimed(&self) -> bool {
+        let mut channel = self.control.lock().await;
+        if channel.sleep.is_some() {
+            return false;
+        }
+        channel.sleep = Some(Sleep::Reclaimed);
+        self.asleep.store(true, Ordering::SeqCst);
+        true
+    }
+
+    /// Wakes the zygote if it sleeps (the channel is locked by the caller).
+    /// A failed wake-up kills the zygote: its memory cannot be trusted.
+    async fn wake_locked(&self, channel: &mut Channel) -> Result<Option<Woken>, String> {
+        let Some(sleep) = channel.sleep.take() else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        self.asleep.store(false, Ordering::SeqCst);
+        self.snapshot_bytes.store(0, Ordering::Relaxed);
+        let (snapshot, server, stop, prefetch) = match sleep {
+            Sleep::Reclaimed => {
+                return Ok(Some(Woken {
+                    wake_us: 0,
+                    restore: None,
+                }))
+            }
+            Sleep::Snapshot {
+                snapshot,
+                server,
+                stop,
+                prefetch,
+            } => (snapshot, server, stop, prefetch),
+        };
+        // The restore below serves faults itself: take the userfaultfd
+        // back from the server that watched it while the zygote slept.
+        let _ = stop.send(());
+        let uffd = match server.await {
+            Ok(Ok(uffd)) => uffd,
+            Ok(Err(e)) => {
+                return Err(self.wake_failed(format!(
+                    "serving the sleeping zygote's page faults failed: {e}"
+                )))
+            }
+            Err(e) => return Err(self.wake_failed(format!("the page-fault server died: {e}"))),
+        };
+        let sleeper = Sleeper::new(uffd, snapshot);
+        let mut working_set = std::mem::take(&mut channel.working_set);
+        let deadline = Instant::now() + HIBERNATION_TIMEOUT;
+        // The handler serves faults and copies pages on a blocking thread
+        // while the zygote resumes; a handler that fails or panics fails the
+        // wake-up and the zygote is killed, so nothing waits on it forever.
+        let handler = tokio::task::spawn_blocking(move || {
+            let result = fnhost_snapshot::wake(&sleeper, &mut working_set, prefetch, deadline);
+            (sleeper, working_set, result)
+        });
+        let resumed = send_msg(&channel.fd, &DaemonMessage::Wake, &[]).await;
+        let outcome = handler.await;
+        let failure = match (resumed, outcome) {
+            (Ok(()), Ok((sleeper, working_set, Ok(stats)))) => {
+                channel.working_set = working_set;
+                // Closing the userfaultfd unregisters every range: from
+                // now on a missing page is a plain zero-fill page, and
+                // clones may be forked. Removing the snapshot file (and
+                // its blocks) is off the request's path.
+                let fnhost_snapshot::Sleeper { uffd, snapshot } = sleeper;
+                drop(uffd);
+                tokio::task::spawn_blocking(move || drop(snapshot));
+                return Ok(Some(Woken {
+                    wake_us: started.elapsed().as_micros() as u64,
+                    restore: Some(stats),
+                }));
+            }
+            (Err(e), outcome) => {
+                // The zygote dies before its userfaultfd is closed, so it
+                // never runs on zero-filled pages.
+                let failure = self.wake_failed(format!("cannot reach the hibernated zygote: {e}"));
+                drop(outcome);
+                return Err(failure);
+            }
+            (Ok(()), Ok((sleeper, _, Err(e)))) => {
+                let failure =
+                    self.wake_failed(format!("restoring the zygote's memory failed: {e}"));
+                drop(sleeper);
+                return Err(failure);
+            }
+            (Ok(()), Err(e)) => format!("the wake-up handler died: {e}"),
+        };
+        Err(self.wake_failed(failure))
+    }
+
+    /// Kills a zygote whose memory could not be restored (a process blocked
+    /// on a userfaultfd fault still dies on SIGKILL) and says why.
+    fn wake_failed(&self, failure: String) -> String {
+        tracing::error!(function = %self.function, zygote = self.id, error = %failure, "wake-up failed; stopping the zygote");
+        self.kill();
+        format!("wake-up failed: {failure}")
     }
 
     /// Kills the zygote (and so every clone in its pid namespace).

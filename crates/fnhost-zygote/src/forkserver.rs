@@ -21,7 +21,8 @@ use fnhost_sandbox::{caps, CLONE_NAMESPACES};
 
 use crate::control::{self, Received};
 use crate::protocol::{
-    encode_frame, DaemonMessage, FrameKind, InitFailure, SetupFailure, SetupTimes, ZygoteMessage,
+    encode_frame, encode_hibernated, DaemonMessage, FrameKind, InitFailure, SetupFailure,
+    SetupTimes, ZygoteMessage, WAKE_MESSAGE,
 };
 
 fn micros(since: Instant) -> u64 {
@@ -135,14 +136,22 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 sys::exit_immediately(2)
             }
         };
-        let DaemonMessage::Clone {
-            sandbox,
-            writable_bytes,
-            carry,
-            v2_cgroup,
-            v1_procs,
-            run_as,
-        } = msg;
+        let (sandbox, writable_bytes, carry, v2_cgroup, v1_procs, run_as) = match msg {
+            DaemonMessage::Clone {
+                sandbox,
+                writable_bytes,
+                carry,
+                v2_cgroup,
+                v1_procs,
+                run_as,
+            } => (sandbox, writable_bytes, carry, v2_cgroup, v1_procs, run_as),
+            DaemonMessage::Hibernate => {
+                hibernate_until_woken(control, fds);
+                continue;
+            }
+            // Not hibernated: nothing to resume.
+            DaemonMessage::Wake => continue,
+        };
         let expected = 1 + usize::from(v2_cgroup) + v1_procs as usize;
         if fds.len() != expected {
             let message = format!(
@@ -204,6 +213,86 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
             }
         }
     }
+}
+
+/// Hibernates this zygote and returns once the daemon has woken it.
+///
+/// Between writing the snapshot and dropping the memory nothing may write
+/// the heap (the write would be lost), so that part ([`fnhost_snapshot::hibernate`])
+/// and everything after it until the wake-up message use only the stack and
+/// bare system calls (not even glibc's wrappers, whose globals were
+/// dropped too), with every signal blocked. A page touched anyway is
+/// served by the daemon from the snapshot. Heap values created before it
+/// (`fds`, the message buffers) are dropped only after the wake-up, when
+/// the daemon serves the pages they live in.
+fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
+    let failed = |message: String| {
+        let _ = control::send(control, &ZygoteMessage::HibernateFailed { message }, &[]);
+    };
+    if fds.len() != 2 {
+        return failed(format!(
+            "hibernate request carried {} descriptors, expected 2",
+            fds.len()
+        ));
+    }
+    let mut fds = fds.into_iter();
+    let device = fds.next().expect("checked: two descriptors");
+    let snapshot = fds.next().expect("checked: two descriptors");
+    let prepared = match fnhost_snapshot::prepare(device) {
+        Ok(prepared) => prepared,
+        Err(e) => return failed(e.to_string()),
+    };
+    let hibernating = ZygoteMessage::Hibernating {
+        regions: prepared.regions().to_vec(),
+    };
+    if control::send(control, &hibernating, &[prepared.uffd().as_raw_fd()]).is_err() {
+        sys::exit_immediately(0);
+    }
+    drop(hibernating);
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    let all = nix::sys::signal::SigSet::all();
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&all),
+        Some(&mut blocked),
+    );
+    // From here until the wake-up message: stack and raw syscalls only.
+    match fnhost_snapshot::hibernate(prepared, snapshot.as_fd()) {
+        Ok(stats) => {
+            let mut buf = [0u8; 96];
+            let len = encode_hibernated(&mut buf, stats.pages_written, stats.bytes_dropped);
+            if fnhost_snapshot::send_bare(control, &buf[..len]).is_err() {
+                sys::exit_immediately(0);
+            }
+            let mut wake = [0u8; 64];
+            loop {
+                match fnhost_snapshot::recv_bare(control, &mut wake) {
+                    // The daemon is gone.
+                    Ok(0) | Err(_) => sys::exit_immediately(0),
+                    Ok(n) if wake[..n] == *WAKE_MESSAGE => break,
+                    // Nothing else is valid while hibernated; the daemon
+                    // sends only the wake-up.
+                    Ok(_) => continue,
+                }
+            }
+            let _ = nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&blocked),
+                None,
+            );
+        }
+        Err(e) => {
+            // Nothing was dropped: report and serve on.
+            let _ = nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&blocked),
+                None,
+            );
+            failed(e.to_string());
+        }
+    }
+    drop(snapshot);
+    drop(fds);
 }
 
 /// In the clone: isolate, report `Ready`, hand the invocation socket to the

@@ -37,7 +37,21 @@ pub enum DaemonMessage {
         #[serde(default)]
         run_as: Option<(u32, u32)>,
     },
+    /// Hibernate (see `fnhost_snapshot`). Attached descriptors, in order:
+    /// `/dev/userfaultfd` (to create the zygote's own userfaultfd from), the
+    /// snapshot file to write. The zygote answers [`ZygoteMessage::Hibernating`]
+    /// with its userfaultfd, then [`ZygoteMessage::Hibernated`] (or
+    /// `HibernateFailed`), and serves nothing until [`DaemonMessage::Wake`].
+    Hibernate,
+    /// Resume after hibernation. Sent once the daemon is serving the
+    /// zygote's page faults; the daemon sends no clone request until every
+    /// page is back and the userfaultfd is closed.
+    Wake,
 }
+
+/// [`DaemonMessage::Wake`] as sent on the wire; a hibernated zygote reads
+/// it into a stack buffer (its heap may be missing then).
+pub const WAKE_MESSAGE: &[u8] = br#"{"type":"wake"}"#;
 
 /// Zygote → daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,6 +70,51 @@ pub enum ZygoteMessage {
     },
     /// `clone3` itself failed.
     CloneFailed { sandbox: u64, message: String },
+    /// Hibernation started: the zygote's userfaultfd is attached; these
+    /// regions are about to be written to the snapshot and dropped.
+    Hibernating {
+        regions: Vec<fnhost_snapshot::Region>,
+    },
+    /// The zygote's memory is in the snapshot and dropped. Encoded without
+    /// allocating (see [`encode_hibernated`]).
+    Hibernated {
+        pages_written: u64,
+        bytes_dropped: u64,
+    },
+    /// Hibernation did not happen; nothing was dropped and the zygote
+    /// serves on as before.
+    HibernateFailed { message: String },
+}
+
+/// Writes `{"type":"hibernated",...}` into `buf` without allocating (the
+/// zygote sends it right after dropping its heap) and returns its length.
+pub fn encode_hibernated(buf: &mut [u8; 96], pages_written: u64, bytes_dropped: u64) -> usize {
+    fn put(buf: &mut [u8; 96], at: &mut usize, bytes: &[u8]) {
+        buf[*at..*at + bytes.len()].copy_from_slice(bytes);
+        *at += bytes.len();
+    }
+    fn put_u64(buf: &mut [u8; 96], at: &mut usize, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for i in (0..n).rev() {
+            put(buf, at, &[digits[i]]);
+        }
+    }
+    let mut at = 0;
+    put(buf, &mut at, br#"{"type":"hibernated","pages_written":"#);
+    put_u64(buf, &mut at, pages_written);
+    put(buf, &mut at, br#","bytes_dropped":"#);
+    put_u64(buf, &mut at, bytes_dropped);
+    put(buf, &mut at, b"}");
+    at
 }
 
 /// Why a zygote could not start.
@@ -254,5 +313,27 @@ mod tests {
         assert!(
             matches!(failed, ZygoteMessage::InitFailed(f) if f.error_type == "ModuleNotFoundError")
         );
+    }
+
+    #[test]
+    fn hand_encoded_hibernation_messages_parse() {
+        let wake: DaemonMessage = serde_json::from_slice(WAKE_MESSAGE).unwrap();
+        assert_eq!(wake, DaemonMessage::Wake);
+        assert_eq!(
+            serde_json::to_vec(&DaemonMessage::Wake).unwrap(),
+            WAKE_MESSAGE
+        );
+        for (pages, bytes) in [(0, 0), (7, 4096), (u64::MAX, u64::MAX)] {
+            let mut buf = [0u8; 96];
+            let len = encode_hibernated(&mut buf, pages, bytes);
+            let msg: ZygoteMessage = serde_json::from_slice(&buf[..len]).unwrap();
+            assert_eq!(
+                msg,
+                ZygoteMessage::Hibernated {
+                    pages_written: pages,
+                    bytes_dropped: bytes
+                }
+            );
+        }
     }
 }

@@ -1,0 +1,218 @@
+//! Hibernation: idle zygotes give their memory back (snapshot through
+//! userfaultfd, or kernel reclaim) and the next request wakes them. The
+//! fixture's zygote holds tens of MiB of patterned state built at import;
+//! each invocation (a clone of the woken zygote) recomputes its digest.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+fn memory_code() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/memory")
+}
+
+fn function(name: &str, extra: &str) -> String {
+    format!(
+        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\n\
+         zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n{extra}\n",
+        memory_code().display()
+    )
+}
+
+fn status(daemon: &Daemon, name: &str) -> serde_json::Value {
+    daemon
+        .admin("GET", &format!("/admin/functions/{name}"), "", None)
+        .json()["status"]
+        .clone()
+}
+
+fn hibernated(daemon: &Daemon, name: &str) -> bool {
+    status(daemon, name)["hibernated"].as_u64() == Some(1)
+}
+
+fn snapshot_files(daemon: &Daemon) -> Vec<PathBuf> {
+    std::fs::read_dir(daemon.dir.path().join("state/snapshots"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Value of a metric line that starts with `prefix` (name and labels).
+fn metric(daemon: &Daemon, prefix: &str) -> f64 {
+    http(daemon.addr, "GET", "/metrics", b"")
+        .text()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Invokes `name` and checks the clone saw the zygote's state intact.
+fn invoke_intact(daemon: &Daemon, name: &str) -> Response {
+    let r = daemon.invoke(name, "{}");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), daemon.stderr());
+    let body = r.json();
+    assert_eq!(body["intact"], true, "memory of the zygote changed: {body}");
+    r
+}
+
+#[test]
+fn hibernated_zygotes_wake_with_their_memory_intact() {
+    if !require_root("hibernated_zygotes_wake_with_their_memory_intact") {
+        return;
+    }
+    let mut daemon = Daemon::start(
+        &(function("snap", "hibernate_after_ms = 500")
+            + &function(
+                "reclaimed",
+                "hibernate_after_ms = 500\nhibernate_mode = \"reclaim\"",
+            )),
+    );
+    let first = invoke_intact(&daemon, "snap");
+    let digest = first.json()["digest"].clone();
+    let warm = status(&daemon, "snap")["memory_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(warm > 24 << 20, "warm function memory {warm}");
+    let fds = fd_count(daemon.pid());
+
+    for cycle in 0..3 {
+        assert!(
+            eventually(Duration::from_secs(30), || hibernated(&daemon, "snap")),
+            "cycle {cycle}: never hibernated: {}\n{}",
+            status(&daemon, "snap"),
+            daemon.stderr()
+        );
+        let asleep = status(&daemon, "snap");
+        assert!(
+            asleep["snapshot_bytes"].as_u64().unwrap_or(0) > 24 << 20,
+            "{asleep}"
+        );
+        assert_eq!(asleep["ready_clones"], 0, "{asleep}");
+        let memory = asleep["memory_bytes"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            memory < warm / 2,
+            "cycle {cycle}: hibernated memory {memory} vs warm {warm}"
+        );
+        assert_eq!(
+            snapshot_files(&daemon).len(),
+            1,
+            "one snapshot per sleeping zygote"
+        );
+
+        let r = invoke_intact(&daemon, "snap");
+        assert_eq!(r.header("x-fnhost-start"), Some("wake"), "cycle {cycle}");
+        assert!(
+            r.header("server-timing")
+                .unwrap_or("")
+                .contains("wake;dur="),
+            "{:?}",
+            r.header("server-timing")
+        );
+        assert_eq!(r.json()["digest"], digest);
+        assert!(
+            snapshot_files(&daemon).is_empty(),
+            "snapshot left after wake-up: {:?}",
+            snapshot_files(&daemon)
+        );
+        // Clones forked after the wake-up (ready clones) see it intact too.
+        for _ in 0..3 {
+            invoke_intact(&daemon, "snap");
+        }
+    }
+    assert_eq!(
+        metric(
+            &daemon,
+            "fnhost_wakes_total{function=\"snap\",result=\"ok\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &daemon,
+            "fnhost_wakes_total{function=\"snap\",result=\"failed\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &daemon,
+            "fnhost_hibernations_total{function=\"snap\",result=\"ok\"}"
+        ) >= 3.0
+    );
+    // Repeated cycles leak no descriptors in the daemon (uffds, snapshots).
+    let after = fd_count(daemon.pid());
+    assert!(after <= fds + 2, "daemon fds grew from {fds} to {after}");
+
+    // Reclaim mode: the same contract, without a snapshot.
+    assert!(
+        eventually(Duration::from_secs(30), || hibernated(&daemon, "reclaimed")),
+        "reclaim mode never hibernated: {}",
+        status(&daemon, "reclaimed")
+    );
+    let r = invoke_intact(&daemon, "reclaimed");
+    assert_eq!(r.header("x-fnhost-start"), Some("wake"));
+
+    // A zygote asleep at shutdown leaves no snapshot behind.
+    assert!(eventually(Duration::from_secs(30), || hibernated(
+        &daemon, "snap"
+    )));
+    daemon.stop();
+    assert!(
+        snapshot_files(&daemon).is_empty(),
+        "{:?}",
+        snapshot_files(&daemon)
+    );
+}
+
+#[test]
+fn a_failed_wake_up_replaces_the_zygote() {
+    if !require_root("a_failed_wake_up_replaces_the_zygote") {
+        return;
+    }
+    let daemon = Daemon::start(&function("snap", "hibernate_after_ms = 300"));
+    let digest = invoke_intact(&daemon, "snap").json()["digest"].clone();
+    assert!(
+        eventually(Duration::from_secs(30), || hibernated(&daemon, "snap")),
+        "never hibernated: {}",
+        daemon.stderr()
+    );
+    let sleeping_zygote_pids = descendants(daemon.pid());
+    // The snapshot becomes unreadable (an operator cleaning the state
+    // directory, a disk error): the handler cannot restore the zygote.
+    let files = snapshot_files(&daemon);
+    assert_eq!(files.len(), 1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .and_then(|f| f.set_len(0))
+        .expect("truncate snapshot");
+
+    // The request is still served, by a fresh zygote; nothing hangs.
+    let r = invoke_intact(&daemon, "snap");
+    assert_eq!(r.json()["digest"], digest);
+    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
+    assert_eq!(
+        metric(
+            &daemon,
+            "fnhost_wakes_total{function=\"snap\",result=\"failed\"}"
+        ),
+        1.0
+    );
+    assert!(
+        daemon.stderr().contains("wake-up failed"),
+        "{}",
+        daemon.stderr()
+    );
+    // The broken zygote is gone.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let now = descendants(daemon.pid());
+            sleeping_zygote_pids.iter().all(|p| !now.contains(p))
+        }),
+        "the zygote whose wake-up failed still runs"
+    );
+    assert!(snapshot_files(&daemon).is_empty());
+}
