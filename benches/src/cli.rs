@@ -12,7 +12,8 @@ use crate::scenario::Scenario;
 /// clone, on-demand clone, cold start) next to the start-to-exit time of
 /// `crun run`, `runc run`, `bwrap --unshare-all` and plain host exec of the
 /// same Python work; phase breakdown and teardown from /metrics; sandbox
-/// churn; closed-loop throughput; memory density.
+/// churn; closed-loop throughput; memory density; hibernation of idle
+/// zygotes (memory saved, wake-up latency).
 ///
 /// By default it starts `fnhost serve` with a generated config (no-op Python
 /// functions), runs every suite, prints Markdown, writes SVG charts and a
@@ -75,6 +76,24 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub density_clones: u32,
 
+    /// Timed wake-ups per hibernating function (hibernation suite): each
+    /// waits until the function's zygote hibernates (admin API
+    /// status.hibernated == 1), then invokes it once; 0 skips the suite.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub hibernate_cycles: u32,
+
+    /// Idle time after which the hibernation suite's zygotes hibernate
+    /// (their `hibernate_after_ms`); the pool checks about once a second.
+    #[arg(long, value_name = "MS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub hibernate_after_ms: u64,
+
+    /// Memory budget for the hibernation suite's "functions per budget"
+    /// estimate: how many functions fit in it warm vs hibernated.
+    #[arg(long, value_name = "MIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub budget_mib: u64,
+
     /// Runs the baselines inside this process's private mount namespace
     /// (internal: the harness re-executes itself with it).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -116,6 +135,10 @@ pub enum Suite {
     Throughput,
     /// Memory per zygote and per live idle ready clone.
     Density,
+    /// Idle zygotes hibernating (snapshot with and without prefetch,
+    /// reclaim): memory warm vs hibernated, wake-up + invoke latency,
+    /// functions per memory budget.
+    Hibernation,
     /// Everything above.
     All,
 }
@@ -173,6 +196,32 @@ mod tests {
         assert_eq!(fns, ["noop", "noop-ondemand", "noop-cold"]);
         assert!(args.wants(Suite::Density) && args.wants(Suite::Baselines));
         assert_eq!(args.concurrency, [1, 2, 4, 8, 16]);
+        assert!(args.wants(Suite::Hibernation));
+        assert_eq!(
+            (
+                args.hibernate_cycles,
+                args.hibernate_after_ms,
+                args.budget_mib
+            ),
+            (20, 300, 1024)
+        );
+    }
+
+    #[test]
+    fn hibernation_flags_parse_and_reject_zero() {
+        let args = Args::try_parse_from([
+            "fnhost-bench",
+            "hibernation",
+            "--hibernate-cycles",
+            "2",
+            "--budget-mib",
+            "512",
+        ])
+        .expect("valid");
+        assert!(args.wants(Suite::Hibernation) && !args.wants(Suite::Density));
+        assert_eq!((args.hibernate_cycles, args.budget_mib), (2, 512));
+        assert!(Args::try_parse_from(["fnhost-bench", "--budget-mib", "0"]).is_err());
+        assert!(Args::try_parse_from(["fnhost-bench", "--hibernate-after-ms", "0"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The daemon under test: writes a benchmark config and a no-op Python
 //! function into a temporary directory, starts `fnhost serve`, learns its
-//! address from the first stdout line, and always stops it again (SIGTERM,
-//! then SIGKILL after a grace period), on error paths too.
+//! address from the first stdout line (and its admin API's from the second,
+//! when asked for), and always stops it again (SIGTERM, then SIGKILL after
+//! a grace period), on error paths too.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -26,7 +27,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Lines of the daemon's stderr kept for error messages.
 const STDERR_TAIL_LINES: usize = 40;
+/// Warnings and errors of the daemon's log kept for the report's notes.
+const STDERR_WARNING_LINES: usize = 20;
 const READY_PREFIX: &str = "fnhost: listening on ";
+const ADMIN_PREFIX: &str = "fnhost: admin API on ";
 
 pub const NOOP_HANDLER: &str = "def handler(event, context):\n    return {\"ok\": True}\n";
 
@@ -40,7 +44,10 @@ pub const COLD_FN: &str = "noop-cold";
 pub struct Daemon {
     child: Child,
     url: String,
+    admin_url: Option<String>,
+    cgroup_root: String,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_warnings: Arc<Mutex<VecDeque<String>>>,
     // Declared last: dropped only after `Drop::drop` has stopped the daemon.
     _dir: TempDir,
 }
@@ -59,6 +66,19 @@ pub struct FunctionPool {
     /// A native Rust function (the `rust-hello` example built with
     /// fnhost-sdk) instead of the Python no-op.
     pub native: bool,
+    /// Hibernation settings; `None` leaves the daemon's defaults.
+    pub hibernate: Option<Hibernate>,
+}
+
+/// A function's `hibernate_*` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hibernate {
+    /// `hibernate_after_ms`; 0 = never.
+    pub after_ms: u64,
+    /// `hibernate_mode`: `"snapshot"` or `"reclaim"`.
+    pub mode: &'static str,
+    /// `hibernate_prefetch`.
+    pub prefetch: bool,
 }
 
 /// The functions of the latency, churn and throughput suites.
@@ -69,6 +89,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         zygotes: 1,
         ready_clones: 4,
         native: false,
+        hibernate: None,
     },
     // A warm zygote but no pre-forked clone: clone on request (also the
     // churn function: every request is one create + destroy).
@@ -77,6 +98,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         zygotes: 1,
         ready_clones: 0,
         native: false,
+        hibernate: None,
     },
     // Scale to zero: every request starts a zygote.
     FunctionPool {
@@ -84,6 +106,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         zygotes: 0,
         ready_clones: 0,
         native: false,
+        hibernate: None,
     },
     // Throughput: enough ready clones for 16 concurrent connections.
     FunctionPool {
@@ -91,6 +114,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         zygotes: 1,
         ready_clones: 16,
         native: false,
+        hibernate: None,
     },
 ];
 
@@ -102,6 +126,7 @@ pub fn density_functions(clones: u32, native: bool) -> [FunctionPool; 1] {
         zygotes: 1,
         ready_clones: clones,
         native,
+        hibernate: None,
     }]
 }
 
@@ -112,12 +137,14 @@ pub fn native_binary(fnhost: &Path) -> PathBuf {
 }
 
 /// The benchmark config for a state directory, code directory and cgroup
-/// root, serving `functions` (all running the same no-op handler).
+/// root, serving `functions` (all running the same no-op handler); `admin`
+/// turns the admin API on (on a free loopback port).
 pub fn config_toml(
     state_dir: &Path,
     code_dir: &Path,
     cgroup_root: &str,
     functions: &[FunctionPool],
+    admin: bool,
 ) -> String {
     let state = toml_string(&state_dir.display().to_string());
     let code = toml_string(&code_dir.display().to_string());
@@ -131,15 +158,24 @@ pub fn config_toml(
             } else {
                 format!("runtime = \"python3\"\ncode = {code}\nhandler = \"handler.handler\"")
             };
+            let hibernate = f.hibernate.map_or(String::new(), |h| {
+                format!(
+                    "hibernate_after_ms = {}\nhibernate_mode = {}\nhibernate_prefetch = {}\n",
+                    h.after_ms,
+                    toml_string(h.mode),
+                    h.prefetch
+                )
+            });
             format!(
-                "\n[[functions]]\nname = \"{}\"\n{runtime}\nzygotes = {}\nready_clones = {}\n",
+                "\n[[functions]]\nname = \"{}\"\n{runtime}\nzygotes = {}\nready_clones = {}\n{hibernate}",
                 f.name, f.zygotes, f.ready_clones
             )
         })
         .collect();
+    let admin = if admin { "127.0.0.1:0" } else { "off" };
     format!(
         "# Written by fnhost-bench.\n\
-         [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\nstate_dir = {state}\ncgroup_root = {cgroup_root}\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"{admin}\"\nstate_dir = {state}\ncgroup_root = {cgroup_root}\n\
          \n[defaults]\nmemory_mb = 128\ntimeout_ms = 10000\nmax_concurrency = 64\n{functions}"
     )
 }
@@ -154,6 +190,16 @@ impl Daemon {
     /// Writes the config and starts `fnhost serve`; returns once the daemon
     /// has printed its address and answers `/healthz` with 200.
     pub async fn start(fnhost: &Path, functions: &[FunctionPool]) -> Result<Self> {
+        Self::start_with(fnhost, functions, false).await
+    }
+
+    /// [`Daemon::start`], with the admin API on when `admin` is set (its
+    /// address is then [`Daemon::admin_url`]).
+    pub async fn start_with(
+        fnhost: &Path,
+        functions: &[FunctionPool],
+        admin: bool,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fnhost-bench-")
             .tempdir()
@@ -186,7 +232,7 @@ impl Daemon {
         let cgroup_root = format!("fnhost-bench-{}", std::process::id());
         fs::write(
             &config_path,
-            config_toml(&state_dir, &code_dir, &cgroup_root, functions),
+            config_toml(&state_dir, &code_dir, &cgroup_root, functions, admin),
         )
         .with_context(|| format!("writing {}", config_path.display()))?;
 
@@ -202,14 +248,18 @@ impl Daemon {
         let stdout = child.stdout.take().expect("stdout was piped");
         let stderr = child.stderr.take().expect("stderr was piped");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        spawn_stderr_reader(stderr, stderr_tail.clone());
+        let stderr_warnings = Arc::new(Mutex::new(VecDeque::new()));
+        spawn_stderr_reader(stderr, stderr_tail.clone(), stderr_warnings.clone());
         let lines = spawn_stdout_reader(stdout);
 
         // From here on, `daemon` going out of scope stops the process.
         let mut daemon = Self {
             child,
             url: String::new(),
+            admin_url: None,
+            cgroup_root,
             stderr_tail,
+            stderr_warnings,
             _dir: dir,
         };
         eprintln!(
@@ -217,8 +267,10 @@ impl Daemon {
             fnhost.display(),
             daemon.child.id()
         );
-        let url = daemon.wait_for_address(&lines)?;
-        daemon.url = url;
+        daemon.url = daemon.wait_for_line(&lines, READY_PREFIX)?;
+        if admin {
+            daemon.admin_url = Some(daemon.wait_for_line(&lines, ADMIN_PREFIX)?);
+        }
         daemon.wait_healthy().await?;
         Ok(daemon)
     }
@@ -227,12 +279,24 @@ impl Daemon {
         &self.url
     }
 
+    /// The admin API's URL, when started with it.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.admin_url.as_deref()
+    }
+
+    /// The `server.cgroup_root` of the config: the daemon's cgroups are
+    /// `<cgroup_root>/<function>/zygote` and `<cgroup_root>/<function>/s<n>`.
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
     /// The daemon's pid (its zygotes and clones are its descendants).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn wait_for_address(&mut self, lines: &Receiver<String>) -> Result<String> {
+    /// Reads the next stdout line, which must be `prefix` followed by a URL.
+    fn wait_for_line(&mut self, lines: &Receiver<String>, prefix: &str) -> Result<String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             // Poll in short slices: if the daemon dies while a child of it
@@ -240,11 +304,11 @@ impl Daemon {
             match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
                     let line = line.trim_end();
-                    return match line.strip_prefix(READY_PREFIX) {
+                    return match line.strip_prefix(prefix) {
                         Some(url) => Ok(url.to_owned()),
                         None => bail!(
-                            "unexpected first stdout line from fnhost: {line:?} (expected \
-                             \"{READY_PREFIX}http://ADDR\"){}",
+                            "unexpected stdout line from fnhost: {line:?} (expected \
+                             \"{prefix}http://ADDR\"){}",
                             self.stderr_context()
                         ),
                     };
@@ -254,17 +318,17 @@ impl Daemon {
                     // Give the stderr reader a moment to collect the last lines.
                     thread::sleep(Duration::from_millis(200));
                     bail!(
-                        "fnhost closed stdout before printing its address ({}){}",
+                        "fnhost closed stdout before printing \"{prefix}http://ADDR\" ({}){}",
                         describe_exit(status),
                         self.stderr_context()
                     );
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.check_running("before printing its address")?;
+            self.check_running(&format!("before printing \"{prefix}http://ADDR\""))?;
             if Instant::now() >= deadline {
                 bail!(
-                    "fnhost did not print \"{READY_PREFIX}http://ADDR\" within {} s{}",
+                    "fnhost did not print \"{prefix}http://ADDR\" within {} s{}",
                     STARTUP_TIMEOUT.as_secs(),
                     self.stderr_context()
                 );
@@ -319,6 +383,15 @@ impl Daemon {
             Ok(None) => Ok(()),
             Err(err) => Err(err).context("checking whether fnhost is still running"),
         }
+    }
+
+    /// The last WARN and ERROR lines of the daemon's log (up to 20),
+    /// without terminal colours.
+    pub fn stderr_warnings(&self) -> Vec<String> {
+        self.stderr_warnings
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn stderr_context(&self) -> String {
@@ -411,11 +484,26 @@ fn spawn_stdout_reader(stdout: ChildStdout) -> Receiver<String> {
     rx
 }
 
-/// Keeps the last lines of the daemon's stderr for error messages.
-fn spawn_stderr_reader(stderr: impl Read + Send + 'static, tail: Arc<Mutex<VecDeque<String>>>) {
+/// Keeps the last lines of the daemon's stderr for error messages, and
+/// its last warnings and errors (colours stripped) for the report.
+fn spawn_stderr_reader(
+    stderr: impl Read + Send + 'static,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    warnings: Arc<Mutex<VecDeque<String>>>,
+) {
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
+            let plain = strip_ansi(&line);
+            if plain.contains(" WARN ") || plain.contains(" ERROR ") {
+                let Ok(mut warnings) = warnings.lock() else {
+                    return;
+                };
+                if warnings.len() == STDERR_WARNING_LINES {
+                    warnings.pop_front();
+                }
+                warnings.push_back(plain);
+            }
             let Ok(mut tail) = tail.lock() else { return };
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
@@ -423,6 +511,26 @@ fn spawn_stderr_reader(stderr: impl Read + Send + 'static, tail: Arc<Mutex<VecDe
             tail.push_back(line);
         }
     });
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The `fnhost` binary next to this executable (both land in
@@ -458,6 +566,7 @@ mod tests {
             Path::new("/tmp/x/noop"),
             "fnhost-bench-42",
             BENCH_FUNCTIONS,
+            false,
         );
         assert!(
             toml.contains("state_dir = \"/tmp/x \\\"y\\\"/state\""),
@@ -468,6 +577,48 @@ mod tests {
         assert_eq!(toml.matches("[[functions]]").count(), 4);
         assert!(toml.contains("name = \"noop\"\nruntime = \"python3\"\ncode = \"/tmp/x/noop\""));
         assert!(toml.contains("name = \"noop-cold\"\nruntime = \"python3\"\ncode = \"/tmp/x/noop\"\nhandler = \"handler.handler\"\nzygotes = 0\nready_clones = 0"));
+    }
+
+    #[test]
+    fn config_turns_on_admin_and_hibernation_keys() {
+        let functions = [FunctionPool {
+            name: "hib",
+            zygotes: 1,
+            ready_clones: 1,
+            native: false,
+            hibernate: Some(Hibernate {
+                after_ms: 300,
+                mode: "reclaim",
+                prefetch: false,
+            }),
+        }];
+        let toml = config_toml(Path::new("/s"), Path::new("/c"), "r", &functions, true);
+        assert!(toml.contains("admin_listen = \"127.0.0.1:0\""), "{toml}");
+        assert!(
+            toml.ends_with(
+                "ready_clones = 1\nhibernate_after_ms = 300\nhibernate_mode = \"reclaim\"\n\
+                 hibernate_prefetch = false\n"
+            ),
+            "{toml}"
+        );
+        let plain = config_toml(
+            Path::new("/s"),
+            Path::new("/c"),
+            "r",
+            BENCH_FUNCTIONS,
+            false,
+        );
+        assert!(plain.contains("admin_listen = \"off\""));
+        assert!(!plain.contains("hibernate"));
+    }
+
+    #[test]
+    fn strips_terminal_colours() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "2026  WARN x"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 
     #[test]
@@ -551,5 +702,34 @@ mod tests {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGTERM)
         );
+    }
+
+    #[tokio::test]
+    async fn reads_the_admin_address_from_the_second_line() {
+        let addr = start_healthy_server().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = format!(
+            "#!/bin/sh\ngrep -q 'admin_listen = \"127.0.0.1:0\"' \"$3\" || exit 8\n\
+             echo 'fnhost: listening on http://{addr}'\necho 'fnhost: admin API on http://127.0.0.1:9'\n\
+             exec sleep 60\n"
+        );
+        let fake = write_script(dir.path(), &script);
+        let mut daemon = Daemon::start_with(&fake, BENCH_FUNCTIONS, true)
+            .await
+            .expect("fake daemon starts");
+        assert_eq!(daemon.admin_url(), Some("http://127.0.0.1:9"));
+        assert!(daemon.cgroup_root().starts_with("fnhost-bench-"));
+        daemon.stop();
+
+        // Without the admin line the start fails and says what it expected.
+        let script = format!(
+            "#!/bin/sh\necho 'fnhost: listening on http://{addr}'\necho 'other'\nexec sleep 60\n"
+        );
+        let fake = write_script(dir.path(), &script);
+        let err = match Daemon::start_with(&fake, BENCH_FUNCTIONS, true).await {
+            Ok(_) => panic!("a daemon without an admin line must not start"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains("fnhost: admin API on "), "{err}");
     }
 }

@@ -4,28 +4,18 @@
 //! or `.../s<n>`), as memory-cgroup accounting, and as the drop of the
 //! host's `MemAvailable`.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::daemon::{self, Daemon, DENSITY_FN};
 use crate::http::Endpoint;
+use crate::memory::{self, cgroup_usage_kib, mem_available_kib, ProcMem};
 use crate::metrics;
 
 /// How long the pool may take to fill, per clone (plus a fixed minute).
 const FILL_TIME_PER_CLONE: Duration = Duration::from_millis(100);
-
-/// Memory of one process, from smaps_rollup, in KiB.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct ProcMem {
-    rss_kib: u64,
-    pss_kib: u64,
-    /// Private_Clean + Private_Dirty: what exiting would free.
-    uss_kib: u64,
-}
 
 /// The density result (KiB unless named otherwise).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -100,30 +90,16 @@ fn measure(
     fill_seconds: f64,
 ) -> Result<Density> {
     let root = daemon.pid();
-    let mut groups: BTreeMap<String, ProcMem> = BTreeMap::new();
-    for pid in descendants(root) {
-        let Some(cgroup) = memory_cgroup(pid) else {
-            continue;
-        };
-        let Some(mem) = proc_mem(pid) else { continue };
-        let g = groups.entry(cgroup).or_default();
-        g.rss_kib += mem.rss_kib;
-        g.pss_kib += mem.pss_kib;
-        g.uss_kib += mem.uss_kib;
-    }
-    let daemon_pss_kib = proc_mem(root).map_or(0, |m| m.pss_kib);
-    let is_clone = |cg: &str| {
-        cg.rsplit('/')
-            .next()
-            .and_then(|leaf| leaf.strip_prefix('s'))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
+    let groups = memory::by_cgroup(root);
+    let daemon_pss_kib = memory::proc_mem(root).map_or(0, |m| m.pss_kib);
     let zygotes: Vec<(&String, &ProcMem)> = groups
         .iter()
         .filter(|(cg, _)| cg.ends_with("/zygote"))
         .collect();
-    let sandboxes: Vec<(&String, &ProcMem)> =
-        groups.iter().filter(|(cg, _)| is_clone(cg)).collect();
+    let sandboxes: Vec<(&String, &ProcMem)> = groups
+        .iter()
+        .filter(|(cg, _)| memory::is_clone_cgroup(cg))
+        .collect();
     if sandboxes.is_empty() {
         bail!(
             "density: found no clone processes under the daemon (pid {root}); cgroups seen: {:?}",
@@ -166,115 +142,6 @@ fn measure(
     })
 }
 
-/// Every descendant of `root` (from the ppid field of /proc/*/stat).
-fn descendants(root: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Some(ppid) = fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| parse_ppid(&s))
-        {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        for &child in children.get(&pid).map_or(&[][..], |v| v.as_slice()) {
-            out.push(child);
-            stack.push(child);
-        }
-    }
-    out
-}
-
-/// The ppid field of /proc/<pid>/stat (after the parenthesised comm).
-fn parse_ppid(stat: &str) -> Option<u32> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The process's memory cgroup path (v1 `memory` line, else the v2 line).
-fn memory_cgroup(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    parse_memory_cgroup(&text)
-}
-
-fn parse_memory_cgroup(text: &str) -> Option<String> {
-    let mut v2 = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == "memory") {
-            return Some(path.to_owned());
-        }
-        if controllers.is_empty() {
-            v2 = Some(path.to_owned());
-        }
-    }
-    v2
-}
-
-fn proc_mem(pid: u32) -> Option<ProcMem> {
-    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    Some(parse_smaps_rollup(&text))
-}
-
-fn parse_smaps_rollup(text: &str) -> ProcMem {
-    let mut m = ProcMem::default();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(key), Some(value)) = (it.next(), it.next()) else {
-            continue;
-        };
-        let Ok(kib) = value.parse::<u64>() else {
-            continue;
-        };
-        match key {
-            "Rss:" => m.rss_kib = kib,
-            "Pss:" => m.pss_kib = kib,
-            "Private_Clean:" | "Private_Dirty:" => m.uss_kib += kib,
-            _ => {}
-        }
-    }
-    m
-}
-
-/// The cgroup's charged memory: v1 `memory.usage_in_bytes`, else v2
-/// `memory.current`.
-fn cgroup_usage_kib(cgroup: &str) -> Option<u64> {
-    let rel = cgroup.trim_start_matches('/');
-    let candidates = [
-        PathBuf::from("/sys/fs/cgroup/memory")
-            .join(rel)
-            .join("memory.usage_in_bytes"),
-        PathBuf::from("/sys/fs/cgroup")
-            .join(rel)
-            .join("memory.current"),
-    ];
-    candidates.iter().find_map(|p| {
-        fs::read_to_string(p)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(|b| b / 1024)
-    })
-}
-
-fn mem_available_kib() -> Result<u64> {
-    let meminfo = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .context("no MemAvailable in /proc/meminfo")
-}
-
 fn clone_pss_kib_mean(sandboxes: &[(&String, &ProcMem)]) -> f64 {
     sandboxes.iter().map(|(_, m)| m.pss_kib).sum::<u64>() as f64 / sandboxes.len().max(1) as f64
 }
@@ -315,32 +182,4 @@ pub fn markdown(d: &Density) -> String {
         d.fill_seconds,
         d.estimated_capacity,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_proc_files() {
-        assert_eq!(parse_ppid("123 (python3 (x)) S 45 123 123 0 -1"), Some(45));
-        let cg = "12:pids:/a\n5:memory:/fnhost-bench-1/noop/s3\n0::/x\n";
-        assert_eq!(
-            parse_memory_cgroup(cg).as_deref(),
-            Some("/fnhost-bench-1/noop/s3")
-        );
-        assert_eq!(
-            parse_memory_cgroup("0::/only/v2\n").as_deref(),
-            Some("/only/v2")
-        );
-        let smaps = "Rss:  2048 kB\nPss:  1024 kB\nPrivate_Clean: 10 kB\nPrivate_Dirty: 90 kB\n";
-        assert_eq!(
-            parse_smaps_rollup(smaps),
-            ProcMem {
-                rss_kib: 2048,
-                pss_kib: 1024,
-                uss_kib: 100
-            }
-        );
-    }
 }

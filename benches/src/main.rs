@@ -1,7 +1,8 @@
 //! `fnhost-bench`: measures fnhost side by side with its baselines in one
 //! run: latency of warm, on-demand-clone and cold-start invocations; the
 //! start-to-exit of `crun run`, `runc run`, `bwrap` and host exec of the
-//! same work; the daemon's phase histograms; churn; throughput; density.
+//! same work; the daemon's phase histograms; churn; throughput; density;
+//! hibernation of idle zygotes.
 //! Prints Markdown, writes JSON and SVG charts. The logic lives in the
 //! modules; this file only wires them together.
 
@@ -9,8 +10,10 @@ mod baseline;
 mod cli;
 mod daemon;
 mod density;
+mod hibernation;
 mod http;
 mod load;
+mod memory;
 mod metrics;
 mod report;
 mod scenario;
@@ -148,6 +151,29 @@ async fn run(args: &Args) -> Result<()> {
         }
     }
 
+    if args.wants(Suite::Hibernation) && args.hibernate_cycles > 0 {
+        if args.url.is_some() {
+            eprintln!("fnhost-bench: hibernation needs its own daemon; skipped with --url");
+        } else {
+            daemon::check_fnhost_binary(&fnhost)?;
+            let settings = hibernation::Settings {
+                cycles: args.hibernate_cycles,
+                after_ms: args.hibernate_after_ms,
+                budget_mib: args.budget_mib,
+                request_timeout: args.request_timeout(),
+            };
+            // A failure is reported (and fails the run) after the other
+            // suites' results are written.
+            report.hibernation = Some(match hibernation::run(&fnhost, settings).await {
+                Ok(result) => result,
+                Err(err) => {
+                    eprintln!("fnhost-bench: hibernation failed: {err:#}");
+                    hibernation::Hibernation::failed(&settings, &err)
+                }
+            });
+        }
+    }
+
     print!("{}", report.to_markdown());
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -163,7 +189,7 @@ async fn run(args: &Args) -> Result<()> {
     );
     let errors = report.error_count();
     if errors > 0 {
-        bail!("{errors} requests failed; see the notes in the report");
+        bail!("{errors} requests or hibernation cycles failed; see the notes in the report");
     }
     Ok(())
 }

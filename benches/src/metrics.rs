@@ -1,7 +1,9 @@
 //! The daemon's own account of where time goes: the Prometheus histograms
-//! `fnhost_phase_seconds{function,phase}` and `fnhost_zygote_start_seconds`
-//! scraped from `/metrics`, with quantiles estimated from the buckets the
-//! way Prometheus's `histogram_quantile` does (linear within a bucket).
+//! `fnhost_phase_seconds{function,phase}`, `fnhost_zygote_start_seconds`,
+//! `fnhost_hibernate_seconds` and `fnhost_wake_seconds` scraped from
+//! `/metrics`, with quantiles estimated from the buckets the way
+//! Prometheus's `histogram_quantile` does (linear within a bucket); and
+//! single counters and gauges by name and labels.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,8 +16,15 @@ use crate::http::{Connection, Endpoint};
 
 const PHASE_METRIC: &str = "fnhost_phase_seconds";
 const ZYGOTE_METRIC: &str = "fnhost_zygote_start_seconds";
+const HIBERNATE_METRIC: &str = "fnhost_hibernate_seconds";
+const WAKE_METRIC: &str = "fnhost_wake_seconds";
 /// The phase name given to `fnhost_zygote_start_seconds`.
 pub const ZYGOTE_PHASE: &str = "zygote_start";
+/// The phase name given to `fnhost_hibernate_seconds` (one zygote going to
+/// sleep: ready clones stopped, snapshot written or cgroup reclaimed).
+pub const HIBERNATE_PHASE: &str = "hibernate";
+/// The phase name given to `fnhost_wake_seconds` (restoring a zygote).
+pub const WAKE_PHASE: &str = "wake";
 
 /// One histogram's buckets, count and sum.
 #[derive(Debug, Default, Clone)]
@@ -87,6 +96,8 @@ pub fn parse(text: &str) -> PhaseMetrics {
                 None => continue,
             },
             ZYGOTE_METRIC => ZYGOTE_PHASE.to_owned(),
+            HIBERNATE_METRIC => HIBERNATE_PHASE.to_owned(),
+            WAKE_METRIC => WAKE_PHASE.to_owned(),
             _ => continue,
         };
         let function = labels.get("function").cloned().unwrap_or_default();
@@ -122,6 +133,33 @@ pub fn parse(text: &str) -> PhaseMetrics {
         out.entry(function).or_default().insert(phase, metric);
     }
     out
+}
+
+/// The sum over the series of metric `name` whose labels include every
+/// pair of `labels` (`fnhost_wakes_total{function="f",result="ok"}`);
+/// `None` when there is no such series.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, v)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+            None => (series, BTreeMap::new()),
+        };
+        if series_name != name
+            || !labels
+                .iter()
+                .all(|(k, want)| series_labels.get(*k).is_some_and(|got| got == want))
+        {
+            continue;
+        }
+        if let Ok(v) = v.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 fn round_us(ms: f64) -> f64 {
@@ -183,7 +221,13 @@ fnhost_zygote_start_seconds_bucket{function=\"cold\",le=\"0.05\"} 4\n\
 fnhost_zygote_start_seconds_bucket{function=\"cold\",le=\"+Inf\"} 4\n\
 fnhost_zygote_start_seconds_sum{function=\"cold\"} 0.14\n\
 fnhost_zygote_start_seconds_count{function=\"cold\"} 4\n\
-fnhost_invocations_total{function=\"noop\",outcome=\"ok\"} 100\n";
+fnhost_wake_seconds_bucket{function=\"hib\",le=\"0.005\"} 1\n\
+fnhost_wake_seconds_bucket{function=\"hib\",le=\"+Inf\"} 2\n\
+fnhost_wake_seconds_sum{function=\"hib\"} 0.009\n\
+fnhost_wake_seconds_count{function=\"hib\"} 2\n\
+fnhost_invocations_total{function=\"noop\",outcome=\"ok\"} 100\n\
+fnhost_invocations_total{function=\"noop\",outcome=\"error\"} 3\n\
+fnhost_invocations_total{function=\"noop-cold\",outcome=\"ok\"} 7\n";
 
     #[test]
     fn parses_histograms_and_interpolates_quantiles() {
@@ -199,6 +243,23 @@ fnhost_invocations_total{function=\"noop\",outcome=\"ok\"} 100\n";
         assert_eq!(zygote.mean_ms, 35.0);
         assert_eq!(zygote.p50_ms, 37.5);
         assert!(!m["noop"].contains_key("invocations"));
+        let wake = &m["hib"][WAKE_PHASE];
+        assert_eq!((wake.count, wake.mean_ms), (2, 4.5));
+    }
+
+    #[test]
+    fn reads_single_values_by_labels() {
+        let total = "fnhost_invocations_total";
+        assert_eq!(value(TEXT, total, &[("function", "noop")]), Some(103.0));
+        assert_eq!(
+            value(TEXT, total, &[("function", "noop"), ("outcome", "ok")]),
+            Some(100.0)
+        );
+        assert_eq!(value(TEXT, total, &[("function", "other")]), None);
+        assert_eq!(
+            value(TEXT, "fnhost_wake_seconds_count", &[("function", "hib")]),
+            Some(2.0)
+        );
     }
 
     #[test]

@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 
 use crate::baseline::{BaselineSummary, Status};
 use crate::density::{self, Density};
+use crate::hibernation::{self, Hibernation};
 use crate::load::{self, LoadLevel};
 use crate::metrics::{PhaseMetrics, ZYGOTE_PHASE};
-use crate::stats::{Ordered, ScenarioSummary};
+use crate::stats::{Ordered, Percentiles, ScenarioSummary};
 
 /// /metrics phases in report order, with what they stand for.
 const METRIC_PHASES: &[(&str, &str)] = &[
@@ -126,12 +127,23 @@ pub struct Report {
     pub density: Option<Density>,
     /// The same measurement for a native Rust function (fnhost-sdk).
     pub density_native: Option<Density>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hibernation: Option<Hibernation>,
 }
 
 impl Report {
-    /// Total failed requests over all scenarios.
+    /// Total failed requests over all scenarios, plus the hibernation
+    /// suite's failed wake-ups and zygotes that never slept.
     pub fn error_count(&self) -> u64 {
-        self.scenarios.0.iter().map(|(_, s)| s.error_count()).sum()
+        self.scenarios
+            .0
+            .iter()
+            .map(|(_, s)| s.error_count())
+            .sum::<u64>()
+            + self
+                .hibernation
+                .as_ref()
+                .map_or(0, Hibernation::error_count)
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
@@ -153,6 +165,7 @@ impl Report {
             throughput: None,
             density: None,
             density_native: None,
+            hibernation: None,
         }
     }
 
@@ -219,6 +232,10 @@ impl Report {
             out.push_str("\n## Density: native Rust function (fnhost-sdk)\n\n");
             out.push_str(&density::markdown(d));
         }
+        if let Some(h) = &self.hibernation {
+            out.push_str("\n## Hibernation: idle zygotes giving their memory back\n\n");
+            out.push_str(&hibernation::markdown(h, &self.comparison_rows()));
+        }
         let _ = write!(
             out,
             "\nmachine: {}  \ndaemon: {}  \ncommand: `{}`\n",
@@ -227,6 +244,23 @@ impl Report {
             self.command
         );
         out
+    }
+
+    /// Latency rows of this run to show beside the wake-ups: fnhost's
+    /// scenarios and the baselines that ran.
+    fn comparison_rows(&self) -> Vec<(String, Percentiles)> {
+        let scenarios = self
+            .scenarios
+            .0
+            .iter()
+            .filter(|(_, s)| s.latency.n > 0)
+            .map(|(label, s)| (format!("fnhost {label} ({})", s.expected_start), s.latency));
+        let baselines = self
+            .baselines
+            .iter()
+            .flatten()
+            .filter_map(|b| b.latency.map(|l| (b.name.clone(), l)));
+        scenarios.chain(baselines).collect()
     }
 }
 

@@ -144,7 +144,7 @@ pub async fn run(
 }
 
 /// `503 PoolExhausted` from a status and the error body's `errorType`.
-fn describe_failure(reply: &Reply) -> String {
+pub fn describe_failure(reply: &Reply) -> String {
     let error_type = serde_json::from_slice::<serde_json::Value>(&reply.body)
         .ok()
         .and_then(|v| {
@@ -160,7 +160,7 @@ fn describe_failure(reply: &Reply) -> String {
 
 /// The innermost error message, so that distinct failures of one kind share
 /// a key in the error table.
-fn root_cause(err: &anyhow::Error) -> String {
+pub fn root_cause(err: &anyhow::Error) -> String {
     err.root_cause().to_string()
 }
 

@@ -1,6 +1,7 @@
 //! Hand-written SVG charts of a report: latency CDFs (log time axis),
 //! where the server-side time goes (100% stacked bars per start kind),
-//! throughput per concurrency, and memory per clone against the target.
+//! throughput per concurrency, memory per clone against the target, and
+//! hibernation (memory of an idle function, wake-up latency).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::hibernation::{Hibernation, TARGET_WAKE_P50_MS};
 use crate::metrics::ZYGOTE_PHASE;
 use crate::report::Report;
 
@@ -195,6 +197,9 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             bar_chart(&title, &bars, Some((1.5, "target 1.5 MiB"))),
         ));
     }
+    if let Some(h) = &report.hibernation {
+        charts.extend(hibernation_charts(h));
+    }
     let mut written = Vec::new();
     for (name, svg) in charts {
         let path = dir.join(name);
@@ -202,6 +207,67 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// Memory of each function's subtree warm (the reference) and hibernated,
+/// and the wake-up + invoke p50 against the target.
+fn hibernation_charts(h: &Hibernation) -> Vec<(&'static str, String)> {
+    let mut charts = Vec::new();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut memory: Vec<(String, f64, String)> = Vec::new();
+    for f in &h.functions {
+        let (label, sample) = if f.mode == "never" {
+            ("warm (never hibernates)".to_owned(), f.warm)
+        } else {
+            (f.label.clone(), f.hibernated)
+        };
+        if let Some(s) = sample {
+            let v = mib(s.function_cgroup_kib);
+            memory.push((label, v, format!("{v:.1} MiB")));
+        }
+    }
+    // The warm reference first, then the modes asleep.
+    memory.sort_by_key(|(label, _, _)| !label.starts_with("warm"));
+    if !memory.is_empty() {
+        charts.push((
+            "hibernation-memory.svg",
+            bar_chart(
+                "Memory of an idle function (zygote + ready clone cgroups), MiB",
+                &memory,
+                None,
+            ),
+        ));
+    }
+    let wake: Vec<(String, f64, String)> = h
+        .functions
+        .iter()
+        .filter(|f| f.invocations.latency.n > 0)
+        .map(|f| {
+            let l = &f.invocations.latency;
+            let label = if f.mode == "never" {
+                "ready clone (warm)".to_owned()
+            } else {
+                f.label.clone()
+            };
+            (
+                label,
+                l.p50_ms,
+                format!("p50 {:.2}, p99 {:.2} ms", l.p50_ms, l.p99_ms),
+            )
+        })
+        .collect();
+    if !wake.is_empty() {
+        let target = format!("target p50 {TARGET_WAKE_P50_MS} ms");
+        charts.push((
+            "hibernation-wake.svg",
+            bar_chart(
+                "Wake-up + invoke latency, p50 (ms, client side)",
+                &wake,
+                Some((TARGET_WAKE_P50_MS, &target)),
+            ),
+        ));
+    }
+    charts
 }
 
 /// Latency CDFs on a log time axis; each series is 101 quantile points.
@@ -412,5 +478,19 @@ mod tests {
             Some((2.0, "x")),
         );
         assert!(chart.contains("stroke-dasharray"));
+    }
+
+    #[test]
+    fn hibernation_charts_have_the_reference_first() {
+        let charts = hibernation_charts(&crate::hibernation::tests::report());
+        let names: Vec<&str> = charts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["hibernation-memory.svg", "hibernation-wake.svg"]);
+        let memory = &charts[0].1;
+        let warm = memory
+            .find("warm (never hibernates)")
+            .expect("reference bar");
+        let snap = memory.find(">snapshot<").expect("snapshot bar");
+        assert!(warm < snap, "{memory}");
+        assert!(charts[1].1.contains("target p50 10 ms"));
     }
 }

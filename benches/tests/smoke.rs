@@ -1,5 +1,5 @@
 //! Smoke test of the harness: every suite with tiny counts against a real
-//! daemon, baselines included. Asserts that the run completes, that its
+//! daemon, baselines and hibernation included. Asserts that the run completes, that its
 //! JSON and charts parse, and that it leaves no cgroup or mount behind;
 //! never asserts on time. Needs root and `fnhost` (with its shim) next to
 //! the harness binary (`cargo build --workspace --all-targets`).
@@ -40,7 +40,14 @@ fn every_suite_runs_with_tiny_counts() {
     let out = tempfile::tempdir().expect("tempdir");
     let json = out.path().join("bench.json");
     let child = Command::new(env!("CARGO_BIN_EXE_fnhost-bench"))
-        .args(["latency", "baselines", "churn", "throughput", "density"])
+        .args([
+            "latency",
+            "baselines",
+            "churn",
+            "throughput",
+            "density",
+            "hibernation",
+        ])
         .args([
             "--warm",
             "5",
@@ -54,6 +61,7 @@ fn every_suite_runs_with_tiny_counts() {
         .args(["--baseline-runs", "2", "--duration", "0.3"])
         .args(["--churn-clients", "1,2", "--concurrency", "1,4"])
         .args(["--density-clones", "4"])
+        .args(["--hibernate-cycles", "2", "--budget-mib", "256"])
         .arg("--fnhost")
         .arg(&fnhost)
         .arg("--out")
@@ -108,11 +116,15 @@ fn every_suite_runs_with_tiny_counts() {
         report["density_native"]["clone_pss_kib_mean"].is_number(),
         "native density missing: {report}"
     );
+    check_hibernation(&report["hibernation"]);
+    assert!(stdout.contains("## Hibernation"), "{stdout}");
     for chart in [
         "latency-cdf.svg",
         "phases.svg",
         "throughput.svg",
         "density.svg",
+        "hibernation-memory.svg",
+        "hibernation-wake.svg",
     ] {
         let svg = fs::read_to_string(out.path().join(chart)).expect("chart written");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -135,6 +147,37 @@ fn every_suite_runs_with_tiny_counts() {
         !mounts.contains("fnhost-bench-baseline-"),
         "baseline mounts leaked:\n{mounts}"
     );
+}
+
+/// The hibernation suite ran every function: two timed wake-ups each (a
+/// wrong `x-fnhost-start` would have failed the run), and a memory sample
+/// of each function asleep and awake.
+fn check_hibernation(h: &serde_json::Value) {
+    assert!(h["failure"].is_null(), "{h}");
+    let functions = h["functions"].as_array().expect("functions listed");
+    let names: Vec<&str> = functions
+        .iter()
+        .map(|f| f["function"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["hib-snap", "hib-snap-noprefetch", "hib-reclaim", "hib-warm"]
+    );
+    for f in functions {
+        let inv = &f["invocations"];
+        assert_eq!(inv["n"], 2, "{f}");
+        assert!(inv["p50_ms"].is_number(), "{f}");
+        assert!(f["warm"]["zygote"]["pss_kib"].is_number(), "{f}");
+        if f["mode"] == "never" {
+            assert_eq!(inv["start_kinds"]["ready-clone"], 2, "{f}");
+            continue;
+        }
+        assert_eq!(inv["start_kinds"]["wake"], 2, "{f}");
+        assert!(inv["phases"]["wake"]["p50_ms"].is_number(), "{f}");
+        assert_eq!(f["hibernated"]["hibernated"], 1, "{f}");
+        assert!(f["daemon"]["wakes_ok"].as_u64() >= Some(3), "{f}");
+    }
+    assert_eq!(h["budget"].as_array().map(Vec::len), Some(6), "{h}");
 }
 
 /// The harness's pid, from its "started ... (pid N)" line's parent: the
