@@ -30,6 +30,8 @@ const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SANDBOX_UID: u32 = 1000;
 /// Least idle time before a zygote added by scale-out is stopped.
 const SCALE_IN_IDLE_MS: u64 = 30_000;
+/// Pause before hibernating again after a hibernation failed.
+const HIBERNATE_RETRY_MS: u64 = 60_000;
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -155,6 +157,8 @@ pub struct FunctionPool {
     last_used_ms: AtomicU64,
     zygote_bytes: AtomicU64,
     evictions: AtomicU64,
+    /// When hibernating last failed (`now_ms`); 0 = never.
+    hibernate_failed_ms: AtomicU64,
     metrics: PoolMetrics,
 }
 
@@ -247,6 +251,7 @@ impl FunctionPool {
             last_used_ms: AtomicU64::new(now_ms()),
             zygote_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            hibernate_failed_ms: AtomicU64::new(0),
             metrics: PoolMetrics::new(&spec_name),
         });
         budget.register(&pool);
@@ -739,6 +744,12 @@ impl FunctionPool {
         {
             return;
         }
+        // After a failure, wait before trying again (a full disk must not
+        // make the pool stop and refill its ready clones every second).
+        let failed = self.hibernate_failed_ms.load(Ordering::Relaxed);
+        if failed > 0 && now_ms().saturating_sub(failed) < HIBERNATE_RETRY_MS {
+            return;
+        }
         let sleepy: Vec<Arc<Zygote>> = self
             .live_zygotes()
             .into_iter()
@@ -796,7 +807,14 @@ impl FunctionPool {
                 Err(e) => {
                     self.metrics.hibernations_failed.increment(1);
                     tracing::warn!(function = %self.name, zygote = zygote.id, mode = mode.as_str(), error = %e,
-                        "cannot hibernate zygote; it stays warm");
+                        "cannot hibernate zygote; the pool stays warm");
+                    // Refill again: the zygote may have been stopped (a
+                    // hibernation that stalled), and its ready clones are.
+                    self.hibernate_failed_ms
+                        .store(now_ms().max(1), Ordering::Relaxed);
+                    self.dormant.store(false, Ordering::SeqCst);
+                    self.wake.notify_one();
+                    break;
                 }
             }
         }

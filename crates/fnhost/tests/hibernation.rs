@@ -216,3 +216,34 @@ fn a_failed_wake_up_replaces_the_zygote() {
     );
     assert!(snapshot_files(&daemon).is_empty());
 }
+
+#[test]
+fn a_failed_hibernation_keeps_the_pool_warm() {
+    if !require_root("a_failed_hibernation_keeps_the_pool_warm") {
+        return;
+    }
+    let daemon = Daemon::start(&function("snap", "hibernate_after_ms = 300"));
+    // The snapshot path of the first zygote is taken by a directory, so
+    // creating the snapshot fails before the zygote is asked anything.
+    std::fs::create_dir(daemon.dir.path().join("state/snapshots/snap.z0.snap"))
+        .expect("block the snapshot path");
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &daemon,
+            "fnhost_hibernations_total{function=\"snap\",result=\"failed\"}"
+        ) >= 1.0),
+        "hibernation never failed: {}",
+        daemon.stderr()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let s = status(&daemon, "snap");
+            s["zygotes"] == 1 && s["ready_clones"] == 1 && s["hibernated"] == 0
+        }),
+        "the pool did not stay warm: {}",
+        status(&daemon, "snap")
+    );
+    let r = invoke_intact(&daemon, "snap");
+    assert_eq!(r.header("x-fnhost-start"), Some("ready-clone"));
+    assert!(daemon.stderr().contains("cannot hibernate zygote"));
+}
