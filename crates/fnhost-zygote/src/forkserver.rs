@@ -238,9 +238,28 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     let mut fds = fds.into_iter();
     let device = fds.next().expect("checked: two descriptors");
     let snapshot = fds.next().expect("checked: two descriptors");
+    // Blocked from here until the zygote is awake again: a handler running
+    // after the snapshot was written would write memory that is then lost.
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    let all = nix::sys::signal::SigSet::all();
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&all),
+        Some(&mut blocked),
+    );
+    let restore_signals = || {
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&blocked),
+            None,
+        );
+    };
     let prepared = match fnhost_snapshot::prepare(device) {
         Ok(prepared) => prepared,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => {
+            restore_signals();
+            return failed(e.to_string());
+        }
     };
     let hibernating = ZygoteMessage::Hibernating {
         regions: prepared.regions().to_vec(),
@@ -249,14 +268,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
         sys::exit_immediately(0);
     }
     drop(hibernating);
-    let mut blocked = nix::sys::signal::SigSet::empty();
-    let all = nix::sys::signal::SigSet::all();
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_BLOCK,
-        Some(&all),
-        Some(&mut blocked),
-    );
-    // From here until the wake-up message: stack and raw syscalls only.
+    // From here until the wake-up message: stack and bare syscalls only.
     match fnhost_snapshot::hibernate(prepared, snapshot.as_fd()) {
         Ok(stats) => {
             let mut buf = [0u8; 96];
@@ -275,19 +287,11 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
                     Ok(_) => continue,
                 }
             }
-            let _ = nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&blocked),
-                None,
-            );
+            restore_signals();
         }
         Err(e) => {
             // Nothing was dropped: report and serve on.
-            let _ = nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&blocked),
-                None,
-            );
+            restore_signals();
             failed(e.to_string());
         }
     }
