@@ -133,8 +133,19 @@ pub fn wake(
                 path: path(),
                 source,
             })?;
-        if let Err(err) = map.advise(Advice::WillNeed) {
-            tracing::debug!(error = %err, "readahead of the snapshot");
+        // Read every data extent now, in large requests issued together,
+        // rather than page by page as the copies below touch them; holes
+        // are skipped (populating them would fill the page cache with
+        // zeros). A damaged file only fails here, as EFAULT, never SIGBUS.
+        for extent in snapshot.extents() {
+            if let Err(err) = map.advise_range(
+                Advice::PopulateRead,
+                extent.offset as usize,
+                extent.len as usize,
+            ) {
+                tracing::debug!(error = %err, "reading the snapshot ahead");
+                break;
+            }
         }
         Some(map)
     };
