@@ -493,6 +493,18 @@ impl FunctionPool {
             detail,
         };
         let slot = self.take_slot().map_err(unavailable)?;
+        if zygote.is_asleep() {
+            // The clone will attach itself to its v1 cgroups after the
+            // wake-up; the first cgroup migration after an idle period
+            // waits for an RCU grace period, paid here during the restore.
+            let cgroup = self.zygote_cgroup.clone();
+            let pid = zygote.pid;
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = cgroup.prime_migration_lock(pid) {
+                    tracing::debug!(error = %e, "cannot prime the cgroup migration lock");
+                }
+            });
+        }
         let id = self.ids.sandbox.fetch_add(1, Ordering::Relaxed);
         let run_as = self.userns.map(|_| (SANDBOX_UID, SANDBOX_UID));
         match Sandbox::create(

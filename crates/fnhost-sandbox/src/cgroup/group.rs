@@ -83,6 +83,25 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Writes `pid` (already a member) to the `cgroup.procs` of this
+    /// cgroup's first v1 hierarchy again: a migration that moves nothing
+    /// but takes the kernel's global cgroup migration lock. The first
+    /// taker of that lock after it has been idle waits for an RCU grace
+    /// period (8–14 ms measured here); a caller about to make a clone
+    /// attach itself to its v1 cgroups can pay that wait ahead, in
+    /// parallel. `false`: no v1 hierarchy (cgroup2 clones start in their
+    /// cgroup and never migrate).
+    pub fn prime_migration_lock(&self, pid: i32) -> Result<bool, CgroupError> {
+        let Some((dir, _)) = self.dirs.iter().find(|(_, k)| !k.is_cgroup2()) else {
+            return Ok(false);
+        };
+        let path = dir.join("cgroup.procs");
+        self.fs
+            .write(&path, &pid.to_string())
+            .map_err(|source| CgroupError::Attach { pid, path, source })?;
+        Ok(true)
+    }
+
     /// Every process in this cgroup, in any hierarchy, sorted.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut all = BTreeSet::new();

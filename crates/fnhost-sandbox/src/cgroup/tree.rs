@@ -530,6 +530,19 @@ mod tests {
     }
 
     #[test]
+    fn migration_lock_is_primed_only_where_clones_migrate() {
+        let fake = Arc::new(FakeCgroupFs::hybrid());
+        let cg = tree(&fake).create("f/zygote", &limits()).unwrap();
+        assert!(cg.prime_migration_lock(42).unwrap());
+        let procs = fake.base().join("memory/fnhost/f/zygote/cgroup.procs");
+        assert!(std::fs::read_to_string(procs).unwrap().contains("42"));
+
+        let fake = Arc::new(FakeCgroupFs::v2());
+        let cg = tree(&fake).create("f/zygote", &limits()).unwrap();
+        assert!(!cg.prime_migration_lock(42).unwrap());
+    }
+
+    #[test]
     fn reclaim_writes_the_layouts_own_file() {
         let fake = Arc::new(FakeCgroupFs::v2());
         let cg = tree(&fake).create("f/zygote", &limits()).unwrap();
