@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use fnhost_config::{FunctionSpec, HibernateMode, PoolSettings};
+use fnhost_config::{FunctionSpec, PoolSettings};
 use fnhost_sandbox::cgroup::{Cgroup, CgroupLimits, CgroupTree};
 use fnhost_zygote::protocol::InvokeMeta;
 use fnhost_zygote::spec::ZygoteSpec;
@@ -23,6 +23,8 @@ use crate::process::IdMap;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
 use crate::telemetry::PoolMetrics;
 use crate::zygote::{Placement, StartError, Zygote};
+
+mod hibernate;
 
 /// How long a zygote may take to start its runtime and import the function.
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -739,113 +741,6 @@ impl FunctionPool {
                 zygote.kill();
             }
         }
-    }
-
-    /// Hibernates the pool's zygotes once the function has been idle for
-    /// `hibernate_after_ms`: their ready clones are stopped (each holds
-    /// pages of its zygote), then each zygote's memory goes to a snapshot
-    /// (or the kernel reclaims the cgroup's). The pool stays dormant (no
-    /// refill) until its next request, which wakes a zygote.
-    async fn hibernate_if_idle(&self) {
-        let settings = self.settings();
-        if settings.hibernate_after_ms == 0
-            || self.closed.load(Ordering::SeqCst)
-            || self.in_flight.load(Ordering::SeqCst) > 0
-            || self.queued.load(Ordering::SeqCst) > 0
-            || now_ms().saturating_sub(self.last_used_ms()) < settings.hibernate_after_ms
-        {
-            return;
-        }
-        // After a failure, wait before trying again (a full disk must not
-        // make the pool stop and refill its ready clones every second).
-        let failed = self.hibernate_failed_ms.load(Ordering::Relaxed);
-        if failed > 0 && now_ms().saturating_sub(failed) < HIBERNATE_RETRY_MS {
-            return;
-        }
-        let sleepy: Vec<Arc<Zygote>> = self
-            .live_zygotes()
-            .into_iter()
-            .filter(|z| !z.is_asleep())
-            .collect();
-        if sleepy.is_empty() {
-            return;
-        }
-        // No refill while asleep: it would fork ready clones (waking the
-        // zygotes right away). The next request clears this.
-        self.dormant.store(true, Ordering::SeqCst);
-        let _one_pass = self.refilling.lock().await;
-        self.stop_ready_clones_of(&sleepy);
-        let mode = settings.hibernate_mode;
-        for zygote in sleepy {
-            // A request that arrived meanwhile keeps the pool awake.
-            if !self.dormant.load(Ordering::SeqCst) {
-                return;
-            }
-            let started = Instant::now();
-            let outcome = match mode {
-                HibernateMode::Snapshot => {
-                    let path = self.snapshots.path(&self.name, zygote.id);
-                    match self.snapshots.device() {
-                        Ok(device) => zygote
-                            .hibernate_snapshot(device, path, settings.hibernate_prefetch)
-                            .await
-                            .map(|h| h.map(|h| (h.snapshot_bytes, h.dropped_bytes))),
-                        Err(e) => Err(e),
-                    }
-                }
-                HibernateMode::Reclaim => {
-                    // Let the killed ready clones leave the cgroup first.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    // The kernel reclaims synchronously (for a while when
-                    // little can go): off the runtime's threads.
-                    let cgroup = self.zygote_cgroup.clone();
-                    match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
-                        Ok(Ok(())) => Ok(zygote.mark_reclaimed().await.then_some((0, 0))),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(format!("reclaim task failed: {e}")),
-                    }
-                }
-            };
-            match outcome {
-                Ok(Some((snapshot_bytes, dropped_bytes))) => {
-                    let took = started.elapsed();
-                    self.metrics.hibernations.increment(1);
-                    self.metrics.hibernate.record(took.as_secs_f64());
-                    tracing::info!(function = %self.name, zygote = zygote.id, mode = mode.as_str(),
-                        snapshot_mb = snapshot_bytes as f64 / 1048576.0, dropped_mb = dropped_bytes as f64 / 1048576.0,
-                        took_ms = took.as_secs_f64() * 1e3, "zygote hibernated");
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.metrics.hibernations_failed.increment(1);
-                    tracing::warn!(function = %self.name, zygote = zygote.id, mode = mode.as_str(), error = %e,
-                        "cannot hibernate zygote; the pool stays warm");
-                    // Refill again: the zygote may have been stopped (a
-                    // hibernation that stalled), and its ready clones are.
-                    self.hibernate_failed_ms
-                        .store(now_ms().max(1), Ordering::Relaxed);
-                    self.dormant.store(false, Ordering::SeqCst);
-                    self.wake.notify_one();
-                    break;
-                }
-            }
-        }
-        self.publish_gauges();
-    }
-
-    fn record_wake(&self, woke: &crate::zygote::Woken) {
-        let m = &self.metrics;
-        m.wakes.increment(1);
-        m.wake.record(secs(woke.wake_us));
-        if let Some(stats) = &woke.restore {
-            m.wake_faults.increment(stats.faults);
-            m.wake_prefetched_pages.increment(stats.prefetched_pages);
-            m.wake_copied_pages.increment(stats.copied_pages);
-        }
-        let restore = woke.restore.clone().unwrap_or_default();
-        tracing::info!(function = %self.name, wake_ms = woke.wake_us as f64 / 1e3,
-            restore_ms = restore.duration.as_secs_f64() * 1e3, copied_pages = restore.copied_pages,
-            faults = restore.faults, prefetched = restore.prefetched_pages, "zygote woken");
     }
 
     /// Stops the ready clones forked by any of `zygotes`.
