@@ -2,8 +2,9 @@
 //! `memory_budget_mb`. Usage is read from fnhost's own cgroup root (the
 //! kernel's accounting, not an estimate). Before a pool starts a zygote or
 //! clones a sandbox it asks for room; when there is none, idle zygotes of
-//! *other* functions are evicted, least recently used first, and only then
-//! is the request refused. The cgroup root also carries the budget as a hard
+//! *other* functions are hibernated (where `hibernate_after_ms` is set),
+//! then evicted, least recently used first, and only then is the request
+//! refused. The cgroup root also carries the budget as a hard
 //! limit, so even a burst the estimates miss is contained inside fnhost.
 
 use std::sync::{Arc, RwLock, Weak};
@@ -129,14 +130,36 @@ impl MemoryBudget {
             if used.saturating_add(bytes) <= limit {
                 return Ok(());
             }
-            let victim = {
+            let others: Vec<Arc<FunctionPool>> = {
                 let pools = self.pools.read().expect("budget pools lock");
                 pools
                     .iter()
                     .filter_map(Weak::upgrade)
-                    .filter(|p| p.name() != requester && p.evictable())
-                    .min_by_key(|p| p.last_used_ms())
+                    .filter(|p| p.name() != requester)
+                    .collect()
             };
+            // Hibernating (where configured) frees most of a zygote and
+            // keeps the function a wake-up away: try it before evicting.
+            let sleeper = others
+                .iter()
+                .filter(|p| p.can_hibernate())
+                .min_by_key(|p| p.last_used_ms());
+            if let Some(pool) = sleeper {
+                tracing::warn!(
+                    function = pool.name(),
+                    for_function = requester,
+                    used_mb = used >> 20,
+                    budget_mb = limit >> 20,
+                    "memory budget reached: hibernating idle zygotes"
+                );
+                if pool.hibernate().await > 0 {
+                    continue;
+                }
+            }
+            let victim = others
+                .into_iter()
+                .filter(|p| p.evictable())
+                .min_by_key(|p| p.last_used_ms());
             let Some(victim) = victim else {
                 return Err(OverBudget {
                     budget_mb: limit >> 20,

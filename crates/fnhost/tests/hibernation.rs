@@ -247,3 +247,60 @@ fn a_failed_hibernation_keeps_the_pool_warm() {
     assert_eq!(r.header("x-fnhost-start"), Some("ready-clone"));
     assert!(daemon.stderr().contains("cannot hibernate zygote"));
 }
+
+#[test]
+fn the_memory_budget_hibernates_before_it_evicts() {
+    if !require_root("the_memory_budget_hibernates_before_it_evicts") {
+        return;
+    }
+    // Hibernation is configured but the idle time is long: only budget
+    // pressure can put `a` to sleep. `b` has no zygote until invoked.
+    let functions = function("a", "hibernate_after_ms = 600000")
+        + &format!(
+            "[[functions]]\nname = \"b\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\n\
+             zygotes = 0\nready_clones = 0\nidle_ttl_ms = 600000\ntimeout_ms = 10000\nmemory_mb = 256\n",
+            memory_code().display()
+        );
+    let daemon = Daemon::start_with(&functions, "memory_budget_mb = 4096");
+    let digest = invoke_intact(&daemon, "a").json()["digest"].clone();
+    assert!(eventually(Duration::from_secs(10), || status(&daemon, "a")
+        ["ready_clones"]
+        == 1));
+    // Steady state (the invocation's clone is still being torn down).
+    let used = (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            status(&daemon, "a")["memory_bytes"].as_u64().unwrap_or(0)
+        })
+        .min()
+        .unwrap_or(0);
+    assert!(used > 24 << 20, "{used}");
+    // Room for one awake function and a half: b's cold start (estimated
+    // from a's zygote) needs most of a's room.
+    let budget_mb = (used * 3 / 2) >> 20;
+    write_config(
+        daemon.dir.path(),
+        &daemon.cgroup_root,
+        &format!("memory_budget_mb = {budget_mb}"),
+        &functions,
+    );
+    assert_eq!(daemon.admin("POST", "/admin/reload", "", None).status, 200);
+
+    let r = invoke_intact(&daemon, "b");
+    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
+    let a = status(&daemon, "a");
+    assert_eq!(
+        a["hibernated"],
+        1,
+        "a was not hibernated (used {used}, budget {budget_mb} MiB): {a}\n{}",
+        daemon.stderr()
+    );
+    assert_eq!(a["evictions"], 0, "a was evicted instead: {a}");
+    assert!(daemon
+        .stderr()
+        .contains("memory budget reached: hibernating idle zygotes"));
+    // a is a wake-up away, with its memory intact.
+    let r = invoke_intact(&daemon, "a");
+    assert_eq!(r.header("x-fnhost-start"), Some("wake"));
+    assert_eq!(r.json()["digest"], digest);
+}

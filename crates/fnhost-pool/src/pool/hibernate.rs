@@ -13,25 +13,45 @@ use crate::zygote::{Woken, Zygote};
 
 impl FunctionPool {
     /// Hibernates the pool's zygotes once the function has been idle for
-    /// `hibernate_after_ms`: their ready clones are stopped (each holds
-    /// pages of its zygote), then each zygote's memory goes to a snapshot
-    /// (or the kernel reclaims the cgroup's). The pool stays dormant (no
-    /// refill) until its next request, which wakes a zygote.
+    /// `hibernate_after_ms` (see [`Self::hibernate`]).
     pub(super) async fn hibernate_if_idle(&self) {
-        let settings = self.settings();
-        if settings.hibernate_after_ms == 0
+        let after = self.settings().hibernate_after_ms;
+        if after > 0 && now_ms().saturating_sub(self.last_used_ms()) >= after {
+            self.hibernate().await;
+        }
+    }
+
+    /// Whether the memory budget may hibernate this pool instead of
+    /// evicting it: hibernation is configured, nothing runs or waits, and
+    /// a zygote is awake.
+    pub fn can_hibernate(&self) -> bool {
+        self.settings().hibernate_after_ms > 0
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && self.queued.load(Ordering::SeqCst) == 0
+            && self.live_zygotes().iter().any(|z| !z.is_asleep())
+    }
+
+    /// Hibernates every awake zygote now: their ready clones are stopped
+    /// (each holds pages of its zygote), then each zygote's memory goes to
+    /// a snapshot (or the kernel reclaims the cgroup's). The pool stays
+    /// dormant (no refill) until its next request, which wakes a zygote.
+    /// Also the memory budget's gentler alternative to eviction (a wake-up
+    /// is cheaper than a cold start). Returns how many zygotes went to
+    /// sleep.
+    pub async fn hibernate(&self) -> usize {
+        if self.settings().hibernate_after_ms == 0
             || self.closed.load(Ordering::SeqCst)
             || self.in_flight.load(Ordering::SeqCst) > 0
             || self.queued.load(Ordering::SeqCst) > 0
-            || now_ms().saturating_sub(self.last_used_ms()) < settings.hibernate_after_ms
         {
-            return;
+            return 0;
         }
+        let settings = self.settings();
         // After a failure, wait before trying again (a full disk must not
         // make the pool stop and refill its ready clones every second).
         let failed = self.hibernate_failed_ms.load(Ordering::Relaxed);
         if failed > 0 && now_ms().saturating_sub(failed) < HIBERNATE_RETRY_MS {
-            return;
+            return 0;
         }
         let sleepy: Vec<Arc<Zygote>> = self
             .live_zygotes()
@@ -39,18 +59,24 @@ impl FunctionPool {
             .filter(|z| !z.is_asleep())
             .collect();
         if sleepy.is_empty() {
-            return;
+            return 0;
         }
+        // Not while a refill pass runs (it may be forking ready clones, or
+        // waiting in the budget for room: the budget calls this from other
+        // pools' refills, so waiting here could deadlock two pools).
+        let Ok(_one_pass) = self.refilling.try_lock() else {
+            return 0;
+        };
         // No refill while asleep: it would fork ready clones (waking the
         // zygotes right away). The next request clears this.
         self.dormant.store(true, Ordering::SeqCst);
-        let _one_pass = self.refilling.lock().await;
         self.stop_ready_clones_of(&sleepy);
         let mode = settings.hibernate_mode;
+        let mut slept = 0;
         for zygote in sleepy {
             // A request that arrived meanwhile keeps the pool awake.
             if !self.dormant.load(Ordering::SeqCst) {
-                return;
+                break;
             }
             let started = Instant::now();
             let outcome = match mode {
@@ -79,6 +105,7 @@ impl FunctionPool {
             };
             match outcome {
                 Ok(Some((snapshot_bytes, dropped_bytes))) => {
+                    slept += 1;
                     let took = started.elapsed();
                     self.metrics.hibernations.increment(1);
                     self.metrics.hibernate.record(took.as_secs_f64());
@@ -102,6 +129,7 @@ impl FunctionPool {
             }
         }
         self.publish_gauges();
+        slept
     }
 
     pub(super) fn record_wake(&self, woke: &Woken) {
