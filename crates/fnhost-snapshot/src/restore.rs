@@ -228,10 +228,37 @@ impl Waker<'_> {
                     done += n;
                     copied += n;
                 }
-                // EEXIST: served on demand or prefetched already. ENOENT: no
-                // longer registered, i.e. the zygote unmapped it during the
-                // wake, so there is nothing to restore (a dead process
-                // reports ESRCH instead).
+                // ENOENT for a multi-page copy: the range crosses from one
+                // mapping into the next (a region is adjacent mappings
+                // merged, and UFFDIO_COPY stays within one); go page by page.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) && len > self.page => {
+                    match self.copy(extent.addr + done, extent.offset + done, self.page) {
+                        Ok(n) => {
+                            done += n;
+                            copied += n;
+                        }
+                        // EEXIST: in place already. ENOENT for one page: no
+                        // longer registered, i.e. the zygote unmapped it
+                        // during the wake; nothing to restore.
+                        Err(err)
+                            if matches!(err.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) =>
+                        {
+                            done += self.page
+                        }
+                        Err(err) if err.raw_os_error() == Some(libc::EAGAIN) => {}
+                        Err(err) => {
+                            return Err(self.copy_error(
+                                extent.addr + done,
+                                extent.offset + done,
+                                self.page,
+                                err,
+                            ))
+                        }
+                    }
+                }
+                // EEXIST: served on demand or prefetched already. ENOENT (one
+                // page): unmapped during the wake, see above. (A dead process
+                // reports ESRCH instead.)
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => {
                     done += self.page
                 }
