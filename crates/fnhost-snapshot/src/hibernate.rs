@@ -37,7 +37,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
 use crate::regions::{self, Region, RegionError, RegionTable};
-use crate::{resident, uffd};
+use crate::{anonymize, resident, uffd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
@@ -97,7 +97,9 @@ pub struct WindowStats {
 }
 
 /// Read the memory map and create the uffd from `device` (closed on
-/// return). Call it as late as possible before [`hibernate`]: mappings
+/// return). Written private file mappings are first made anonymous (see
+/// [`anonymize`](mod@crate::anonymize)), so the caller must already be
+/// single-threaded with signals blocked. Call it as late as possible before [`hibernate`]: mappings
 /// created afterwards simply stay resident, but one removed in between
 /// makes the window fail.
 pub fn prepare(device: OwnedFd) -> Result<Prepared, HibernateError> {
@@ -109,7 +111,12 @@ pub fn prepare(device: OwnedFd) -> Result<Prepared, HibernateError> {
     // Optional: without it every page is read to find the zero ones.
     let pagemap = File::open("/proc/self/pagemap").ok().map(OwnedFd::from);
 
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(HibernateError::ReadMaps)?;
+    let mut maps = std::fs::read_to_string("/proc/self/maps").map_err(HibernateError::ReadMaps)?;
+    let file_data =
+        anonymize::file_data_mappings(&maps, |path| std::fs::metadata(path).ok().map(|m| m.len()));
+    if anonymize::anonymize(&file_data) > 0 {
+        maps = std::fs::read_to_string("/proc/self/maps").map_err(HibernateError::ReadMaps)?;
+    }
     let regions = regions::subtract(&regions::parse_maps(&maps), &resident::keep_ranges(page));
     let sp = std::ptr::addr_of!(page) as u64;
     if regions.iter().any(|r| r.contains(sp)) {
@@ -318,7 +325,7 @@ fn dontneed(region: Region) -> io::Result<()> {
 ///
 /// # Safety
 /// The arguments must be valid for syscall `nr`.
-unsafe fn bare_syscall(nr: libc::c_long, a: [u64; 6]) -> io::Result<u64> {
+pub(crate) unsafe fn bare_syscall(nr: libc::c_long, a: [u64; 6]) -> io::Result<u64> {
     loop {
         // SAFETY: forwarded from the caller.
         let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };

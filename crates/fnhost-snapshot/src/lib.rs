@@ -7,6 +7,7 @@
 //! module for the protocol and its constraints). Daemon side: [`uffd::open_device`],
 //! [`Snapshot`], [`Sleeper`] and [`wake`].
 
+pub mod anonymize;
 pub mod asleep;
 pub mod hibernate;
 pub mod regions;
