@@ -87,6 +87,8 @@ impl Sleeper {
 #[derive(Debug, Clone, Default)]
 pub struct WakeStats {
     pub duration: Duration,
+    /// Of `duration`, reading the snapshot's data in (before any copy).
+    pub read: Duration,
     /// Pages copied ahead of the bulk copy because they are in the working set.
     pub prefetched_pages: u64,
     /// All pages placed with `UFFDIO_COPY` (prefetch, bulk and faults).
@@ -121,6 +123,7 @@ pub fn wake(
     // Mapped with the sealed length: if the file shrinks later, the tail
     // becomes unreadable to the kernel (EFAULT) instead of unmapped.
     let map_len = page_ceil(sealed.file_bytes, page);
+    let reading = Instant::now();
     let map = if map_len == 0 {
         None
     } else {
@@ -137,14 +140,15 @@ pub fn wake(
         // rather than page by page as the copies below touch them; holes
         // are skipped (populating them would fill the page cache with
         // zeros). A damaged file only fails here, as EFAULT, never SIGBUS.
-        for extent in snapshot.extents() {
-            if let Err(err) = map.advise_range(
-                Advice::PopulateRead,
-                extent.offset as usize,
-                extent.len as usize,
-            ) {
-                tracing::debug!(error = %err, "reading the snapshot ahead");
-                break;
+        // All reads are queued first (WILLNEED starts them and returns), so
+        // the device works on them together; then each is waited for.
+        for advice in [Advice::WillNeed, Advice::PopulateRead] {
+            for extent in snapshot.extents() {
+                let (offset, len) = (extent.offset as usize, extent.len as usize);
+                if let Err(err) = map.advise_range(advice, offset, len) {
+                    tracing::debug!(error = %err, "reading the snapshot ahead");
+                    break;
+                }
             }
         }
         Some(map)
@@ -159,7 +163,10 @@ pub fn wake(
         started,
         bulk_left: snapshot.data_bytes(),
         faulted: Vec::new(),
-        stats: WakeStats::default(),
+        stats: WakeStats {
+            read: reading.elapsed(),
+            ..WakeStats::default()
+        },
     };
     let result = waker.run(ws, prefetch);
     ws.record(&waker.faulted);
