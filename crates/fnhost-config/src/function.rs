@@ -456,7 +456,7 @@ mod tests {
         let dir = base();
         let text = format!(
             "[defaults]\nhibernate_after_ms = 60000\n\
-             {FUNCTION}hibernate_mode = \"reclaim\"\nhibernate_prefetch = false\n\
+             {FUNCTION}hibernate_mode = \"reclaim\"\nhibernate_prefetch = true\n\
              [[functions]]\nname = \"g\"\nruntime = \"python3\"\ncode = \"fn\"\nhandler = \"m.h\"\n"
         );
         let config = parse(&text, dir.path()).expect("valid config");
@@ -472,7 +472,7 @@ mod tests {
         assert_eq!(g.pool.hibernate_mode, crate::HibernateMode::Snapshot);
         assert_eq!(
             (f.pool.hibernate_prefetch, g.pool.hibernate_prefetch),
-            (false, true)
+            (true, false)
         );
         let plain = parse(FUNCTION, dir.path()).expect("valid config");
         assert_eq!(plain.function("f").expect("f").pool.hibernate_after_ms, 0);
