@@ -254,6 +254,11 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
             None,
         );
     };
+    // Give free heap memory back first: what is not there is neither
+    // written to the snapshot nor restored on wake-up.
+    // SAFETY: malloc_trim only releases free memory of this (single-
+    // threaded) process's allocator.
+    unsafe { libc::malloc_trim(0) };
     let prepared = match fnhost_snapshot::prepare(device) {
         Ok(prepared) => prepared,
         Err(e) => {
