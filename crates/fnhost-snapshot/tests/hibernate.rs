@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let scenarios: [Scenario; 4] = [
+    let scenarios: [Scenario; 5] = [
         (
             "cycles_with_and_without_prefetch",
             parent::with_and_without_prefetch,
@@ -63,6 +63,10 @@ fn main() -> ExitCode {
         (
             "on_demand_faults_feed_the_prefetch",
             parent::on_demand_faults,
+        ),
+        (
+            "faults_while_asleep_are_served_from_the_file",
+            parent::served_while_asleep,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -535,6 +539,47 @@ mod parent {
         );
         drop(h.sleeper);
         assert!(!h.path.exists());
+    }
+
+    /// Without any wake-up: every page the child touches is served by
+    /// `asleep::serve_pending` from the snapshot file (as the daemon does
+    /// while a zygote sleeps), and its memory checks out.
+    pub fn served_while_asleep(dir: &Path) {
+        let mut child = Child::spawn();
+        let h = hibernate_child(&mut child, dir);
+        let file =
+            std::fs::File::from(h.sleeper.snapshot.file().try_clone_to_owned().expect("dup"));
+        let regions = h.sleeper.snapshot.regions().to_vec();
+        file.set_len(fnhost_snapshot::asleep::layout_len(&regions))
+            .expect("size");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let served = std::thread::scope(|scope| {
+            let server = scope.spawn(|| {
+                let mut page = Vec::new();
+                let mut served = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    served += fnhost_snapshot::asleep::serve_pending(
+                        h.sleeper.uffd.as_fd(),
+                        &file,
+                        &regions,
+                        &mut page,
+                    )
+                    .expect("serve a fault");
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                served
+            });
+            child.send(GO, &[]);
+            let (report, _) = child.expect(VERIFIED);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let report = String::from_utf8_lossy(&report).into_owned();
+            assert!(report.starts_with("ok"), "child memory: {report}");
+            server.join().expect("server thread")
+        });
+        println!("  served {served} faults while asleep");
+        assert!(served > 1000, "only {served} faults served");
+        drop(h.sleeper);
+        child.exit();
     }
 
     pub fn on_demand_faults(dir: &Path) {

@@ -86,21 +86,35 @@ async fn serve_faults(
 ) -> Result<OwnedFd, String> {
     let uffd =
         crate::fd::register(uffd).map_err(|e| format!("cannot watch the userfaultfd: {e}"))?;
-    let mut page = Vec::new();
+    let source = Arc::new((snapshot, regions));
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(uffd.into_inner()),
             ready = uffd.readable() => {
                 let mut guard = ready.map_err(|e| e.to_string())?;
-                loop {
-                    match fnhost_snapshot::asleep::serve_pending(uffd.get_ref().as_fd(), &snapshot, &regions, &mut page) {
-                        Ok(0) => break,
-                        Ok(served) => {
-                            tracing::debug!(function = %function, zygote, served, "served page faults of a sleeping zygote");
+                // Serving reads the snapshot file (a disk read when its page
+                // cache was dropped): on a blocking thread, with its own
+                // duplicate of the userfaultfd.
+                let fd = uffd
+                    .get_ref()
+                    .try_clone()
+                    .map_err(|e| format!("cannot duplicate the userfaultfd: {e}"))?;
+                let source = source.clone();
+                let served = tokio::task::spawn_blocking(move || {
+                    let (snapshot, regions) = &*source;
+                    let mut page = Vec::new();
+                    let mut total = 0;
+                    loop {
+                        match fnhost_snapshot::asleep::serve_pending(fd.as_fd(), snapshot, regions, &mut page) {
+                            Ok(0) => return Ok(total),
+                            Ok(n) => total += n,
+                            Err(e) => return Err(e.to_string()),
                         }
-                        Err(e) => return Err(e.to_string()),
                     }
-                }
+                })
+                .await
+                .map_err(|e| format!("the page-fault server died: {e}"))??;
+                tracing::debug!(function = %function, zygote, served, "served page faults of a sleeping zygote");
                 guard.clear_ready();
             }
         }
