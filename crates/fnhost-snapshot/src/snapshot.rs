@@ -106,9 +106,9 @@ impl Snapshot {
         }
         let data = data_ranges(&self.file, file_bytes, page).map_err(seal_err("seek data"))?;
         let extents = extents(&regions, &data);
+        let fd = self.file.as_raw_fd();
         // SAFETY: plain syscall on an open descriptor; no memory involved.
-        let rc =
-            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
         if rc != 0 {
             tracing::warn!(path = %self.path.display(), errno = rc, "drop snapshot page cache");
         }

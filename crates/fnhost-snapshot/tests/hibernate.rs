@@ -140,11 +140,10 @@ fn recv(sock: BorrowedFd<'_>) -> (u8, Vec<u8>, Vec<OwnedFd>) {
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs().expect("cmsgs") {
         if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            // SAFETY: SCM_RIGHTS installed these descriptors for us alone.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+            for fd in raw {
+                // SAFETY: SCM_RIGHTS installed this descriptor for us alone.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
         }
     }
     let len = msg.bytes;
