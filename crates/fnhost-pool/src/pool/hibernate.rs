@@ -4,12 +4,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fnhost_config::HibernateMode;
 
 use super::{now_ms, secs, FunctionPool, HIBERNATE_RETRY_MS};
-use crate::zygote::{Woken, Zygote};
+use crate::zygote::{Hibernation, Woken, Zygote};
 
 impl FunctionPool {
     /// Hibernates the pool's zygotes once the function has been idle for
@@ -26,9 +26,15 @@ impl FunctionPool {
     /// a zygote is awake.
     pub fn can_hibernate(&self) -> bool {
         self.settings().hibernate_after_ms > 0
+            && self.quiet()
+            && self.live_zygotes().iter().any(|z| !z.is_asleep())
+    }
+
+    /// Open, with nothing running or waiting.
+    fn quiet(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst)
             && self.in_flight.load(Ordering::SeqCst) == 0
             && self.queued.load(Ordering::SeqCst) == 0
-            && self.live_zygotes().iter().any(|z| !z.is_asleep())
     }
 
     /// Hibernates every awake zygote now: their ready clones are stopped
@@ -39,14 +45,10 @@ impl FunctionPool {
     /// is cheaper than a cold start). Returns how many zygotes went to
     /// sleep.
     pub async fn hibernate(&self) -> usize {
-        if self.settings().hibernate_after_ms == 0
-            || self.closed.load(Ordering::SeqCst)
-            || self.in_flight.load(Ordering::SeqCst) > 0
-            || self.queued.load(Ordering::SeqCst) > 0
-        {
+        let settings = self.settings();
+        if settings.hibernate_after_ms == 0 || !self.quiet() {
             return 0;
         }
-        let settings = self.settings();
         // After a failure, wait before trying again (a full disk must not
         // make the pool stop and refill its ready clones every second).
         let failed = self.hibernate_failed_ms.load(Ordering::Relaxed);
@@ -72,6 +74,12 @@ impl FunctionPool {
         self.dormant.store(true, Ordering::SeqCst);
         self.stop_ready_clones_of(&sleepy);
         let mode = settings.hibernate_mode;
+        let pass = Instant::now();
+        // Reclaim acts on the cgroup all the pool's zygotes share: once.
+        let reclaimed = match mode {
+            HibernateMode::Reclaim => Some(self.reclaim_zygote_cgroup().await),
+            HibernateMode::Snapshot => None,
+        };
         let mut slept = 0;
         for zygote in sleepy {
             // A request that arrived meanwhile keeps the pool awake.
@@ -79,34 +87,34 @@ impl FunctionPool {
                 break;
             }
             let started = Instant::now();
-            let outcome = match mode {
-                HibernateMode::Snapshot => {
+            let outcome = match &reclaimed {
+                None => {
                     let path = self.snapshots.path(&self.name, zygote.id);
                     match self.snapshots.device() {
-                        Ok(device) => zygote
-                            .hibernate_snapshot(device, path, settings.hibernate_prefetch)
-                            .await
-                            .map(|h| h.map(|h| (h.snapshot_bytes, h.dropped_bytes))),
+                        Ok(device) => {
+                            zygote
+                                .hibernate_snapshot(device, path, settings.hibernate_prefetch)
+                                .await
+                        }
                         Err(e) => Err(e),
                     }
                 }
-                HibernateMode::Reclaim => {
-                    // Let the killed ready clones leave the cgroup first.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    // The kernel reclaims synchronously (for a while when
-                    // little can go): off the runtime's threads.
-                    let cgroup = self.zygote_cgroup.clone();
-                    match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
-                        Ok(Ok(())) => Ok(zygote.mark_reclaimed().await.then_some((0, 0))),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(format!("reclaim task failed: {e}")),
-                    }
-                }
+                Some(Ok(())) => Ok(zygote
+                    .mark_reclaimed()
+                    .await
+                    .then_some(Hibernation::default())),
+                Some(Err(e)) => Err(e.clone()),
             };
             match outcome {
-                Ok(Some((snapshot_bytes, dropped_bytes))) => {
+                Ok(Some(Hibernation {
+                    snapshot_bytes,
+                    dropped_bytes,
+                })) => {
                     slept += 1;
-                    let took = started.elapsed();
+                    let took = match mode {
+                        HibernateMode::Snapshot => started.elapsed(),
+                        HibernateMode::Reclaim => pass.elapsed(),
+                    };
                     self.metrics.hibernations.increment(1);
                     self.metrics.hibernate.record(took.as_secs_f64());
                     tracing::info!(function = %self.name, zygote = zygote.id, mode = mode.as_str(),
@@ -130,6 +138,17 @@ impl FunctionPool {
         }
         self.publish_gauges();
         slept
+    }
+
+    /// Asks the kernel to reclaim the zygote cgroup's memory. It does so
+    /// synchronously (for a while when little can go): off the runtime's
+    /// threads.
+    async fn reclaim_zygote_cgroup(&self) -> Result<(), String> {
+        let cgroup = self.zygote_cgroup.clone();
+        match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("reclaim task failed: {e}")),
+        }
     }
 
     pub(super) fn record_wake(&self, woke: &Woken) {

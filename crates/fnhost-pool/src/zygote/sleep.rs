@@ -29,10 +29,10 @@ pub struct Woken {
     pub restore: Option<WakeStats>,
 }
 
-/// Outcome of hibernating a zygote with a snapshot.
-#[derive(Debug, Clone)]
+/// What hibernating a zygote gave back (zero in reclaim mode, which does
+/// not know).
+#[derive(Debug, Clone, Default)]
 pub struct Hibernation {
-    pub duration: Duration,
     /// Bytes of memory written to the snapshot (non-zero pages).
     pub snapshot_bytes: u64,
     /// Bytes of address space dropped.
@@ -148,7 +148,6 @@ impl Zygote {
         if !self.is_alive() {
             return Err("the zygote has exited".into());
         }
-        let started = Instant::now();
         let mut snapshot = Snapshot::create(path.clone())
             .map_err(|e| format!("cannot create snapshot {}: {e}", path.display()))?;
         let fds = [device.as_raw_fd(), snapshot.file().as_raw_fd()];
@@ -245,7 +244,6 @@ impl Zygote {
         });
         self.asleep.store(true, Ordering::SeqCst);
         Ok(Some(Hibernation {
-            duration: started.elapsed(),
             snapshot_bytes: stats.data_bytes,
             dropped_bytes,
         }))
