@@ -18,7 +18,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::zygote::Zygote;
+use crate::zygote::{CloneError, Zygote};
+
+fn failed(message: String) -> CloneError {
+    CloneError::Failed(message)
+}
 
 /// Room for frame metadata on top of a response body.
 const META_ALLOWANCE: usize = 64 * 1024;
@@ -104,19 +108,24 @@ impl Sandbox {
         slot: Slot,
         writable_bytes: u64,
         run_as: Option<(u32, u32)>,
-    ) -> Result<Sandbox, (Slot, String)> {
+    ) -> Result<Sandbox, (Slot, CloneError)> {
         let started = Instant::now();
         let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
             Ok(pair) => pair,
-            Err(e) => return Err((slot, format!("cannot create invocation socket: {e}"))),
+            Err(e) => {
+                return Err((
+                    slot,
+                    failed(format!("cannot create invocation socket: {e}")),
+                ))
+            }
         };
         let cgroup_dir = match slot.cgroup.clone_into_fd() {
             Ok(fd) => fd,
-            Err(e) => return Err((slot, e.to_string())),
+            Err(e) => return Err((slot, failed(e.to_string()))),
         };
         let v1_procs = match slot.cgroup.v1_procs_fds() {
             Ok(fds) => fds,
-            Err(e) => return Err((slot, e.to_string())),
+            Err(e) => return Err((slot, failed(e.to_string()))),
         };
         let mut fds = vec![theirs.as_raw_fd()];
         fds.extend(cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()));
@@ -140,7 +149,7 @@ impl Sandbox {
         };
         let pidfd = match crate::fd::register(cloned.pidfd) {
             Ok(fd) => fd,
-            Err(e) => return Err((slot, format!("cannot watch clone pidfd: {e}"))),
+            Err(e) => return Err((slot, failed(format!("cannot watch clone pidfd: {e}")))),
         };
         let setup = async {
             ours.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -178,16 +187,16 @@ impl Sandbox {
             }),
             Ok(Err(e)) => {
                 let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
-                Err((slot, e))
+                Err((slot, failed(e)))
             }
             Err(_) => {
                 let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
                 Err((
                     slot,
-                    format!(
+                    failed(format!(
                         "clone did not finish setup within {} s",
                         SETUP_TIMEOUT.as_secs()
-                    ),
+                    )),
                 ))
             }
         }

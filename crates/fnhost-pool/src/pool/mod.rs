@@ -22,7 +22,7 @@ use crate::hibernation::SnapshotStore;
 use crate::process::IdMap;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
 use crate::telemetry::PoolMetrics;
-use crate::zygote::{Placement, StartError, Zygote};
+use crate::zygote::{CloneError, Placement, StartError, Zygote};
 
 mod hibernate;
 
@@ -532,15 +532,15 @@ impl FunctionPool {
                 phase.seccomp.record(secs(sandbox.setup.seccomp_us));
                 Ok(sandbox)
             }
-            Err((slot, detail)) => {
-                if detail.starts_with("wake-up failed") {
+            Err((slot, error)) => {
+                if matches!(error, CloneError::WakeFailed(_)) {
                     self.metrics.wakes_failed.increment(1);
                 }
                 // The clone may still be exiting; only reuse an empty cgroup.
                 if slot.cgroup.is_empty().unwrap_or(false) {
                     self.free_slots.lock().expect("slots lock").push(slot);
                 }
-                Err(unavailable(detail))
+                Err(unavailable(error.to_string()))
             }
         }
     }

@@ -46,6 +46,16 @@ pub enum StartError {
     Failed(String),
 }
 
+/// Why a clone request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloneError {
+    /// The zygote was hibernated and could not be woken; it was stopped.
+    #[error("wake-up failed: {0}")]
+    WakeFailed(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A clone created by a zygote.
 #[derive(Debug)]
 pub struct Cloned {
@@ -310,9 +320,9 @@ impl Zygote {
         v2_cgroup: bool,
         v1_procs: u32,
         run_as: Option<(u32, u32)>,
-    ) -> Result<Cloned, String> {
+    ) -> Result<Cloned, CloneError> {
         if !self.is_alive() {
-            return Err("the zygote has exited".into());
+            return Err(CloneError::Failed("the zygote has exited".into()));
         }
         let msg = DaemonMessage::Clone {
             sandbox,
@@ -327,7 +337,8 @@ impl Zygote {
         let control = &channel.fd;
         send_msg(control, &msg, fds)
             .await
-            .map_err(|e| format!("cannot reach the zygote: {e}"))?;
+            .map_err(|e| CloneError::Failed(format!("cannot reach the zygote: {e}")))?;
+        let failed = |message: String| Err(CloneError::Failed(message));
         match recv_msg(control).await {
             Ok(Received::Message(
                 ZygoteMessage::Cloned {
@@ -342,12 +353,12 @@ impl Zygote {
                 fork_us,
                 woke,
             }),
-            Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => Err(message),
+            Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => failed(message),
             Ok(Received::Message(other, _)) => {
-                Err(format!("unexpected reply from zygote: {other:?}"))
+                failed(format!("unexpected reply from zygote: {other:?}"))
             }
-            Ok(Received::Closed) => Err("the zygote exited".into()),
-            Err(e) => Err(format!("zygote control channel failed: {e}")),
+            Ok(Received::Closed) => failed("the zygote exited".into()),
+            Err(e) => failed(format!("zygote control channel failed: {e}")),
         }
     }
 

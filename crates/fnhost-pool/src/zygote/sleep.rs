@@ -15,7 +15,7 @@ use fnhost_zygote::control::Received;
 use fnhost_zygote::protocol::{DaemonMessage, ZygoteMessage};
 use tokio::io::unix::AsyncFd;
 
-use super::{recv_msg, send_msg, Channel, Zygote};
+use super::{recv_msg, send_msg, Channel, CloneError, Zygote};
 
 /// How long a zygote may take to write its snapshot, or to be woken.
 const HIBERNATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -264,7 +264,10 @@ impl Zygote {
 
     /// Wakes the zygote if it sleeps (the channel is locked by the caller).
     /// A failed wake-up kills the zygote: its memory cannot be trusted.
-    pub(super) async fn wake_locked(&self, channel: &mut Channel) -> Result<Option<Woken>, String> {
+    pub(super) async fn wake_locked(
+        &self,
+        channel: &mut Channel,
+    ) -> Result<Option<Woken>, CloneError> {
         let Some(sleep) = channel.sleep.take() else {
             return Ok(None);
         };
@@ -344,9 +347,9 @@ impl Zygote {
 
     /// Kills a zygote whose memory could not be restored (a process blocked
     /// on a userfaultfd fault still dies on SIGKILL) and says why.
-    fn wake_failed(&self, failure: String) -> String {
+    fn wake_failed(&self, failure: String) -> CloneError {
         tracing::error!(function = %self.function, zygote = self.id, error = %failure, "wake-up failed; stopping the zygote");
         self.kill();
-        format!("wake-up failed: {failure}")
+        CloneError::WakeFailed(failure)
     }
 }
