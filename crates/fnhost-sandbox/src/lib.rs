@@ -1,14 +1,19 @@
 //! Sandbox primitives for fnhost: each raw syscall wrapped once (`sys`),
-//! mounts behind a recordable `Syscall` trait, capabilities, loopback
-//! networking and cgroups. Nothing here knows about functions or pools; it
-//! only builds and tears down isolation.
+//! a clone's whole setup (cgroup, mounts, privileges, seccomp) behind a
+//! recordable `Syscall` trait, capabilities, loopback networking and
+//! cgroups. Nothing here knows about functions or pools; it only builds and
+//! tears down isolation.
 
 pub mod caps;
 pub mod cgroup;
+pub mod clone_setup;
 pub mod mount;
 pub mod net;
+#[cfg(test)]
+mod recorder;
 pub mod seccomp;
 pub mod sys;
+pub mod syscall;
 
 /// True when the calling process is in a user namespace other than the
 /// host's (its uid map is not the identity map of every id). Overlay mounts

@@ -8,13 +8,16 @@
 //! upper dir of a second overlay whose lower dir is the zygote's root, so
 //! writes anywhere in `/` are private to the clone and vanish with it.
 //!
-//! The privileged calls go through [`Syscall`], so the sequence of mounts is
-//! unit-tested with a recorder and run for real by [`LinuxSyscall`].
+//! The privileged calls go through the [`Syscall`] seam, so the sequence of
+//! mounts is unit-tested with a recorder and run for real by [`LinuxSyscall`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
+use serde::{Deserialize, Serialize};
+
+pub use crate::syscall::{LinuxSyscall, Syscall};
 
 /// Device nodes bound from the host into every sandbox's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -27,80 +30,6 @@ pub const CLONE_RW_DIR: &str = "/.fnhost/rw";
 /// /proc/sys, /proc/sysrq-trigger, /proc/kcore and every other global knob
 /// that uid 0 could otherwise write or read without capabilities.
 const PROC_OPTIONS: &str = "subset=pid";
-
-/// The privileged calls mount logic needs.
-pub trait Syscall {
-    fn mount(
-        &self,
-        source: Option<&str>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> io::Result<()>;
-    /// Creates a directory; an existing one is fine.
-    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
-    /// Creates an empty regular file (a bind-mount target); existing is fine.
-    fn create_file(&self, path: &Path) -> io::Result<()>;
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
-    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
-    /// Makes `new_root` the root of the mount namespace and detaches the old
-    /// one (`pivot_root(".", ".")` from inside it, then lazy unmount).
-    fn pivot_root_to(&self, new_root: &Path) -> io::Result<()>;
-}
-
-/// The real kernel.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LinuxSyscall;
-
-impl Syscall for LinuxSyscall {
-    fn mount(
-        &self,
-        source: Option<&str>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> io::Result<()> {
-        nix::mount::mount(source, target, fstype, flags, data).map_err(io::Error::from)
-    }
-
-    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(mode).create(path) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }
-    }
-
-    fn create_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map(drop)
-    }
-
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
-        match std::os::unix::fs::symlink(target, link) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }
-    }
-
-    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-    }
-
-    fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
-        nix::unistd::chdir(new_root)?;
-        nix::unistd::pivot_root(".", ".")?;
-        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
-        nix::unistd::chdir("/")?;
-        Ok(())
-    }
-}
 
 /// A mount step that failed, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +49,12 @@ fn step<T>(step: &'static str, target: &Path, r: io::Result<T>) -> Result<T, Mou
     })
 }
 
-/// A read-only bind of a host directory into the root.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A read-only bind of a host directory into the root: found by the layer
+/// store's host layer, carried in the zygote spec, mounted here (one type
+/// end to end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
+    /// Absolute host path.
     pub source: PathBuf,
     /// Path inside the root, relative (e.g. "usr").
     pub target: PathBuf,
@@ -403,60 +335,7 @@ pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), Mount
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-
-    /// Records every call as a line, so tests can assert the sequence.
-    #[derive(Default)]
-    struct Recorder {
-        calls: RefCell<Vec<String>>,
-        fail_on: Option<&'static str>,
-    }
-
-    impl Recorder {
-        fn record(&self, line: String) -> io::Result<()> {
-            let fail = self.fail_on.is_some_and(|needle| line.contains(needle));
-            self.calls.borrow_mut().push(line);
-            if fail {
-                return Err(io::Error::from_raw_os_error(libc::EPERM));
-            }
-            Ok(())
-        }
-    }
-
-    impl Syscall for Recorder {
-        fn mount(
-            &self,
-            source: Option<&str>,
-            target: &Path,
-            fstype: Option<&str>,
-            flags: MsFlags,
-            data: Option<&str>,
-        ) -> io::Result<()> {
-            self.record(format!(
-                "mount {} {} {} {:?} {}",
-                source.unwrap_or("-"),
-                target.display(),
-                fstype.unwrap_or("-"),
-                flags,
-                data.unwrap_or("-")
-            ))
-        }
-        fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
-            self.record(format!("mkdir {} {mode:o}", path.display()))
-        }
-        fn create_file(&self, path: &Path) -> io::Result<()> {
-            self.record(format!("touch {}", path.display()))
-        }
-        fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
-            self.record(format!("symlink {target} {}", link.display()))
-        }
-        fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-            self.record(format!("chown {} {uid}:{gid}", path.display()))
-        }
-        fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
-            self.record(format!("pivot {}", new_root.display()))
-        }
-    }
+    use crate::recorder::Recorder;
 
     fn zygote_root() -> ZygoteRoot {
         ZygoteRoot {
@@ -479,7 +358,7 @@ mod tests {
     fn zygote_root_sequence() {
         let rec = Recorder::default();
         enter_zygote_root(&rec, &zygote_root()).unwrap();
-        let calls = rec.calls.into_inner();
+        let calls = rec.into_calls();
         assert!(
             calls[0].starts_with("mount - / - MsFlags(MS_REC | MS_PRIVATE)"),
             "{}",
@@ -523,10 +402,7 @@ mod tests {
 
     #[test]
     fn failure_names_step_and_target() {
-        let rec = Recorder {
-            fail_on: Some("/usr"),
-            ..Recorder::default()
-        };
+        let rec = Recorder::failing_on("/usr");
         let err = enter_zygote_root(&rec, &zygote_root()).unwrap_err();
         assert_eq!(err.step, "bind host directory");
         assert_eq!(err.target, PathBuf::from("/state/run/z1/usr"));
@@ -542,7 +418,7 @@ mod tests {
             userxattr: true,
         };
         enter_clone_root(&rec, &root).unwrap();
-        let calls = rec.calls.into_inner();
+        let calls = rec.into_calls();
         assert!(calls[0].starts_with("mount tmpfs /.fnhost/rw tmpfs"));
         assert!(
             calls

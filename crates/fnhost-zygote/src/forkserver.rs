@@ -14,10 +14,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use fnhost_sandbox::mount::{enter_clone_root, CloneRoot, LinuxSyscall};
+use fnhost_sandbox::clone_setup::{set_up_clone, ClonePlan};
 use fnhost_sandbox::seccomp::{self, Filter, Profile};
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
-use fnhost_sandbox::{caps, CLONE_NAMESPACES};
+use fnhost_sandbox::syscall::LinuxSyscall;
+use fnhost_sandbox::CLONE_NAMESPACES;
 
 use crate::control::{self, Received};
 use crate::protocol::{
@@ -326,46 +327,22 @@ fn setup_clone(
         );
     }
     let mut stream = UnixStream::from(invocation);
-    let mut times = SetupTimes::default();
-
-    let t = Instant::now();
-    for procs in v1_procs {
-        let mut file = std::fs::File::from(procs);
-        if let Err(e) = file.write_all(b"0") {
-            setup_failed(&mut stream, "attach to v1 cgroup", e.to_string());
-        }
-    }
-    times.cgroup_us = micros(t);
-
-    let t = Instant::now();
-    // The writable layer's root belongs to the uid the function runs as,
-    // so it can write anywhere in `/` (inside its private overlay).
-    let root = CloneRoot {
+    let plan = ClonePlan::new(
+        v1_procs,
         writable_bytes,
-        carry: carry.into_iter().map(Into::into).collect(),
-        owner: run_as,
-        userxattr: run_as.is_some(),
+        carry.into_iter().map(Into::into).collect(),
+        run_as,
+        seccomp,
+    );
+    let times = match set_up_clone(&LinuxSyscall, plan) {
+        Ok(t) => SetupTimes {
+            cgroup_us: t.cgroup_us,
+            mount_us: t.mount_us,
+            privileges_us: t.privileges_us,
+            seccomp_us: t.seccomp_us,
+        },
+        Err(e) => setup_failed(&mut stream, e.step(), e.cause()),
     };
-    if let Err(e) = enter_clone_root(&LinuxSyscall, &root) {
-        setup_failed(&mut stream, "mount writable root", e.to_string());
-    }
-    times.mount_us = micros(t);
-
-    let t = Instant::now();
-    if let Err(e) = caps::drop_all_privileges(run_as) {
-        setup_failed(&mut stream, "drop privileges", e.to_string());
-    }
-    times.privileges_us = micros(t);
-
-    // Last step before function code: from here on only the profile's
-    // syscalls work, minus the setup-only ones.
-    if let Some(filter) = seccomp {
-        let t = Instant::now();
-        if let Err(e) = filter.install_in_clone() {
-            setup_failed(&mut stream, "install seccomp filter", e.to_string());
-        }
-        times.seccomp_us = micros(t);
-    }
 
     let meta = serde_json::to_vec(&times).unwrap_or_default();
     if stream
