@@ -16,20 +16,15 @@ use crate::plan::{FileData, Node, Plan};
 use crate::source::{scan_entry, ScanOptions, SourceDir};
 use crate::store::{Layer, LayerStore};
 
-/// A host directory to bind read-only into the sandbox root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostBind {
-    /// Absolute host path.
-    pub source: PathBuf,
-    /// Path inside the root, relative (e.g. `usr`).
-    pub target: PathBuf,
-}
+/// A host directory to bind read-only into the sandbox root (the sandbox's
+/// one bind type, carried unchanged to the mount call).
+pub use fnhost_sandbox::mount::Bind;
 
 /// The skeleton layer and the binds that complete it.
 #[derive(Debug, Clone)]
 pub struct HostLayer {
     pub skeleton: Layer,
-    pub binds: Vec<HostBind>,
+    pub binds: Vec<Bind>,
 }
 
 /// Directories of the skeleton, with their modes. `.fnhost/rw` is where the
@@ -141,7 +136,7 @@ impl LayerStore {
 
 /// Mirrors each of [`BOUND_DIRS`]: a host symlink becomes the same symlink,
 /// a host directory an empty mount point plus a bind.
-fn add_bound_dirs(plan: &mut Plan<'_>, host_root: &Path) -> Result<Vec<HostBind>, LayerError> {
+fn add_bound_dirs(plan: &mut Plan<'_>, host_root: &Path) -> Result<Vec<Bind>, LayerError> {
     let mut binds = Vec::new();
     for name in BOUND_DIRS {
         let source = host_root.join(name);
@@ -159,7 +154,7 @@ fn add_bound_dirs(plan: &mut Plan<'_>, host_root: &Path) -> Result<Vec<HostBind>
             plan.insert(PathBuf::from(name), Node::Symlink { target })?;
         } else if meta.is_dir() {
             plan.insert(PathBuf::from(name), Node::Dir { mode: 0o755 })?;
-            binds.push(HostBind {
+            binds.push(Bind {
                 source,
                 target: PathBuf::from(name),
             });
@@ -294,7 +289,7 @@ mod tests {
 
         assert_eq!(
             layer.binds,
-            vec![HostBind {
+            vec![Bind {
                 source: host.path().join("usr"),
                 target: "usr".into()
             }]

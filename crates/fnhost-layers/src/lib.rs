@@ -12,6 +12,6 @@ mod store;
 mod write;
 
 pub use error::LayerError;
-pub use host::{HostBind, HostLayer};
+pub use host::{Bind, HostLayer};
 pub use image::{Image, ImageConfig, ImageError, ImageFormat, ImageRef, ImportLimits};
 pub use store::{Layer, LayerFile, LayerStore};

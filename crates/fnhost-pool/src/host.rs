@@ -168,14 +168,7 @@ fn root_layers(
     let Some(reference) = &spec.image else {
         return Ok(RootLayers {
             layers: vec![host.skeleton.path.clone()],
-            binds: host
-                .binds
-                .iter()
-                .map(|b| BindSpec {
-                    source: b.source.clone(),
-                    target: b.target.clone(),
-                })
-                .collect(),
+            binds: host.binds.clone(),
             env: Vec::new(),
         });
     };

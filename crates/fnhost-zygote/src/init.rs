@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::os::fd::BorrowedFd;
 
-use fnhost_sandbox::mount::{enter_zygote_root, Bind, LinuxSyscall, ZygoteRoot};
+use fnhost_sandbox::mount::{enter_zygote_root, LinuxSyscall, ZygoteRoot};
 use fnhost_sandbox::{net, sys};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -51,14 +51,7 @@ pub fn run() -> ! {
     let root = ZygoteRoot {
         staging: spec.staging.clone(),
         layers: spec.layers.clone(),
-        binds: spec
-            .binds
-            .iter()
-            .map(|b| Bind {
-                source: b.source.clone(),
-                target: b.target.clone(),
-            })
-            .collect(),
+        binds: spec.binds.clone(),
         tmp_bytes: spec.tmp_bytes,
         userxattr: fnhost_sandbox::in_user_namespace(),
     };

@@ -5,13 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A read-only bind of a host directory into the zygote root.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BindSpec {
-    pub source: PathBuf,
-    /// Relative path inside the root ("usr").
-    pub target: PathBuf,
-}
+/// A read-only bind of a host directory into the zygote root: the sandbox's
+/// one bind type, from the layer store's host layer to the mount call.
+pub use fnhost_sandbox::mount::Bind as BindSpec;
 
 /// How init starts a zygote's runtime.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
