@@ -3,6 +3,7 @@
 //! host's pools, maps every error to a status and a JSON body, and serves
 //! `/healthz` and `/metrics`; the admin API (own listener) changes the
 //! config through the control plane. Both drain connections on shutdown.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod control;

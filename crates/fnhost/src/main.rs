@@ -1,6 +1,7 @@
 //! fnhost: a high-density serverless function host. This binary only wires
 //! the crates together: CLI, config loading, telemetry, the host and the
 //! HTTP server, and the zygote init entry point.
+#![forbid(unsafe_code)]
 
 mod admin;
 mod cli;

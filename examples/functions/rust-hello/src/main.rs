@@ -4,6 +4,7 @@
 //! Deploy: `cargo build --release -p fnhost-example-rust-hello`, copy
 //! `target/release/rust-hello` into the function's code directory, and set
 //! `runtime = "rust"`, `command = ["/var/task/rust-hello"]`.
+#![forbid(unsafe_code)]
 
 use std::error::Error;
 
