@@ -6,7 +6,6 @@
 use std::ffi::{CString, NulError};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::raw::c_char;
 
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::ZYGOTE_NAMESPACES;
@@ -102,16 +101,8 @@ pub fn spawn_zygote(
     let argv_owned = [CString::new("fnhost")?, CString::new(INIT_SUBCOMMAND)?];
     let spec_json = serde_json::to_string(spec).map_err(|e| SpawnError::Spec(e.to_string()))?;
     let env_owned = [CString::new(format!("{SPEC_ENV}={spec_json}"))?];
-    let argv: Vec<*const c_char> = argv_owned
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const c_char> = env_owned
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = sys::CStringArray::new(argv_owned);
+    let envp = sys::CStringArray::new(env_owned);
     let v1_raw: Vec<i32> = v1_procs.iter().map(|fd| fd.as_raw_fd()).collect();
     let (control_raw, output_raw, null_raw) = (
         child_control.as_raw_fd(),
@@ -162,9 +153,7 @@ pub fn spawn_zygote(
             if !ok {
                 sys::exit_immediately(121);
             }
-            // SAFETY: exe, argv and envp are NUL-terminated C strings and
-            // null-terminated pointer arrays that outlive the call.
-            unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let _ = sys::execve(&exe, &argv, &envp);
             sys::exit_immediately(127)
         }
         Forked::Parent { pid, pidfd } => {

@@ -207,14 +207,11 @@ impl Sandbox {
         if !self.zygote.is_alive() {
             return false;
         }
-        let mut poll = [libc::pollfd {
-            fd: self.pidfd.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: `poll` is a valid array of one pollfd; timeout 0.
-        let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, 0) };
-        ready == 0
+        // A pidfd turns readable when its process exits.
+        matches!(
+            sys::poll_readable(self.pidfd.get_ref().as_fd(), 0),
+            Ok(false)
+        )
     }
 
     /// Sends the invocation and waits for its answer until `deadline`.

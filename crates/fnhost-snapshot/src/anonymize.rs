@@ -16,7 +16,8 @@
 
 use std::io;
 
-use crate::hibernate::bare_syscall;
+use fnhost_sandbox::sys::bare;
+
 use crate::regions::Region;
 
 /// Private, writable, file-backed mappings worth converting: `rw-p`, a
@@ -72,20 +73,7 @@ pub fn anonymize(regions: &[Region]) -> u64 {
 
 fn anonymize_one(region: Region, page: usize) -> io::Result<()> {
     let len = region.len as usize;
-    // SAFETY: a new private anonymous mapping; no existing memory is touched.
-    let copy = unsafe {
-        bare_syscall(
-            libc::SYS_mmap,
-            [
-                0,
-                len as u64,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX, // fd -1
-                0,
-            ],
-        )
-    }?;
+    let copy = bare::mmap_anonymous(region.len)?;
     // Only non-zero pages are copied: the rest of a fresh mapping reads as
     // zero and costs nothing.
     let words = page / 8;
@@ -102,24 +90,12 @@ fn anonymize_one(region: Region, page: usize) -> io::Result<()> {
         }
     }
     // SAFETY: moves the copy (same length, page aligned) over the original
-    // range, replacing the file mapping in one step; nothing else refers to
-    // the copy's old address.
-    let moved = unsafe {
-        bare_syscall(
-            libc::SYS_mremap,
-            [
-                copy,
-                len as u64,
-                len as u64,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                region.start,
-                0,
-            ],
-        )
-    };
+    // range, replacing the file mapping in one step with the same contents;
+    // nothing else refers to the copy's old address.
+    let moved = unsafe { bare::mremap_fixed(copy, region.len, region.start) };
     if let Err(e) = moved {
         // SAFETY: unmapping the unused copy this function created.
-        let _ = unsafe { bare_syscall(libc::SYS_munmap, [copy, len as u64, 0, 0, 0, 0]) };
+        let _ = unsafe { bare::munmap(copy, region.len) };
         return Err(e);
     }
     Ok(())

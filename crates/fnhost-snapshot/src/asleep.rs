@@ -14,9 +14,10 @@ use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 
+use fnhost_sandbox::sys::uffd;
+
 use crate::regions::{self, Region};
 use crate::restore::RestoreError;
-use crate::uffd;
 
 /// How often a copy that the kernel asks to retry (`EAGAIN`) is retried.
 const RETRIES: usize = 8;

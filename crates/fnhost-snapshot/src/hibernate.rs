@@ -13,10 +13,11 @@
 //!    would be lost: the region table lives on the caller's stack (the stack
 //!    is never hibernated) and only syscalls are made (through libc's
 //!    wrappers until the first drop, through the bare `syscall` stub after
-//!    it). A few pages stay resident throughout: see `resident.rs`.
+//!    it; see `fnhost_sandbox::sys::bare`). A few pages stay resident
+//!    throughout: see `resident.rs`.
 //! 4. After `hibernate` returns `Ok`, dropped memory faults and waits for the
-//!    daemon. The caller reports "done" with [`send_bare`] and waits with
-//!    [`recv_bare`], touching nothing but its stack until the daemon has
+//!    daemon. The caller reports "done" with [`bare::send_bare`] and waits
+//!    with [`bare::recv_bare`], touching nothing but its stack until the daemon has
 //!    run its wake: no allocation, no statics, not even libc's own syscall
 //!    wrappers (they read libc's hibernated `.bss`). On `Err` nothing was
 //!    dropped.
@@ -34,10 +35,12 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use fnhost_sandbox::sys::{bare, fd, uffd};
 
 use crate::regions::{self, Region, RegionError, RegionTable};
-use crate::{anonymize, resident, uffd};
+use crate::{anonymize, resident};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
@@ -159,9 +162,9 @@ pub fn hibernate(
 
     // (2) Register every region; undo on failure.
     for (i, region) in regions.iter().enumerate() {
-        if let Err(source) = uffd::register_missing(uffd.as_fd(), *region) {
+        if let Err(source) = uffd::register_missing(uffd.as_fd(), region.start, region.len) {
             for done in &regions[..i] {
-                let _ = uffd::unregister(uffd.as_fd(), *done);
+                let _ = uffd::unregister(uffd.as_fd(), done.start, done.len);
             }
             return Err(HibernateError::Register {
                 start: region.start,
@@ -181,7 +184,7 @@ pub fn hibernate(
     }
 
     // (4) The daemon holds the only uffd from now on.
-    close_bare(uffd);
+    bare::close_bare(uffd);
     Ok(stats)
 }
 
@@ -203,11 +206,13 @@ fn save_region(
     let mut written = 0;
     let flush = |run: u64, end: u64| {
         let at = offset + (run - region.start);
-        pwrite_all(snapshot, run, end - run, at).map_err(|source| HibernateError::WriteSnapshot {
-            addr: run,
-            len: end - run,
-            offset: at,
-            source,
+        fd::pwrite_all_from(snapshot, run, end - run, at).map_err(|source| {
+            HibernateError::WriteSnapshot {
+                addr: run,
+                len: end - run,
+                offset: at,
+                source,
+            }
         })
     };
 
@@ -240,20 +245,7 @@ fn save_region(
 /// Fill `entries` from `/proc/self/pagemap` starting at page frame `vpn`;
 /// returns how many entries are valid (0 on error: treat as unknown).
 fn read_pagemap(pagemap: BorrowedFd<'_>, vpn: u64, entries: &mut [u64]) -> usize {
-    let Ok(offset) = libc::off_t::try_from(vpn * 8) else {
-        return 0;
-    };
-    // SAFETY: `entries` is valid for writes of its full byte length and any
-    // bit pattern is a valid u64.
-    let n = unsafe {
-        libc::pread(
-            pagemap.as_raw_fd(),
-            entries.as_mut_ptr().cast(),
-            std::mem::size_of_val(entries),
-            offset,
-        )
-    };
-    usize::try_from(n).map_or(0, |n| n / 8)
+    fd::pread_words(pagemap, entries, vpn * 8).unwrap_or(0)
 }
 
 /// Whether the page at `addr` is all zeros.
@@ -269,107 +261,13 @@ fn is_zero_page(addr: u64, page: u64) -> bool {
     })
 }
 
-/// pwrite(2) `[addr, addr + len)` of this process to `fd` at `offset`,
-/// retrying short writes.
-fn pwrite_all(fd: BorrowedFd<'_>, addr: u64, len: u64, offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < len {
-        let at = libc::off_t::try_from(offset + done)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        // SAFETY: the kernel only reads the source range, which is mapped
-        // readable (see `is_zero_page`); an unreadable page is EFAULT.
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                (addr + done) as *const libc::c_void,
-                (len - done) as usize,
-                at,
-            )
-        };
-        match n {
-            n if n > 0 => done += n.unsigned_abs() as u64,
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// MADV_DONTNEED the region: its pages are freed, and (being registered)
 /// the next access raises a missing fault on the uffd.
 fn dontneed(region: Region) -> io::Result<()> {
-    let args = [
-        region.start,
-        region.len,
-        libc::MADV_DONTNEED as u64,
-        0,
-        0,
-        0,
-    ];
     // SAFETY: the range is private anonymous memory whose contents were
     // saved to the snapshot; the caller touches nothing but its stack until
     // the wake restores it.
-    unsafe { bare_syscall(libc::SYS_madvise, args) }.map(drop)
-}
-
-/// syscall(2) through libc's bare assembly stub. After the drop only this
-/// is safe: libc's own wrappers (`close`, `send`, `recv`, ...) first read
-/// `__libc_single_threaded` in libc's `.bss`, an anonymous mapping that
-/// was hibernated, and would wait on the uffd. The stub touches only the
-/// stack, and `errno` (kept resident) on failure.
-///
-/// # Safety
-/// The arguments must be valid for syscall `nr`.
-pub(crate) unsafe fn bare_syscall(nr: libc::c_long, a: [u64; 6]) -> io::Result<u64> {
-    loop {
-        // SAFETY: forwarded from the caller.
-        let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
-        if rc >= 0 {
-            return Ok(rc.unsigned_abs());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// close(2) with the bare stub, for use after the drop.
-fn close_bare(fd: OwnedFd) {
-    let fd = fd.into_raw_fd() as u64;
-    // SAFETY: we owned `fd` and give it up here; closing it touches no memory.
-    let _ = unsafe { bare_syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]) };
-}
-
-/// Send one message on a socket with the bare stub (`sendto`, with
-/// `MSG_NOSIGNAL`): the way to report "done" after [`hibernate`], as it
-/// touches only `buf` (keep it on the stack) and `errno`.
-pub fn send_bare(sock: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    let fd = sock.as_raw_fd() as u64;
-    let args = [
-        fd,
-        buf.as_ptr() as u64,
-        buf.len() as u64,
-        libc::MSG_NOSIGNAL as u64,
-        0,
-        0,
-    ];
-    // SAFETY: `buf` is valid for reads of its length; no address is given.
-    unsafe { bare_syscall(libc::SYS_sendto, args) }.map(|n| n as usize)
-}
-
-/// Receive one message from a socket with the bare stub (`recvfrom`),
-/// blocking; 0 means the peer closed it. See [`send_bare`].
-pub fn recv_bare(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    let fd = sock.as_raw_fd() as u64;
-    let args = [fd, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0];
-    // SAFETY: `buf` is valid for writes of its length; no address is asked.
-    unsafe { bare_syscall(libc::SYS_recvfrom, args) }.map(|n| n as usize)
+    unsafe { bare::madvise_dontneed(region.start, region.len) }
 }
 
 #[cfg(test)]

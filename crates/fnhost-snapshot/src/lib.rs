@@ -5,7 +5,9 @@
 //!
 //! Zygote side: [`prepare`], then [`hibernate()`] (see the [`hibernate`](mod@hibernate)
 //! module for the protocol and its constraints). Daemon side: [`uffd::open_device`],
-//! [`Snapshot`], [`Sleeper`] and [`wake`].
+//! [`Snapshot`], [`Sleeper`] and [`wake`]. The raw syscalls (userfaultfd
+//! ioctls, the bare calls made while hibernated) live in
+//! `fnhost_sandbox::sys`.
 
 pub mod anonymize;
 pub mod asleep;
@@ -14,12 +16,12 @@ pub mod regions;
 mod resident;
 pub mod restore;
 pub mod snapshot;
-pub mod uffd;
+/// The userfaultfd ioctls, in the sandbox crate's raw-syscall layer.
+pub use fnhost_sandbox::sys::uffd;
 pub mod working_set;
 
-pub use hibernate::{
-    hibernate, prepare, recv_bare, send_bare, HibernateError, Prepared, WindowStats,
-};
+pub use fnhost_sandbox::sys::bare::{recv_bare, send_bare};
+pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};
 pub use regions::{
     layout, layout_offset, page_size, parse_maps, Region, RegionError, RegionTable, MAX_REGIONS,
 };

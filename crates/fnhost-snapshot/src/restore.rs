@@ -12,12 +12,12 @@ use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fnhost_sandbox::sys::uffd;
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::regions::{self, page_ceil};
 use crate::snapshot::Extent;
 pub use crate::snapshot::{SealStats, Snapshot};
-use crate::uffd;
 pub use crate::working_set::WorkingSet;
 
 /// Bytes copied per `UFFDIO_COPY` between two looks at pending faults.

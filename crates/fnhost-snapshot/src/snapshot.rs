@@ -7,9 +7,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use fnhost_sandbox::sys::fd as sys;
 
 use crate::regions::{self, page_ceil, page_floor, Region};
 use crate::restore::RestoreError;
@@ -106,11 +108,9 @@ impl Snapshot {
         }
         let data = data_ranges(&self.file, file_bytes, page).map_err(seal_err("seek data"))?;
         let extents = extents(&regions, &data);
-        let fd = self.file.as_raw_fd();
-        // SAFETY: plain syscall on an open descriptor; no memory involved.
-        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if rc != 0 {
-            tracing::warn!(path = %self.path.display(), errno = rc, "drop snapshot page cache");
+        if let Err(e) = sys::fadvise_dontneed(self.file.as_fd()) {
+            let errno = e.raw_os_error().unwrap_or(0);
+            tracing::warn!(path = %self.path.display(), errno, "drop snapshot page cache");
         }
         let stats = SealStats {
             data_bytes: extents.iter().map(|e| e.len).sum(),
@@ -200,16 +200,10 @@ fn data_ranges(file: &File, file_bytes: u64, page: u64) -> io::Result<Vec<(u64, 
 
 /// lseek(2); `None` for ENXIO (no data/hole at or after `pos`).
 fn seek(file: &File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let pos = libc::off_t::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: plain syscall on an open descriptor; no memory involved.
-    let at = unsafe { libc::lseek(file.as_raw_fd(), pos, whence) };
-    if at >= 0 {
-        return Ok(Some(at.unsigned_abs()));
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ENXIO) => Ok(None),
-        _ => Err(err),
+    match sys::lseek(file.as_fd(), pos, whence) {
+        Ok(at) => Ok(Some(at)),
+        Err(err) if err.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(err) => Err(err),
     }
 }
 

@@ -14,8 +14,6 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::regions::Region;
-
 pub const DEVICE: &str = "/dev/userfaultfd";
 
 const UFFD_API: u64 = 0xAA;
@@ -78,7 +76,7 @@ struct UffdMsg {
     arg: [u64; 3],
 }
 
-mod sys {
+mod ioctl {
     use super::*;
     nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(UFFDIO, 0x00));
     nix::ioctl_readwrite!(api, UFFDIO, 0x3F, UffdioApi);
@@ -117,7 +115,7 @@ pub fn open_device() -> io::Result<OwnedFd> {
 pub fn new_from_device(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a
     // new file descriptor; no memory is passed.
-    let fd = unsafe { sys::ioc_new(dev.as_raw_fd(), libc::O_CLOEXEC | libc::O_NONBLOCK) }?;
+    let fd = unsafe { ioctl::ioc_new(dev.as_raw_fd(), libc::O_CLOEXEC | libc::O_NONBLOCK) }?;
     // SAFETY: on success the ioctl returned a fresh descriptor that nothing
     // else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -133,7 +131,7 @@ pub fn api_handshake(uffd: BorrowedFd<'_>) -> io::Result<()> {
         ioctls: 0,
     };
     // SAFETY: `api` is a valid, exclusively borrowed `struct uffdio_api`.
-    unsafe { sys::api(uffd.as_raw_fd(), &mut api) }?;
+    unsafe { ioctl::api(uffd.as_raw_fd(), &mut api) }?;
     let wanted = BIT_REGISTER | BIT_UNREGISTER;
     if api.ioctls & wanted != wanted {
         return Err(io::Error::new(
@@ -144,35 +142,31 @@ pub fn api_handshake(uffd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Register `r` for missing-page faults; fails (leaving it unregistered)
+/// Register `[start, start + len)` for missing-page faults; fails (leaving it unregistered)
 /// unless UFFDIO_COPY, UFFDIO_ZEROPAGE and UFFDIO_WAKE work on it.
 /// Allocation-free.
-pub fn register_missing(uffd: BorrowedFd<'_>, r: Region) -> io::Result<()> {
+pub fn register_missing(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
     let mut reg = UffdioRegister {
-        range: UffdioRange {
-            start: r.start,
-            len: r.len,
-        },
+        range: UffdioRange { start, len },
         mode: UFFDIO_REGISTER_MODE_MISSING,
         ioctls: 0,
     };
     // SAFETY: `reg` is a valid, exclusively borrowed `struct uffdio_register`.
-    unsafe { sys::register(uffd.as_raw_fd(), &mut reg) }?;
+    unsafe { ioctl::register(uffd.as_raw_fd(), &mut reg) }?;
     let wanted = BIT_COPY | BIT_ZEROPAGE | BIT_WAKE;
     if reg.ioctls & wanted != wanted {
-        let _ = unregister(uffd, r);
+        let _ = unregister(uffd, start, len);
         return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     }
     Ok(())
 }
 
-pub fn unregister(uffd: BorrowedFd<'_>, r: Region) -> io::Result<()> {
-    let mut range = UffdioRange {
-        start: r.start,
-        len: r.len,
-    };
+/// Unregisters `[start, start + len)`: later missing pages there are
+/// ordinary zero-fill pages again.
+pub fn unregister(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    let mut range = UffdioRange { start, len };
     // SAFETY: `range` is a valid `struct uffdio_range` the kernel only reads.
-    unsafe { sys::unregister(uffd.as_raw_fd(), &mut range) }?;
+    unsafe { ioctl::unregister(uffd.as_raw_fd(), &mut range) }?;
     Ok(())
 }
 
@@ -192,7 +186,7 @@ pub fn copy(uffd: BorrowedFd<'_>, dst: u64, src: *const u8, len: u64) -> io::Res
     // SAFETY: `copy` is a valid `struct uffdio_copy`. The kernel reads `src`
     // with fault-tolerant user copies, so an unreadable source is an error,
     // and writes only into the (other) mm the uffd is bound to.
-    let res = unsafe { sys::copy(uffd.as_raw_fd(), &mut copy) };
+    let res = unsafe { ioctl::copy(uffd.as_raw_fd(), &mut copy) };
     partial(res, copy.copy)
 }
 
@@ -204,7 +198,7 @@ pub fn zeropage(uffd: BorrowedFd<'_>, dst: u64, len: u64) -> io::Result<u64> {
         zeropage: 0,
     };
     // SAFETY: `zero` is a valid `struct uffdio_zeropage`.
-    let res = unsafe { sys::zeropage(uffd.as_raw_fd(), &mut zero) };
+    let res = unsafe { ioctl::zeropage(uffd.as_raw_fd(), &mut zero) };
     partial(res, zero.zeropage)
 }
 
@@ -221,7 +215,7 @@ fn partial(res: nix::Result<libc::c_int>, done: i64) -> io::Result<u64> {
 pub fn wake(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
     let mut range = UffdioRange { start, len };
     // SAFETY: `range` is a valid `struct uffdio_range` the kernel only reads.
-    unsafe { sys::wake(uffd.as_raw_fd(), &mut range) }?;
+    unsafe { ioctl::wake(uffd.as_raw_fd(), &mut range) }?;
     Ok(())
 }
 

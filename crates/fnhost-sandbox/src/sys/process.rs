@@ -1,8 +1,11 @@
-//! Raw syscalls that neither std nor nix wraps (clone3, pidfd_*, close_range,
-//! capset), each wrapped exactly once in a function returning `io::Result`.
+//! Processes: `clone3` (with a pidfd, optionally straight into a cgroup),
+//! pidfds, reaping, `execve` and `_exit`. Everything a forked child calls
+//! before exec here is async-signal-safe.
 
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::raw::c_char;
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7); not exported by every libc version.
 pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -152,126 +155,6 @@ pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Ex
     }))
 }
 
-/// `dup2(fd, target)` that also clears `FD_CLOEXEC` when `fd == target`
-/// (dup2 is a no-op then and would leave the flag set).
-pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
-    if fd == target {
-        // SAFETY: fcntl on a descriptor number; errors are reported.
-        let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        return Ok(());
-    }
-    // SAFETY: dup2 on descriptor numbers is async-signal-safe; errors reported.
-    let ret = unsafe { libc::dup2(fd, target) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `prctl(option, arg2, 0, 0, 0)` for the integer-only options we use.
-pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: the options used with this wrapper take integer arguments only.
-    let ret = unsafe {
-        libc::prctl(
-            option,
-            arg2,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(ret)
-}
-
-/// `capset` with all three sets (effective, permitted, inheritable) set to
-/// `mask` for the calling thread (64-bit capability version 3).
-pub fn capset_all(mask: u64) -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let low = mask as u32;
-    let high = (mask >> 32) as u32;
-    let data = [
-        Data {
-            effective: low,
-            permitted: low,
-            inheritable: low,
-        },
-        Data {
-            effective: high,
-            permitted: high,
-            inheritable: high,
-        },
-    ];
-    // SAFETY: header and data are valid for the call; version 3 takes two
-    // Data elements.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sets real, effective and saved uid and gid (and clears supplementary
-/// groups) of the calling thread with raw syscalls. Unlike glibc's
-/// wrappers this does not broadcast to other threads, so it is safe in the
-/// child of `clone3` from a multi-threaded process, where glibc still
-/// believes the parent's threads exist.
-pub fn set_ids_raw(uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: plain syscalls with integer arguments; a null list with
-    // size 0 clears the supplementary groups.
-    unsafe {
-        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// `read(2)` of one byte, retrying on EINTR (async-signal-safe). Returns
-/// false at end of file.
-pub fn read_byte_raw(fd: RawFd) -> io::Result<bool> {
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: reads at most one byte into a valid local.
-        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        return Ok(n == 1);
-    }
-}
-
 /// `_exit(code)`: ends a forked child without running destructors, atexit
 /// handlers or unwinding.
 pub fn exit_immediately(code: i32) -> ! {
@@ -279,22 +162,45 @@ pub fn exit_immediately(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Writes all of `buf` to a raw descriptor with `write(2)` only
-/// (async-signal-safe; usable between clone and exec).
-pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid for reads of its length.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        buf = &buf[n as usize..];
+/// A NUL-terminated array of C strings (an `argv` or `envp`) built before a
+/// fork, so that [`execve`] in the child allocates nothing.
+#[derive(Debug)]
+pub struct CStringArray {
+    /// Owns the strings `ptrs` points into (their heap buffers never move).
+    strings: Vec<CString>,
+    /// One pointer per string, then a null pointer.
+    ptrs: Vec<*const c_char>,
+}
+
+impl CStringArray {
+    pub fn new(strings: impl IntoIterator<Item = CString>) -> CStringArray {
+        let strings: Vec<CString> = strings.into_iter().collect();
+        let ptrs = strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        CStringArray { strings, ptrs }
     }
-    Ok(())
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+/// `execve(2)`: replaces the process image; returns only on failure.
+/// Async-signal-safe (no allocation): usable between clone and exec in a
+/// multi-threaded process.
+pub fn execve(exe: &CStr, argv: &CStringArray, envp: &CStringArray) -> io::Error {
+    // SAFETY: `exe` is a NUL-terminated string; `argv.ptrs` and `envp.ptrs`
+    // are null-terminated arrays of pointers to NUL-terminated strings owned
+    // by the same arrays, all borrowed for the duration of the call.
+    unsafe { libc::execve(exe.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr()) };
+    io::Error::last_os_error()
 }
 
 #[cfg(test)]
@@ -317,5 +223,22 @@ mod tests {
     #[test]
     fn pidfd_open_of_missing_pid_fails() {
         assert!(pidfd_open(i32::MAX - 1).is_err());
+    }
+
+    #[test]
+    fn string_array_is_null_terminated() {
+        let argv = CStringArray::new([c"a".to_owned(), c"bc".to_owned()]);
+        assert_eq!(argv.len(), 2);
+        assert_eq!(argv.ptrs.len(), 3);
+        assert!(argv.ptrs[2].is_null());
+        // SAFETY: the pointer comes from a live CString of the array.
+        assert_eq!(unsafe { CStr::from_ptr(argv.ptrs[1]) }, c"bc");
+    }
+
+    #[test]
+    fn execve_of_missing_program_reports_enoent() {
+        let empty = CStringArray::new([]);
+        let err = execve(c"/nonexistent/fnhost-test", &empty, &empty);
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }
 }

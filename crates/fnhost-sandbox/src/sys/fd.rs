@@ -1,0 +1,186 @@
+//! Plain descriptor I/O with raw syscalls: dup, one-byte read, write-all,
+//! positioned read/write, seek, fadvise and poll. The read/write/dup ones
+//! are async-signal-safe (usable between clone and exec).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+/// `dup2(fd, target)` that also clears `FD_CLOEXEC` when `fd == target`
+/// (dup2 is a no-op then and would leave the flag set).
+pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        // SAFETY: fcntl on a descriptor number; errors are reported.
+        let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 on descriptor numbers is async-signal-safe; errors reported.
+    let ret = unsafe { libc::dup2(fd, target) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `read(2)` of one byte, retrying on EINTR (async-signal-safe). Returns
+/// false at end of file.
+pub fn read_byte_raw(fd: RawFd) -> io::Result<bool> {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a valid local.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(n == 1);
+    }
+}
+
+/// Writes all of `buf` to a raw descriptor with `write(2)` only
+/// (async-signal-safe; usable between clone and exec).
+pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for reads of its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `pread(2)` into `words` from byte `offset`; returns the number of whole
+/// words read (e.g. `/proc/self/pagemap` entries).
+pub fn pread_words(fd: BorrowedFd<'_>, words: &mut [u64], offset: u64) -> io::Result<usize> {
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `words` is valid for writes of its full byte length and any
+    // bit pattern is a valid u64.
+    let n = unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            words.as_mut_ptr().cast(),
+            std::mem::size_of_val(words),
+            offset,
+        )
+    };
+    usize::try_from(n)
+        .map(|n| n / 8)
+        .map_err(|_| io::Error::last_os_error())
+}
+
+/// `pwrite(2)` of `[addr, addr + len)` of this process's memory to `fd` at
+/// `offset`, retrying short writes and EINTR. The kernel reads the source
+/// with fault-tolerant copies: an unmapped or unreadable byte is `EFAULT`.
+pub fn pwrite_all_from(fd: BorrowedFd<'_>, addr: u64, len: u64, offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let at = libc::off_t::try_from(offset + done)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: the kernel only reads the source range, and reports an
+        // unreadable page as EFAULT instead of faulting.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                (addr + done) as *const libc::c_void,
+                (len - done) as usize,
+                at,
+            )
+        };
+        match n {
+            n if n > 0 => done += n.unsigned_abs() as u64,
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `lseek(2)`; returns the new offset.
+pub fn lseek(fd: BorrowedFd<'_>, pos: u64, whence: libc::c_int) -> io::Result<u64> {
+    let pos = libc::off_t::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain syscall on an open descriptor; no memory involved.
+    let at = unsafe { libc::lseek(fd.as_raw_fd(), pos, whence) };
+    u64::try_from(at).map_err(|_| io::Error::last_os_error())
+}
+
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`: drop the file's clean
+/// pages from the page cache.
+pub fn fadvise_dontneed(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on an open descriptor; no memory involved.
+    let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// `poll(2)` of one descriptor for `POLLIN`, waiting up to `timeout_ms`
+/// (0: just look); true when it is readable (or hung up). EINTR is returned,
+/// not retried.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut pollfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `pollfd` is a valid array of one pollfd for the call.
+    let ready = unsafe { libc::poll(pollfd.as_mut_ptr(), 1, timeout_ms) };
+    match ready {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn poll_sees_a_pipe_become_readable() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        assert!(!poll_readable(r.as_fd(), 0).expect("poll"));
+        std::fs::File::from(w).write_all(b"x").expect("write");
+        assert!(poll_readable(r.as_fd(), 0).expect("poll"));
+    }
+
+    #[test]
+    fn positioned_write_then_read_and_seek_data() {
+        let file = tempfile::tempfile().expect("tempfile");
+        let words = [7u64, 0, u64::MAX];
+        pwrite_all_from(file.as_fd(), words.as_ptr() as u64, 24, 8).expect("pwrite");
+        let mut back = [0u64; 4];
+        assert_eq!(pread_words(file.as_fd(), &mut back, 8).expect("pread"), 3);
+        assert_eq!(back[..3], words);
+        assert_eq!(lseek(file.as_fd(), 0, libc::SEEK_END).expect("seek"), 32);
+        fadvise_dontneed(file.as_fd()).expect("fadvise");
+    }
+
+    #[test]
+    fn dup_to_same_descriptor_clears_cloexec() {
+        let file = tempfile::tempfile().expect("tempfile");
+        let fd = file.as_raw_fd();
+        dup_to(fd, fd).expect("dup_to");
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).expect("getfd");
+        assert_eq!(flags & libc::FD_CLOEXEC, 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! Raw syscalls, each wrapped exactly once in a safe function returning
+//! `io::Result` (or an `unsafe fn` with its contract, where the call moves
+//! or frees memory), grouped by what they act on. The common ones are
+//! re-exported here (`sys::clone3`, `sys::exit_immediately`, ...).
+
+pub mod bare;
+pub mod fd;
+pub mod ids;
+pub mod process;
+pub mod uffd;
+
+pub use fd::{dup_to, poll_readable, read_byte_raw, write_all_raw};
+pub use ids::{capset_all, prctl, set_ids_raw};
+pub use process::{
+    clone3, execve, exit_immediately, pidfd_open, pidfd_send_signal, waitid_pidfd, CStringArray,
+    CloneSpec, ExitStatus, Forked, CLONE_INTO_CGROUP, CLONE_PIDFD,
+};
