@@ -7,12 +7,10 @@
 //! refused. The cgroup root also carries the budget as a hard
 //! limit, so even a burst the estimates miss is contained inside fnhost.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
-
-use fnhost_sandbox::cgroup::CgroupTree;
-
-use crate::pool::FunctionPool;
 
 /// Headroom kept on the hard cgroup limit above the soft budget, so the
 /// budget (which refuses politely) trips before the kernel's OOM killer.
@@ -27,6 +25,37 @@ pub enum Need {
     Clone,
 }
 
+/// A boxed future, for the budget's object-safe traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why memory could not be measured or limited; its message is the cause's.
+pub type MeterError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pool as the budget sees it: something holding idle memory that can
+/// be hibernated or evicted on behalf of another function.
+pub trait Reclaimable: Send + Sync {
+    fn name(&self) -> &str;
+    /// When it last served a request (a process-wide millisecond clock).
+    fn last_used_ms(&self) -> u64;
+    /// Whether [`Self::hibernate`] could free something now.
+    fn can_hibernate(&self) -> bool;
+    /// Hibernates its idle zygotes; returns how many went to sleep.
+    fn hibernate(&self) -> BoxFuture<'_, usize>;
+    /// Whether it holds warm processes and nothing runs.
+    fn evictable(&self) -> bool;
+    /// Stops its idle zygotes and ready clones.
+    fn evict_idle(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Where the budget reads usage and sets its hard limit (fnhost's cgroup
+/// root in production).
+pub trait MemoryMeter: Send + Sync {
+    /// Memory all sandboxes and zygotes use now, bytes.
+    fn used(&self) -> Result<u64, MeterError>;
+    /// Sets the kernel-enforced limit, bytes.
+    fn set_hard_limit(&self, bytes: u64) -> Result<(), MeterError>;
+}
+
 /// Bytes assumed for a zygote before any has been measured.
 const DEFAULT_ZYGOTE_ESTIMATE: u64 = 32 << 20;
 
@@ -39,8 +68,8 @@ pub struct MemoryBudget {
     /// Last measured cost of one zygote (any function), for functions that
     /// have not started one yet.
     zygote_estimate: std::sync::atomic::AtomicU64,
-    tree: Arc<CgroupTree>,
-    pools: RwLock<Vec<Weak<FunctionPool>>>,
+    meter: Arc<dyn MemoryMeter>,
+    pools: RwLock<Vec<Weak<dyn Reclaimable>>>,
 }
 
 /// Why room could not be made.
@@ -64,11 +93,11 @@ pub fn default_budget_bytes() -> u64 {
 }
 
 impl MemoryBudget {
-    pub fn new(limit_bytes: u64, tree: Arc<CgroupTree>) -> Arc<Self> {
+    pub fn new<M: MemoryMeter + 'static>(limit_bytes: u64, meter: Arc<M>) -> Arc<Self> {
         let budget = Arc::new(MemoryBudget {
             limit: RwLock::new(0),
             zygote_estimate: std::sync::atomic::AtomicU64::new(DEFAULT_ZYGOTE_ESTIMATE),
-            tree,
+            meter,
             pools: RwLock::new(Vec::new()),
         });
         budget.set_limit(limit_bytes);
@@ -79,8 +108,8 @@ impl MemoryBudget {
     pub fn set_limit(&self, bytes: u64) {
         *self.limit.write().expect("budget lock") = bytes;
         if let Err(e) = self
-            .tree
-            .set_root_memory_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM))
+            .meter
+            .set_hard_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM))
         {
             tracing::warn!(error = %e, "cannot set the memory budget as a cgroup limit; relying on admission only");
         }
@@ -105,16 +134,16 @@ impl MemoryBudget {
 
     /// Memory fnhost's sandboxes and zygotes use now.
     pub fn used(&self) -> u64 {
-        let used = self.tree.memory_usage("").unwrap_or(0);
+        let used = self.meter.used().unwrap_or(0);
         metrics::gauge!("fnhost_memory_used_bytes").set(used as f64);
         used
     }
 
     /// Makes the budget aware of a pool (for eviction).
-    pub fn register(&self, pool: &Arc<FunctionPool>) {
+    pub fn register(&self, pool: Weak<dyn Reclaimable>) {
         let mut pools = self.pools.write().expect("budget pools lock");
         pools.retain(|p| p.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+        pools.push(pool);
     }
 
     /// Makes room for `need` on behalf of `requester`, evicting idle zygotes
@@ -130,7 +159,7 @@ impl MemoryBudget {
             if used.saturating_add(bytes) <= limit {
                 return Ok(());
             }
-            let others: Vec<Arc<FunctionPool>> = {
+            let others: Vec<Arc<dyn Reclaimable>> = {
                 let pools = self.pools.read().expect("budget pools lock");
                 pools
                     .iter()
