@@ -213,3 +213,212 @@ impl MemoryBudget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Memory use the test sets; pools give theirs back through it.
+    #[derive(Default)]
+    struct Meter(AtomicU64);
+
+    impl MemoryMeter for Meter {
+        fn used(&self) -> Result<u64, MeterError> {
+            Ok(self.0.load(Ordering::SeqCst))
+        }
+
+        fn set_hard_limit(&self, _bytes: u64) -> Result<(), MeterError> {
+            Ok(())
+        }
+    }
+
+    /// A pool holding `held` bytes, freed by hibernation or eviction.
+    struct TestPool {
+        name: &'static str,
+        last_used_ms: u64,
+        hibernatable: bool,
+        evictable: AtomicBool,
+        held: u64,
+        meter: Arc<Meter>,
+        hibernated: AtomicUsize,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl TestPool {
+        fn release(&self) {
+            self.meter.0.fetch_sub(self.held, Ordering::SeqCst);
+            self.evictable.store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl Reclaimable for TestPool {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        fn last_used_ms(&self) -> u64 {
+            self.last_used_ms
+        }
+
+        fn can_hibernate(&self) -> bool {
+            self.hibernatable && self.hibernated.load(Ordering::SeqCst) == 0
+        }
+
+        fn hibernate(&self) -> BoxFuture<'_, usize> {
+            Box::pin(async move {
+                self.log
+                    .lock()
+                    .expect("log")
+                    .push(format!("hibernate {}", self.name));
+                self.hibernated.fetch_add(1, Ordering::SeqCst);
+                self.release();
+                1
+            })
+        }
+
+        fn evictable(&self) -> bool {
+            self.evictable.load(Ordering::SeqCst)
+        }
+
+        fn evict_idle(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async move {
+                self.log
+                    .lock()
+                    .expect("log")
+                    .push(format!("evict {}", self.name));
+                self.release();
+            })
+        }
+    }
+
+    struct World {
+        budget: Arc<MemoryBudget>,
+        meter: Arc<Meter>,
+        log: Arc<Mutex<Vec<String>>>,
+        pools: Vec<Arc<TestPool>>,
+    }
+
+    impl World {
+        /// A 1000 MiB budget, `used_mb` in use.
+        fn new(used_mb: u64) -> World {
+            let meter = Arc::new(Meter::default());
+            meter.0.store(used_mb * MIB, Ordering::SeqCst);
+            World {
+                budget: MemoryBudget::new(1000 * MIB, meter.clone()),
+                meter,
+                log: Arc::default(),
+                pools: Vec::new(),
+            }
+        }
+
+        fn add(
+            &mut self,
+            name: &'static str,
+            last_used_ms: u64,
+            hibernatable: bool,
+            evictable: bool,
+        ) {
+            let pool = Arc::new(TestPool {
+                name,
+                last_used_ms,
+                hibernatable,
+                evictable: AtomicBool::new(evictable),
+                held: 100 * MIB,
+                meter: self.meter.clone(),
+                hibernated: AtomicUsize::new(0),
+                log: self.log.clone(),
+            });
+            let weak: Weak<dyn Reclaimable> = Arc::downgrade(&pool) as _;
+            self.budget.register(weak);
+            self.pools.push(pool);
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().expect("log").clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_that_is_free_is_granted_without_touching_pools() {
+        let mut world = World::new(500);
+        world.add("a", 1, true, true);
+        world
+            .budget
+            .reserve("b", Need::Zygote(100 * MIB))
+            .await
+            .expect("room");
+        assert!(world.log().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_pools_are_hibernated_before_any_is_evicted() {
+        let mut world = World::new(950);
+        world.add("old", 1, false, true);
+        world.add("sleepy", 2, true, true);
+        world
+            .budget
+            .reserve("new", Need::Zygote(100 * MIB))
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["hibernate sleepy"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_least_recently_used_pool_is_evicted_first() {
+        let mut world = World::new(950);
+        world.add("recent", 20, false, true);
+        world.add("old", 10, false, true);
+        world.add("busy", 1, false, false);
+        world
+            .budget
+            .reserve("new", Need::Zygote(100 * MIB))
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["evict old"]);
+        world
+            .budget
+            .reserve("new", Need::Zygote(200 * MIB))
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["evict old", "evict recent"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_requester_is_never_its_own_victim() {
+        let mut world = World::new(950);
+        world.add("me", 1, true, true);
+        match world.budget.reserve("me", Need::Zygote(100 * MIB)).await {
+            Err(OverBudget { budget_mb, used_mb }) => assert_eq!((budget_mb, used_mb), (1000, 950)),
+            Ok(()) => panic!("expected OverBudget"),
+        }
+        assert!(world.log().is_empty());
+        assert_eq!(world.pools.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_idle_is_over_budget() {
+        let mut world = World::new(999);
+        world.add("busy", 1, false, false);
+        assert!(world.budget.reserve("new", Need::Clone).await.is_err());
+        assert!(world.budget.reserve("new", Need::Zygote(MIB)).await.is_ok());
+        assert!(world.log().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_pools_are_forgotten() {
+        let mut world = World::new(950);
+        world.add("gone", 1, false, true);
+        world.pools.clear();
+        assert!(world
+            .budget
+            .reserve("new", Need::Zygote(100 * MIB))
+            .await
+            .is_err());
+        assert!(world.log().is_empty());
+    }
+}

@@ -178,3 +178,124 @@ impl<B: Backend> FunctionPool<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, spawn_invoke};
+    use super::super::StartKind;
+
+    fn warm(zygotes: u32, ready_clones: u32) -> PoolSettings {
+        PoolSettings {
+            zygotes,
+            ready_clones,
+            prewarm: true,
+            ..fake::settings()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_takes_a_ready_clone() {
+        let (pool, fake) = fake::pool(warm(1, 1));
+        pool.refill_once().await.expect("refill");
+        assert_eq!(fake.clones(), 1);
+        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(done.start, StartKind::ReadyClone);
+        assert_eq!(fake.clones(), 1, "no clone made for the request");
+        assert_eq!(pool.status().ready_clones, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_ready_clone_a_warm_zygote_clones_on_demand() {
+        let (pool, fake) = fake::pool(warm(1, 0));
+        pool.refill_once().await.expect("refill");
+        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(done.start, StartKind::OnDemandClone);
+        assert_eq!((fake.started(), fake.clones()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_share_one_cold_start() {
+        let (pool, fake) = fake::pool(fake::settings());
+        fake.set_start_delay(Duration::from_millis(500));
+        fake.set_handler_delay(Duration::from_millis(100));
+        let requests: Vec<_> = (0..3).map(|_| spawn_invoke(&pool)).collect();
+        let mut kinds = Vec::new();
+        for request in requests {
+            kinds.push(request.await.expect("task").expect("invoke").start);
+        }
+        kinds.sort_by_key(|k| k.as_str());
+        assert_eq!(
+            kinds,
+            [
+                StartKind::ColdStart,
+                StartKind::OnDemandClone,
+                StartKind::OnDemandClone
+            ]
+        );
+        assert_eq!(fake.started(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_start_slower_than_the_queue_time_refuses_the_waiters() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            queue_timeout_ms: 100,
+            ..fake::settings()
+        });
+        fake.set_start_delay(Duration::from_secs(2));
+        let first = spawn_invoke(&pool);
+        let second = spawn_invoke(&pool);
+        assert!(first.await.expect("task").is_ok());
+        assert!(matches!(
+            second.await.expect("task"),
+            Err(crate::InvokeError::Overloaded { .. })
+        ));
+        assert_eq!(fake.started(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zygote_dying_during_the_clone_is_replaced_and_the_request_retried() {
+        let (pool, fake) = fake::pool(warm(1, 0));
+        pool.refill_once().await.expect("refill");
+        fake.kill_zygote_on_clone.store(true, Ordering::SeqCst);
+        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(done.start, StartKind::ColdStart);
+        assert_eq!(fake.started(), 2);
+        assert_eq!(fake.alive_zygotes(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_zygote_start_is_the_requests_error() {
+        let (pool, fake) = fake::pool(fake::settings());
+        fake.fail_starts.store(1, Ordering::SeqCst);
+        assert!(matches!(
+            pool.invoke(b"x", "r".into()).await,
+            Err(crate::InvokeError::SandboxCrashed { .. })
+        ));
+        assert_eq!(pool.status().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_budget_evicts_another_idle_pool_then_refuses() {
+        let meter = std::sync::Arc::new(fake::FakeMeter::default());
+        meter.used.store(1 << 30, Ordering::SeqCst);
+        let budget = crate::budget::MemoryBudget::new(1 << 30, meter);
+        let (idle, _) = fake::pool_in(fake::spec("idle", warm(1, 1)), budget.clone());
+        let (busy, fake) = fake::pool_in(fake::spec("busy", fake::settings()), budget);
+        // Fill `idle` before the budget counts anything.
+        idle.budget.set_limit(u64::MAX / 4);
+        idle.refill_once().await.expect("refill");
+        idle.budget.set_limit(1 << 30);
+        match busy.invoke(b"x", "r".into()).await {
+            Err(crate::InvokeError::OverBudget { budget_mb, .. }) => assert_eq!(budget_mb, 1024),
+            other => panic!("expected OverBudget, got {other:?}"),
+        }
+        assert_eq!(idle.status().evictions, 1);
+        assert_eq!((idle.status().zygotes, idle.status().ready_clones), (0, 0));
+        assert_eq!(fake.started(), 0);
+    }
+}

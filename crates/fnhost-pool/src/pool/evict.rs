@@ -87,3 +87,88 @@ impl<B: Backend> FunctionPool<B> {
         self.publish_gauges();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, spawn_invoke, until};
+    use super::super::StartKind;
+    use crate::error::InvokeError;
+
+    fn warm() -> PoolSettings {
+        PoolSettings {
+            zygotes: 1,
+            ready_clones: 2,
+            prewarm: true,
+            ..fake::settings()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_stops_everything_and_the_pool_sleeps_until_a_request() {
+        let (pool, fake) = fake::pool(warm());
+        pool.refill_once().await.expect("refill");
+        assert!(pool.evictable());
+        pool.evict_idle().await;
+        let status = pool.status();
+        assert_eq!(
+            (status.zygotes, status.ready_clones, status.evictions),
+            (0, 0, 1)
+        );
+        assert_eq!(fake.alive_zygotes(), 0);
+        assert!(!pool.evictable());
+        pool.refill_once().await.expect("refill");
+        assert_eq!(fake.started(), 1, "dormant: no refill");
+        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(done.start, StartKind::ColdStart);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_pool_is_not_evictable() {
+        let (pool, fake) = fake::pool(warm());
+        pool.refill_once().await.expect("refill");
+        fake.set_handler_delay(Duration::from_secs(1));
+        let request = spawn_invoke(&pool);
+        until(|| pool.status().in_flight == 1).await;
+        assert!(!pool.evictable());
+        request.await.expect("task").expect("invoke");
+        assert!(pool.evictable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_drains_in_flight_requests_then_kills_everything() {
+        let (pool, fake) = fake::pool(warm());
+        pool.refill_once().await.expect("refill");
+        fake.set_handler_delay(Duration::from_secs(2));
+        let request = spawn_invoke(&pool);
+        until(|| pool.status().in_flight == 1).await;
+        pool.close(Duration::from_secs(5)).await;
+        assert!(request.is_finished(), "close waited for the request");
+        assert!(request.await.expect("task").is_ok());
+        let status = pool.status();
+        assert_eq!((status.zygotes, status.ready_clones), (0, 0));
+        assert_eq!(fake.alive_zygotes(), 0);
+        assert!(matches!(
+            pool.invoke(b"x", "r".into()).await,
+            Err(InvokeError::ShuttingDown)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_gives_up_waiting_after_the_grace_period() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            ..fake::settings()
+        });
+        fake.set_handler_delay(Duration::from_secs(60));
+        let request = spawn_invoke(&pool);
+        until(|| pool.status().in_flight == 1).await;
+        pool.close(Duration::from_secs(1)).await;
+        assert_eq!(pool.status().in_flight, 1, "still running at the grace end");
+        assert_eq!(fake.alive_zygotes(), 0);
+        request.abort();
+    }
+}

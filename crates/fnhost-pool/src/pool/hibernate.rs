@@ -150,3 +150,61 @@ impl<B: Backend> FunctionPool<B> {
             faults = restore.faults, prefetched = restore.prefetched_pages, "zygote woken");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, spawn_invoke, until};
+    use super::super::StartKind;
+
+    fn sleepy() -> PoolSettings {
+        PoolSettings {
+            zygotes: 1,
+            ready_clones: 1,
+            prewarm: true,
+            hibernate_after_ms: 1000,
+            ..fake::settings()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_pool_hibernates_and_the_next_request_wakes_it() {
+        let (pool, _fake) = fake::pool(sleepy());
+        pool.refill_once().await.expect("refill");
+        pool.hibernate_if_idle().await;
+        assert_eq!(pool.status().hibernated, 0, "not idle long enough");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        pool.hibernate_if_idle().await;
+        let status = pool.status();
+        assert_eq!((status.hibernated, status.ready_clones), (1, 0));
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 0, "no refill while asleep");
+        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(done.start, StartKind::Wake);
+        assert_eq!(pool.status().hibernated, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_or_unconfigured_pool_does_not_hibernate() {
+        let (pool, fake) = fake::pool(sleepy());
+        pool.refill_once().await.expect("refill");
+        assert!(pool.can_hibernate());
+        fake.set_handler_delay(Duration::from_secs(1));
+        let request = spawn_invoke(&pool);
+        until(|| pool.status().in_flight == 1).await;
+        assert!(!pool.can_hibernate());
+        assert_eq!(pool.hibernate().await, 0);
+        request.await.expect("task").expect("invoke");
+
+        let (never, _fake) = fake::pool(PoolSettings {
+            hibernate_after_ms: 0,
+            ..sleepy()
+        });
+        never.refill_once().await.expect("refill");
+        assert!(!never.can_hibernate());
+        assert_eq!(never.hibernate().await, 0);
+    }
+}

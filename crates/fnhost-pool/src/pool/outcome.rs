@@ -152,3 +152,96 @@ impl<B: Backend> FunctionPool<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, until};
+    use super::RunOutcome;
+    use crate::error::InvokeError;
+
+    fn one_slot() -> PoolSettings {
+        PoolSettings {
+            zygotes: 1,
+            max_concurrency: 1,
+            prewarm: true,
+            ..fake::settings()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_result_comes_back_with_its_timings() {
+        let (pool, fake) = fake::pool(one_slot());
+        pool.refill_once().await.expect("refill");
+        fake.set_handler_delay(Duration::from_millis(50));
+        let done = pool.invoke(b"echo me", "r".into()).await.expect("invoke");
+        assert_eq!(done.body, b"echo me");
+        assert_eq!(done.timings.handler_us, 7);
+        assert_eq!(done.timings.queue_us, 0);
+        assert!(done.timings.total_us >= 50_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_past_its_timeout_is_a_timeout() {
+        let (pool, fake) = fake::pool(one_slot());
+        fake.set_handler_delay(Duration::from_secs(10));
+        match pool.invoke(b"x", "r".into()).await {
+            Err(InvokeError::Timeout { timeout_ms, .. }) => {
+                assert_eq!(timeout_ms, pool.spec.limits.timeout_ms)
+            }
+            other => panic!("expected Timeout, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_over_the_limit_is_too_large() {
+        let (pool, _fake) = fake::pool(one_slot());
+        match pool.invoke(&[0u8; 2048], "r".into()).await {
+            Err(InvokeError::ResponseTooLarge { size, limit, .. }) => {
+                assert_eq!((size, limit), (2048, 1024))
+            }
+            other => panic!("expected ResponseTooLarge, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_function_error_keeps_its_body() {
+        let (pool, fake) = fake::pool(one_slot());
+        fake.push_outcome(
+            RunOutcome::FunctionError {
+                body: b"boom".to_vec(),
+                handler_us: 1,
+            },
+            false,
+        );
+        match pool.invoke(b"x", "r".into()).await {
+            Err(InvokeError::FunctionError { body, .. }) => assert_eq!(body, b"boom"),
+            other => panic!("expected FunctionError, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_response_is_an_oom_only_when_the_slot_counted_a_new_kill() {
+        let (pool, fake) = fake::pool(one_slot());
+        let died = || RunOutcome::NoResponse {
+            detail: "channel closed".into(),
+        };
+        fake.push_outcome(died(), true);
+        match pool.invoke(b"x", "r".into()).await {
+            Err(InvokeError::MemoryLimit { memory_mb, .. }) => {
+                assert_eq!(memory_mb, pool.spec.limits.memory_mb)
+            }
+            other => panic!("expected MemoryLimit, got {other:?}"),
+        }
+        // The same slot again: its earlier kill is not counted twice.
+        until(|| pool.status().free_cgroups == 1).await;
+        fake.push_outcome(died(), false);
+        match pool.invoke(b"x", "r".into()).await {
+            Err(InvokeError::SandboxCrashed { detail, .. }) => assert_eq!(detail, "channel closed"),
+            other => panic!("expected SandboxCrashed, got {other:?}"),
+        }
+    }
+}

@@ -149,3 +149,117 @@ impl<B: Backend> FunctionPool<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake;
+    use super::super::StartKind;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refill_reaches_the_configured_counts_at_most_burst_at_a_time() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 2,
+            ready_clones: 5,
+            burst: 2,
+            prewarm: true,
+            ..fake::settings()
+        });
+        fake.set_clone_delay(Duration::from_millis(10));
+        pool.refill_once().await.expect("refill");
+        let status = pool.status();
+        assert_eq!((status.zygotes, status.ready_clones), (2, 5));
+        assert_eq!(fake.most_cloning_at_once.load(Ordering::SeqCst), 2);
+        // Converged: another pass starts and clones nothing.
+        pool.refill_once().await.expect("refill");
+        assert_eq!((fake.started(), fake.clones()), (2, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dormant_pool_is_not_refilled_until_its_next_request() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            ready_clones: 1,
+            prewarm: false,
+            ..fake::settings()
+        });
+        pool.refill_once().await.expect("refill");
+        assert_eq!(fake.started(), 0);
+        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lower_settings_drop_surplus_ready_clones() {
+        let more = PoolSettings {
+            zygotes: 1,
+            ready_clones: 3,
+            prewarm: true,
+            ..fake::settings()
+        };
+        let (pool, _fake) = fake::pool(more);
+        pool.refill_once().await.expect("refill");
+        pool.update_settings(PoolSettings {
+            ready_clones: 1,
+            ..more
+        });
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn misses_scale_out_up_to_max_instances() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            ready_clones: 1,
+            max_instances: 2,
+            prewarm: true,
+            ..fake::settings()
+        });
+        pool.refill_once().await.expect("refill");
+        let kinds = [
+            pool.invoke(b"x", "r".into()).await.expect("invoke").start,
+            pool.invoke(b"x", "r".into()).await.expect("invoke").start,
+            pool.invoke(b"x", "r".into()).await.expect("invoke").start,
+        ];
+        assert_eq!(
+            kinds,
+            [
+                StartKind::ReadyClone,
+                StartKind::OnDemandClone,
+                StartKind::OnDemandClone
+            ]
+        );
+        // Two misses for one zygote: one more zygote.
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().zygotes, 2);
+        for _ in 0..6 {
+            pool.ready.lock().expect("ready lock").clear();
+            pool.invoke(b"x", "r".into()).await.expect("invoke");
+        }
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().zygotes, 2, "max_instances holds");
+        assert_eq!(fake.started(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refill_loop_retries_a_failed_start() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            prewarm: true,
+            ..fake::settings()
+        });
+        fake.fail_starts.store(2, Ordering::SeqCst);
+        let refill = tokio::spawn(pool.clone().maintain());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(fake.started(), 3);
+        assert_eq!(pool.status().zygotes, 1);
+        pool.close(Duration::ZERO).await;
+        refill.await.expect("refill loop ends when closed");
+    }
+}

@@ -78,3 +78,87 @@ impl<B: Backend> FunctionPool<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, until};
+    use super::super::StartKind;
+    use super::SCALE_IN_IDLE_MS;
+
+    #[tokio::test(start_paused = true)]
+    async fn scaled_out_zygotes_stop_after_the_function_idles() {
+        let settings = PoolSettings {
+            zygotes: 1,
+            max_instances: 3,
+            prewarm: true,
+            ..fake::settings()
+        };
+        let (pool, fake) = fake::pool(settings);
+        pool.refill_once().await.expect("refill");
+        pool.start_zygote(true).await.expect("scale out");
+        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        pool.stop_idle_extra_zygotes();
+        assert_eq!(pool.status().zygotes, 2, "not idle long enough");
+        tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
+        pool.stop_idle_extra_zygotes();
+        assert_eq!(pool.status().zygotes, 1);
+        assert_eq!(fake.alive_zygotes(), 1, "the extra zygote was killed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scale_in_waits_for_idle_ttl_when_longer() {
+        let settings = PoolSettings {
+            zygotes: 1,
+            idle_ttl_ms: 2 * SCALE_IN_IDLE_MS,
+            prewarm: true,
+            ..fake::settings()
+        };
+        let (pool, _fake) = fake::pool(settings);
+        pool.refill_once().await.expect("refill");
+        pool.start_zygote(true).await.expect("scale out");
+        tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
+        pool.stop_idle_extra_zygotes();
+        assert_eq!(pool.status().zygotes, 2);
+        tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
+        pool.stop_idle_extra_zygotes();
+        assert_eq!(pool.status().zygotes, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scale_to_zero_releases_the_zygote_when_nothing_runs() {
+        let (pool, fake) = fake::pool(fake::settings());
+        let first = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(first.start, StartKind::ColdStart);
+        assert_eq!(pool.status().zygotes, 0);
+        let second = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(second.start, StartKind::ColdStart);
+        assert_eq!(fake.started(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_clones_of_removed_zygotes_are_stopped() {
+        let settings = PoolSettings {
+            zygotes: 2,
+            ready_clones: 4,
+            prewarm: true,
+            ..fake::settings()
+        };
+        let (pool, _fake) = fake::pool(settings);
+        pool.refill_once().await.expect("refill");
+        pool.update_settings(PoolSettings {
+            zygotes: 1,
+            idle_ttl_ms: 0,
+            ..settings
+        });
+        tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
+        pool.stop_idle_extra_zygotes();
+        assert_eq!(pool.status().zygotes, 1);
+        // Ready clones alternate between the two zygotes.
+        assert_eq!(pool.status().ready_clones, 2);
+        until(|| pool.status().free_cgroups == 2).await;
+    }
+}

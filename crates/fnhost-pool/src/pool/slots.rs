@@ -74,3 +74,57 @@ impl<B: Backend> FunctionPool<B> {
         let _ = self.backend.remove_zygote_cgroup();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, spawn_invoke, until};
+    use super::SCALE_IN_IDLE_MS;
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_reused_and_spares_trimmed_after_idle() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            max_concurrency: 8,
+            prewarm: true,
+            ..fake::settings()
+        });
+        pool.refill_once().await.expect("refill");
+        fake.set_handler_delay(Duration::from_millis(100));
+        let burst: Vec<_> = (0..6).map(|_| spawn_invoke(&pool)).collect();
+        for request in burst {
+            request.await.expect("task").expect("invoke");
+        }
+        until(|| pool.status().free_cgroups == 6).await;
+        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        assert_eq!(fake.slots_created.load(Ordering::SeqCst), 6, "reused");
+        until(|| pool.status().free_cgroups == 6).await;
+        pool.trim_idle_cgroups();
+        assert_eq!(pool.status().free_cgroups, 6, "not idle yet");
+        tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
+        pool.trim_idle_cgroups();
+        // Kept: ready_clones (0) + 2.
+        assert_eq!(pool.status().free_cgroups, 2);
+        assert_eq!(fake.slots_removed.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remove_cgroups_removes_free_slots_and_the_zygote_cgroup() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            prewarm: true,
+            ..fake::settings()
+        });
+        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        until(|| pool.status().free_cgroups == 1).await;
+        pool.close(Duration::ZERO).await;
+        pool.remove_cgroups();
+        assert_eq!(pool.status().free_cgroups, 0);
+        assert_eq!(fake.slots_removed.load(Ordering::SeqCst), 1);
+        assert!(fake.zygote_cgroup_removed.load(Ordering::SeqCst));
+    }
+}
