@@ -24,7 +24,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Starts zygote `id` and waits until it has imported the function;
     /// `exited` is notified when it exits. Errors are already the
-    /// invocation's (`InitFailed`, `SandboxUnavailable`).
+    /// invocation's: `InitFailed` (it started and failed, a start the pool
+    /// records) or `SandboxUnavailable` (it could not be placed in its
+    /// cgroup; nothing was started).
     fn start_zygote(
         &self,
         id: u64,

@@ -1,6 +1,6 @@
 //! When a pool hibernates its zygotes (idle for `hibernate_after_ms`) and
-//! what it records when one is woken; the per-zygote mechanics are in
-//! the backend's.
+//! what it records when one is woken; the per-zygote mechanics are the
+//! backend's.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
