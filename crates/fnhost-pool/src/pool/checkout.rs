@@ -203,7 +203,10 @@ mod tests {
         let (pool, fake) = fake::pool(warm(1, 1));
         pool.refill_once().await.expect("refill");
         assert_eq!(fake.clones(), 1);
-        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(done.start, StartKind::ReadyClone);
         assert_eq!(fake.clones(), 1, "no clone made for the request");
         assert_eq!(pool.status().ready_clones, 0);
@@ -213,7 +216,10 @@ mod tests {
     async fn without_a_ready_clone_a_warm_zygote_clones_on_demand() {
         let (pool, fake) = fake::pool(warm(1, 0));
         pool.refill_once().await.expect("refill");
-        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(done.start, StartKind::OnDemandClone);
         assert_eq!((fake.started(), fake.clones()), (1, 1));
     }
@@ -262,7 +268,10 @@ mod tests {
         let (pool, fake) = fake::pool(warm(1, 0));
         pool.refill_once().await.expect("refill");
         fake.kill_zygote_on_clone.store(true, Ordering::SeqCst);
-        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(done.start, StartKind::ColdStart);
         assert_eq!(fake.started(), 2);
         assert_eq!(fake.alive_zygotes(), 1);
@@ -273,7 +282,8 @@ mod tests {
         let (pool, fake) = fake::pool(fake::settings());
         fake.fail_starts.store(1, Ordering::SeqCst);
         assert!(matches!(
-            pool.invoke(b"x", "r".into()).await,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await,
             Err(crate::InvokeError::SandboxCrashed { .. })
         ));
         assert_eq!(pool.status().in_flight, 0);
@@ -290,7 +300,10 @@ mod tests {
         idle.budget.set_limit(u64::MAX / 4);
         idle.refill_once().await.expect("refill");
         idle.budget.set_limit(1 << 30);
-        match busy.invoke(b"x", "r".into()).await {
+        match busy
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+        {
             Err(crate::InvokeError::OverBudget { budget_mb, .. }) => assert_eq!(budget_mb, 1024),
             other => panic!("expected OverBudget, got {other:?}"),
         }

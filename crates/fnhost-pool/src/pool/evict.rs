@@ -122,7 +122,10 @@ mod tests {
         assert!(!pool.evictable());
         pool.refill_once().await.expect("refill");
         assert_eq!(fake.started(), 1, "dormant: no refill");
-        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(done.start, StartKind::ColdStart);
     }
 
@@ -152,7 +155,8 @@ mod tests {
         assert_eq!((status.zygotes, status.ready_clones), (0, 0));
         assert_eq!(fake.alive_zygotes(), 0);
         assert!(matches!(
-            pool.invoke(b"x", "r".into()).await,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await,
             Err(InvokeError::ShuttingDown)
         ));
     }

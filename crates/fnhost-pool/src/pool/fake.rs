@@ -44,6 +44,8 @@ pub struct Fake {
     pub script: Mutex<VecDeque<(RunOutcome, bool)>>,
     /// Slot cgroups removed.
     pub slots_removed: AtomicU64,
+    /// Clones killed (timeouts, cancellations, surplus).
+    pub clones_killed: AtomicU64,
     pub zygote_cgroup_removed: AtomicBool,
 }
 
@@ -281,7 +283,9 @@ impl CloneHandle for FakeClone {
     }
 
     fn kill(&self) {
-        self.alive.store(false, Ordering::SeqCst);
+        if self.alive.swap(false, Ordering::SeqCst) {
+            self.fake.clones_killed.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     async fn run(
@@ -436,5 +440,8 @@ pub fn spawn_invoke(
     pool: &Arc<FunctionPool<FakeBackend>>,
 ) -> tokio::task::JoinHandle<Result<super::Invocation, InvokeError>> {
     let pool = pool.clone();
-    tokio::spawn(async move { pool.invoke(b"hello", "req".into()).await })
+    tokio::spawn(async move {
+        pool.invoke(bytes::Bytes::from_static(b"hello"), "req".into())
+            .await
+    })
 }

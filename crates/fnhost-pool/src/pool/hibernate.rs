@@ -182,7 +182,10 @@ mod tests {
         assert_eq!((status.hibernated, status.ready_clones), (1, 0));
         pool.refill_once().await.expect("refill");
         assert_eq!(pool.status().ready_clones, 0, "no refill while asleep");
-        let done = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(done.start, StartKind::Wake);
         assert_eq!(pool.status().hibernated, 0);
     }

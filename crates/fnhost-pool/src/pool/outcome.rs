@@ -41,15 +41,33 @@ pub struct Invocation {
 
 impl<B: Backend> FunctionPool<B> {
     /// Checks a sandbox out, runs the invocation in it, hands it to teardown.
+    /// `caller_gone` resolves when the caller stopped waiting: the sandbox
+    /// is then killed (or, if it had not started, given back unused).
     pub(super) async fn execute(
         &self,
         payload: &[u8],
         request_id: String,
         started: Instant,
+        mut caller_gone: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Invocation, InvokeError> {
         let queue_deadline = started + Duration::from_millis(self.settings().queue_timeout_ms);
         let checkout_started = Instant::now();
+        // Never cut short: a clone hand-off stopped halfway would leave the
+        // zygote's control channel out of step.
         let (mut sandbox, kind, zygote_us) = self.checkout(queue_deadline).await?;
+        let cancelled = || InvokeError::Cancelled {
+            function: self.name.to_string(),
+        };
+        let still_waiting = matches!(
+            caller_gone.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        );
+        if !still_waiting {
+            // Unused: it can serve the next request.
+            self.ready.lock().expect("ready lock").push_front(sandbox);
+            self.wake.notify_one();
+            return Err(cancelled());
+        }
         let times = sandbox.times();
         // Waiting for another request's cold start is queueing too.
         let waited_us = (checkout_started.elapsed().as_micros() as u64)
@@ -69,14 +87,21 @@ impl<B: Backend> FunctionPool<B> {
             remaining_ms: timeout_ms,
         };
         let sent = Instant::now();
-        let outcome = sandbox
-            .run(
-                &meta,
-                payload,
-                sent + Duration::from_millis(timeout_ms),
-                self.max_response,
-            )
-            .await;
+        let run = sandbox.run(
+            &meta,
+            payload,
+            sent + Duration::from_millis(timeout_ms),
+            self.max_response,
+        );
+        let outcome = tokio::select! {
+            outcome = run => Some(outcome),
+            _ = &mut caller_gone => None,
+        };
+        let Some(outcome) = outcome else {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+            return Err(cancelled());
+        };
         let exchange_total = sent.elapsed().as_micros() as u64;
         let wake_us = sandbox.wake().map_or(0, |w| w.wake_us);
         let (clone_us, setup_us) = match kind {
@@ -177,7 +202,10 @@ mod tests {
         let (pool, fake) = fake::pool(one_slot());
         pool.refill_once().await.expect("refill");
         fake.set_handler_delay(Duration::from_millis(50));
-        let done = pool.invoke(b"echo me", "r".into()).await.expect("invoke");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"echo me"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(done.body, b"echo me");
         assert_eq!(done.timings.handler_us, 7);
         assert_eq!(done.timings.queue_us, 0);
@@ -188,7 +216,10 @@ mod tests {
     async fn a_handler_past_its_timeout_is_a_timeout() {
         let (pool, fake) = fake::pool(one_slot());
         fake.set_handler_delay(Duration::from_secs(10));
-        match pool.invoke(b"x", "r".into()).await {
+        match pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+        {
             Err(InvokeError::Timeout { timeout_ms, .. }) => {
                 assert_eq!(timeout_ms, pool.spec.limits.timeout_ms)
             }
@@ -199,7 +230,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_response_over_the_limit_is_too_large() {
         let (pool, _fake) = fake::pool(one_slot());
-        match pool.invoke(&[0u8; 2048], "r".into()).await {
+        match pool
+            .invoke(bytes::Bytes::from_static(&[0u8; 2048]), "r".into())
+            .await
+        {
             Err(InvokeError::ResponseTooLarge { size, limit, .. }) => {
                 assert_eq!((size, limit), (2048, 1024))
             }
@@ -217,7 +251,10 @@ mod tests {
             },
             false,
         );
-        match pool.invoke(b"x", "r".into()).await {
+        match pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+        {
             Err(InvokeError::FunctionError { body, .. }) => assert_eq!(body, b"boom"),
             other => panic!("expected FunctionError, got {other:?}"),
         }
@@ -230,7 +267,10 @@ mod tests {
             detail: "channel closed".into(),
         };
         fake.push_outcome(died(), true);
-        match pool.invoke(b"x", "r".into()).await {
+        match pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+        {
             Err(InvokeError::MemoryLimit { memory_mb, .. }) => {
                 assert_eq!(memory_mb, pool.spec.limits.memory_mb)
             }
@@ -239,7 +279,10 @@ mod tests {
         // The same slot again: its earlier kill is not counted twice.
         until(|| pool.status().free_cgroups == 1).await;
         fake.push_outcome(died(), false);
-        match pool.invoke(b"x", "r".into()).await {
+        match pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+        {
             Err(InvokeError::SandboxCrashed { detail, .. }) => assert_eq!(detail, "channel closed"),
             other => panic!("expected SandboxCrashed, got {other:?}"),
         }

@@ -189,7 +189,9 @@ mod tests {
         });
         pool.refill_once().await.expect("refill");
         assert_eq!(fake.started(), 0);
-        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         pool.refill_once().await.expect("refill");
         assert_eq!(pool.status().ready_clones, 1);
     }
@@ -223,9 +225,18 @@ mod tests {
         });
         pool.refill_once().await.expect("refill");
         let kinds = [
-            pool.invoke(b"x", "r".into()).await.expect("invoke").start,
-            pool.invoke(b"x", "r".into()).await.expect("invoke").start,
-            pool.invoke(b"x", "r".into()).await.expect("invoke").start,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke")
+                .start,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke")
+                .start,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke")
+                .start,
         ];
         assert_eq!(
             kinds,
@@ -240,7 +251,9 @@ mod tests {
         assert_eq!(pool.status().zygotes, 2);
         for _ in 0..6 {
             pool.ready.lock().expect("ready lock").clear();
-            pool.invoke(b"x", "r".into()).await.expect("invoke");
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke");
         }
         pool.refill_once().await.expect("refill");
         assert_eq!(pool.status().zygotes, 2, "max_instances holds");

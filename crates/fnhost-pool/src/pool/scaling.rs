@@ -100,7 +100,9 @@ mod tests {
         let (pool, fake) = fake::pool(settings);
         pool.refill_once().await.expect("refill");
         pool.start_zygote(true).await.expect("scale out");
-        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         pool.stop_idle_extra_zygotes();
         assert_eq!(pool.status().zygotes, 2, "not idle long enough");
         tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
@@ -131,10 +133,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn scale_to_zero_releases_the_zygote_when_nothing_runs() {
         let (pool, fake) = fake::pool(fake::settings());
-        let first = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let first = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(first.start, StartKind::ColdStart);
         assert_eq!(pool.status().zygotes, 0);
-        let second = pool.invoke(b"x", "r".into()).await.expect("invoke");
+        let second = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(second.start, StartKind::ColdStart);
         assert_eq!(fake.started(), 2);
     }

@@ -100,7 +100,9 @@ mod tests {
             request.await.expect("task").expect("invoke");
         }
         until(|| pool.status().free_cgroups == 6).await;
-        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         assert_eq!(fake.slots_created.load(Ordering::SeqCst), 6, "reused");
         until(|| pool.status().free_cgroups == 6).await;
         pool.trim_idle_cgroups();
@@ -119,7 +121,9 @@ mod tests {
             prewarm: true,
             ..fake::settings()
         });
-        pool.invoke(b"x", "r".into()).await.expect("invoke");
+        pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
         until(|| pool.status().free_cgroups == 1).await;
         pool.close(Duration::ZERO).await;
         pool.remove_cgroups();
