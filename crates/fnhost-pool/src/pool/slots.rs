@@ -37,12 +37,13 @@ impl<B: Backend> FunctionPool<B> {
         });
     }
 
-    /// Removes spare cgroups (beyond what the ready clones need) once the
-    /// function has been idle for SCALE_IN_IDLE_MS: a burst grows the free
-    /// list to its peak concurrency, and keeping hundreds of idle cgroups
-    /// costs kernel memory and slows every walk of the hierarchy.
+    /// Removes every spare cgroup once the function has been idle for
+    /// SCALE_IN_IDLE_MS: a burst grows the free list to its peak
+    /// concurrency, and idle cgroups cost kernel memory and slow every walk
+    /// of the hierarchy. Ready clones hold slots of their own, and a used
+    /// one comes back to the free list for the refill, so an idle pool
+    /// keeps exactly one cgroup per ready clone (its baseline).
     pub(super) fn trim_idle_cgroups(&self) {
-        let keep = self.settings().ready_clones as usize + 2;
         if self.in_flight.load(Ordering::SeqCst) > 0
             || now_ms().saturating_sub(self.last_used_ms()) < SCALE_IN_IDLE_MS
         {
@@ -50,11 +51,10 @@ impl<B: Backend> FunctionPool<B> {
         }
         let spare: Vec<B::Slot> = {
             let mut free = self.free_slots.lock().expect("slots lock");
-            if free.len() <= keep {
+            if free.is_empty() {
                 return;
             }
-            let n = free.len();
-            free.drain(keep..n).collect()
+            free.drain(..).collect()
         };
         let removed = spare.len();
         for slot in spare {
@@ -109,9 +109,9 @@ mod tests {
         assert_eq!(pool.status().free_cgroups, 6, "not idle yet");
         tokio::time::advance(Duration::from_millis(SCALE_IN_IDLE_MS)).await;
         pool.trim_idle_cgroups();
-        // Kept: ready_clones (0) + 2.
-        assert_eq!(pool.status().free_cgroups, 2);
-        assert_eq!(fake.slots_removed.load(Ordering::SeqCst), 4);
+        // Back to the baseline: no spare cgroup.
+        assert_eq!(pool.status().free_cgroups, 0);
+        assert_eq!(fake.slots_removed.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test(start_paused = true)]
