@@ -105,6 +105,7 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
         ),
         InvokeError::SandboxUnavailable { .. }
         | InvokeError::ShuttingDown
+        | InvokeError::Cancelled { .. }
         | InvokeError::OverBudget { .. } => service_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceException",

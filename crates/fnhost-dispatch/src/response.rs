@@ -39,6 +39,10 @@ pub fn status_of(err: &InvokeError) -> StatusCode {
         InvokeError::SandboxUnavailable { .. }
         | InvokeError::ShuttingDown
         | InvokeError::OverBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        // Nobody reads it: the client is gone (nginx's "client closed request").
+        InvokeError::Cancelled { .. } => {
+            StatusCode::from_u16(499).expect("499 is a valid status code")
+        }
         InvokeError::InitFailed { .. }
         | InvokeError::FunctionError { .. }
         | InvokeError::MemoryLimit { .. }

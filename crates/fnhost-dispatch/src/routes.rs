@@ -284,7 +284,7 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             let name = name.to_string();
             let id = request_id.clone();
             tokio::spawn(async move {
-                let result = app.host.invoke(&name, &payload, id.clone()).await;
+                let result = app.host.invoke(&name, payload, id.clone()).await;
                 let outcome = match &result {
                     Ok(_) => "ok",
                     Err(e) => e.kind(),
@@ -306,7 +306,7 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
     let span = tracing::info_span!("invoke", function = name, request_id = %request_id);
     let _enter = span.enter();
     let admitted_us = received.elapsed().as_micros() as u64;
-    let result = app.host.invoke(name, &payload, request_id.clone()).await;
+    let result = app.host.invoke(name, payload, request_id.clone()).await;
     let invoked = Instant::now();
     let function = name.to_string();
     match result {

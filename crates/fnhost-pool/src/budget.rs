@@ -7,12 +7,10 @@
 //! refused. The cgroup root also carries the budget as a hard
 //! limit, so even a burst the estimates miss is contained inside fnhost.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
-
-use fnhost_sandbox::cgroup::CgroupTree;
-
-use crate::pool::FunctionPool;
 
 /// Headroom kept on the hard cgroup limit above the soft budget, so the
 /// budget (which refuses politely) trips before the kernel's OOM killer.
@@ -27,6 +25,37 @@ pub enum Need {
     Clone,
 }
 
+/// A boxed future, for the budget's object-safe traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why memory could not be measured or limited; its message is the cause's.
+pub type MeterError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pool as the budget sees it: something holding idle memory that can
+/// be hibernated or evicted on behalf of another function.
+pub trait Reclaimable: Send + Sync {
+    fn name(&self) -> &str;
+    /// When it last served a request (a process-wide millisecond clock).
+    fn last_used_ms(&self) -> u64;
+    /// Whether [`Self::hibernate`] could free something now.
+    fn can_hibernate(&self) -> bool;
+    /// Hibernates its idle zygotes; returns how many went to sleep.
+    fn hibernate(&self) -> BoxFuture<'_, usize>;
+    /// Whether it holds warm processes and nothing runs.
+    fn evictable(&self) -> bool;
+    /// Stops its idle zygotes and ready clones.
+    fn evict_idle(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Where the budget reads usage and sets its hard limit (fnhost's cgroup
+/// root in production).
+pub trait MemoryMeter: Send + Sync {
+    /// Memory all sandboxes and zygotes use now, bytes.
+    fn used(&self) -> Result<u64, MeterError>;
+    /// Sets the kernel-enforced limit, bytes.
+    fn set_hard_limit(&self, bytes: u64) -> Result<(), MeterError>;
+}
+
 /// Bytes assumed for a zygote before any has been measured.
 const DEFAULT_ZYGOTE_ESTIMATE: u64 = 32 << 20;
 
@@ -39,8 +68,8 @@ pub struct MemoryBudget {
     /// Last measured cost of one zygote (any function), for functions that
     /// have not started one yet.
     zygote_estimate: std::sync::atomic::AtomicU64,
-    tree: Arc<CgroupTree>,
-    pools: RwLock<Vec<Weak<FunctionPool>>>,
+    meter: Arc<dyn MemoryMeter>,
+    pools: RwLock<Vec<Weak<dyn Reclaimable>>>,
 }
 
 /// Why room could not be made.
@@ -64,11 +93,11 @@ pub fn default_budget_bytes() -> u64 {
 }
 
 impl MemoryBudget {
-    pub fn new(limit_bytes: u64, tree: Arc<CgroupTree>) -> Arc<Self> {
+    pub fn new<M: MemoryMeter + 'static>(limit_bytes: u64, meter: Arc<M>) -> Arc<Self> {
         let budget = Arc::new(MemoryBudget {
             limit: RwLock::new(0),
             zygote_estimate: std::sync::atomic::AtomicU64::new(DEFAULT_ZYGOTE_ESTIMATE),
-            tree,
+            meter,
             pools: RwLock::new(Vec::new()),
         });
         budget.set_limit(limit_bytes);
@@ -79,8 +108,8 @@ impl MemoryBudget {
     pub fn set_limit(&self, bytes: u64) {
         *self.limit.write().expect("budget lock") = bytes;
         if let Err(e) = self
-            .tree
-            .set_root_memory_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM))
+            .meter
+            .set_hard_limit(bytes.saturating_add(HARD_LIMIT_HEADROOM))
         {
             tracing::warn!(error = %e, "cannot set the memory budget as a cgroup limit; relying on admission only");
         }
@@ -105,16 +134,16 @@ impl MemoryBudget {
 
     /// Memory fnhost's sandboxes and zygotes use now.
     pub fn used(&self) -> u64 {
-        let used = self.tree.memory_usage("").unwrap_or(0);
+        let used = self.meter.used().unwrap_or(0);
         metrics::gauge!("fnhost_memory_used_bytes").set(used as f64);
         used
     }
 
     /// Makes the budget aware of a pool (for eviction).
-    pub fn register(&self, pool: &Arc<FunctionPool>) {
+    pub fn register(&self, pool: Weak<dyn Reclaimable>) {
         let mut pools = self.pools.write().expect("budget pools lock");
         pools.retain(|p| p.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+        pools.push(pool);
     }
 
     /// Makes room for `need` on behalf of `requester`, evicting idle zygotes
@@ -130,7 +159,7 @@ impl MemoryBudget {
             if used.saturating_add(bytes) <= limit {
                 return Ok(());
             }
-            let others: Vec<Arc<FunctionPool>> = {
+            let others: Vec<Arc<dyn Reclaimable>> = {
                 let pools = self.pools.read().expect("budget pools lock");
                 pools
                     .iter()
@@ -182,5 +211,214 @@ impl MemoryBudget {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Memory use the test sets; pools give theirs back through it.
+    #[derive(Default)]
+    struct Meter(AtomicU64);
+
+    impl MemoryMeter for Meter {
+        fn used(&self) -> Result<u64, MeterError> {
+            Ok(self.0.load(Ordering::SeqCst))
+        }
+
+        fn set_hard_limit(&self, _bytes: u64) -> Result<(), MeterError> {
+            Ok(())
+        }
+    }
+
+    /// A pool holding `held` bytes, freed by hibernation or eviction.
+    struct TestPool {
+        name: &'static str,
+        last_used_ms: u64,
+        hibernatable: bool,
+        evictable: AtomicBool,
+        held: u64,
+        meter: Arc<Meter>,
+        hibernated: AtomicUsize,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl TestPool {
+        fn release(&self) {
+            self.meter.0.fetch_sub(self.held, Ordering::SeqCst);
+            self.evictable.store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl Reclaimable for TestPool {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        fn last_used_ms(&self) -> u64 {
+            self.last_used_ms
+        }
+
+        fn can_hibernate(&self) -> bool {
+            self.hibernatable && self.hibernated.load(Ordering::SeqCst) == 0
+        }
+
+        fn hibernate(&self) -> BoxFuture<'_, usize> {
+            Box::pin(async move {
+                self.log
+                    .lock()
+                    .expect("log")
+                    .push(format!("hibernate {}", self.name));
+                self.hibernated.fetch_add(1, Ordering::SeqCst);
+                self.release();
+                1
+            })
+        }
+
+        fn evictable(&self) -> bool {
+            self.evictable.load(Ordering::SeqCst)
+        }
+
+        fn evict_idle(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async move {
+                self.log
+                    .lock()
+                    .expect("log")
+                    .push(format!("evict {}", self.name));
+                self.release();
+            })
+        }
+    }
+
+    struct World {
+        budget: Arc<MemoryBudget>,
+        meter: Arc<Meter>,
+        log: Arc<Mutex<Vec<String>>>,
+        pools: Vec<Arc<TestPool>>,
+    }
+
+    impl World {
+        /// A 1000 MiB budget, `used_mb` in use.
+        fn new(used_mb: u64) -> World {
+            let meter = Arc::new(Meter::default());
+            meter.0.store(used_mb * MIB, Ordering::SeqCst);
+            World {
+                budget: MemoryBudget::new(1000 * MIB, meter.clone()),
+                meter,
+                log: Arc::default(),
+                pools: Vec::new(),
+            }
+        }
+
+        fn add(
+            &mut self,
+            name: &'static str,
+            last_used_ms: u64,
+            hibernatable: bool,
+            evictable: bool,
+        ) {
+            let pool = Arc::new(TestPool {
+                name,
+                last_used_ms,
+                hibernatable,
+                evictable: AtomicBool::new(evictable),
+                held: 100 * MIB,
+                meter: self.meter.clone(),
+                hibernated: AtomicUsize::new(0),
+                log: self.log.clone(),
+            });
+            let weak: Weak<dyn Reclaimable> = Arc::downgrade(&pool) as _;
+            self.budget.register(weak);
+            self.pools.push(pool);
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().expect("log").clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_that_is_free_is_granted_without_touching_pools() {
+        let mut world = World::new(500);
+        world.add("a", 1, true, true);
+        world
+            .budget
+            .reserve("b", Need::Zygote(100 * MIB))
+            .await
+            .expect("room");
+        assert!(world.log().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_pools_are_hibernated_before_any_is_evicted() {
+        let mut world = World::new(950);
+        world.add("old", 1, false, true);
+        world.add("sleepy", 2, true, true);
+        world
+            .budget
+            .reserve("new", Need::Zygote(100 * MIB))
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["hibernate sleepy"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_least_recently_used_pool_is_evicted_first() {
+        let mut world = World::new(950);
+        world.add("recent", 20, false, true);
+        world.add("old", 10, false, true);
+        world.add("busy", 1, false, false);
+        world
+            .budget
+            .reserve("new", Need::Zygote(100 * MIB))
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["evict old"]);
+        world
+            .budget
+            .reserve("new", Need::Zygote(200 * MIB))
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["evict old", "evict recent"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_requester_is_never_its_own_victim() {
+        let mut world = World::new(950);
+        world.add("me", 1, true, true);
+        match world.budget.reserve("me", Need::Zygote(100 * MIB)).await {
+            Err(OverBudget { budget_mb, used_mb }) => assert_eq!((budget_mb, used_mb), (1000, 950)),
+            Ok(()) => panic!("expected OverBudget"),
+        }
+        assert!(world.log().is_empty());
+        assert_eq!(world.pools.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_idle_is_over_budget() {
+        let mut world = World::new(999);
+        world.add("busy", 1, false, false);
+        assert!(world.budget.reserve("new", Need::Clone).await.is_err());
+        assert!(world.budget.reserve("new", Need::Zygote(MIB)).await.is_ok());
+        assert!(world.log().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_pools_are_forgotten() {
+        let mut world = World::new(950);
+        world.add("gone", 1, false, true);
+        world.pools.clear();
+        assert!(world
+            .budget
+            .reserve("new", Need::Zygote(100 * MIB))
+            .await
+            .is_err());
+        assert!(world.log().is_empty());
     }
 }

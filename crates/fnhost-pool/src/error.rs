@@ -66,6 +66,11 @@ pub enum InvokeError {
 
     #[error("fnhost is shutting down")]
     ShuttingDown,
+
+    /// The caller stopped waiting (an HTTP client disconnected); its
+    /// sandbox was stopped. Nobody reads this answer; it is logged.
+    #[error("the caller of function '{function}' went away; its sandbox was stopped")]
+    Cancelled { function: String },
 }
 
 impl InvokeError {
@@ -84,6 +89,7 @@ impl InvokeError {
             Self::SandboxUnavailable { .. } => "SandboxUnavailable",
             Self::OverBudget { .. } => "MemoryBudgetExceeded",
             Self::ShuttingDown => "ShuttingDown",
+            Self::Cancelled { .. } => "Cancelled",
         }
     }
 

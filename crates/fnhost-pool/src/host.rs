@@ -536,11 +536,12 @@ impl Host {
         (self.budget.limit(), self.budget.used())
     }
 
-    /// Runs one invocation of `name`.
+    /// Runs one invocation of `name`; dropping the future cancels it (the
+    /// sandbox is stopped).
     pub async fn invoke(
         &self,
         name: &str,
-        payload: &[u8],
+        payload: bytes::Bytes,
         request_id: String,
     ) -> Result<Invocation, InvokeError> {
         let Some(pool) = self.pool(name) else {

@@ -28,6 +28,8 @@ pub struct PoolMetrics {
     pub cold_starts: Counter,
     pub timeouts: Counter,
     pub oom_kills: Counter,
+    /// Invocations whose caller went away before the answer.
+    pub cancelled: Counter,
     pub evictions: Counter,
     pub zygotes: Gauge,
     pub ready_clones: Gauge,
@@ -69,6 +71,7 @@ impl PoolMetrics {
             cold_starts: counter!("fnhost_cold_starts_total", "function" => f.clone()),
             timeouts: counter!("fnhost_timeouts_total", "function" => f.clone()),
             oom_kills: counter!("fnhost_oom_kills_total", "function" => f.clone()),
+            cancelled: counter!("fnhost_invocations_cancelled_total", "function" => f.clone()),
             evictions: counter!("fnhost_evictions_total", "function" => f.clone()),
             zygotes: gauge!("fnhost_pool_zygotes", "function" => f.clone()),
             ready_clones: gauge!("fnhost_pool_ready_clones", "function" => f.clone()),

@@ -1,17 +1,20 @@
 //! When a pool hibernates its zygotes (idle for `hibernate_after_ms`) and
-//! what it records when one is woken; the per-zygote mechanics are in
-//! `crate::zygote`.
+//! what it records when one is woken; the per-zygote mechanics are the
+//! backend's.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use fnhost_config::HibernateMode;
+use tokio::time::Instant;
 
-use super::{now_ms, secs, FunctionPool, HIBERNATE_RETRY_MS};
-use crate::zygote::{Hibernation, Woken, Zygote};
+use super::backend::{Backend, Slept, Wake, ZygoteHandle};
+use super::{now_ms, secs, FunctionPool};
 
-impl FunctionPool {
+/// Pause before hibernating again after a hibernation failed.
+const HIBERNATE_RETRY_MS: u64 = 60_000;
+
+impl<B: Backend> FunctionPool<B> {
     /// Hibernates the pool's zygotes once the function has been idle for
     /// `hibernate_after_ms` (see [`Self::hibernate`]).
     pub(super) async fn hibernate_if_idle(&self) {
@@ -55,7 +58,7 @@ impl FunctionPool {
         if failed > 0 && now_ms().saturating_sub(failed) < HIBERNATE_RETRY_MS {
             return 0;
         }
-        let sleepy: Vec<Arc<Zygote>> = self
+        let sleepy: Vec<Arc<B::Zygote>> = self
             .live_zygotes()
             .into_iter()
             .filter(|z| !z.is_asleep())
@@ -77,7 +80,7 @@ impl FunctionPool {
         let pass = Instant::now();
         // Reclaim acts on the cgroup all the pool's zygotes share: once.
         let reclaimed = match mode {
-            HibernateMode::Reclaim => Some(self.reclaim_zygote_cgroup().await),
+            HibernateMode::Reclaim => Some(self.backend.reclaim_zygotes().await),
             HibernateMode::Snapshot => None,
         };
         let mut slept = 0;
@@ -89,24 +92,15 @@ impl FunctionPool {
             let started = Instant::now();
             let outcome = match &reclaimed {
                 None => {
-                    let path = self.snapshots.path(&self.name, zygote.id);
-                    match self.snapshots.device() {
-                        Ok(device) => {
-                            zygote
-                                .hibernate_snapshot(device, path, settings.hibernate_prefetch)
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    }
+                    self.backend
+                        .hibernate_snapshot(&zygote, settings.hibernate_prefetch)
+                        .await
                 }
-                Some(Ok(())) => Ok(zygote
-                    .mark_reclaimed()
-                    .await
-                    .then_some(Hibernation::default())),
+                Some(Ok(())) => Ok(zygote.mark_reclaimed().await.then_some(Slept::default())),
                 Some(Err(e)) => Err(e.clone()),
             };
             match outcome {
-                Ok(Some(Hibernation {
+                Ok(Some(Slept {
                     snapshot_bytes,
                     dropped_bytes,
                 })) => {
@@ -117,14 +111,14 @@ impl FunctionPool {
                     };
                     self.metrics.hibernations.increment(1);
                     self.metrics.hibernate.record(took.as_secs_f64());
-                    tracing::info!(function = %self.name, zygote = zygote.id, mode = mode.as_str(),
+                    tracing::info!(function = %self.name, zygote = zygote.id(), mode = mode.as_str(),
                         snapshot_mb = snapshot_bytes as f64 / 1048576.0, dropped_mb = dropped_bytes as f64 / 1048576.0,
                         took_ms = took.as_secs_f64() * 1e3, "zygote hibernated");
                 }
                 Ok(None) => {}
                 Err(e) => {
                     self.metrics.hibernations_failed.increment(1);
-                    tracing::warn!(function = %self.name, zygote = zygote.id, mode = mode.as_str(), error = %e,
+                    tracing::warn!(function = %self.name, zygote = zygote.id(), mode = mode.as_str(), error = %e,
                         "cannot hibernate zygote; the pool stays warm");
                     // Refill again: the zygote may have been stopped (a
                     // hibernation that stalled), and its ready clones are.
@@ -140,18 +134,7 @@ impl FunctionPool {
         slept
     }
 
-    /// Asks the kernel to reclaim the zygote cgroup's memory. It does so
-    /// synchronously (for a while when little can go): off the runtime's
-    /// threads.
-    async fn reclaim_zygote_cgroup(&self) -> Result<(), String> {
-        let cgroup = self.zygote_cgroup.clone();
-        match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("reclaim task failed: {e}")),
-        }
-    }
-
-    pub(super) fn record_wake(&self, woke: &Woken) {
+    pub(super) fn record_wake(&self, woke: &Wake) {
         let m = &self.metrics;
         m.wakes.increment(1);
         m.wake.record(secs(woke.wake_us));
@@ -165,5 +148,66 @@ impl FunctionPool {
             restore_ms = restore.duration.as_secs_f64() * 1e3, read_ms = restore.read.as_secs_f64() * 1e3,
             copied_pages = restore.copied_pages,
             faults = restore.faults, prefetched = restore.prefetched_pages, "zygote woken");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake::{self, spawn_invoke, until};
+    use super::super::StartKind;
+
+    fn sleepy() -> PoolSettings {
+        PoolSettings {
+            zygotes: 1,
+            ready_clones: 1,
+            prewarm: true,
+            hibernate_after_ms: 1000,
+            ..fake::settings()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_pool_hibernates_and_the_next_request_wakes_it() {
+        let (pool, _fake) = fake::pool(sleepy());
+        pool.refill_once().await.expect("refill");
+        pool.hibernate_if_idle().await;
+        assert_eq!(pool.status().hibernated, 0, "not idle long enough");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        pool.hibernate_if_idle().await;
+        let status = pool.status();
+        assert_eq!((status.hibernated, status.ready_clones), (1, 0));
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 0, "no refill while asleep");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        assert_eq!(done.start, StartKind::Wake);
+        assert_eq!(pool.status().hibernated, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_or_unconfigured_pool_does_not_hibernate() {
+        let (pool, fake) = fake::pool(sleepy());
+        pool.refill_once().await.expect("refill");
+        assert!(pool.can_hibernate());
+        fake.set_handler_delay(Duration::from_secs(1));
+        let request = spawn_invoke(&pool);
+        until(|| pool.status().in_flight == 1).await;
+        assert!(!pool.can_hibernate());
+        assert_eq!(pool.hibernate().await, 0);
+        request.await.expect("task").expect("invoke");
+
+        let (never, _fake) = fake::pool(PoolSettings {
+            hibernate_after_ms: 0,
+            ..sleepy()
+        });
+        never.refill_once().await.expect("refill");
+        assert!(!never.can_hibernate());
+        assert_eq!(never.hibernate().await, 0);
     }
 }

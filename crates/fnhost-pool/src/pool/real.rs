@@ -1,0 +1,361 @@
+//! The production [`Backend`]: real zygote processes, clones and cgroups.
+//! The only file of the pool naming the concrete process and cgroup types
+//! (`Zygote`, `Sandbox`, `Slot`, `Cgroup`, `CgroupTree`, ...), so moving
+//! them only changes paths here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnhost_config::FunctionSpec;
+use fnhost_sandbox::cgroup::{Cgroup, CgroupLimits, CgroupTree};
+use fnhost_zygote::protocol::InvokeMeta;
+use fnhost_zygote::spec::ZygoteSpec;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::backend::{
+    Backend, BackendError, CloneFailed, CloneHandle, CloneTimes, RunOutcome, Slept, SlotHandle,
+    Wake, ZygoteHandle,
+};
+use super::{FunctionPool, Ids, PoolParts, SANDBOX_UID};
+use crate::budget::{MemoryBudget, MemoryMeter, MeterError};
+use crate::error::InvokeError;
+use crate::hibernation::SnapshotStore;
+use crate::process::IdMap;
+use crate::sandbox::{self, Sandbox, Slot};
+use crate::zygote::{CloneError, Placement, StartError, Zygote};
+
+/// How long a zygote may take to start its runtime and import the function.
+const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every pool of a host shares.
+#[derive(Clone)]
+pub struct PoolShared {
+    pub tree: Arc<CgroupTree>,
+    pub ids: Arc<Ids>,
+    pub budget: Arc<MemoryBudget>,
+    pub max_response: usize,
+    /// The user namespace mapping, when sandboxes run in one.
+    pub userns: Option<IdMap>,
+    pub snapshots: Arc<SnapshotStore>,
+}
+
+/// The processes and cgroups of one function.
+pub struct RealBackend {
+    name: Arc<str>,
+    zygote_spec: ZygoteSpec,
+    tree: Arc<CgroupTree>,
+    zygote_cgroup: Cgroup,
+    /// Limits of each slot cgroup.
+    limits: CgroupLimits,
+    writable_bytes: u64,
+    userns: Option<IdMap>,
+    snapshots: Arc<SnapshotStore>,
+}
+
+impl FunctionPool<RealBackend> {
+    /// A pool whose zygotes start from `zygote_spec` in `zygote_cgroup`.
+    pub fn new(
+        spec: FunctionSpec,
+        zygote_spec: ZygoteSpec,
+        zygote_cgroup: Cgroup,
+        shared: PoolShared,
+    ) -> Arc<Self> {
+        let PoolShared {
+            tree,
+            ids,
+            budget,
+            max_response,
+            userns,
+            snapshots,
+        } = shared;
+        let backend = RealBackend {
+            name: Arc::from(spec.name.as_str()),
+            zygote_spec,
+            tree,
+            zygote_cgroup,
+            limits: CgroupLimits::from_cpus(
+                spec.limits.memory_bytes(),
+                spec.limits.cpu,
+                spec.limits.pids,
+            ),
+            writable_bytes: spec.limits.writable_layer_bytes(),
+            userns,
+            snapshots,
+        };
+        FunctionPool::with_backend(PoolParts {
+            spec,
+            backend,
+            ids,
+            budget,
+            max_response,
+        })
+    }
+
+    /// What this pool's zygotes are started from.
+    pub fn zygote_spec(&self) -> &ZygoteSpec {
+        &self.backend.zygote_spec
+    }
+}
+
+impl Backend for RealBackend {
+    type Zygote = Zygote;
+    type Clone = Sandbox;
+    type Slot = Slot;
+
+    async fn start_zygote(&self, id: u64, exited: Arc<Notify>) -> Result<Arc<Zygote>, InvokeError> {
+        let (dir, v1) = self
+            .zygote_cgroup
+            .clone_into_fd()
+            .and_then(|dir| Ok((dir, self.zygote_cgroup.v1_procs_fds()?)))
+            .map_err(|e| InvokeError::SandboxUnavailable {
+                function: self.name.to_string(),
+                detail: e.to_string(),
+            })?;
+        let placement = Placement {
+            cgroup_dir: dir.as_ref(),
+            v1_procs: &v1,
+            userns: self.userns,
+        };
+        let result = Zygote::start(
+            id,
+            self.name.clone(),
+            &self.zygote_spec,
+            placement,
+            ZYGOTE_START_TIMEOUT,
+            exited,
+        )
+        .await;
+        let zygote = result.map_err(|e| match e {
+            StartError::Init {
+                stage,
+                error_type,
+                message,
+                trace,
+            } => InvokeError::InitFailed {
+                function: self.name.to_string(),
+                stage,
+                error_type,
+                message,
+                trace,
+            },
+            StartError::Failed(detail) => InvokeError::InitFailed {
+                function: self.name.to_string(),
+                stage: "sandbox".into(),
+                error_type: "ZygoteStartFailed".into(),
+                message: detail,
+                trace: Vec::new(),
+            },
+        })?;
+        tracing::info!(function = %self.name, zygote = id, pid = zygote.pid,
+            start_ms = zygote.started_in.as_secs_f64() * 1e3, import_ms = zygote.import_us as f64 / 1e3, "zygote ready");
+        Ok(zygote)
+    }
+
+    async fn clone_sandbox(
+        &self,
+        id: u64,
+        zygote: Arc<Zygote>,
+        slot: Slot,
+    ) -> Result<Sandbox, (Slot, CloneFailed)> {
+        if zygote.is_asleep() {
+            // The clone will attach itself to its v1 cgroups after the
+            // wake-up; the first cgroup migration after an idle period
+            // waits for an RCU grace period, paid here during the restore.
+            let cgroup = self.zygote_cgroup.clone();
+            let pid = zygote.pid;
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = cgroup.prime_migration_lock(pid) {
+                    tracing::debug!(error = %e, "cannot prime the cgroup migration lock");
+                }
+            });
+        }
+        let run_as = self.userns.map(|_| (SANDBOX_UID, SANDBOX_UID));
+        Sandbox::create(id, zygote, slot, self.writable_bytes, run_as)
+            .await
+            .map_err(|(slot, error)| {
+                let wake_failed = matches!(error, CloneError::WakeFailed(_));
+                let source = Box::new(error);
+                (
+                    slot,
+                    CloneFailed {
+                        wake_failed,
+                        source,
+                    },
+                )
+            })
+    }
+
+    fn create_slot(&self, n: u64) -> Result<Slot, BackendError> {
+        let rel = format!("{}/s{n}", self.name);
+        let cgroup = self.tree.create(&rel, &self.limits)?;
+        if let Some(map) = self.userns {
+            self.tree.delegate(&rel, map.host_base, map.host_base)?;
+        }
+        let oom_seen = cgroup.oom_kills().unwrap_or(0);
+        Ok(Slot { cgroup, oom_seen })
+    }
+
+    fn memory_usage(&self) -> Result<u64, BackendError> {
+        Ok(self.tree.memory_usage(&self.name)?)
+    }
+
+    fn zygote_memory(&self) -> Result<u64, BackendError> {
+        Ok(self.zygote_cgroup.memory_current()?)
+    }
+
+    fn zygotes_gone(&self) -> Result<bool, BackendError> {
+        Ok(self.zygote_cgroup.is_empty()?)
+    }
+
+    fn remove_zygote_cgroup(&self) -> Result<(), BackendError> {
+        Ok(self.zygote_cgroup.remove()?)
+    }
+
+    /// The kernel reclaims synchronously (for a while when little can go):
+    /// off the runtime's threads.
+    async fn reclaim_zygotes(&self) -> Result<(), String> {
+        let cgroup = self.zygote_cgroup.clone();
+        match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("reclaim task failed: {e}")),
+        }
+    }
+
+    async fn hibernate_snapshot(
+        &self,
+        zygote: &Zygote,
+        prefetch: bool,
+    ) -> Result<Option<Slept>, String> {
+        let path = self.snapshots.path(&self.name, zygote.id);
+        let device = self.snapshots.device()?;
+        let slept = zygote.hibernate_snapshot(device, path, prefetch).await?;
+        Ok(slept.map(|h| Slept {
+            snapshot_bytes: h.snapshot_bytes,
+            dropped_bytes: h.dropped_bytes,
+        }))
+    }
+}
+
+impl ZygoteHandle for Zygote {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn is_alive(&self) -> bool {
+        Zygote::is_alive(self)
+    }
+
+    fn is_asleep(&self) -> bool {
+        Zygote::is_asleep(self)
+    }
+
+    fn snapshot_bytes(&self) -> u64 {
+        Zygote::snapshot_bytes(self)
+    }
+
+    fn kill(&self) {
+        Zygote::kill(self)
+    }
+
+    async fn mark_reclaimed(&self) -> bool {
+        Zygote::mark_reclaimed(self).await
+    }
+}
+
+impl CloneHandle for Sandbox {
+    type Zygote = Zygote;
+    type Slot = Slot;
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn zygote(&self) -> &Arc<Zygote> {
+        &self.zygote
+    }
+
+    fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    fn times(&self) -> CloneTimes {
+        CloneTimes {
+            fork_us: self.fork_us,
+            create_us: self.create_us,
+            setup: self.setup.clone(),
+        }
+    }
+
+    fn wake(&self) -> Option<Wake> {
+        self.woke.as_ref().map(|w| Wake {
+            wake_us: w.wake_us,
+            restore: w.restore.clone(),
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        Sandbox::is_alive(self)
+    }
+
+    fn kill(&self) {
+        Sandbox::kill(self)
+    }
+
+    async fn run(
+        &mut self,
+        meta: &InvokeMeta,
+        payload: &[u8],
+        deadline: Instant,
+        max_response: usize,
+    ) -> RunOutcome {
+        match Sandbox::run(self, meta, payload, deadline.into_std(), max_response).await {
+            sandbox::RunOutcome::Result { body, handler_us } => {
+                RunOutcome::Result { body, handler_us }
+            }
+            sandbox::RunOutcome::FunctionError { body, handler_us } => {
+                RunOutcome::FunctionError { body, handler_us }
+            }
+            sandbox::RunOutcome::Timeout => RunOutcome::Timeout,
+            sandbox::RunOutcome::TooLarge { size } => RunOutcome::TooLarge { size },
+            sandbox::RunOutcome::NoResponse { detail } => RunOutcome::NoResponse { detail },
+        }
+    }
+
+    async fn teardown(self) -> Option<Slot> {
+        Sandbox::teardown(self).await
+    }
+}
+
+impl SlotHandle for Slot {
+    fn name(&self) -> &str {
+        self.cgroup.name()
+    }
+
+    fn is_empty(&self) -> Result<bool, BackendError> {
+        Ok(self.cgroup.is_empty()?)
+    }
+
+    fn remove(&self) -> Result<(), BackendError> {
+        Ok(self.cgroup.remove()?)
+    }
+
+    fn oom_seen(&self) -> u64 {
+        self.oom_seen
+    }
+
+    fn oom_kills(&self) -> Result<u64, BackendError> {
+        Ok(self.cgroup.oom_kills()?)
+    }
+}
+
+/// The budget measures fnhost's whole cgroup root.
+impl MemoryMeter for CgroupTree {
+    fn used(&self) -> Result<u64, MeterError> {
+        Ok(self.memory_usage("")?)
+    }
+
+    fn set_hard_limit(&self, bytes: u64) -> Result<(), MeterError> {
+        Ok(self.set_root_memory_limit(bytes)?)
+    }
+}

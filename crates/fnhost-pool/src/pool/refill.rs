@@ -1,0 +1,278 @@
+//! Keeping a pool warm: the background loop and its refill pass (start the
+//! missing zygotes, scale out on misses, pre-fork the missing ready clones
+//! at most `burst` at a time), with exponential backoff after failures.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backend::{Backend, CloneHandle};
+use super::FunctionPool;
+use crate::error::InvokeError;
+
+/// Longest pause between refill attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs futures concurrently on the current task; results come back in
+/// input order.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, fut) in pending.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => results[i] = Some(out),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
+}
+
+impl<B: Backend> FunctionPool<B> {
+    /// Keeps the configured warm zygotes and ready clones until the pool is
+    /// closed. Failures back off exponentially (a function whose import
+    /// fails must not spin).
+    pub async fn maintain(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.closed.load(Ordering::SeqCst) {
+            let failed = match self.refill_once().await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    false
+                }
+                // Out of budget is not a fault of this pool: wait quietly.
+                Err(InvokeError::OverBudget { .. }) => true,
+                Err(e) => {
+                    tracing::warn!(function = %self.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "pool refill failed");
+                    true
+                }
+            };
+            self.stop_idle_extra_zygotes();
+            self.hibernate_if_idle().await;
+            self.trim_idle_cgroups();
+            self.publish_gauges();
+            let wait = if failed {
+                backoff
+            } else {
+                Duration::from_secs(1)
+            };
+            if failed {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            tokio::select! {
+                _ = self.wake.notified(), if !failed => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass: start missing zygotes, drop dead ready clones, pre-fork
+    /// missing ready clones (at most `burst` at once).
+    pub async fn refill_once(&self) -> Result<(), InvokeError> {
+        let _one_pass = self.refilling.lock().await;
+        if self.dormant.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let settings = self.settings();
+        while self.live_zygotes().len() < settings.zygotes as usize {
+            if self.closed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.start_zygote(true).await?;
+        }
+        let (dead, surplus): (Vec<B::Clone>, Vec<B::Clone>) = {
+            let mut ready = self.ready.lock().expect("ready lock");
+            let (alive, dead): (VecDeque<B::Clone>, VecDeque<B::Clone>) =
+                ready.drain(..).partition(|s| s.is_alive());
+            *ready = alive;
+            let keep = settings.ready_clones as usize;
+            let surplus = if ready.len() > keep {
+                ready.drain(keep..).collect()
+            } else {
+                Vec::new()
+            };
+            (dead.into_iter().collect(), surplus)
+        };
+        for sandbox in dead.into_iter().chain(surplus) {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+        }
+        // Scale out: requests keep finding the ready clones used up, so
+        // the live zygotes (each forks one clone at a time) do not keep up.
+        let live = self.live_zygotes().len();
+        let misses = self.misses.swap(0, Ordering::Relaxed);
+        if live > 0 && live < settings.max_instances as usize && misses >= 2 * live as u64 {
+            tracing::info!(function = %self.name, zygotes = live + 1, "scaling out: starting another zygote");
+            self.start_zygote(true).await?;
+        }
+        // Clone the missing ready clones concurrently: a zygote forks one at
+        // a time, but each clone's setup (mounts, privilege drop) overlaps
+        // with the next fork.
+        loop {
+            let missing = (settings.ready_clones as usize)
+                .saturating_sub(self.ready.lock().expect("ready lock").len())
+                .min(settings.burst as usize);
+            if self.closed.load(Ordering::SeqCst) || missing == 0 {
+                return Ok(());
+            }
+            let zygotes = self.live_zygotes();
+            if zygotes.is_empty() {
+                return Ok(());
+            }
+            let creations =
+                (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
+            let mut first_error = None;
+            for result in join_all(creations).await {
+                match result {
+                    Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
+                    Err(e) => first_error = first_error.or(Some(e)),
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use fnhost_config::PoolSettings;
+
+    use super::super::fake;
+    use super::super::StartKind;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refill_reaches_the_configured_counts_at_most_burst_at_a_time() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 2,
+            ready_clones: 5,
+            burst: 2,
+            prewarm: true,
+            ..fake::settings()
+        });
+        fake.set_clone_delay(Duration::from_millis(10));
+        pool.refill_once().await.expect("refill");
+        let status = pool.status();
+        assert_eq!((status.zygotes, status.ready_clones), (2, 5));
+        assert_eq!(fake.most_cloning_at_once.load(Ordering::SeqCst), 2);
+        // Converged: another pass starts and clones nothing.
+        pool.refill_once().await.expect("refill");
+        assert_eq!((fake.started(), fake.clones()), (2, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dormant_pool_is_not_refilled_until_its_next_request() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            ready_clones: 1,
+            prewarm: false,
+            ..fake::settings()
+        });
+        pool.refill_once().await.expect("refill");
+        assert_eq!(fake.started(), 0);
+        pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lower_settings_drop_surplus_ready_clones() {
+        let more = PoolSettings {
+            zygotes: 1,
+            ready_clones: 3,
+            prewarm: true,
+            ..fake::settings()
+        };
+        let (pool, _fake) = fake::pool(more);
+        pool.refill_once().await.expect("refill");
+        pool.update_settings(PoolSettings {
+            ready_clones: 1,
+            ..more
+        });
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn misses_scale_out_up_to_max_instances() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            ready_clones: 1,
+            max_instances: 2,
+            prewarm: true,
+            ..fake::settings()
+        });
+        pool.refill_once().await.expect("refill");
+        let kinds = [
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke")
+                .start,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke")
+                .start,
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke")
+                .start,
+        ];
+        assert_eq!(
+            kinds,
+            [
+                StartKind::ReadyClone,
+                StartKind::OnDemandClone,
+                StartKind::OnDemandClone
+            ]
+        );
+        // Two misses for one zygote: one more zygote.
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().zygotes, 2);
+        for _ in 0..6 {
+            pool.ready.lock().expect("ready lock").clear();
+            pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke");
+        }
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().zygotes, 2, "max_instances holds");
+        assert_eq!(fake.started(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refill_loop_retries_a_failed_start() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            prewarm: true,
+            ..fake::settings()
+        });
+        fake.fail_starts.store(2, Ordering::SeqCst);
+        let refill = tokio::spawn(pool.clone().maintain());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(fake.started(), 3);
+        assert_eq!(pool.status().zygotes, 1);
+        pool.close(Duration::ZERO).await;
+        refill.await.expect("refill loop ends when closed");
+    }
+}
