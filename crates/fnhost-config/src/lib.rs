@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use toml_edit::ImDocument;
 
 pub use model::{
-    AdminListen, FunctionSpec, HibernateMode, Limits, NetworkMode, PoolSettings, Runtime,
-    ServerConfig, DEFAULT_PYTHON, USERNS_SIZE,
+    AdminListen, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode, PoolSettings,
+    Runtime, ServerConfig, DEFAULT_PYTHON, USERNS_SIZE,
 };
 
 use span::{line_of, KeyPath, Locator};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fnhost_config::{AdminListen, Config};
-use fnhost_dispatch::{Admin, App, ConfigSource, Control, Listener};
+use fnhost_dispatch::{Admin, App, ConfigSource, ConnectionLimits, Control, Listener};
 use fnhost_pool::{Host, HostOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -132,11 +132,7 @@ async fn serve(
     tracing::info!(%addr, "listening");
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let control = Arc::new(Control::new(host.clone(), source, text, grace));
-    let app = Arc::new(App::new(
-        host.clone(),
-        config.server.max_payload_bytes,
-        Some(metrics),
-    ));
+    let app = Arc::new(App::new(host.clone(), &config.server, Some(metrics)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -152,6 +148,7 @@ async fn serve(
             handler,
             stopped(stop_rx.clone()),
             grace,
+            ConnectionLimits::admin(&config.server.http),
         ))
     });
     let reloads = control.clone();
@@ -174,6 +171,7 @@ async fn serve(
         handler,
         stopped(stop_rx.clone()),
         grace,
+        ConnectionLimits::invoke(&config.server.http),
     )
     .await;
     let _ = signals.await;
