@@ -10,6 +10,7 @@ mod model;
 mod schema;
 mod server;
 mod span;
+pub mod subid;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use toml_edit::ImDocument;
 
 pub use model::{
     AdminListen, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode, PoolSettings,
-    Runtime, ServerConfig, DEFAULT_PYTHON, USERNS_SIZE,
+    Runtime, ServerConfig, DEFAULT_PYTHON, DEFAULT_USERNS_HOST_BASE, USERNS_SIZE,
 };
 
 use span::{line_of, KeyPath, Locator};

@@ -74,6 +74,11 @@ impl Default for HttpLimits {
 /// Number of ids mapped into a sandbox's user namespace.
 pub const USERNS_SIZE: u32 = 65536;
 
+/// Default first host id of the sandboxes' range: above what `useradd`
+/// delegates in /etc/subuid (100000..600100000 by default) and what systemd
+/// gives containers (524288..1879048191), below the sign bit.
+pub const DEFAULT_USERNS_HOST_BASE: u32 = 2_000_000_000;
+
 /// `server.admin_listen`: `"IP:PORT"`, `"unix:/path"` or `"off"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminListen {
@@ -104,7 +109,7 @@ impl Default for ServerConfig {
             admin_token: None,
             memory_budget_mb: 0,
             user_namespace: true,
-            userns_host_base: 100_000,
+            userns_host_base: DEFAULT_USERNS_HOST_BASE,
             shutdown_grace_ms: 10_000,
             http: HttpLimits::default(),
         }

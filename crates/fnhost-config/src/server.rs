@@ -132,6 +132,9 @@ pub(crate) fn server(
             u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
                 .expect("bounded to u32");
     }
+    if server.user_namespace {
+        check_subid_overlap(&server, path)?;
+    }
     if let Some(value) = raw.memory_budget_mb {
         server.memory_budget_mb = to_u64(bounded(
             value,
@@ -152,6 +155,32 @@ pub(crate) fn server(
         ));
     }
     Ok(server)
+}
+
+/// Refuses a user-namespace range that a user of this machine also owns.
+fn check_subid_overlap(server: &ServerConfig, path: &KeyPath) -> Result<(), Invalid> {
+    let files: Vec<&Path> = crate::subid::SUBID_FILES.iter().map(Path::new).collect();
+    let start = u64::from(server.userns_host_base);
+    let count = u64::from(crate::model::USERNS_SIZE);
+    let Some(hit) = crate::subid::first_overlap(&files, start, count) else {
+        return Ok(());
+    };
+    let free =
+        crate::subid::free_base(&files, crate::model::DEFAULT_USERNS_HOST_BASE.into(), count);
+    Err(invalid(
+        path.key("userns_host_base"),
+        format!(
+            "host ids {start}..{} overlap {}:{} ({}:{}:{}), delegated to user {}: that user would own fnhost's sandboxes; \
+             choose a range no user owns, e.g. userns_host_base = {free}",
+            start + count - 1,
+            hit.file.display(),
+            hit.line,
+            hit.owner,
+            hit.start,
+            hit.count,
+            hit.owner
+        ),
+    ))
 }
 
 /// One hour: the longest header or body timeout accepted.

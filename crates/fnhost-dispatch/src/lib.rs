@@ -5,6 +5,7 @@
 //! config through the control plane. Both drain connections on shutdown.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod connection;
 pub mod control;
 pub mod lambda;
@@ -14,6 +15,7 @@ pub mod response;
 pub mod routes;
 
 pub use admin::Admin;
+pub use admin_auth::AdminAuth;
 pub use connection::{serve, ConnectionLimits, Listener};
 pub use control::{ConfigSource, Control, ControlError};
 pub use routes::App;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fnhost_config::{AdminListen, Config};
-use fnhost_dispatch::{Admin, App, ConfigSource, ConnectionLimits, Control, Listener};
+use fnhost_dispatch::{Admin, AdminAuth, App, ConfigSource, ConnectionLimits, Control, Listener};
 use fnhost_pool::{Host, HostOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -111,6 +111,7 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let admin_listener = bind_admin(&config.server.admin_listen).await?;
+    let admin_auth = AdminAuth::for_server(&config.server)?;
     let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
     let addr = listener
         .local_addr()
@@ -118,8 +119,12 @@ async fn serve(
     println!("fnhost: listening on http://{addr}");
     match &admin_listener {
         Some(Listener::Tcp(l)) => println!(
-            "fnhost: admin API on http://{}",
-            l.local_addr().context("admin address")?
+            "fnhost: admin API on http://{}{}",
+            l.local_addr().context("admin address")?,
+            admin_auth
+                .token_file()
+                .map(|f| format!(" (bearer token in {})", f.display()))
+                .unwrap_or_default()
         ),
         Some(Listener::Unix(_)) => println!(
             "fnhost: admin API on {}",
@@ -140,7 +145,7 @@ async fn serve(
     let admin_task = admin_listener.map(|listener| {
         let admin = Arc::new(Admin {
             control: control.clone(),
-            token: config.server.admin_token.clone(),
+            auth: admin_auth.clone(),
         });
         let handler = move |req| fnhost_dispatch::admin::handle(admin.clone(), req);
         tokio::spawn(fnhost_dispatch::serve(
