@@ -10,6 +10,7 @@ mod model;
 mod schema;
 mod server;
 mod span;
+pub mod subid;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 use toml_edit::ImDocument;
 
 pub use model::{
-    AdminListen, FunctionSpec, HibernateMode, Limits, NetworkMode, PoolSettings, Runtime,
-    ServerConfig, DEFAULT_PYTHON, USERNS_SIZE,
+    AdminListen, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode, PoolSettings,
+    Runtime, ServerConfig, DEFAULT_PYTHON, DEFAULT_USERNS_HOST_BASE, USERNS_SIZE,
 };
 
 use span::{line_of, KeyPath, Locator};

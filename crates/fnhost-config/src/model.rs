@@ -34,10 +34,50 @@ pub struct ServerConfig {
     /// and gid 1000 inside (host `userns_host_base + 1000`).
     pub user_namespace: bool,
     pub userns_host_base: u32,
+    /// Client-facing HTTP limits of the invoke and admin listeners.
+    pub http: HttpLimits,
+}
+
+/// What a client may hold of the daemon: connections, time, buffered bytes,
+/// background invocations. Each bound keeps one client from starving others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From the moment a connection waits for a request (just opened, or its
+    /// previous response sent) until that request's headers are complete:
+    /// slow senders and idle keep-alive connections are closed after it.
+    pub header_timeout_ms: u64,
+    /// How long a request body may take to arrive, once its headers have.
+    pub body_timeout_ms: u64,
+    /// Open connections on the invoke listener; more wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// Request bodies held in memory at once (being received or waiting for
+    /// their invocation to end), MiB; beyond it requests get 503.
+    pub max_payload_memory_mb: u64,
+    /// Accepted `Event` (asynchronous) invocations not yet finished; beyond
+    /// it new ones get 429.
+    pub max_async_invocations: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 4096,
+            max_payload_memory_mb: 512,
+            max_async_invocations: 1000,
+        }
+    }
 }
 
 /// Number of ids mapped into a sandbox's user namespace.
 pub const USERNS_SIZE: u32 = 65536;
+
+/// Default first host id of the sandboxes' range: above what `useradd`
+/// delegates in /etc/subuid (100000..600100000 by default) and what systemd
+/// gives containers (524288..1879048191), below the sign bit.
+pub const DEFAULT_USERNS_HOST_BASE: u32 = 2_000_000_000;
 
 /// `server.admin_listen`: `"IP:PORT"`, `"unix:/path"` or `"off"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +109,9 @@ impl Default for ServerConfig {
             admin_token: None,
             memory_budget_mb: 0,
             user_namespace: true,
-            userns_host_base: 100_000,
+            userns_host_base: DEFAULT_USERNS_HOST_BASE,
             shutdown_grace_ms: 10_000,
+            http: HttpLimits::default(),
         }
     }
 }

@@ -25,6 +25,11 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "memory_budget_mb",
     "user_namespace",
     "userns_host_base",
+    "header_timeout_ms",
+    "body_timeout_ms",
+    "max_connections",
+    "max_payload_memory_mb",
+    "max_async_invocations",
 ];
 
 /// Keys of `[defaults]`: everything a function may override.
@@ -80,6 +85,11 @@ pub(crate) struct RawServer {
     pub(crate) memory_budget_mb: Option<i64>,
     pub(crate) user_namespace: Option<bool>,
     pub(crate) userns_host_base: Option<i64>,
+    pub(crate) header_timeout_ms: Option<i64>,
+    pub(crate) body_timeout_ms: Option<i64>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) max_payload_memory_mb: Option<i64>,
+    pub(crate) max_async_invocations: Option<i64>,
 }
 
 /// The per-function keys, as found in `[defaults]` or in one `[[functions]]` entry.
@@ -271,6 +281,7 @@ mod tests {
                 || key.ends_with("_ms")
                 || key.ends_with("_mb")
                 || key.ends_with("_base")
+                || key.starts_with("max_")
             {
                 "1"
             } else {

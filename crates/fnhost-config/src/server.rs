@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::model::{AdminListen, ServerConfig};
+use crate::model::{AdminListen, HttpLimits, ServerConfig};
 use crate::schema::RawServer;
 use crate::span::KeyPath;
 use crate::validate::{bounded, invalid, to_u64, to_usize, Invalid};
@@ -132,6 +132,9 @@ pub(crate) fn server(
             u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
                 .expect("bounded to u32");
     }
+    if server.user_namespace {
+        check_subid_overlap(&server, path)?;
+    }
     if let Some(value) = raw.memory_budget_mb {
         server.memory_budget_mb = to_u64(bounded(
             value,
@@ -141,7 +144,96 @@ pub(crate) fn server(
             " MiB",
         )?);
     }
+    server.http = http_limits(raw, path)?;
+    if (server.http.max_payload_memory_mb << 20) < server.max_payload_bytes as u64 {
+        return Err(invalid(
+            path.key("max_payload_memory_mb"),
+            format!(
+                "{} MiB cannot hold even one request of max_payload_bytes = {}; raise it or lower max_payload_bytes",
+                server.http.max_payload_memory_mb, server.max_payload_bytes
+            ),
+        ));
+    }
     Ok(server)
+}
+
+/// Refuses a user-namespace range that a user of this machine also owns.
+fn check_subid_overlap(server: &ServerConfig, path: &KeyPath) -> Result<(), Invalid> {
+    let files: Vec<&Path> = crate::subid::SUBID_FILES.iter().map(Path::new).collect();
+    let start = u64::from(server.userns_host_base);
+    let count = u64::from(crate::model::USERNS_SIZE);
+    let Some(hit) = crate::subid::first_overlap(&files, start, count) else {
+        return Ok(());
+    };
+    let free =
+        crate::subid::free_base(&files, crate::model::DEFAULT_USERNS_HOST_BASE.into(), count);
+    Err(invalid(
+        path.key("userns_host_base"),
+        format!(
+            "host ids {start}..{} overlap {}:{} ({}:{}:{}), delegated to user {}: that user would own fnhost's sandboxes; \
+             choose a range no user owns, e.g. userns_host_base = {free}",
+            start + count - 1,
+            hit.file.display(),
+            hit.line,
+            hit.owner,
+            hit.start,
+            hit.count,
+            hit.owner
+        ),
+    ))
+}
+
+/// One hour: the longest header or body timeout accepted.
+const ONE_HOUR_MS: i64 = 3_600_000;
+
+fn http_limits(raw: &RawServer, path: &KeyPath) -> Result<HttpLimits, Invalid> {
+    let mut http = HttpLimits::default();
+    if let Some(value) = raw.header_timeout_ms {
+        http.header_timeout_ms = to_u64(bounded(
+            value,
+            &path.key("header_timeout_ms"),
+            100,
+            ONE_HOUR_MS,
+            " ms",
+        )?);
+    }
+    if let Some(value) = raw.body_timeout_ms {
+        http.body_timeout_ms = to_u64(bounded(
+            value,
+            &path.key("body_timeout_ms"),
+            100,
+            ONE_HOUR_MS,
+            " ms",
+        )?);
+    }
+    if let Some(value) = raw.max_connections {
+        http.max_connections = to_usize(bounded(
+            value,
+            &path.key("max_connections"),
+            1,
+            1_000_000,
+            "",
+        )?);
+    }
+    if let Some(value) = raw.max_payload_memory_mb {
+        http.max_payload_memory_mb = to_u64(bounded(
+            value,
+            &path.key("max_payload_memory_mb"),
+            1,
+            1 << 20,
+            " MiB",
+        )?);
+    }
+    if let Some(value) = raw.max_async_invocations {
+        http.max_async_invocations = to_usize(bounded(
+            value,
+            &path.key("max_async_invocations"),
+            0,
+            1_000_000,
+            "",
+        )?);
+    }
+    Ok(http)
 }
 
 #[cfg(test)]
@@ -191,6 +283,53 @@ mod tests {
             2,
             "server.state_dir",
             "must not be empty",
+        );
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        assert_invalid(
+            "[server]\nheader_timeout_ms = 0\n",
+            2,
+            "server.header_timeout_ms",
+            "between 100 and 3600000",
+        );
+        assert_invalid(
+            "[server]\n\nbody_timeout_ms = 99\n",
+            3,
+            "server.body_timeout_ms",
+            "got 99",
+        );
+        assert_invalid(
+            "[server]\nmax_connections = 0\n",
+            2,
+            "server.max_connections",
+            "between 1 and 1000000",
+        );
+        assert_invalid(
+            "[server]\nmax_payload_bytes = 8388608\nmax_payload_memory_mb = 4\n",
+            3,
+            "server.max_payload_memory_mb",
+            "cannot hold even one request",
+        );
+        let dir = base();
+        let config = parse(
+            "[server]\nheader_timeout_ms = 1000\nbody_timeout_ms = 2000\nmax_connections = 8\nmax_payload_memory_mb = 64\nmax_async_invocations = 0\n",
+            dir.path(),
+        )
+        .expect("valid");
+        let http = config.server.http;
+        assert_eq!(
+            (
+                http.header_timeout_ms,
+                http.body_timeout_ms,
+                http.max_connections
+            ),
+            (1000, 2000, 8)
+        );
+        assert_eq!(
+            (http.max_payload_memory_mb, http.max_async_invocations),
+            (64, 0)
         );
     }
 

@@ -1,6 +1,6 @@
 //! The admin API, on its own listener: list, create-or-update and delete
-//! functions, pool status, config reload. When a token is configured every
-//! request must carry `Authorization: Bearer <token>`.
+//! functions, pool status, config reload. Who may call it is decided by
+//! [`crate::admin_auth`].
 
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use fnhost_config::FunctionSpec;
 use fnhost_pool::ReloadReport;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::admin_auth::{AdminAuth, Refusal};
 use crate::control::{Control, ControlError};
 use crate::response::{self, Body};
 
@@ -20,23 +21,7 @@ const MAX_ADMIN_BODY: usize = 1 << 20;
 /// What the admin handlers share.
 pub struct Admin {
     pub control: Arc<Control>,
-    pub token: Option<String>,
-}
-
-/// Compares without an early exit, so timing does not leak the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let Some(token) = &admin.token else {
-        return true;
-    };
-    req.headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    pub auth: AdminAuth,
 }
 
 fn describe(spec: &FunctionSpec, status: Option<fnhost_pool::PoolStatus>) -> serde_json::Value {
@@ -83,14 +68,17 @@ pub async fn handle(
     admin: Arc<Admin>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    if !authorized(&admin, &req) {
-        let mut r = response::error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "missing or wrong bearer token (server.admin_token)",
-        );
-        r.headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    if let Err(refusal) = admin.auth.check(req.headers()) {
+        let message = admin.auth.explain(refusal);
+        let r = match refusal {
+            Refusal::Token => {
+                let mut r = response::error(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+                r.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            Refusal::Host => response::error(StatusCode::FORBIDDEN, "HostNotAllowed", message),
+        };
         return Ok(r);
     }
     let path = req.uri().path().to_string();
@@ -149,16 +137,4 @@ pub async fn handle(
         ),
     };
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
 }

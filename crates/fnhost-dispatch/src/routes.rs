@@ -3,37 +3,47 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fnhost_pool::Host;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::lambda::{self, InvocationType};
+use crate::payload::{PayloadAdmission, PayloadError};
 use crate::response::{self, Body};
 
 /// What every request handler shares.
 pub struct App {
     pub host: Arc<Host>,
-    pub max_payload_bytes: usize,
     pub metrics: Option<PrometheusHandle>,
+    payloads: PayloadAdmission,
+    /// One permit per asynchronous (`Event`) invocation still running.
+    async_slots: Arc<tokio::sync::Semaphore>,
+    max_async: usize,
     request_seq: AtomicU64,
 }
 
 impl App {
     pub fn new(
         host: Arc<Host>,
-        max_payload_bytes: usize,
+        server: &fnhost_config::ServerConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
+        let http = &server.http;
         App {
             host,
-            max_payload_bytes,
             metrics,
+            payloads: PayloadAdmission::new(
+                server.max_payload_bytes,
+                Duration::from_millis(http.body_timeout_ms),
+                http.max_payload_memory_mb,
+            ),
+            async_slots: Arc::new(tokio::sync::Semaphore::new(http.max_async_invocations)),
+            max_async: http.max_async_invocations,
             request_seq: AtomicU64::new(0),
         }
     }
@@ -189,20 +199,43 @@ enum Api {
     Lambda,
 }
 
-fn too_large(app: &App, api: Api, size: Option<u64>) -> Response<Body> {
-    let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
-    let message = format!(
-        "request body{size} exceeds max_payload_bytes = {}",
-        app.max_payload_bytes
-    );
-    match api {
-        Api::Native => response::error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge", message),
-        Api::Lambda => lambda::service_error(
+/// The answer to a body that was not admitted. Each closes the connection:
+/// the rest of the body, if any, is not read (see `linger`).
+fn refused_body(api: Api, err: &PayloadError) -> Response<Body> {
+    let message = err.to_string();
+    let (status, native, lambda) = match err {
+        PayloadError::TooLarge { .. } => (
             StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLarge",
             "RequestTooLargeException",
-            message,
         ),
+        PayloadError::Timeout { .. } => (
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            "RequestTimeoutException",
+        ),
+        PayloadError::Busy { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PayloadMemoryExhausted",
+            "ServiceException",
+        ),
+        PayloadError::Read(_) => (
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "InvalidRequestContentException",
+        ),
+    };
+    let mut r = match api {
+        Api::Native => response::error(status, native, message),
+        Api::Lambda => lambda::service_error(status, lambda, message),
+    };
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if matches!(err, PayloadError::Busy { .. }) {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    r
 }
 
 fn bad_request(api: Api, message: String) -> Response<Body> {
@@ -255,19 +288,16 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > app.max_payload_bytes as u64) {
-        return too_large(app, api, declared);
-    }
-    let payload = match Limited::new(req.into_body(), app.max_payload_bytes)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(app, api, None),
-        Err(e) => return bad_request(api, format!("cannot read request body: {e}")),
+    let payload = match app.payloads.admit(req.into_body(), declared).await {
+        Ok(payload) => payload,
+        Err(e) => {
+            metrics::counter!("fnhost_payloads_refused_total", "reason" => payload_refusal(&e))
+                .increment(1);
+            return refused_body(api, &e);
+        }
     };
-    if !payload.is_empty() {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
+    if !payload.bytes.is_empty() {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload.bytes) {
             return bad_request(api, format!("request body is not valid JSON: {e}"));
         }
     }
@@ -279,12 +309,27 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             return r;
         }
         InvocationType::Event => {
-            // Accepted now, run in the background under the same limits.
+            // Accepted now, run in the background under the same limits;
+            // how many may be running is bounded like everything else.
+            let Ok(slot) = app.async_slots.clone().try_acquire_owned() else {
+                let mut r = lambda::service_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequestsException",
+                    format!(
+                        "{} asynchronous invocations are already running (server.max_async_invocations); retry later",
+                        app.max_async
+                    ),
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            };
             let app = app.clone();
             let name = name.to_string();
             let id = request_id.clone();
             tokio::spawn(async move {
-                let result = app.host.invoke(&name, payload, id.clone()).await;
+                let result = app.host.invoke(&name, payload.bytes.clone(), id.clone()).await;
+                drop((payload, slot));
                 let outcome = match &result {
                     Ok(_) => "ok",
                     Err(e) => e.kind(),
@@ -306,7 +351,11 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
     let span = tracing::info_span!("invoke", function = name, request_id = %request_id);
     let _enter = span.enter();
     let admitted_us = received.elapsed().as_micros() as u64;
-    let result = app.host.invoke(name, payload, request_id.clone()).await;
+    let result = app
+        .host
+        .invoke(name, payload.bytes.clone(), request_id.clone())
+        .await;
+    drop(payload);
     let invoked = Instant::now();
     let function = name.to_string();
     match result {
@@ -335,6 +384,16 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             }
             r
         }
+    }
+}
+
+/// The `reason` label of a refused body.
+fn payload_refusal(err: &PayloadError) -> &'static str {
+    match err {
+        PayloadError::TooLarge { .. } => "too_large",
+        PayloadError::Timeout { .. } => "timeout",
+        PayloadError::Busy { .. } => "memory",
+        PayloadError::Read(_) => "read",
     }
 }
 

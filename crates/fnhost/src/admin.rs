@@ -24,7 +24,8 @@ async fn request(
     let token = args
         .token
         .clone()
-        .or_else(|| std::env::var("FNHOST_ADMIN_TOKEN").ok());
+        .or_else(|| std::env::var("FNHOST_ADMIN_TOKEN").ok())
+        .or_else(|| fnhost_dispatch::admin_auth::read_token_file(&args.token_file).ok());
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }

@@ -89,9 +89,14 @@ pub struct AdminArgs {
     /// Base URL of the admin API (server.admin_listen).
     #[arg(long, global = true, default_value = "http://127.0.0.1:8081")]
     pub admin_url: String,
-    /// Bearer token (server.admin_token); default: $FNHOST_ADMIN_TOKEN.
+    /// Bearer token (server.admin_token); default: $FNHOST_ADMIN_TOKEN, else
+    /// the token the host generated in --token-file.
     #[arg(long, global = true)]
     pub token: Option<String>,
+    /// Token file a host without server.admin_token writes at start
+    /// (<server.state_dir>/admin.token; root only).
+    #[arg(long, global = true, default_value = "/var/lib/fnhost/admin.token")]
+    pub token_file: std::path::PathBuf,
 }
 
 /// Where the layer store is: `<state_dir>/layers`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fnhost_config::{AdminListen, Config};
-use fnhost_dispatch::{Admin, App, ConfigSource, Control, Listener};
+use fnhost_dispatch::{Admin, AdminAuth, App, ConfigSource, ConnectionLimits, Control, Listener};
 use fnhost_pool::{Host, HostOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -111,6 +111,7 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let admin_listener = bind_admin(&config.server.admin_listen).await?;
+    let admin_auth = AdminAuth::for_server(&config.server)?;
     let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
     let addr = listener
         .local_addr()
@@ -118,8 +119,12 @@ async fn serve(
     println!("fnhost: listening on http://{addr}");
     match &admin_listener {
         Some(Listener::Tcp(l)) => println!(
-            "fnhost: admin API on http://{}",
-            l.local_addr().context("admin address")?
+            "fnhost: admin API on http://{}{}",
+            l.local_addr().context("admin address")?,
+            admin_auth
+                .token_file()
+                .map(|f| format!(" (bearer token in {})", f.display()))
+                .unwrap_or_default()
         ),
         Some(Listener::Unix(_)) => println!(
             "fnhost: admin API on {}",
@@ -132,11 +137,7 @@ async fn serve(
     tracing::info!(%addr, "listening");
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let control = Arc::new(Control::new(host.clone(), source, text, grace));
-    let app = Arc::new(App::new(
-        host.clone(),
-        config.server.max_payload_bytes,
-        Some(metrics),
-    ));
+    let app = Arc::new(App::new(host.clone(), &config.server, Some(metrics)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -144,7 +145,7 @@ async fn serve(
     let admin_task = admin_listener.map(|listener| {
         let admin = Arc::new(Admin {
             control: control.clone(),
-            token: config.server.admin_token.clone(),
+            auth: admin_auth.clone(),
         });
         let handler = move |req| fnhost_dispatch::admin::handle(admin.clone(), req);
         tokio::spawn(fnhost_dispatch::serve(
@@ -152,6 +153,7 @@ async fn serve(
             handler,
             stopped(stop_rx.clone()),
             grace,
+            ConnectionLimits::admin(&config.server.http),
         ))
     });
     let reloads = control.clone();
@@ -174,6 +176,7 @@ async fn serve(
         handler,
         stopped(stop_rx.clone()),
         grace,
+        ConnectionLimits::invoke(&config.server.http),
     )
     .await;
     let _ = signals.await;
