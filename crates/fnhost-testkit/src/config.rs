@@ -34,6 +34,8 @@ pub fn unique_cgroup_root(prefix: &str) -> String {
 pub struct Scratch {
     path: PathBuf,
     keep: bool,
+    /// Who made it (the prefix without its dash), for messages.
+    owner: String,
 }
 
 impl Scratch {
@@ -45,7 +47,11 @@ impl Scratch {
             .tempdir()
             .with_context(|| format!("creating a temporary directory {prefix}*"))?;
         let path = dir.keep();
-        let scratch = Self { path, keep: false };
+        let scratch = Self {
+            path,
+            keep: false,
+            owner: prefix.trim_end_matches('-').to_owned(),
+        };
         std::fs::set_permissions(
             &scratch.path,
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
@@ -82,15 +88,16 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!("kept {}", self.path.display());
+            eprintln!("{}: kept {}", self.owner, self.path.display());
         } else if has_mounts_below(&self.path) {
             // Recursive removal would delete through the mount.
             eprintln!(
-                "not removing {}: something is still mounted below it",
+                "{}: not removing {}: something is still mounted below it",
+                self.owner,
                 self.path.display()
             );
         } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("cannot remove {}: {e}", self.path.display());
+            eprintln!("{}: cannot remove {}: {e}", self.owner, self.path.display());
         }
     }
 }
