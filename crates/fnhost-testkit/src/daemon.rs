@@ -299,9 +299,10 @@ impl Daemon {
         self.log.warnings()
     }
 
-    /// Sends `signal` (e.g. SIGHUP for a reload) unless it has exited.
-    pub fn signal(&mut self, signal: Signal) -> Result<()> {
-        if self.exited() {
+    /// Sends `signal` (e.g. SIGHUP for a reload) unless it has been reaped.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        // Not reaped yet: the pid is still ours (a zombie keeps it).
+        if self.status.is_some() {
             bail!("fnhost (pid {}) has exited", self.pid);
         }
         kill(self.nix_pid()?, signal)

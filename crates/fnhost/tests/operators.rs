@@ -289,9 +289,7 @@ fn restart_after_a_crash_cleans_up_the_previous_run() {
         .collect();
     assert!(!orphans.is_empty());
     // Crash: SIGKILL leaves zygotes, clones and cgroups behind.
-    let mut child = first.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    first.crash().expect("killed");
     assert!(!cgroup_dirs(&root).is_empty());
     let second = Daemon::start_config(dir, config, root.clone());
     let alive: Vec<u32> = orphans
