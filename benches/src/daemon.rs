@@ -328,33 +328,9 @@ mod tests {
             .contains("cargo build --release --workspace"));
     }
 
-    /// Answers 200 to every request, standing in for a healthy daemon.
-    fn healthy_server() -> std::net::SocketAddr {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let addr = listener.local_addr().expect("bound address");
-        std::thread::spawn(move || {
-            for mut conn in listener.incoming().flatten() {
-                let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf);
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-            }
-        });
-        addr
-    }
-
-    fn write_script(dir: &Path, body: &str) -> PathBuf {
-        let path = dir.join("fnhost");
-        fs::write(&path, body).expect("write script");
-        let mut perms = fs::metadata(&path).expect("stat").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        fs::set_permissions(&path, perms).expect("chmod");
-        path
-    }
-
     #[tokio::test]
     async fn starts_on_the_bench_config_and_stops_with_sigterm() {
-        let addr = healthy_server();
+        let addr = fnhost_testkit::fake::healthy_server().expect("stand-in server");
         let dir = tempfile::tempdir().expect("tempdir");
         // Checks the generated config and the handler, prints the address
         // and admin lines, then idles until SIGTERM ends it.
@@ -365,7 +341,7 @@ mod tests {
              echo 'fnhost: listening on http://{addr}'\necho 'fnhost: admin API on http://127.0.0.1:9'\n\
              exec sleep 60\n"
         );
-        let fake = write_script(dir.path(), &script);
+        let fake = fnhost_testkit::fake::script(dir.path(), &script).expect("stand-in script");
         let mut daemon = Daemon::start_with(&fake, BENCH_FUNCTIONS, true)
             .await
             .expect("fake daemon starts");

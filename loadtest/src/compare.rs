@@ -11,11 +11,11 @@ use bytes::Bytes;
 
 use crate::cli::{ClientArgs, CompareArgs};
 use crate::launch::{self, function_names, PoolConfig, Workspace};
-use fnhost_testkit::Daemon;
 use crate::memory::{self, MemoryStats, Sampler};
 use crate::report::{Comparison, RunContext, RunReport};
 use crate::runner::{self, HttpClient, RunOptions, Target};
 use crate::workload::{self, Workload};
+use fnhost_testkit::Daemon;
 
 /// How often host memory is sampled during a run.
 pub const MEMORY_INTERVAL: Duration = Duration::from_millis(100);

@@ -321,7 +321,10 @@ mod tests {
         assert_eq!(text.matches("[[functions]]").count(), 3);
         assert!(text.contains("name = \"f02\"") && text.contains("code = \"/tmp/x/code\""));
         assert!(text.contains("admin_listen = \"off\""), "{text}");
-        assert!(text.contains("shutdown_grace_ms = 2000\n\n[defaults]\n"), "{text}");
+        assert!(
+            text.contains("shutdown_grace_ms = 2000\n\n[defaults]\n"),
+            "{text}"
+        );
     }
 
     #[test]

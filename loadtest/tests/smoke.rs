@@ -194,8 +194,15 @@ fn compare_two_pool_configs_against_real_fnhost() {
     // is not asserted.
     let cold = &runs[0];
     let kind = |run: &serde_json::Value, k: &str| run["by_start"][k]["count"].as_u64().unwrap_or(0);
-    assert_eq!(kind(cold, "ready-clone"), 0, "ready clone with ready_clones=0: {cold}");
-    assert!(kind(cold, "cold-start") >= 1, "no cold start with zygotes=0: {cold}");
+    assert_eq!(
+        kind(cold, "ready-clone"),
+        0,
+        "ready clone with ready_clones=0: {cold}"
+    );
+    assert!(
+        kind(cold, "cold-start") >= 1,
+        "no cold start with zygotes=0: {cold}"
+    );
     assert_eq!(cold["ok"], cold["sent"], "a request failed: {cold}");
     // A warm zygote: requests are served by clones.
     assert!(

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod fake;
 pub mod gate;
 pub mod http;
 pub mod leaks;

@@ -2,34 +2,18 @@
 //! address lines, waits for /healthz, reports an early exit with the
 //! daemon's stderr, and stops with SIGTERM. Root-free.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
-use fnhost_testkit::{AdminLine, Launch, LogTo};
+use fnhost_testkit::{fake, AdminLine, Launch, LogTo};
 
-/// Answers 200 to every request, standing in for a healthy daemon.
 fn healthy_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let addr = listener.local_addr().expect("bound address");
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        }
-    });
-    addr
+    fake::healthy_server().expect("stand-in server")
 }
 
 fn script(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("fnhost");
-    std::fs::write(&path, body).expect("write script");
-    let mut perms = std::fs::metadata(&path).expect("stat").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&path, perms).expect("chmod");
-    path
+    fake::script(dir, body).expect("stand-in script")
 }
 
 fn config(dir: &Path) -> PathBuf {

@@ -551,9 +551,11 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
     // above server.state_dir must be traversable, as /var/lib is.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    let install = || {
-        let out = run(Command::new("bash")
+    // install.sh into `root`, from the freshly built binaries.
+    let install_sh = |extra: &[&str]| {
+        run(Command::new("bash")
             .arg(deploy("install.sh"))
+            .args(extra)
             .arg("--prefix")
             .arg(root.join("usr"))
             .arg("--config-dir")
@@ -564,26 +566,16 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
             .arg(root.join("srv/functions"))
             .arg("--no-systemd")
             .arg("--from")
-            .arg(&built));
+            .arg(&built))
+    };
+    let install = || {
+        let out = install_sh(&[]);
         assert!(out.status.success(), "install.sh: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
 
     // --dry-run changes nothing.
-    let out = run(Command::new("bash")
-        .arg(deploy("install.sh"))
-        .arg("--dry-run")
-        .arg("--prefix")
-        .arg(root.join("usr"))
-        .arg("--config-dir")
-        .arg(root.join("etc/fnhost"))
-        .arg("--state-dir")
-        .arg(root.join("var/lib/fnhost"))
-        .arg("--functions-dir")
-        .arg(root.join("srv/functions"))
-        .arg("--no-systemd")
-        .arg("--from")
-        .arg(&built));
+    let out = install_sh(&["--dry-run"]);
     assert!(out.status.success(), "install.sh --dry-run: {}", text(&out));
     assert!(
         !root.join("usr").exists() && !root.join("etc").exists(),

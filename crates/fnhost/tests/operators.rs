@@ -13,10 +13,7 @@ fn function(name: &str, handler: &str, extra: &str) -> String {
     } else {
         probe_code()
     };
-    format!(
-        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"{handler}\"\n{extra}\n",
-        code.display()
-    )
+    python_function(name, &code, handler, extra)
 }
 
 fn rewrite_functions(daemon: &Daemon, server_extra: &str, functions: &str) {

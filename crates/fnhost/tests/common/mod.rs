@@ -22,6 +22,15 @@ pub fn hello_code() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/functions/hello")
 }
 
+/// One `[[functions]]` entry of a Python function; `extra` is appended
+/// verbatim (more keys).
+pub fn python_function(name: &str, code: &Path, handler: &str, extra: &str) -> String {
+    format!(
+        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"{handler}\"\n{extra}\n",
+        code.display()
+    )
+}
+
 /// `fnhost-test-<pid>-<n>`: tests run in parallel, each on its own root.
 pub fn unique_cgroup_root() -> String {
     fnhost_testkit::unique_cgroup_root("fnhost-test")
