@@ -1,14 +1,11 @@
-//! Starting and stopping a real `fnhost serve`: spawn it on a config, read
-//! its address (and its admin API's) from stdout, wait until `/healthz`
-//! answers when asked to, and always stop it again — SIGTERM, a grace
-//! period, SIGKILL — on error paths and on drop too.
+//! A running `fnhost serve`: its addresses, pid and log, signals, and
+//! stopping it — SIGTERM, a grace period, SIGKILL — idempotently and on
+//! drop, then removing (or failing on) cgroups it left behind. Startup
+//! reads its address lines from stdout and can wait for `/healthz`.
 
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, ExitStatus};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,246 +14,26 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::launch::Leftovers;
 use crate::leaks::{cgroup_dirs, remove_cgroups};
 use crate::log::Log;
 
-const READY_PREFIX: &str = "fnhost: listening on ";
-const ADMIN_PREFIX: &str = "fnhost: admin API on ";
-
-/// Where the daemon's stderr goes.
-#[derive(Debug, Clone)]
-pub enum LogTo {
-    /// Kept in memory: the last lines for errors, warnings for reports.
-    Capture,
-    /// Written to this file.
-    File(PathBuf),
-}
-
-/// What to make of the second stdout line (the admin API's address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminLine {
-    /// Do not wait for it.
-    Ignore,
-    /// Read it; an admin API on TCP gives [`Daemon::admin`].
-    Optional,
-    /// It must name the admin API, or the start fails.
-    Required,
-}
-
-/// What to do with cgroups left under the daemon's root after it stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Leftovers {
-    Remove,
-    /// Remove, then panic (unless already panicking): a leak is a bug.
-    Fail,
-}
-
-/// How to run one daemon. [`Launch::start`] runs it.
-#[derive(Debug, Clone)]
-pub struct Launch {
-    binary: PathBuf,
-    config: PathBuf,
-    args: Vec<OsString>,
-    env: Vec<(OsString, Option<OsString>)>,
-    log: LogTo,
-    admin: AdminLine,
-    healthy: bool,
-    startup_timeout: Duration,
-    stop_grace: Duration,
-    parent_death: bool,
-    cgroup_root: Option<(String, Leftovers)>,
-    name: String,
-}
-
-impl Launch {
-    /// `binary serve --config config`, stderr captured, waiting for the
-    /// address only, 60 s to start, 15 s to drain after SIGTERM.
-    pub fn new(binary: &Path, config: &Path) -> Self {
-        Self {
-            binary: binary.to_path_buf(),
-            config: config.to_path_buf(),
-            args: Vec::new(),
-            env: Vec::new(),
-            log: LogTo::Capture,
-            admin: AdminLine::Ignore,
-            healthy: false,
-            startup_timeout: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(15),
-            parent_death: false,
-            cgroup_root: None,
-            name: "fnhost-testkit".to_owned(),
-        }
-    }
-
-    /// Who launches (prefixes this crate's messages, e.g. `fnhost-bench`).
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.to_owned();
-        self
-    }
-
-    /// One more argument after `serve --config FILE`.
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), Some(value.into())));
-        self
-    }
-
-    pub fn env_remove(mut self, key: &str) -> Self {
-        self.env.push((key.into(), None));
-        self
-    }
-
-    pub fn log(mut self, log: LogTo) -> Self {
-        self.log = log;
-        self
-    }
-
-    pub fn admin(mut self, admin: AdminLine) -> Self {
-        self.admin = admin;
-        self
-    }
-
-    /// Also wait until `GET /healthz` answers 200.
-    pub fn wait_healthy(mut self) -> Self {
-        self.healthy = true;
-        self
-    }
-
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
-        self.startup_timeout = timeout;
-        self
-    }
-
-    pub fn stop_grace(mut self, grace: Duration) -> Self {
-        self.stop_grace = grace;
-        self
-    }
-
-    /// SIGTERM the daemon if the thread that starts it exits
-    /// (PR_SET_PDEATHSIG): start it from the thread that outlives the run.
-    pub fn parent_death_signal(mut self) -> Self {
-        self.parent_death = true;
-        self
-    }
-
-    /// After the daemon stopped on drop, remove cgroups left under `root`.
-    pub fn remove_leftover_cgroups(mut self, root: &str) -> Self {
-        self.cgroup_root = Some((root.to_owned(), Leftovers::Remove));
-        self
-    }
-
-    /// Like [`Launch::remove_leftover_cgroups`], then panic: for tests,
-    /// where a cgroup left after stop is a teardown bug.
-    pub fn fail_on_leftover_cgroups(mut self, root: &str) -> Self {
-        self.cgroup_root = Some((root.to_owned(), Leftovers::Fail));
-        self
-    }
-
-    /// Spawns the daemon and returns once it has printed its address (and
-    /// admin line, and answers `/healthz`, as configured). Blocks.
-    pub fn start(self) -> Result<Daemon> {
-        let mut command = Command::new(&self.binary);
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        for (key, value) in &self.env {
-            match value {
-                Some(value) => command.env(key, value),
-                None => command.env_remove(key),
-            };
-        }
-        match &self.log {
-            LogTo::Capture => command.stderr(Stdio::piped()),
-            LogTo::File(path) => command.stderr(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            ),
-        };
-        if self.parent_death {
-            // SAFETY: the closure runs in the forked child before exec and
-            // only makes the prctl system call (async-signal-safe, no
-            // allocation, no locks).
-            unsafe {
-                command.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-                });
-            }
-        }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {} serve", self.binary.display()))?;
-        let stdout = child.stdout.take().context("fnhost's stdout is piped")?;
-        let log = match (&self.log, child.stderr.take()) {
-            (LogTo::Capture, Some(stderr)) => Log::capture(stderr),
-            (LogTo::File(path), _) => Log::File(path.clone()),
-            (LogTo::Capture, None) => bail!("fnhost's stderr was not piped"),
-        };
-        let lines = spawn_stdout_reader(stdout);
-        // From here on, `daemon` going out of scope stops the process.
-        let mut daemon = Daemon {
-            pid: child.id(),
-            child,
-            status: None,
-            url: String::new(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_url: None,
-            admin: None,
-            log,
-            stop_grace: self.stop_grace,
-            cgroup_root: self.cgroup_root.clone(),
-            name: self.name.clone(),
-        };
-        let deadline = Instant::now() + self.startup_timeout;
-        let url = daemon.read_line(&lines, READY_PREFIX, deadline)?;
-        daemon.addr = url
-            .strip_prefix("http://")
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("fnhost printed an unusable address {url:?}"))?;
-        daemon.url = url;
-        match self.admin {
-            AdminLine::Ignore => {}
-            AdminLine::Optional => {
-                // "admin API off" and a Unix socket leave `admin` unset.
-                let line = daemon.next_line(&lines, ADMIN_PREFIX, deadline)?;
-                daemon.admin_url = line.strip_prefix(ADMIN_PREFIX).map(str::to_owned);
-            }
-            AdminLine::Required => {
-                daemon.admin_url = Some(daemon.read_line(&lines, ADMIN_PREFIX, deadline)?);
-            }
-        }
-        daemon.admin = daemon
-            .admin_url
-            .as_deref()
-            .and_then(|u| u.strip_prefix("http://"))
-            .and_then(|a| a.parse().ok());
-        if self.healthy {
-            daemon.wait_healthy(deadline, self.startup_timeout)?;
-        }
-        Ok(daemon)
-    }
-}
+pub(crate) const READY_PREFIX: &str = "fnhost: listening on ";
+pub(crate) const ADMIN_PREFIX: &str = "fnhost: admin API on ";
 
 /// A running `fnhost serve`. Dropping it stops the daemon.
 pub struct Daemon {
-    child: Child,
-    pid: u32,
-    status: Option<ExitStatus>,
-    url: String,
-    addr: SocketAddr,
-    admin_url: Option<String>,
-    admin: Option<SocketAddr>,
-    log: Log,
-    stop_grace: Duration,
-    cgroup_root: Option<(String, Leftovers)>,
-    name: String,
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) url: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin_url: Option<String>,
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) log: Log,
+    pub(crate) stop_grace: Duration,
+    pub(crate) cgroup_root: Option<(String, Leftovers)>,
+    pub(crate) name: String,
 }
 
 impl Daemon {
@@ -367,7 +144,7 @@ impl Daemon {
     }
 
     /// The next stdout line, which must be `prefix` followed by the value.
-    fn read_line(
+    pub(crate) fn read_line(
         &mut self,
         lines: &Receiver<String>,
         prefix: &str,
@@ -384,7 +161,7 @@ impl Daemon {
     }
 
     /// The next stdout line; fails if the daemon exits or `deadline` passes.
-    fn next_line(
+    pub(crate) fn next_line(
         &mut self,
         lines: &Receiver<String>,
         prefix: &str,
@@ -417,7 +194,7 @@ impl Daemon {
         }
     }
 
-    fn wait_healthy(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_healthy(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
         loop {
             let last = match crate::http::request(
                 self.addr,
@@ -489,7 +266,7 @@ fn describe_exit(status: Option<ExitStatus>) -> String {
 
 /// Forwards stdout lines over a channel; keeps draining after the lines
 /// anyone waits for, so the daemon never blocks on a full pipe.
-fn spawn_stdout_reader(stdout: ChildStdout) -> Receiver<String> {
+pub(crate) fn spawn_stdout_reader(stdout: ChildStdout) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

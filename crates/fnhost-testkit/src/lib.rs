@@ -8,13 +8,15 @@ pub mod daemon;
 pub mod fake;
 pub mod gate;
 pub mod http;
+pub mod launch;
 pub mod leaks;
 mod log;
 
 pub use config::{toml_string, unique_cgroup_root, Scratch, ServerSection};
-pub use daemon::{AdminLine, Daemon, Launch, LogTo};
+pub use daemon::Daemon;
 pub use gate::{in_ci, is_root, require, require_root, skip};
 pub use http::{http, http_with, request, Response};
+pub use launch::{AdminLine, Launch, LogTo};
 pub use leaks::{
     alive, cgroup_dirs, descendants, eventually, fd_count, has_mounts_below, mount_count,
     remove_cgroups,
