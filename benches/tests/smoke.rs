@@ -8,13 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Skips with a reason, or fails under CI=true where nothing may be skipped.
-fn skip(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but the harness smoke test cannot run: {reason}");
-    }
-    eprintln!("skipping the harness smoke test: {reason}");
-}
+use fnhost_testkit::{cgroup_dirs, in_ci, require_root, skip};
+
+const TEST: &str = "every_suite_runs_with_tiny_counts";
 
 fn fnhost_binary() -> PathBuf {
     let bench = Path::new(env!("CARGO_BIN_EXE_fnhost-bench"));
@@ -26,16 +22,19 @@ fn fnhost_binary() -> PathBuf {
 
 #[test]
 fn every_suite_runs_with_tiny_counts() {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        return skip("needs root (namespaces, mounts, cgroups)");
+    if !require_root(TEST) {
+        return;
     }
     let fnhost = fnhost_binary();
     if !fnhost.is_file() {
-        return skip(&format!(
-            "{} not built: run cargo build --workspace --all-targets",
-            fnhost.display()
-        ));
+        skip(
+            TEST,
+            &format!(
+                "{} not built: run cargo build --workspace --all-targets",
+                fnhost.display()
+            ),
+        );
+        return;
     }
     let out = tempfile::tempdir().expect("tempdir");
     let json = out.path().join("bench.json");
@@ -97,7 +96,7 @@ fn every_suite_runs_with_tiny_counts() {
         names,
         ["crun run", "runc run", "bwrap --unshare-all", "host exec"]
     );
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let in_ci = in_ci();
     for b in baselines {
         let status = b["status"].as_str().expect("status");
         // CI installs every baseline (scripts/install-deps.sh), so there
@@ -133,14 +132,12 @@ fn every_suite_runs_with_tiny_counts() {
     // Nothing left behind: the daemons' and the runtimes' cgroups, and the
     // baseline root's bind mounts.
     let pid = child_pid_from(&stderr);
-    for hierarchy in fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
-        for name in [
-            format!("fnhost-bench-{pid}"),
-            format!("fnhost-bench-baseline-{pid}"),
-        ] {
-            let leftover = hierarchy.path().join(&name);
-            assert!(!leftover.exists(), "{} left behind", leftover.display());
-        }
+    for name in [
+        format!("fnhost-bench-{pid}"),
+        format!("fnhost-bench-baseline-{pid}"),
+    ] {
+        let left = cgroup_dirs(&name);
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
     }
     let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
@@ -169,7 +166,10 @@ fn check_hibernation(h: &serde_json::Value) {
         assert!(inv["p50_ms"].is_number(), "{f}");
         assert!(f["warm"]["zygote"]["pss_kib"].is_number(), "{f}");
         if f["mode"] == "never" {
-            assert_eq!(inv["start_kinds"]["ready-clone"], 2, "{f}");
+            // Never hibernated, so never woken. Whether each request finds
+            // a ready clone depends on how fast the pool refills between
+            // them (timing), so the kind is not asserted beyond that.
+            assert!(inv["start_kinds"]["wake"].is_null(), "{f}");
             continue;
         }
         assert_eq!(inv["start_kinds"]["wake"], 2, "{f}");

@@ -10,11 +10,12 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 
 use crate::cli::{ClientArgs, CompareArgs};
-use crate::launch::{function_names, Daemon, PoolConfig, Workspace};
+use crate::launch::{self, function_names, PoolConfig, Workspace};
 use crate::memory::{self, MemoryStats, Sampler};
 use crate::report::{Comparison, RunContext, RunReport};
 use crate::runner::{self, HttpClient, RunOptions, Target};
 use crate::workload::{self, Workload};
+use fnhost_testkit::Daemon;
 
 /// How often host memory is sampled during a run.
 pub const MEMORY_INTERVAL: Duration = Duration::from_millis(100);
@@ -61,7 +62,7 @@ pub async fn run(args: &CompareArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Co
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let config = ws.dir.join(format!("config-{i}.toml"));
+        let config = ws.dir().join(format!("config-{i}.toml"));
         std::fs::write(&config, ws.config(&names, pool))
             .with_context(|| format!("cannot write {}", config.display()))?;
         eprintln!(
@@ -70,8 +71,8 @@ pub async fn run(args: &CompareArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Co
             configs.len(),
             pool.label
         );
-        let log = ws.dir.join(format!("fnhost-{i}.log"));
-        let mut daemon = Daemon::start(&fnhost, &config, &log, Duration::from_secs(60)).await?;
+        let log = ws.dir().join(format!("fnhost-{i}.log"));
+        let mut daemon = launch::launch(&fnhost, &config, &log, Duration::from_secs(60))?;
         let measured = measure(
             &client,
             &daemon,
@@ -84,7 +85,7 @@ pub async fn run(args: &CompareArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Co
             stop.clone(),
         )
         .await;
-        let status = daemon.stop(Duration::from_secs(10)).await;
+        let status = daemon.stop();
         let report = measured.with_context(|| {
             format!(
                 "run with {} failed; fnhost log tail:\n{}",
@@ -129,9 +130,14 @@ async fn measure(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<RunReport> {
     let warm_timeout = Duration::from_secs(args.warm_timeout_secs);
-    if !daemon
-        .wait_warm(client, names.len(), pool.expected_warm(), warm_timeout)
-        .await
+    if !launch::wait_warm(
+        client,
+        daemon.url(),
+        names.len(),
+        pool.expected_warm(),
+        warm_timeout,
+    )
+    .await
     {
         eprintln!("fnhost-loadtest: pools not warm after {warm_timeout:?}; measuring anyway");
     }
@@ -140,7 +146,7 @@ async fn measure(
     }
     let usage = memory::usage_file(Path::new("/sys/fs/cgroup"), &ws.cgroup_root);
     let target = Target {
-        base_url: daemon.url.clone(),
+        base_url: daemon.url().to_owned(),
         functions: names.to_vec(),
     };
     let (result, memory) = sampled(

@@ -10,23 +10,6 @@ use std::process::Command;
 
 use fnhost_layers::{ImageFormat, LayerStore};
 
-fn is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("privileged test skipped under CI=true: run as root");
-    }
-    eprintln!("skipping: needs root (whiteouts and overlay mounts)");
-    false
-}
-
 /// A layer tar built from (path, contents-or-None-for-dir) entries.
 fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
@@ -77,7 +60,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn overlay_of_imported_layers_applies_whiteouts() {
-    if !require_root() {
+    if !fnhost_testkit::require_root("overlay_of_imported_layers_applies_whiteouts") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -14,26 +14,17 @@ use fnhost_sandbox::cgroup::{CgroupLayout, CgroupLimits, CgroupTree, StaleReport
 
 const PYTHON: &str = "/usr/bin/python3";
 
-/// Whether to run; panics instead of skipping under CI=true.
-fn can_run(needs: &[&str]) -> bool {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("cgroup tests need root".to_string())
-    } else {
-        needs
-            .iter()
-            .find(|p| !Path::new(p).exists())
-            .map(|p| format!("{p} is missing"))
-    };
-    match reason {
-        None => true,
-        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{reason}; CI=true forbids skipping privileged tests")
-        }
-        Some(reason) => {
-            eprintln!("skipping: {reason}");
-            false
-        }
-    }
+/// Whether `test` may run: root and every path in `needs` (the shared
+/// gate: a skip prints why, and fails under CI=true).
+fn can_run(test: &str, needs: &[&str]) -> bool {
+    fnhost_testkit::require_root(test)
+        && fnhost_testkit::require(
+            test,
+            needs
+                .iter()
+                .find(|p| !Path::new(p).exists())
+                .map(|p| format!("{p} is missing")),
+        )
 }
 
 /// A test's cgroup root and children; removed and killed on drop.
@@ -133,7 +124,7 @@ fn sleep_cmd() -> Command {
 
 #[test]
 fn create_attach_kill_remove() {
-    if !can_run(&[]) {
+    if !can_run("create_attach_kill_remove", &[]) {
         return;
     }
     let mut fx = Fixture::new("lifecycle");
@@ -207,7 +198,7 @@ fn create_attach_kill_remove() {
 
 #[test]
 fn remove_stale_cleans_a_leftover_tree() {
-    if !can_run(&[]) {
+    if !can_run("remove_stale_cleans_a_leftover_tree", &[]) {
         return;
     }
     let my_cgroups = read(Path::new("/proc/self/cgroup"));
@@ -257,7 +248,7 @@ fn remove_stale_cleans_a_leftover_tree() {
 
 #[test]
 fn memory_limit_is_enforced() {
-    if !can_run(&[PYTHON]) {
+    if !can_run("memory_limit_is_enforced", &[PYTHON]) {
         return;
     }
     let mut fx = Fixture::new("oom");

@@ -41,12 +41,8 @@ fn main() -> ExitCode {
     if let Ok(fd) = std::env::var(CHILD_ENV) {
         child::run(fd.parse().expect("child fd number"));
     }
-    if let Some(reason) = skip_reason() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            eprintln!("hibernate: cannot run under CI=true: {reason}");
-            return ExitCode::FAILURE;
-        }
-        println!("hibernate: skipped: {reason}");
+    // The shared gate: prints why and skips, or panics under CI=true.
+    if !fnhost_testkit::require("hibernate", skip_reason()) {
         return ExitCode::SUCCESS;
     }
 
@@ -93,7 +89,7 @@ fn main() -> ExitCode {
 }
 
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
+    if !fnhost_testkit::is_root() {
         return Some("needs root to open /dev/userfaultfd".into());
     }
     if !Path::new(uffd::DEVICE).exists() {

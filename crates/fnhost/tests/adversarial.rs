@@ -38,9 +38,11 @@ fn hostile_code() -> tempfile::TempDir {
 /// A function of the hostile fixture. One zygote, never scaled out: some
 /// tests compare the daemon's process count with a baseline.
 fn function(code: &Path, name: &str, handler: &str, extra: &str) -> String {
-    format!(
-        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.{handler}\"\nmax_instances = 1\n{extra}\n",
-        code.display()
+    python_function(
+        name,
+        code,
+        &format!("handler.{handler}"),
+        &format!("max_instances = 1\n{extra}"),
     )
 }
 

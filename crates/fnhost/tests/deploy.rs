@@ -49,10 +49,11 @@ fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
     if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
         return Some(found);
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {tool} not found; scripts/install-deps.sh installs it, and CI=true forbids skipping");
-    }
-    eprintln!("skipping {test}: {tool} not found (run scripts/install-deps.sh)");
+    // The shared gate: skip with the reason, or fail under CI=true.
+    fnhost_testkit::skip(
+        test,
+        &format!("{tool} not found (run scripts/install-deps.sh)"),
+    );
     None
 }
 
@@ -488,88 +489,44 @@ fn envoy_example_parses_and_hashes_both_apis_on_the_function_name() {
     assert!(!yaml.contains('\t'), "YAML must not contain tabs");
 }
 
-/// A daemon started from the installed binary (not CARGO_BIN_EXE_fnhost).
+/// A daemon started from the installed binary (not CARGO_BIN_EXE_fnhost);
+/// cgroups it leaves are removed on drop (the test asserts on them itself).
 struct Installed {
-    child: Option<Child>,
+    inner: fnhost_testkit::Daemon,
     addr: SocketAddr,
-    cgroup_root: String,
-    stderr: PathBuf,
 }
 
 impl Installed {
     fn start(binary: &Path, config: &Path, cgroup_root: &str, stderr: PathBuf) -> Installed {
-        let log = std::fs::File::create(&stderr).expect("stderr log");
-        let mut child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0"])
+        let inner = fnhost_testkit::Launch::new(binary, config)
+            .name("fnhost-test")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
             .env("FNHOST_LOG", "info")
             .env_remove("FNHOST_SHIM_LIB")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn installed fnhost");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the daemon never blocks on a full pipe.
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_default();
-        let mut installed = Installed {
-            child: Some(child),
-            addr: "127.0.0.1:1".parse().expect("addr"),
-            cgroup_root: cgroup_root.to_string(),
-            stderr,
-        };
-        match line.trim().strip_prefix("fnhost: listening on http://") {
-            Some(addr) => installed.addr = addr.parse().expect("address"),
-            None => panic!(
-                "installed fnhost did not start; stdout {line:?}; stderr:\n{}",
-                installed.log()
-            ),
+            .log(fnhost_testkit::LogTo::File(stderr))
+            .startup_timeout(Duration::from_secs(120))
+            .stop_grace(Duration::from_secs(20))
+            .remove_leftover_cgroups(cgroup_root)
+            .start()
+            .unwrap_or_else(|e| panic!("installed fnhost did not start: {e:#}"));
+        Installed {
+            addr: inner.addr(),
+            inner,
         }
-        installed
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.inner.log_text()
+    }
+
+    fn pid(&self) -> u32 {
+        self.inner.pid()
     }
 
     /// SIGTERM, then wait (SIGKILL after 20 s).
     fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        stop_child(self.child.take()?)
-    }
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        self.stop();
-        // Never leave cgroups on the machine, even when the test failed.
-        let left = cgroup_dirs(&self.cgroup_root);
-        for dir in left.iter().rev() {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                    // SAFETY: kill(2) of a process inside this test's own cgroup root.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        if !left.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-            for dir in left.iter().rev() {
-                let _ = std::fs::remove_dir(dir);
-            }
-        }
+        self.inner.stop()
     }
 }
 
@@ -594,9 +551,11 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
     // above server.state_dir must be traversable, as /var/lib is.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    let install = || {
-        let out = run(Command::new("bash")
+    // install.sh into `root`, from the freshly built binaries.
+    let install_sh = |extra: &[&str]| {
+        run(Command::new("bash")
             .arg(deploy("install.sh"))
+            .args(extra)
             .arg("--prefix")
             .arg(root.join("usr"))
             .arg("--config-dir")
@@ -607,26 +566,16 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
             .arg(root.join("srv/functions"))
             .arg("--no-systemd")
             .arg("--from")
-            .arg(&built));
+            .arg(&built))
+    };
+    let install = || {
+        let out = install_sh(&[]);
         assert!(out.status.success(), "install.sh: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
 
     // --dry-run changes nothing.
-    let out = run(Command::new("bash")
-        .arg(deploy("install.sh"))
-        .arg("--dry-run")
-        .arg("--prefix")
-        .arg(root.join("usr"))
-        .arg("--config-dir")
-        .arg(root.join("etc/fnhost"))
-        .arg("--state-dir")
-        .arg(root.join("var/lib/fnhost"))
-        .arg("--functions-dir")
-        .arg(root.join("srv/functions"))
-        .arg("--no-systemd")
-        .arg("--from")
-        .arg(&built));
+    let out = install_sh(&["--dry-run"]);
     assert!(out.status.success(), "install.sh --dry-run: {}", text(&out));
     assert!(
         !root.join("usr").exists() && !root.join("etc").exists(),
@@ -736,7 +685,7 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
     );
 
     // SIGTERM: drains, stops every sandbox, removes its cgroups.
-    let pid = daemon.child.as_ref().expect("running").id();
+    let pid = daemon.pid();
     let children = descendants(pid);
     let status = daemon.stop().expect("exit status");
     assert!(

@@ -15,10 +15,11 @@ fn memory_code() -> PathBuf {
 }
 
 fn function(name: &str, extra: &str) -> String {
-    format!(
-        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"handler.handler\"\n\
-         zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n{extra}\n",
-        memory_code().display()
+    python_function(
+        name,
+        &memory_code(),
+        "handler.handler",
+        &format!("zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n{extra}"),
     )
 }
 

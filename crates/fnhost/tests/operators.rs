@@ -13,10 +13,7 @@ fn function(name: &str, handler: &str, extra: &str) -> String {
     } else {
         probe_code()
     };
-    format!(
-        "[[functions]]\nname = \"{name}\"\nruntime = \"python3\"\ncode = \"{}\"\nhandler = \"{handler}\"\n{extra}\n",
-        code.display()
-    )
+    python_function(name, &code, handler, extra)
 }
 
 fn rewrite_functions(daemon: &Daemon, server_extra: &str, functions: &str) {
@@ -289,9 +286,7 @@ fn restart_after_a_crash_cleans_up_the_previous_run() {
         .collect();
     assert!(!orphans.is_empty());
     // Crash: SIGKILL leaves zygotes, clones and cgroups behind.
-    let mut child = first.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    first.crash().expect("killed");
     assert!(!cgroup_dirs(&root).is_empty());
     let second = Daemon::start_config(dir, config, root.clone());
     let alive: Vec<u32> = orphans
