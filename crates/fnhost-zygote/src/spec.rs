@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::settings::ZygoteSettings;
+
 /// A read-only bind of a host directory into the zygote root.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BindSpec {
@@ -46,6 +48,9 @@ pub struct ZygoteSpec {
     pub env: Vec<(String, String)>,
     /// Working directory of the runtime inside the root.
     pub cwd: PathBuf,
+    /// fnhost's settings (seccomp, response limit): typed, never in `env`.
+    #[serde(default)]
+    pub settings: ZygoteSettings,
 }
 
 impl ZygoteSpec {
@@ -82,6 +87,7 @@ mod tests {
             entry: RuntimeEntry::Exec,
             env: vec![],
             cwd: "/".into(),
+            settings: ZygoteSettings::default(),
         };
         assert_eq!(
             spec.clone_carry(),

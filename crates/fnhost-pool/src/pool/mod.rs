@@ -22,7 +22,7 @@ use crate::hibernation::SnapshotStore;
 use crate::process::IdMap;
 use crate::sandbox::{RunOutcome, Sandbox, Slot};
 use crate::telemetry::PoolMetrics;
-use crate::zygote::{CloneError, Placement, StartError, Zygote};
+use crate::zygote::{CloneError, Placement, Zygote};
 
 mod hibernate;
 
@@ -445,27 +445,7 @@ impl FunctionPool {
             .zygote_start
             .record(started.elapsed().as_secs_f64());
         self.metrics.zygote_starts.increment(1);
-        let zygote = result.map_err(|e| match e {
-            StartError::Init {
-                stage,
-                error_type,
-                message,
-                trace,
-            } => InvokeError::InitFailed {
-                function: self.name.to_string(),
-                stage,
-                error_type,
-                message,
-                trace,
-            },
-            StartError::Failed(detail) => InvokeError::InitFailed {
-                function: self.name.to_string(),
-                stage: "sandbox".into(),
-                error_type: "ZygoteStartFailed".into(),
-                message: detail,
-                trace: Vec::new(),
-            },
-        })?;
+        let zygote = result.map_err(|e| InvokeError::init_failed(&self.name, e))?;
         tracing::info!(function = %self.name, zygote = id, pid = zygote.pid,
             start_ms = zygote.started_in.as_secs_f64() * 1e3, import_ms = zygote.import_us as f64 / 1e3, "zygote ready");
         if keep {
