@@ -41,9 +41,13 @@ pub fn thread_count() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Receives the daemon's settings of this zygote, its first message, and
-/// compiles the seccomp filter they choose (`None`: unconfined).
+/// Asks the daemon for this zygote's settings, then compiles and installs
+/// (zygote stage) the seccomp filter they choose (`None`: unconfined).
 fn receive_settings(control: BorrowedFd<'_>) -> Result<Option<Filter>, InitFailure> {
+    if control::send(control, &ZygoteMessage::NeedSettings, &[]).is_err() {
+        // The daemon is gone: nothing to serve.
+        sys::exit_immediately(0);
+    }
     let settings = match control::recv::<DaemonMessage>(control) {
         Ok(Received::Message(DaemonMessage::Configure(settings), _)) => settings,
         // The daemon is gone: nothing to serve.

@@ -24,8 +24,8 @@ pub const SPEC_ENV: &str = "FNHOST_ZYGOTE_SPEC";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DaemonMessage {
-    /// fnhost's settings of this zygote; the first message, before the
-    /// fork server reports `Ready`.
+    /// fnhost's settings of this zygote: the answer to
+    /// [`ZygoteMessage::NeedSettings`], before the fork server reports `Ready`.
     Configure(ZygoteSettings),
     /// Clone a sandbox. Attached descriptors: [`CloneFds`] in the order
     /// [`CloneFds::flatten`] gives, described by `fds`.
@@ -58,6 +58,11 @@ pub const WAKE_MESSAGE: &[u8] = br#"{"type":"wake"}"#;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ZygoteMessage {
+    /// The fork server starts and asks for its settings
+    /// ([`DaemonMessage::Configure`]). Asked, not pushed: a zygote that
+    /// fails before it serves leaves nothing unread, so the daemon still
+    /// receives its `InitFailed`.
+    NeedSettings,
     /// The runtime started and imported the function; ready to clone.
     Ready { import_us: u64 },
     /// Starting the zygote failed (mounts, runtime start, or the function's
@@ -333,6 +338,8 @@ mod tests {
         let json = serde_json::to_string(&msg).unwrap();
         assert!(json.starts_with(r#"{"type":"clone","sandbox":7"#), "{json}");
         assert_eq!(serde_json::from_str::<DaemonMessage>(&json).unwrap(), msg);
+        let need: ZygoteMessage = serde_json::from_str(r#"{"type":"need_settings"}"#).unwrap();
+        assert_eq!(need, ZygoteMessage::NeedSettings);
         let configure = DaemonMessage::Configure(ZygoteSettings::default());
         let json = serde_json::to_string(&configure).unwrap();
         assert_eq!(

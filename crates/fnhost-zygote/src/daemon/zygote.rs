@@ -154,8 +154,8 @@ fn watch_exit(
 }
 
 impl ZygoteHandle {
-    /// Starts a zygote, sends it its settings and waits until its runtime
-    /// has imported the function.
+    /// Starts a zygote, answers its request for settings and waits until
+    /// its runtime has imported the function (at most `timeout` in all).
     pub async fn start(
         id: u64,
         function: Arc<str>,
@@ -185,40 +185,44 @@ impl ZygoteHandle {
         let kill = |pidfd: &AsyncFd<OwnedFd>| {
             let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
         };
-        // Waits in the socket until the fork server asks for it. If it
-        // cannot be sent the zygote is already gone: the receive below
-        // says why (its init failure, or its exit).
-        let configure = DaemonMessage::Configure(spec.settings.clone());
-        if let Err(e) = send_msg(&control, &configure, &[]).await {
-            tracing::debug!(function = %function, zygote = id, error = %e, "cannot send the zygote its settings");
-        }
-        let first = match tokio::time::timeout(timeout, recv_msg(&control)).await {
-            Ok(result) => result,
-            Err(_) => {
-                kill(&pidfd);
-                return Err(StartError::Timeout {
-                    timeout,
-                    output: tail.text(),
-                });
-            }
-        };
-        let import_us = match first {
-            Ok(Received::Message(ZygoteMessage::Ready { import_us }, _)) => import_us,
-            Ok(Received::Message(ZygoteMessage::InitFailed(f), _)) => {
-                kill(&pidfd);
-                return Err(StartError::Init(f));
-            }
-            Ok(Received::Message(other, _)) => {
-                kill(&pidfd);
-                return Err(StartError::Unexpected(Box::new(other)));
-            }
-            Ok(Received::Closed) | Err(_) => {
-                kill(&pidfd);
-                // Give the output forwarder a moment to collect the last words.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return Err(StartError::Exited {
-                    output: tail.text(),
-                });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let import_us = loop {
+            let received = match tokio::time::timeout_at(deadline, recv_msg(&control)).await {
+                Ok(received) => received,
+                Err(_) => {
+                    kill(&pidfd);
+                    return Err(StartError::Timeout {
+                        timeout,
+                        output: tail.text(),
+                    });
+                }
+            };
+            match received {
+                Ok(Received::Message(ZygoteMessage::NeedSettings, _)) => {
+                    let configure = DaemonMessage::Configure(spec.settings.clone());
+                    // If it cannot be sent the zygote is gone: the next
+                    // receive says so.
+                    if let Err(e) = send_msg(&control, &configure, &[]).await {
+                        tracing::debug!(function = %function, zygote = id, error = %e, "cannot send the zygote its settings");
+                    }
+                }
+                Ok(Received::Message(ZygoteMessage::Ready { import_us }, _)) => break import_us,
+                Ok(Received::Message(ZygoteMessage::InitFailed(f), _)) => {
+                    kill(&pidfd);
+                    return Err(StartError::Init(f));
+                }
+                Ok(Received::Message(other, _)) => {
+                    kill(&pidfd);
+                    return Err(StartError::Unexpected(Box::new(other)));
+                }
+                Ok(Received::Closed) | Err(_) => {
+                    kill(&pidfd);
+                    // Give the output forwarder a moment to collect the last words.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Err(StartError::Exited {
+                        output: tail.text(),
+                    });
+                }
             }
         };
         Ok(Arc::new(ZygoteHandle {
