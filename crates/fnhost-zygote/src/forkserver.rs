@@ -91,18 +91,14 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
     // which stays open for the life of the zygote.
     let control = unsafe { BorrowedFd::borrow_raw(control_fd) };
     if let Some(threads) = thread_count().filter(|&n| n > 1) {
+        let message = format!(
+            "the function started {} extra thread(s) while being imported; a zygote must be \
+             single-threaded when it forks: start threads inside the handler instead",
+            threads - 1
+        );
         let _ = report_init_failure(
             control,
-            InitFailure {
-                stage: "import".into(),
-                error_type: "ZygoteNotSingleThreaded".into(),
-                message: format!(
-                    "the function started {} extra thread(s) while being imported; a zygote must be \
-                     single-threaded when it forks: start threads inside the handler instead",
-                    threads - 1
-                ),
-                trace: Vec::new(),
-            },
+            InitFailure::new("import", "ZygoteNotSingleThreaded", message),
         );
         sys::exit_immediately(1);
     }
