@@ -1,5 +1,5 @@
-//! The host: every function's pool, built from a validated config
-//! ([`startup`]), replaceable at run time ([`reload`]). This file is the
+//! The host: every function's pool, built from a validated config (see
+//! `startup.rs`), replaceable at run time (`reload.rs`). This file is the
 //! registry: the function -> pool map, lookup, status, invoke routing and
 //! shutdown.
 

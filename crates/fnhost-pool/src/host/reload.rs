@@ -154,3 +154,44 @@ fn retire(pool: Arc<FunctionPool>, grace: Duration) {
         tracing::info!(function = pool.name(), "pool retired");
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config of one exec function `f` whose code is in `dir`.
+    fn config(dir: &tempfile::TempDir, server: &str, memory_mb: u64, max_clones: u32) -> Config {
+        let text = format!(
+            "[server]\n{server}\n[[functions]]\nname = \"f\"\nruntime = \"exec\"\ncode = \"{}\"\ncommand = [\"/var/task/fn\"]\nmemory_mb = {memory_mb}\nready_clones = {max_clones}\n",
+            dir.path().display()
+        );
+        Config::parse(&text, "test", dir.path()).unwrap()
+    }
+
+    #[test]
+    fn pool_settings_alone_are_a_resize() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = config(&dir, "", 128, 2);
+        let resized = config(&dir, "", 128, 4);
+        let replaced = config(&dir, "", 256, 2);
+        assert!(same_except_pool(&a.functions[0], &resized.functions[0]));
+        assert!(!same_except_pool(&a.functions[0], &replaced.functions[0]));
+    }
+
+    #[test]
+    fn restart_only_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = config(&dir, "listen = \"127.0.0.1:1\"", 128, 2);
+        let new = config(
+            &dir,
+            "listen = \"127.0.0.1:2\"\nmax_response_bytes = 1024",
+            128,
+            2,
+        );
+        assert_eq!(
+            restart_only_changes(&old.server, &new.server),
+            ["server.listen", "server.max_response_bytes"]
+        );
+        assert!(restart_only_changes(&old.server, &old.server).is_empty());
+    }
+}

@@ -161,29 +161,26 @@ fn root_layers(
 
 /// The runtime layer: every runtime's files (see `fnhost_zygote::runtime`).
 fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, HostError> {
-    let mut shim = None;
-    let mut files = Vec::new();
-    for file in runtime::layer_files() {
-        let contents = match file.contents {
-            FileContents::Text(text) => text.into(),
-            FileContents::ShimLib => match &shim {
-                Some(bytes) => Vec::clone(bytes),
-                None => {
-                    let bytes =
-                        std::fs::read(&options.shim_lib).map_err(|source| HostError::ShimLib {
-                            path: options.shim_lib.clone(),
-                            source,
-                        })?;
-                    shim.insert(bytes).clone()
-                }
-            },
-        };
-        files.push(LayerFile {
+    let files = runtime::layer_files();
+    let shim = if files.iter().any(|f| f.contents == FileContents::ShimLib) {
+        std::fs::read(&options.shim_lib).map_err(|source| HostError::ShimLib {
+            path: options.shim_lib.clone(),
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
+    let files: Vec<LayerFile> = files
+        .into_iter()
+        .map(|file| LayerFile {
             path: file.path.trim_start_matches('/').into(),
-            contents,
+            contents: match file.contents {
+                FileContents::Text(text) => text.into(),
+                FileContents::ShimLib => shim.clone(),
+            },
             mode: file.mode,
-        });
-    }
+        })
+        .collect();
     store.import_files(&files).map_err(HostError::RuntimeLayer)
 }
 
