@@ -218,6 +218,11 @@ impl Daemon {
         self.inner.admin_url()
     }
 
+    /// The admin API's bearer token the daemon generated.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.inner.admin_token()
+    }
+
     /// The `server.cgroup_root` of the config: the daemon's cgroups are
     /// `<cgroup_root>/<function>/zygote` and `<cgroup_root>/<function>/s<n>`.
     pub fn cgroup_root(&self) -> &str {

@@ -81,6 +81,8 @@ impl Reply {
 /// One HTTP/1 keep-alive connection, reconnected on demand.
 pub struct Connection {
     endpoint: Endpoint,
+    /// Sent as `Authorization: Bearer …` (the admin API's token).
+    bearer: Option<String>,
     sender: Option<SendRequest<Full<Bytes>>>,
     /// Connections opened after the first one.
     pub reconnects: u64,
@@ -92,10 +94,17 @@ impl Connection {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
+            bearer: None,
             sender: None,
             reconnects: 0,
             opened: 0,
         }
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_bearer(mut self, token: Option<&str>) -> Self {
+        self.bearer = token.map(str::to_owned);
+        self
     }
 
     async fn ready_sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
@@ -164,11 +173,15 @@ impl Connection {
     }
 
     async fn send_inner(&mut self, method: Method, path: &str, body: Bytes) -> Result<Reply> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, &self.endpoint.authority)
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.bearer {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(body))
             .with_context(|| format!("building request for {path}"))?;
         let sender = self.ready_sender().await?;

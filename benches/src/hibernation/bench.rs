@@ -101,7 +101,7 @@ impl Bench {
         Ok(Self {
             invoke: Connection::new(Endpoint::parse(daemon.url())?),
             endpoint: Endpoint::parse(daemon.url())?,
-            admin: Connection::new(Endpoint::parse(admin)?),
+            admin: Connection::new(Endpoint::parse(admin)?).with_bearer(daemon.admin_token()),
             admin_endpoint: Endpoint::parse(admin)?,
             daemon_pid: daemon.pid(),
             cgroup_root: daemon.cgroup_root().to_owned(),

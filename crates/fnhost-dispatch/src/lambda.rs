@@ -79,13 +79,11 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
     };
     let mut r = match err {
         InvokeError::FunctionError { body, .. } => unhandled(Bytes::copy_from_slice(body)),
-        InvokeError::InitFailed {
-            error_type, trace, ..
-        } => {
+        InvokeError::InitFailed { failure, .. } => {
             let body = serde_json::json!({
                 "errorMessage": err.to_string(),
-                "errorType": format!("Runtime.InitError.{error_type}"),
-                "stackTrace": trace,
+                "errorType": format!("Runtime.InitError.{}", failure.error_type),
+                "stackTrace": failure.trace,
             });
             unhandled(Bytes::from(body.to_string()))
         }

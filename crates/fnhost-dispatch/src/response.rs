@@ -62,17 +62,12 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
                 .insert("x-fnhost-error", HeaderValue::from_static("FunctionError"));
             r
         }
-        InvokeError::InitFailed {
-            stage,
-            error_type,
-            trace,
-            ..
-        } => {
+        InvokeError::InitFailed { failure, .. } => {
             let body = serde_json::json!({
-                "errorType": format!("Runtime.InitError.{error_type}"),
+                "errorType": format!("Runtime.InitError.{}", failure.error_type),
                 "errorMessage": err.to_string(),
-                "stage": stage,
-                "stackTrace": trace,
+                "stage": failure.stage,
+                "stackTrace": failure.trace,
             });
             let mut r = json(status, body.to_string());
             r.headers_mut()

@@ -328,7 +328,10 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             let name = name.to_string();
             let id = request_id.clone();
             tokio::spawn(async move {
-                let result = app.host.invoke(&name, payload.bytes.clone(), id.clone()).await;
+                let result = app
+                    .host
+                    .invoke(&name, payload.bytes.clone(), id.clone())
+                    .await;
                 drop((payload, slot));
                 let outcome = match &result {
                     Ok(_) => "ok",

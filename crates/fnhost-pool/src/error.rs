@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use fnhost_zygote::daemon::StartError;
+use fnhost_zygote::protocol::InitFailure;
+
 /// Why an invocation did not produce the function's result.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
@@ -21,13 +24,10 @@ pub enum InvokeError {
     },
 
     /// The function's zygote could not start (sandbox, runtime, or import).
-    #[error("function '{function}' failed to initialize ({stage}): {error_type}: {message}")]
+    #[error("function '{function}' failed to initialize ({}): {failure}", failure.stage)]
     InitFailed {
         function: String,
-        stage: String,
-        error_type: String,
-        message: String,
-        trace: Vec<String>,
+        failure: InitFailure,
     },
 
     /// The handler raised; `body` is the Lambda-style error object it produced.
@@ -74,6 +74,15 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// The zygote of `function` could not start: its own failure, or one
+    /// of stage "sandbox", type `ZygoteStartFailed`.
+    pub fn init_failed(function: &str, error: StartError) -> InvokeError {
+        InvokeError::InitFailed {
+            function: function.to_string(),
+            failure: error.into_init_failure(),
+        }
+    }
+
     /// A short machine-readable type, used as `errorType` in JSON bodies and
     /// as the `outcome` label of metrics.
     pub fn kind(&self) -> &'static str {
@@ -101,5 +110,23 @@ impl InvokeError {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_failure_text_is_unchanged() {
+        let err = InvokeError::InitFailed {
+            function: "f".into(),
+            failure: InitFailure::new("import", "ImportError", "no module named x"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "function 'f' failed to initialize (import): ImportError: no module named x"
+        );
+        assert_eq!(err.kind(), "InitError");
     }
 }

@@ -1,18 +1,14 @@
-//! fnhost pools: the daemon's side of zygotes and clones. A [`Host`] holds
-//! one [`pool::FunctionPool`] per function; each keeps warm zygotes,
-//! pre-forked ready clones and pooled cgroups, and runs invocations in fresh
-//! clones with the function's limits.
+//! fnhost pools: which zygotes and clones each function keeps, and when. A
+//! [`Host`] holds one [`pool::FunctionPool`] per function; each admits
+//! requests, keeps warm zygotes, pre-forked ready clones and pooled cgroups,
+//! scales, hibernates and evicts, and runs invocations in fresh clones. The
+//! processes themselves are `fnhost_zygote::daemon`'s, behind `pool::backend`.
 
 pub mod budget;
 pub mod error;
-mod fd;
-pub mod hibernation;
 pub mod host;
 pub mod pool;
-pub mod process;
-pub mod sandbox;
 mod telemetry;
-pub mod zygote;
 
 pub use error::InvokeError;
 pub use host::{Host, HostError, HostOptions, ReloadReport};

@@ -109,16 +109,12 @@ where
         run_locally(&handler)
     };
     if let Some(threads) = forkserver::thread_count().filter(|&n| n > 1) {
-        let failure = InitFailure {
-            stage: "import".into(),
-            error_type: "ZygoteNotSingleThreaded".into(),
-            message: format!(
-                "main started {} thread(s) before calling fnhost_sdk::run; a zygote must be single-threaded \
-                 when it forks: start threads (async runtimes, pools) inside the handler instead",
-                threads - 1
-            ),
-            trace: Vec::new(),
-        };
+        let message = format!(
+            "main started {} thread(s) before calling fnhost_sdk::run; a zygote must be single-threaded \
+             when it forks: start threads (async runtimes, pools) inside the handler instead",
+            threads - 1
+        );
+        let failure = InitFailure::new("import", "ZygoteNotSingleThreaded", message);
         let _ = forkserver::report_init_failure(control, failure);
         sys::exit_immediately(1);
     }

@@ -30,6 +30,8 @@ pub struct Daemon {
     pub(crate) addr: SocketAddr,
     pub(crate) admin_url: Option<String>,
     pub(crate) admin: Option<SocketAddr>,
+    /// The admin API's bearer token when the daemon generated one.
+    pub(crate) admin_token: Option<String>,
     pub(crate) log: Log,
     pub(crate) stop_grace: Duration,
     pub(crate) cgroup_root: Option<(String, Leftovers)>,
@@ -44,6 +46,12 @@ impl Daemon {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bearer token the daemon generated for its admin API (no
+    /// `admin_token` configured, TCP listener), read from the file it named.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// The admin API's URL as printed (`http://ADDR` or a socket path), when read.

@@ -202,6 +202,7 @@ impl Launch {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_url: None,
             admin: None,
+            admin_token: None,
             log,
             stop_grace: self.stop_grace,
             cgroup_root: self.cgroup_root.clone(),
@@ -224,6 +225,20 @@ impl Launch {
             AdminLine::Required => {
                 daemon.admin_url = Some(daemon.read_line(&lines, ADMIN_PREFIX, deadline)?);
             }
+        }
+        // "http://ADDR" or "http://ADDR (bearer token in FILE)" when the
+        // daemon generated the admin API's token.
+        if let Some(line) = daemon.admin_url.take() {
+            let (url, token_file) = match line.split_once(" (bearer token in ") {
+                Some((url, rest)) => (url.to_owned(), Some(rest.trim_end_matches(')').to_owned())),
+                None => (line, None),
+            };
+            if let Some(file) = token_file {
+                let token = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading the admin token file {file}"))?;
+                daemon.admin_token = Some(token.trim().to_owned());
+            }
+            daemon.admin_url = Some(url);
         }
         daemon.admin = daemon
             .admin_url

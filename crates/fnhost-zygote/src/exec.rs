@@ -24,16 +24,11 @@ use crate::invocation::{ErrorObject, Invocation};
 use crate::protocol::{InitFailure, CONTROL_FD};
 use crate::spec::ZygoteSpec;
 
-/// Environment variable (set by the daemon, removed before the command
-/// runs) with the largest response a function may return, in bytes.
-pub const MAX_RESPONSE_ENV: &str = "FNHOST_MAX_RESPONSE_BYTES";
 /// Per-invocation environment of the command: the request id.
 pub const REQUEST_ID_ENV: &str = "FNHOST_REQUEST_ID";
 /// Per-invocation environment of the command: milliseconds until the deadline.
 pub const REMAINING_MS_ENV: &str = "FNHOST_REMAINING_MS";
 
-/// Response limit when the daemon did not pass one (the config default).
-const DEFAULT_MAX_RESPONSE: usize = 6 << 20;
 /// How much of the end of stderr an error message quotes.
 const STDERR_TAIL_BYTES: usize = 2048;
 const STDERR_TAIL_LINES: usize = 10;
@@ -55,21 +50,12 @@ pub fn serve_command(spec: &ZygoteSpec) -> ! {
     for (name, value) in &spec.env {
         std::env::set_var(name, value);
     }
-    let max_response = std::env::var(MAX_RESPONSE_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_RESPONSE);
-    std::env::remove_var(MAX_RESPONSE_ENV);
+    let max_response = spec.settings.max_response_bytes;
     if let Err((error_type, message)) = check_command(&spec.argv) {
         // SAFETY: the daemon set up CONTROL_FD before exec of init; it stays
         // open for the life of this process.
         let control = unsafe { BorrowedFd::borrow_raw(CONTROL_FD) };
-        let failure = InitFailure {
-            stage: "import".into(),
-            error_type: error_type.into(),
-            message,
-            trace: Vec::new(),
-        };
+        let failure = InitFailure::new("import", error_type, message);
         let _ = forkserver::report_init_failure(control, failure);
         sys::exit_immediately(1);
     }

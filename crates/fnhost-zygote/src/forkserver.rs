@@ -15,16 +15,18 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use fnhost_sandbox::clone_setup::{set_up_clone, ClonePlan};
-use fnhost_sandbox::seccomp::{self, Filter, Profile};
+use fnhost_sandbox::seccomp::Filter;
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::syscall::LinuxSyscall;
 use fnhost_sandbox::CLONE_NAMESPACES;
 
+use crate::clone_request::{CloneFds, CloneRequest};
 use crate::control::{self, Received};
 use crate::protocol::{
     encode_frame, encode_hibernated, DaemonMessage, FrameKind, InitFailure, SetupFailure,
     SetupTimes, ZygoteMessage, WAKE_MESSAGE,
 };
+use crate::settings::SettingsError;
 
 fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
@@ -40,28 +42,40 @@ pub fn thread_count() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Environment variable naming a zygote's seccomp profile: unset or
-/// `default` (the built-in profile), `unconfined` (no filter), or the
-/// absolute path of a profile file inside the zygote's root. Read once and
-/// removed, so function code never sees it.
-pub const SECCOMP_ENV: &str = "FNHOST_SECCOMP";
-
-/// Compiles the zygote's seccomp profile (see [`SECCOMP_ENV`]); `None` means
-/// unconfined.
-fn compile_seccomp() -> Result<Option<Filter>, String> {
-    let choice = std::env::var(SECCOMP_ENV).unwrap_or_default();
-    std::env::remove_var(SECCOMP_ENV);
-    let profile = match choice.as_str() {
-        "" | "default" => Profile::default_profile(),
-        "unconfined" => return Ok(None),
-        path => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read seccomp profile {path}: {e}"))?;
-            Profile::parse(&text).map_err(|e| format!("{path}: {e}"))?
+/// Asks the daemon for this zygote's settings, then compiles and installs
+/// (zygote stage) the seccomp filter they choose (`None`: unconfined).
+fn receive_settings(control: BorrowedFd<'_>) -> Result<Option<Filter>, InitFailure> {
+    if control::send(control, &ZygoteMessage::NeedSettings, &[]).is_err() {
+        // The daemon is gone: nothing to serve.
+        sys::exit_immediately(0);
+    }
+    let settings = match control::recv::<DaemonMessage>(control) {
+        Ok(Received::Message(DaemonMessage::Configure(settings), _)) => settings,
+        // The daemon is gone: nothing to serve.
+        Ok(Received::Closed) => sys::exit_immediately(0),
+        Ok(Received::Message(other, _)) => {
+            return Err(InitFailure::new(
+                "sandbox",
+                "InvalidZygoteSettings",
+                format!("expected the zygote's settings first, got {other:?}"),
+            ))
+        }
+        Err(e) => {
+            return Err(InitFailure::new(
+                "sandbox",
+                "InvalidZygoteSettings",
+                format!("cannot receive the zygote's settings: {e}"),
+            ))
         }
     };
-    let arch = seccomp::host_arch().map_err(|e| e.to_string())?;
-    profile.compile(arch).map(Some).map_err(|e| e.to_string())
+    let seccomp_failure =
+        |e: SettingsError| InitFailure::new("sandbox", "SeccompProfileInvalid", e.to_string());
+    let filter = settings.seccomp.compile().map_err(seccomp_failure)?;
+    if let Some(f) = &filter {
+        f.install_in_zygote()
+            .map_err(|e| seccomp_failure(SettingsError::Seccomp(e)))?;
+    }
+    Ok(filter)
 }
 
 /// Sends an init failure on the control socket (used by the shim when the
@@ -78,40 +92,23 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
     // which stays open for the life of the zygote.
     let control = unsafe { BorrowedFd::borrow_raw(control_fd) };
     if let Some(threads) = thread_count().filter(|&n| n > 1) {
+        let message = format!(
+            "the function started {} extra thread(s) while being imported; a zygote must be \
+             single-threaded when it forks: start threads inside the handler instead",
+            threads - 1
+        );
         let _ = report_init_failure(
             control,
-            InitFailure {
-                stage: "import".into(),
-                error_type: "ZygoteNotSingleThreaded".into(),
-                message: format!(
-                    "the function started {} extra thread(s) while being imported; a zygote must be \
-                     single-threaded when it forks: start threads inside the handler instead",
-                    threads - 1
-                ),
-                trace: Vec::new(),
-            },
+            InitFailure::new("import", "ZygoteNotSingleThreaded", message),
         );
         sys::exit_immediately(1);
     }
     // Compiled once. The zygote stage is installed here and inherited by
     // every clone, which only adds the small clone stage (see
     // fnhost_sandbox::seccomp).
-    let installed = compile_seccomp().and_then(|filter| match filter {
-        Some(f) => f
-            .install_in_zygote()
-            .map(|()| Some(f))
-            .map_err(|e| e.to_string()),
-        None => Ok(None),
-    });
-    let seccomp = match installed {
+    let seccomp = match receive_settings(control) {
         Ok(filter) => filter,
-        Err(message) => {
-            let failure = InitFailure {
-                stage: "sandbox".into(),
-                error_type: "SeccompProfileInvalid".into(),
-                message,
-                trace: Vec::new(),
-            };
+        Err(failure) => {
             let _ = report_init_failure(control, failure);
             sys::exit_immediately(1);
         }
@@ -137,62 +134,41 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 sys::exit_immediately(2)
             }
         };
-        let (sandbox, writable_bytes, carry, v2_cgroup, v1_procs, run_as) = match msg {
-            DaemonMessage::Clone {
-                sandbox,
-                writable_bytes,
-                carry,
-                v2_cgroup,
-                v1_procs,
-                run_as,
-            } => (sandbox, writable_bytes, carry, v2_cgroup, v1_procs, run_as),
+        let (request, layout) = match msg {
+            DaemonMessage::Clone { request, fds } => (request, fds),
             DaemonMessage::Hibernate => {
                 hibernate_until_woken(control, fds);
                 continue;
             }
-            // Not hibernated: nothing to resume.
-            DaemonMessage::Wake => continue,
+            // Not hibernated: nothing to resume; settings come once.
+            DaemonMessage::Wake | DaemonMessage::Configure(_) => continue,
         };
-        let expected = 1 + usize::from(v2_cgroup) + v1_procs as usize;
-        if fds.len() != expected {
-            let message = format!(
-                "clone request carried {} descriptors, expected {expected}",
-                fds.len()
-            );
-            let _ = control::send(
-                control,
-                &ZygoteMessage::CloneFailed { sandbox, message },
-                &[],
-            );
-            continue;
-        }
-        let mut fds = fds.into_iter();
-        let invocation = fds.next().expect("checked: at least one descriptor");
-        let cgroup_dir = if v2_cgroup { fds.next() } else { None };
-        let v1_procs: Vec<OwnedFd> = fds.collect();
-
+        let sandbox = request.sandbox;
+        let fds = match CloneFds::rebuild(layout, fds) {
+            Ok(fds) => fds,
+            Err(e) => {
+                let message = e.to_string();
+                let _ = control::send(
+                    control,
+                    &ZygoteMessage::CloneFailed { sandbox, message },
+                    &[],
+                );
+                continue;
+            }
+        };
         let started = Instant::now();
         // SAFETY: the zygote is single-threaded (checked above), so the child
         // may allocate; it never returns into the serve loop.
         let forked = unsafe {
             sys::clone3(CloneSpec {
                 flags: CLONE_NAMESPACES,
-                cgroup: cgroup_dir.as_ref().map(|fd| fd.as_fd()),
+                cgroup: fds.cgroup_dir.as_ref().map(|fd| fd.as_fd()),
                 exit_signal: libc::SIGCHLD,
             })
         };
         match forked {
             Ok(Forked::Child) => {
-                drop(cgroup_dir);
-                return setup_clone(
-                    control_fd,
-                    invocation,
-                    v1_procs,
-                    writable_bytes,
-                    carry,
-                    run_as,
-                    seccomp.as_ref(),
-                );
+                return setup_clone(control_fd, request, fds, seccomp.as_ref());
             }
             Ok(Forked::Parent { pid, pidfd }) => {
                 let reply = ZygoteMessage::Cloned {
@@ -309,13 +285,23 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
 /// runtime. On any failure, reports `SetupFailed` and exits.
 fn setup_clone(
     control_fd: RawFd,
-    invocation: OwnedFd,
-    v1_procs: Vec<OwnedFd>,
-    writable_bytes: u64,
-    carry: Vec<String>,
-    run_as: Option<(u32, u32)>,
+    request: CloneRequest,
+    fds: CloneFds,
     seccomp: Option<&Filter>,
 ) -> RawFd {
+    let CloneRequest {
+        writable_bytes,
+        carry,
+        run_as,
+        ..
+    } = request;
+    let CloneFds {
+        invocation,
+        cgroup_dir,
+        v1_procs,
+    } = fds;
+    // Only needed by clone3 itself.
+    drop(cgroup_dir);
     // Function code must never reach the zygote's control channel, and its
     // children must be reaped normally (the zygote ignores SIGCHLD).
     let _ = nix::unistd::close(control_fd);

@@ -20,12 +20,7 @@ use crate::protocol::{InitFailure, ZygoteMessage, CONTROL_FD, SPEC_ENV};
 use crate::spec::{RuntimeEntry, ZygoteSpec};
 
 fn fail(stage: &str, error_type: &str, message: String) -> ! {
-    let msg = ZygoteMessage::InitFailed(InitFailure {
-        stage: stage.to_string(),
-        error_type: error_type.to_string(),
-        message: message.clone(),
-        trace: Vec::new(),
-    });
+    let msg = ZygoteMessage::InitFailed(InitFailure::new(stage, error_type, message.clone()));
     // SAFETY: CONTROL_FD was set up by the daemon before exec and stays open
     // for the life of this process.
     let control = unsafe { BorrowedFd::borrow_raw(CONTROL_FD) };

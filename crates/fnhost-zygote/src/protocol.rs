@@ -11,6 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::clone_request::{CloneRequest, FdLayout};
+use crate::settings::ZygoteSettings;
+
 /// Descriptor number of the control socket inside a zygote.
 pub const CONTROL_FD: i32 = 3;
 
@@ -21,21 +24,19 @@ pub const SPEC_ENV: &str = "FNHOST_ZYGOTE_SPEC";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DaemonMessage {
-    /// Clone a sandbox. Attached descriptors, in order: the clone's end of
-    /// its invocation socket; the cgroup2 directory to clone into (if
-    /// `v2_cgroup`); `v1_procs` writable `cgroup.procs` files of v1
-    /// controllers the clone attaches itself to.
+    /// fnhost's settings of this zygote: the answer to
+    /// [`ZygoteMessage::NeedSettings`], before the fork server reports `Ready`.
+    Configure(ZygoteSettings),
+    /// Clone a sandbox. Attached descriptors: [`CloneFds`] in the order
+    /// [`CloneFds::flatten`] gives, described by `fds`.
+    ///
+    /// [`CloneFds`]: crate::clone_request::CloneFds
+    /// [`CloneFds::flatten`]: crate::clone_request::CloneFds::flatten
     Clone {
-        sandbox: u64,
-        writable_bytes: u64,
-        /// Absolute paths in the zygote root to carry into the clone root.
-        carry: Vec<String>,
-        v2_cgroup: bool,
-        v1_procs: u32,
-        /// uid and gid the function runs as inside the sandbox (user
-        /// namespace mode); `None`: stay uid 0 without capabilities.
-        #[serde(default)]
-        run_as: Option<(u32, u32)>,
+        #[serde(flatten)]
+        request: CloneRequest,
+        #[serde(flatten)]
+        fds: FdLayout,
     },
     /// Hibernate (see `fnhost_snapshot`). Attached descriptors, in order:
     /// `/dev/userfaultfd` (to create the zygote's own userfaultfd from), the
@@ -57,6 +58,11 @@ pub const WAKE_MESSAGE: &[u8] = br#"{"type":"wake"}"#;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ZygoteMessage {
+    /// The fork server starts and asks for its settings
+    /// ([`DaemonMessage::Configure`]). Asked, not pushed: a zygote that
+    /// fails before it serves leaves nothing unread, so the daemon still
+    /// receives its `InitFailed`.
+    NeedSettings,
     /// The runtime started and imported the function; ready to clone.
     Ready { import_us: u64 },
     /// Starting the zygote failed (mounts, runtime start, or the function's
@@ -117,7 +123,9 @@ pub fn encode_hibernated(buf: &mut [u8; 96], pages_written: u64, bytes_dropped: 
     at
 }
 
-/// Why a zygote could not start.
+/// Why a zygote could not start: reported by its init, fork server or
+/// runtime shim, kept whole by the daemon's handle and by the invocation
+/// error the user sees.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InitFailure {
     /// "sandbox" (init's mounts/namespaces), "runtime" or "import".
@@ -129,6 +137,26 @@ pub struct InitFailure {
     #[serde(rename = "stackTrace", default)]
     pub trace: Vec<String>,
 }
+
+impl InitFailure {
+    /// A failure with no stack trace.
+    pub fn new(stage: &str, error_type: &str, message: impl Into<String>) -> InitFailure {
+        InitFailure {
+            stage: stage.to_string(),
+            error_type: error_type.to_string(),
+            message: message.into(),
+            trace: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for InitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+impl std::error::Error for InitFailure {}
 
 /// Parses an [`InitFailure`] sent by a runtime shim (JSON), if well-formed.
 pub fn parse_init_failure(bytes: &[u8]) -> Option<InitFailure> {
@@ -296,16 +324,28 @@ mod tests {
     #[test]
     fn control_messages_are_tagged_json() {
         let msg = DaemonMessage::Clone {
-            sandbox: 7,
-            writable_bytes: 1024,
-            carry: vec!["/usr".into()],
-            v2_cgroup: true,
-            v1_procs: 3,
-            run_as: Some((1000, 1000)),
+            request: CloneRequest {
+                sandbox: 7,
+                writable_bytes: 1024,
+                carry: vec!["/usr".into()],
+                run_as: Some((1000, 1000)),
+            },
+            fds: FdLayout {
+                v2_cgroup: true,
+                v1_procs: 3,
+            },
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert!(json.starts_with(r#"{"type":"clone","sandbox":7"#), "{json}");
         assert_eq!(serde_json::from_str::<DaemonMessage>(&json).unwrap(), msg);
+        let need: ZygoteMessage = serde_json::from_str(r#"{"type":"need_settings"}"#).unwrap();
+        assert_eq!(need, ZygoteMessage::NeedSettings);
+        let configure = DaemonMessage::Configure(ZygoteSettings::default());
+        let json = serde_json::to_string(&configure).unwrap();
+        assert_eq!(
+            serde_json::from_str::<DaemonMessage>(&json).unwrap(),
+            configure
+        );
         let failed: ZygoteMessage = serde_json::from_str(
             r#"{"type":"init_failed","stage":"import","errorType":"ModuleNotFoundError","errorMessage":"No module named 'x'","stackTrace":[]}"#,
         )

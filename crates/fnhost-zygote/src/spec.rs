@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 /// one bind type, from the layer store's host layer to the mount call.
 pub use fnhost_sandbox::mount::Bind as BindSpec;
 
+use crate::settings::ZygoteSettings;
+
 /// How init starts a zygote's runtime.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +44,9 @@ pub struct ZygoteSpec {
     pub env: Vec<(String, String)>,
     /// Working directory of the runtime inside the root.
     pub cwd: PathBuf,
+    /// fnhost's settings (seccomp, response limit): typed, never in `env`.
+    #[serde(default)]
+    pub settings: ZygoteSettings,
 }
 
 impl ZygoteSpec {
@@ -78,6 +83,7 @@ mod tests {
             entry: RuntimeEntry::Exec,
             env: vec![],
             cwd: "/".into(),
+            settings: ZygoteSettings::default(),
         };
         assert_eq!(
             spec.clone_carry(),

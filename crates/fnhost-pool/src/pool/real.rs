@@ -1,6 +1,6 @@
 //! The production [`Backend`]: real zygote processes, clones and cgroups.
 //! The only file of the pool naming the concrete process and cgroup types
-//! (`Zygote`, `Sandbox`, `Slot`, `Cgroup`, `CgroupTree`, ...), so moving
+//! (`fnhost_zygote::daemon`'s handles, `Cgroup`, `CgroupTree`, ...), so moving
 //! them only changes paths here.
 
 use std::sync::Arc;
@@ -20,10 +20,11 @@ use super::backend::{
 use super::{FunctionPool, Ids, PoolParts, SANDBOX_UID};
 use crate::budget::{MemoryBudget, MemoryMeter, MeterError};
 use crate::error::InvokeError;
-use crate::hibernation::SnapshotStore;
-use crate::process::IdMap;
-use crate::sandbox::{self, Sandbox, Slot};
-use crate::zygote::{CloneError, Placement, StartError, Zygote};
+use fnhost_zygote::daemon::{self, CloneError, IdMap, Placement, Slot, SnapshotStore};
+
+/// The daemon's handles on a real zygote and on one real clone.
+type RealZygote = daemon::ZygoteHandle;
+type RealClone = daemon::CloneHandle;
 
 /// How long a zygote may take to start its runtime and import the function.
 const ZYGOTE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,11 +100,15 @@ impl FunctionPool<RealBackend> {
 }
 
 impl Backend for RealBackend {
-    type Zygote = Zygote;
-    type Clone = Sandbox;
+    type Zygote = RealZygote;
+    type Clone = RealClone;
     type Slot = Slot;
 
-    async fn start_zygote(&self, id: u64, exited: Arc<Notify>) -> Result<Arc<Zygote>, InvokeError> {
+    async fn start_zygote(
+        &self,
+        id: u64,
+        exited: Arc<Notify>,
+    ) -> Result<Arc<RealZygote>, InvokeError> {
         let (dir, v1) = self
             .zygote_cgroup
             .clone_into_fd()
@@ -117,7 +122,7 @@ impl Backend for RealBackend {
             v1_procs: &v1,
             userns: self.userns,
         };
-        let result = Zygote::start(
+        let result = RealZygote::start(
             id,
             self.name.clone(),
             &self.zygote_spec,
@@ -126,27 +131,7 @@ impl Backend for RealBackend {
             exited,
         )
         .await;
-        let zygote = result.map_err(|e| match e {
-            StartError::Init {
-                stage,
-                error_type,
-                message,
-                trace,
-            } => InvokeError::InitFailed {
-                function: self.name.to_string(),
-                stage,
-                error_type,
-                message,
-                trace,
-            },
-            StartError::Failed(detail) => InvokeError::InitFailed {
-                function: self.name.to_string(),
-                stage: "sandbox".into(),
-                error_type: "ZygoteStartFailed".into(),
-                message: detail,
-                trace: Vec::new(),
-            },
-        })?;
+        let zygote = result.map_err(|e| InvokeError::init_failed(&self.name, e))?;
         tracing::info!(function = %self.name, zygote = id, pid = zygote.pid,
             start_ms = zygote.started_in.as_secs_f64() * 1e3, import_ms = zygote.import_us as f64 / 1e3, "zygote ready");
         Ok(zygote)
@@ -155,9 +140,9 @@ impl Backend for RealBackend {
     async fn clone_sandbox(
         &self,
         id: u64,
-        zygote: Arc<Zygote>,
+        zygote: Arc<RealZygote>,
         slot: Slot,
-    ) -> Result<Sandbox, (Slot, CloneFailed)> {
+    ) -> Result<RealClone, (Slot, CloneFailed)> {
         if zygote.is_asleep() {
             // The clone will attach itself to its v1 cgroups after the
             // wake-up; the first cgroup migration after an idle period
@@ -171,7 +156,7 @@ impl Backend for RealBackend {
             });
         }
         let run_as = self.userns.map(|_| (SANDBOX_UID, SANDBOX_UID));
-        Sandbox::create(id, zygote, slot, self.writable_bytes, run_as)
+        RealClone::create(id, zygote, slot, self.writable_bytes, run_as)
             .await
             .map_err(|(slot, error)| {
                 let wake_failed = matches!(error, CloneError::WakeFailed(_));
@@ -224,7 +209,7 @@ impl Backend for RealBackend {
 
     async fn hibernate_snapshot(
         &self,
-        zygote: &Zygote,
+        zygote: &RealZygote,
         prefetch: bool,
     ) -> Result<Option<Slept>, String> {
         let path = self.snapshots.path(&self.name, zygote.id);
@@ -237,41 +222,41 @@ impl Backend for RealBackend {
     }
 }
 
-impl ZygoteHandle for Zygote {
+impl ZygoteHandle for RealZygote {
     fn id(&self) -> u64 {
         self.id
     }
 
     fn is_alive(&self) -> bool {
-        Zygote::is_alive(self)
+        RealZygote::is_alive(self)
     }
 
     fn is_asleep(&self) -> bool {
-        Zygote::is_asleep(self)
+        RealZygote::is_asleep(self)
     }
 
     fn snapshot_bytes(&self) -> u64 {
-        Zygote::snapshot_bytes(self)
+        RealZygote::snapshot_bytes(self)
     }
 
     fn kill(&self) {
-        Zygote::kill(self)
+        RealZygote::kill(self)
     }
 
     async fn mark_reclaimed(&self) -> bool {
-        Zygote::mark_reclaimed(self).await
+        RealZygote::mark_reclaimed(self).await
     }
 }
 
-impl CloneHandle for Sandbox {
-    type Zygote = Zygote;
+impl CloneHandle for RealClone {
+    type Zygote = RealZygote;
     type Slot = Slot;
 
     fn id(&self) -> u64 {
         self.id
     }
 
-    fn zygote(&self) -> &Arc<Zygote> {
+    fn zygote(&self) -> &Arc<RealZygote> {
         &self.zygote
     }
 
@@ -295,11 +280,11 @@ impl CloneHandle for Sandbox {
     }
 
     fn is_alive(&self) -> bool {
-        Sandbox::is_alive(self)
+        RealClone::is_alive(self)
     }
 
     fn kill(&self) {
-        Sandbox::kill(self)
+        RealClone::kill(self)
     }
 
     async fn run(
@@ -309,21 +294,21 @@ impl CloneHandle for Sandbox {
         deadline: Instant,
         max_response: usize,
     ) -> RunOutcome {
-        match Sandbox::run(self, meta, payload, deadline.into_std(), max_response).await {
-            sandbox::RunOutcome::Result { body, handler_us } => {
+        match RealClone::run(self, meta, payload, deadline.into_std(), max_response).await {
+            daemon::RunOutcome::Result { body, handler_us } => {
                 RunOutcome::Result { body, handler_us }
             }
-            sandbox::RunOutcome::FunctionError { body, handler_us } => {
+            daemon::RunOutcome::FunctionError { body, handler_us } => {
                 RunOutcome::FunctionError { body, handler_us }
             }
-            sandbox::RunOutcome::Timeout => RunOutcome::Timeout,
-            sandbox::RunOutcome::TooLarge { size } => RunOutcome::TooLarge { size },
-            sandbox::RunOutcome::NoResponse { detail } => RunOutcome::NoResponse { detail },
+            daemon::RunOutcome::Timeout => RunOutcome::Timeout,
+            daemon::RunOutcome::TooLarge { size } => RunOutcome::TooLarge { size },
+            daemon::RunOutcome::NoResponse { detail } => RunOutcome::NoResponse { detail },
         }
     }
 
     async fn teardown(self) -> Option<Slot> {
-        Sandbox::teardown(self).await
+        RealClone::teardown(self).await
     }
 }
 

@@ -104,9 +104,11 @@ impl Daemon {
         }
     }
 
-    /// A request to the admin API (optionally with a bearer token).
+    /// A request to the admin API with `token`, else the one the daemon
+    /// generated (none when `admin_token` is configured).
     pub fn admin(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> Response {
         let addr = self.admin.expect("admin API listens on TCP");
+        let token = token.or(self.inner.admin_token());
         http_with(addr, method, path, body.as_bytes(), token)
     }
 

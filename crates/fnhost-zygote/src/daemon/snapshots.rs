@@ -10,9 +10,22 @@ use std::path::{Path, PathBuf};
 
 use fnhost_config::{FunctionSpec, HibernateMode};
 
+/// A function asks for snapshot hibernation on a host that cannot do it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "hibernate_mode = \"snapshot\" needs /dev/userfaultfd (Linux 6.1 or later): {reason}; \
+     set hibernate_mode = \"reclaim\" or hibernate_after_ms = 0 for function '{function}'"
+)]
+pub struct SnapshotsUnavailable {
+    pub function: String,
+    /// Why the device cannot be opened.
+    pub reason: String,
+}
+
 /// `statfs` magic of tmpfs: snapshots there would stay in memory.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
+/// The snapshot directory and userfaultfd device shared by every pool.
 pub struct SnapshotStore {
     dir: PathBuf,
     /// The device, or why it cannot be used.
@@ -59,17 +72,16 @@ impl SnapshotStore {
     }
 
     /// Checks that `spec`'s hibernation settings can work on this host.
-    pub fn check(&self, spec: &FunctionSpec) -> Result<(), String> {
+    pub fn check(&self, spec: &FunctionSpec) -> Result<(), SnapshotsUnavailable> {
         let pool = &spec.pool;
         if pool.hibernate_after_ms == 0 || pool.hibernate_mode != HibernateMode::Snapshot {
             return Ok(());
         }
-        self.device().map(drop).map_err(|e| {
-            format!(
-                "hibernate_mode = \"snapshot\" needs /dev/userfaultfd (Linux 6.1 or later): {e}; \
-                 set hibernate_mode = \"reclaim\" or hibernate_after_ms = 0 for function '{}'",
-                spec.name
-            )
-        })
+        self.device()
+            .map(drop)
+            .map_err(|reason| SnapshotsUnavailable {
+                function: spec.name.clone(),
+                reason,
+            })
     }
 }

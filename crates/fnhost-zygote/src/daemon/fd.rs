@@ -1,4 +1,5 @@
-//! Registering owned descriptors (pidfds, control sockets) with tokio.
+//! Registering owned descriptors (pidfds, control sockets, userfaultfds)
+//! with the tokio reactor: the one place the daemon side does it.
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -9,9 +9,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::ZYGOTE_NAMESPACES;
-use fnhost_zygote::protocol::{CONTROL_FD, SPEC_ENV};
-use fnhost_zygote::spec::ZygoteSpec;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::protocol::{CONTROL_FD, SPEC_ENV};
+use crate::spec::ZygoteSpec;
 
 /// Hidden CLI subcommand of the fnhost binary that runs the zygote init.
 pub const INIT_SUBCOMMAND: &str = "__zygote-init";
@@ -37,7 +38,9 @@ pub enum SpawnError {
     #[error("cannot open /dev/null: {0}")]
     DevNull(#[source] io::Error),
     #[error("zygote spec cannot be passed to init: {0}")]
-    Spec(String),
+    SpecNul(#[from] NulError),
+    #[error("zygote spec cannot be passed to init: {0}")]
+    SpecJson(#[source] serde_json::Error),
     #[error("clone3 of the zygote failed: {0} (fnhost needs root, or CAP_SYS_ADMIN, to create namespaces)")]
     Clone(#[source] io::Error),
     #[error(
@@ -45,12 +48,6 @@ pub enum SpawnError {
          server.user_namespace = false)"
     )]
     IdMap(#[source] io::Error),
-}
-
-impl From<NulError> for SpawnError {
-    fn from(e: NulError) -> Self {
-        SpawnError::Spec(e.to_string())
-    }
 }
 
 /// A user namespace id mapping: ids `0..size` inside are `host_base..` outside.
@@ -99,7 +96,7 @@ pub fn spawn_zygote(
     // Everything the child touches is prepared now: no allocation after clone.
     let exe = CString::new("/proc/self/exe")?;
     let argv_owned = [CString::new("fnhost")?, CString::new(INIT_SUBCOMMAND)?];
-    let spec_json = serde_json::to_string(spec).map_err(|e| SpawnError::Spec(e.to_string()))?;
+    let spec_json = serde_json::to_string(spec).map_err(SpawnError::SpecJson)?;
     let env_owned = [CString::new(format!("{SPEC_ENV}={spec_json}"))?];
     let argv = sys::CStringArray::new(argv_owned);
     let envp = sys::CStringArray::new(env_owned);

@@ -1,27 +1,43 @@
-//! One clone, seen from the daemon: created from a zygote into a pooled
-//! cgroup, waits (already isolated) for exactly one invocation, answers it,
-//! exits. Teardown waits for the pid namespace to be gone and the cgroup to
-//! be empty before the cgroup goes back to the pool.
+//! One clone, seen from the daemon ([`CloneHandle`]): created from a zygote
+//! into a pooled cgroup, waits (already isolated) for exactly one
+//! invocation, answers it, exits. Teardown waits for the pid namespace to
+//! be gone and the cgroup to be empty before the cgroup goes back to the pool.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::cgroup::Cgroup;
 use fnhost_sandbox::sys;
-use fnhost_zygote::protocol::{
-    decode_frame_rest, encode_frame, frame_len, Frame, FrameKind, InvokeMeta, ResultMeta,
-    SetupFailure, SetupTimes,
-};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::zygote::{CloneError, Zygote};
+use crate::clone_request::CloneFds;
+use crate::protocol::{
+    decode_frame_rest, encode_frame, frame_len, Frame, FrameError, FrameKind, InvokeMeta,
+    ResultMeta, SetupFailure, SetupTimes,
+};
 
-fn failed(message: String) -> CloneError {
-    CloneError::Failed(message)
+use super::fd;
+use super::sleep::Woken;
+use super::zygote::{CloneError, ZygoteHandle};
+
+/// Why a new clone did not report `Ready`.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Socket(io::Error),
+    /// Its first frame could not be read.
+    #[error("{}", .0.describe())]
+    Read(ReadError),
+    #[error("clone setup failed at '{}': {}", .0.step, .0.message)]
+    Failed(SetupFailure),
+    #[error("unexpected {0:?} frame from a new clone")]
+    Unexpected(FrameKind),
+    #[error("clone did not finish setup within {} s", SETUP_TIMEOUT.as_secs())]
+    Timeout,
 }
 
 /// Room for frame metadata on top of a response body.
@@ -39,19 +55,19 @@ pub struct Slot {
 }
 
 /// A clone that is set up and waiting for its invocation.
-pub struct Sandbox {
+pub struct CloneHandle {
     pub id: u64,
     stream: UnixStream,
     pidfd: AsyncFd<OwnedFd>,
     pub slot: Slot,
-    pub zygote: Arc<Zygote>,
+    pub zygote: Arc<ZygoteHandle>,
     pub fork_us: u64,
     pub setup: SetupTimes,
     /// Time from the clone request to the clone's `Ready`, as seen here
     /// (including a wake-up of the zygote, if there was one).
     pub create_us: u64,
     /// The zygote was hibernated and woken for this clone.
-    pub woke: Option<crate::zygote::Woken>,
+    pub woke: Option<Woken>,
 }
 
 /// How an invocation inside a sandbox ended.
@@ -75,88 +91,86 @@ pub enum RunOutcome {
     },
 }
 
-async fn read_frame(stream: &mut UnixStream, limit: usize) -> Result<Frame, RunOutcomeError> {
+async fn read_frame(stream: &mut UnixStream, limit: usize) -> Result<Frame, ReadError> {
     let mut prefix = [0u8; 4];
     stream
         .read_exact(&mut prefix)
         .await
-        .map_err(RunOutcomeError::Io)?;
+        .map_err(ReadError::Io)?;
     let len = frame_len(prefix, limit).map_err(|e| match e {
-        fnhost_zygote::protocol::FrameError::TooLarge { len, .. } => RunOutcomeError::TooLarge(len),
-        other => RunOutcomeError::Protocol(other.to_string()),
+        FrameError::TooLarge { len, .. } => ReadError::TooLarge(len),
+        other => ReadError::Protocol(other),
     })?;
     let mut rest = vec![0u8; len];
-    stream
-        .read_exact(&mut rest)
-        .await
-        .map_err(RunOutcomeError::Io)?;
-    decode_frame_rest(rest).map_err(|e| RunOutcomeError::Protocol(e.to_string()))
+    stream.read_exact(&mut rest).await.map_err(ReadError::Io)?;
+    decode_frame_rest(rest).map_err(ReadError::Protocol)
 }
 
+/// Why a frame from a clone could not be read.
 #[derive(Debug)]
-enum RunOutcomeError {
+pub enum ReadError {
     Io(io::Error),
     TooLarge(usize),
-    Protocol(String),
+    Protocol(FrameError),
 }
 
-impl Sandbox {
+impl ReadError {
+    /// The text a failed setup has always reported for this error (the
+    /// debug form of the enum it replaced); users see it.
+    fn describe(&self) -> String {
+        match self {
+            ReadError::Io(e) => format!("Io({e:?})"),
+            ReadError::TooLarge(len) => format!("TooLarge({len})"),
+            ReadError::Protocol(e) => format!("Protocol({:?})", e.to_string()),
+        }
+    }
+}
+
+impl CloneHandle {
     /// Clones a sandbox from `zygote` into `slot` and waits for it to be ready.
     pub async fn create(
         id: u64,
-        zygote: Arc<Zygote>,
+        zygote: Arc<ZygoteHandle>,
         slot: Slot,
         writable_bytes: u64,
         run_as: Option<(u32, u32)>,
-    ) -> Result<Sandbox, (Slot, CloneError)> {
+    ) -> Result<CloneHandle, (Slot, CloneError)> {
         let started = Instant::now();
         let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
             Ok(pair) => pair,
-            Err(e) => {
-                return Err((
-                    slot,
-                    failed(format!("cannot create invocation socket: {e}")),
-                ))
-            }
+            Err(e) => return Err((slot, CloneError::Socket(e))),
         };
         let cgroup_dir = match slot.cgroup.clone_into_fd() {
             Ok(fd) => fd,
-            Err(e) => return Err((slot, failed(e.to_string()))),
+            Err(e) => return Err((slot, e.into())),
         };
         let v1_procs = match slot.cgroup.v1_procs_fds() {
             Ok(fds) => fds,
-            Err(e) => return Err((slot, failed(e.to_string()))),
+            Err(e) => return Err((slot, e.into())),
         };
-        let mut fds = vec![theirs.as_raw_fd()];
-        fds.extend(cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()));
-        fds.extend(v1_procs.iter().map(|fd| fd.as_raw_fd()));
-        let cloned = zygote
-            .clone_sandbox(
-                id,
-                writable_bytes,
-                &fds,
-                cgroup_dir.is_some(),
-                v1_procs.len() as u32,
-                run_as,
-            )
-            .await;
-        drop(theirs);
-        drop(cgroup_dir);
-        drop(v1_procs);
+        let fds = CloneFds {
+            invocation: theirs.into(),
+            cgroup_dir,
+            v1_procs,
+        };
+        let request = zygote.clone_request(id, writable_bytes, run_as);
+        let cloned = zygote.clone_sandbox(request, &fds).await;
+        // The clone has its own copies now.
+        drop(fds);
         let cloned = match cloned {
             Ok(c) => c,
             Err(e) => return Err((slot, e)),
         };
-        let pidfd = match crate::fd::register(cloned.pidfd) {
+        let pidfd = match fd::register(cloned.pidfd) {
             Ok(fd) => fd,
-            Err(e) => return Err((slot, failed(format!("cannot watch clone pidfd: {e}")))),
+            Err(e) => return Err((slot, CloneError::WatchClone(e))),
         };
         let setup = async {
-            ours.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let mut stream = UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+            ours.set_nonblocking(true).map_err(SetupError::Socket)?;
+            let mut stream = UnixStream::from_std(ours).map_err(SetupError::Socket)?;
             let frame = read_frame(&mut stream, META_ALLOWANCE)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(SetupError::Read)?;
             match frame.kind {
                 FrameKind::Ready => {
                     let times: SetupTimes = serde_json::from_slice(&frame.meta).unwrap_or_default();
@@ -168,38 +182,30 @@ impl Sandbox {
                             step: "unknown".into(),
                             message: "unreadable".into(),
                         });
-                    Err(format!("clone setup failed at '{}': {}", f.step, f.message))
+                    Err(SetupError::Failed(f))
                 }
-                other => Err(format!("unexpected {other:?} frame from a new clone")),
+                other => Err(SetupError::Unexpected(other)),
             }
         };
-        match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
-            Ok(Ok((stream, setup))) => Ok(Sandbox {
-                id,
-                stream,
-                pidfd,
-                slot,
-                zygote,
-                fork_us: cloned.fork_us,
-                setup,
-                create_us: started.elapsed().as_micros() as u64,
-                woke: cloned.woke,
-            }),
-            Ok(Err(e)) => {
-                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
-                Err((slot, failed(e)))
-            }
-            Err(_) => {
-                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
-                Err((
+        let failed = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+            Ok(Ok((stream, setup))) => {
+                return Ok(CloneHandle {
+                    id,
+                    stream,
+                    pidfd,
                     slot,
-                    failed(format!(
-                        "clone did not finish setup within {} s",
-                        SETUP_TIMEOUT.as_secs()
-                    )),
-                ))
+                    zygote,
+                    fork_us: cloned.fork_us,
+                    setup,
+                    create_us: started.elapsed().as_micros() as u64,
+                    woke: cloned.woke,
+                })
             }
-        }
+            Ok(Err(e)) => e,
+            Err(_) => SetupError::Timeout,
+        };
+        let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+        Err((slot, failed.into()))
     }
 
     /// True while the clone process exists and its zygote is alive.
@@ -230,11 +236,11 @@ impl Sandbox {
             self.stream
                 .write_all(&header)
                 .await
-                .map_err(RunOutcomeError::Io)?;
+                .map_err(ReadError::Io)?;
             self.stream
                 .write_all(payload)
                 .await
-                .map_err(RunOutcomeError::Io)?;
+                .map_err(ReadError::Io)?;
             read_frame(&mut self.stream, max_response + META_ALLOWANCE).await
         };
         let frame = match tokio::time::timeout_at(deadline.into(), exchange).await {
@@ -242,16 +248,16 @@ impl Sandbox {
                 self.kill();
                 return RunOutcome::Timeout;
             }
-            Ok(Err(RunOutcomeError::TooLarge(size))) => {
+            Ok(Err(ReadError::TooLarge(size))) => {
                 self.kill();
                 return RunOutcome::TooLarge { size };
             }
-            Ok(Err(RunOutcomeError::Io(e))) => {
+            Ok(Err(ReadError::Io(e))) => {
                 return RunOutcome::NoResponse {
                     detail: format!("invocation channel closed ({e})"),
                 }
             }
-            Ok(Err(RunOutcomeError::Protocol(e))) => {
+            Ok(Err(ReadError::Protocol(e))) => {
                 self.kill();
                 return RunOutcome::NoResponse {
                     detail: format!("protocol error: {e}"),
@@ -294,7 +300,7 @@ impl Sandbox {
     /// returns its slot with the current OOM count, or `None` if the cgroup
     /// could not be emptied (it is then not reused).
     pub async fn teardown(self) -> Option<Slot> {
-        let Sandbox {
+        let CloneHandle {
             stream,
             pidfd,
             mut slot,

@@ -10,12 +10,46 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::sys;
-use fnhost_snapshot::{Sleeper, Snapshot, WakeStats};
-use fnhost_zygote::control::Received;
-use fnhost_zygote::protocol::{DaemonMessage, ZygoteMessage};
+use fnhost_snapshot::{RestoreError, Sleeper, Snapshot, WakeStats};
 use tokio::io::unix::AsyncFd;
+use tokio::task::JoinError;
 
-use super::{recv_msg, send_msg, Channel, CloneError, Zygote};
+use crate::control::Received;
+use crate::protocol::{DaemonMessage, ZygoteMessage};
+
+use super::channel::{recv_msg, send_msg, Channel};
+use super::fd;
+use super::zygote::ZygoteHandle;
+
+/// Why the page faults of a sleeping zygote could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("cannot watch the userfaultfd: {0}")]
+    Watch(#[source] std::io::Error),
+    #[error(transparent)]
+    Poll(std::io::Error),
+    #[error("cannot duplicate the userfaultfd: {0}")]
+    Duplicate(#[source] std::io::Error),
+    #[error(transparent)]
+    Serve(RestoreError),
+    #[error("the page-fault server died: {0}")]
+    Died(#[source] JoinError),
+}
+
+/// Why a hibernated zygote could not be woken (it is then stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum WakeError {
+    #[error("serving the sleeping zygote's page faults failed: {0}")]
+    Faults(#[source] FaultError),
+    #[error("the page-fault server died: {0}")]
+    FaultServerDied(#[source] JoinError),
+    #[error("cannot reach the hibernated zygote: {0}")]
+    Unreachable(#[source] std::io::Error),
+    #[error("restoring the zygote's memory failed: {0}")]
+    Restore(#[source] RestoreError),
+    #[error("the wake-up handler died: {0}")]
+    HandlerDied(#[source] JoinError),
+}
 
 /// How long a zygote may take to write its snapshot, or to be woken.
 const HIBERNATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +79,7 @@ pub(super) enum Sleep {
     /// userfaultfd, which `server` watches until the wake-up takes over.
     Snapshot {
         snapshot: Snapshot,
-        server: tokio::task::JoinHandle<Result<OwnedFd, String>>,
+        server: tokio::task::JoinHandle<Result<OwnedFd, FaultError>>,
         stop: tokio::sync::oneshot::Sender<()>,
         prefetch: bool,
     },
@@ -67,7 +101,7 @@ async fn serve_asleep(
     function: Arc<str>,
     zygote: u64,
     pidfd: Arc<AsyncFd<OwnedFd>>,
-) -> Result<OwnedFd, String> {
+) -> Result<OwnedFd, FaultError> {
     let served = serve_faults(uffd, snapshot, regions, stop, &function, zygote).await;
     if let Err(e) = &served {
         tracing::error!(function = %function, zygote, error = %e, "cannot serve a sleeping zygote's page fault; stopping the zygote");
@@ -83,22 +117,21 @@ async fn serve_faults(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     function: &str,
     zygote: u64,
-) -> Result<OwnedFd, String> {
-    let uffd =
-        crate::fd::register(uffd).map_err(|e| format!("cannot watch the userfaultfd: {e}"))?;
+) -> Result<OwnedFd, FaultError> {
+    let uffd = fd::register(uffd).map_err(FaultError::Watch)?;
     let source = Arc::new((snapshot, regions));
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(uffd.into_inner()),
             ready = uffd.readable() => {
-                let mut guard = ready.map_err(|e| e.to_string())?;
+                let mut guard = ready.map_err(FaultError::Poll)?;
                 // Serving reads the snapshot file (a disk read when its page
                 // cache was dropped): on a blocking thread, with its own
                 // duplicate of the userfaultfd.
                 let fd = uffd
                     .get_ref()
                     .try_clone()
-                    .map_err(|e| format!("cannot duplicate the userfaultfd: {e}"))?;
+                    .map_err(FaultError::Duplicate)?;
                 let source = source.clone();
                 let served = tokio::task::spawn_blocking(move || {
                     let (snapshot, regions) = &*source;
@@ -108,12 +141,12 @@ async fn serve_faults(
                         match fnhost_snapshot::asleep::serve_pending(fd.as_fd(), snapshot, regions, &mut page) {
                             Ok(0) => return Ok(total),
                             Ok(n) => total += n,
-                            Err(e) => return Err(e.to_string()),
+                            Err(e) => return Err(FaultError::Serve(e)),
                         }
                     }
                 })
                 .await
-                .map_err(|e| format!("the page-fault server died: {e}"))??;
+                .map_err(FaultError::Died)??;
                 tracing::debug!(function = %function, zygote, served, "served page faults of a sleeping zygote");
                 guard.clear_ready();
             }
@@ -121,7 +154,7 @@ async fn serve_faults(
     }
 }
 
-impl Zygote {
+impl ZygoteHandle {
     /// True while the zygote hibernates.
     pub fn is_asleep(&self) -> bool {
         self.asleep.load(Ordering::SeqCst)
@@ -267,7 +300,7 @@ impl Zygote {
     pub(super) async fn wake_locked(
         &self,
         channel: &mut Channel,
-    ) -> Result<Option<Woken>, CloneError> {
+    ) -> Result<Option<Woken>, WakeError> {
         let Some(sleep) = channel.sleep.take() else {
             return Ok(None);
         };
@@ -293,12 +326,8 @@ impl Zygote {
         let _ = stop.send(());
         let uffd = match server.await {
             Ok(Ok(uffd)) => uffd,
-            Ok(Err(e)) => {
-                return Err(self.wake_failed(format!(
-                    "serving the sleeping zygote's page faults failed: {e}"
-                )))
-            }
-            Err(e) => return Err(self.wake_failed(format!("the page-fault server died: {e}"))),
+            Ok(Err(e)) => return Err(self.wake_failed(WakeError::Faults(e))),
+            Err(e) => return Err(self.wake_failed(WakeError::FaultServerDied(e))),
         };
         let sleeper = Sleeper::new(uffd, snapshot);
         let mut working_set = std::mem::take(&mut channel.working_set);
@@ -330,26 +359,25 @@ impl Zygote {
             (Err(e), outcome) => {
                 // The zygote dies before its userfaultfd is closed, so it
                 // never runs on zero-filled pages.
-                let failure = self.wake_failed(format!("cannot reach the hibernated zygote: {e}"));
+                let failure = self.wake_failed(WakeError::Unreachable(e));
                 drop(outcome);
                 return Err(failure);
             }
             (Ok(()), Ok((sleeper, _, Err(e)))) => {
-                let failure =
-                    self.wake_failed(format!("restoring the zygote's memory failed: {e}"));
+                let failure = self.wake_failed(WakeError::Restore(e));
                 drop(sleeper);
                 return Err(failure);
             }
-            (Ok(()), Err(e)) => format!("the wake-up handler died: {e}"),
+            (Ok(()), Err(e)) => WakeError::HandlerDied(e),
         };
         Err(self.wake_failed(failure))
     }
 
     /// Kills a zygote whose memory could not be restored (a process blocked
     /// on a userfaultfd fault still dies on SIGKILL) and says why.
-    fn wake_failed(&self, failure: String) -> CloneError {
+    fn wake_failed(&self, failure: WakeError) -> WakeError {
         tracing::error!(function = %self.function, zygote = self.id, error = %failure, "wake-up failed; stopping the zygote");
         self.kill();
-        CloneError::WakeFailed(failure)
+        failure
     }
 }

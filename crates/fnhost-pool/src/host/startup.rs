@@ -1,0 +1,357 @@
+//! Starting a host: detecting the cgroup layout and removing what a
+//! previous run left in fnhost's own cgroup subtree, opening the layer and
+//! snapshot stores, building the shared layers (host skeleton, runtime,
+//! each function's code) and each function's zygote spec and pool.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use fnhost_config::{Config, FunctionSpec, ServerConfig};
+use fnhost_layers::{HostLayer, Layer, LayerFile, LayerStore};
+use fnhost_sandbox::cgroup::{CgroupLayout, CgroupLimits, CgroupTree};
+use fnhost_zygote::daemon::{SnapshotStore, SnapshotsUnavailable};
+use fnhost_zygote::runtime::{self, FileContents, RootParts};
+use fnhost_zygote::spec::{BindSpec, ZygoteSpec};
+use fnhost_zygote::SHIM_LIB_NAME;
+
+use super::{prewarm, Host};
+use crate::budget::{default_budget_bytes, MemoryBudget};
+use crate::pool::{FunctionPool, Ids, PoolShared};
+
+/// Extra memory a zygote cgroup gets on top of the function's limit: the
+/// zygote is charged for the page tables of every clone it forks.
+const ZYGOTE_MEMORY_HEADROOM: u64 = 256 << 20;
+/// Process limit of a zygote cgroup (clones are born there on v1 before
+/// they move to their own cgroup).
+const ZYGOTE_PIDS: u64 = 4096;
+
+/// Why the host could not start. Each names what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot detect the cgroup layout: {0}")]
+    CgroupDetect(#[source] fnhost_sandbox::cgroup::CgroupError),
+    #[error("cannot clean up fnhost cgroups left by a previous run: {0}")]
+    CgroupCleanup(#[source] fnhost_sandbox::cgroup::CgroupError),
+    #[error("cannot create the cgroup of function '{function}': {source}")]
+    Cgroup {
+        function: String,
+        source: fnhost_sandbox::cgroup::CgroupError,
+    },
+    #[error("cannot create state directory {path}: {source} (set server.state_dir to a writable directory)")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} has mode {mode:o}: sandboxes run in a user namespace as unprivileged host ids and must be \
+         able to traverse it to reach server.state_dir (chmod o+x it, move server.state_dir, or set \
+         server.user_namespace = false)"
+    )]
+    NotTraversable { path: PathBuf, mode: u32 },
+    #[error("cannot open the layer store: {0}")]
+    Store(#[source] fnhost_layers::LayerError),
+    #[error("cannot build the built-in host layer: {0}")]
+    HostLayer(#[source] fnhost_layers::LayerError),
+    #[error(
+        "cannot read the native zygote shim {path}: {source}; it is built next to the fnhost binary by \
+         `cargo build --workspace` (or point FNHOST_SHIM_LIB at it)"
+    )]
+    ShimLib {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build the runtime layer: {0}")]
+    RuntimeLayer(#[source] fnhost_layers::LayerError),
+    #[error("cannot import the code of function '{function}' from {path}: {source}")]
+    CodeLayer {
+        function: String,
+        path: PathBuf,
+        source: fnhost_layers::LayerError,
+    },
+    #[error("function '{function}' uses image {image}: {source}")]
+    Image {
+        function: String,
+        image: String,
+        source: fnhost_layers::LayerError,
+    },
+    #[error("cannot prepare the snapshot directory under {path}: {source} (set server.state_dir to a writable directory)")]
+    SnapshotDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Hibernation(#[from] SnapshotsUnavailable),
+}
+
+/// Where the daemon finds things that are not in the config.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Path of `libfnhost_shim.so`.
+    pub shim_lib: PathBuf,
+}
+
+impl HostOptions {
+    /// `FNHOST_SHIM_LIB`, else the shim next to the running executable (or
+    /// one directory up, for test binaries in `target/*/deps`).
+    pub fn locate() -> HostOptions {
+        if let Some(path) = std::env::var_os("FNHOST_SHIM_LIB") {
+            return HostOptions {
+                shim_lib: PathBuf::from(path),
+            };
+        }
+        let exe = std::env::current_exe().unwrap_or_default();
+        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let beside = dir.join(SHIM_LIB_NAME);
+        let up = dir.parent().map(|d| d.join(SHIM_LIB_NAME));
+        let shim_lib = match up {
+            Some(up) if !beside.exists() && up.exists() => up,
+            _ => beside,
+        };
+        HostOptions { shim_lib }
+    }
+}
+
+/// What a function's root is made of below its code and runtime layers.
+struct RootLayers {
+    /// Overlay lower dirs, topmost first.
+    layers: Vec<PathBuf>,
+    binds: Vec<BindSpec>,
+    /// The image config's `Env`, applied under the function's own `env`.
+    env: Vec<(String, String)>,
+}
+
+/// The built-in host layer (skeleton + read-only binds of host dirs), or,
+/// for a function with an `image`, the mountpoints layer above the image's
+/// layers and no binds at all.
+fn root_layers(
+    spec: &FunctionSpec,
+    store: &LayerStore,
+    host: &HostLayer,
+) -> Result<RootLayers, HostError> {
+    let Some(reference) = &spec.image else {
+        return Ok(RootLayers {
+            layers: vec![host.skeleton.path.clone()],
+            binds: host.binds.clone(),
+            env: Vec::new(),
+        });
+    };
+    let image_err = |source| HostError::Image {
+        function: spec.name.clone(),
+        image: reference.clone(),
+        source,
+    };
+    let image = store.image(reference).map_err(image_err)?;
+    let mountpoints = store.mountpoints_layer().map_err(image_err)?;
+    let mut layers = vec![mountpoints.path];
+    layers.extend(image.layers.into_iter().map(|l| l.path));
+    Ok(RootLayers {
+        layers,
+        binds: Vec::new(),
+        env: image.config.env_pairs(),
+    })
+}
+
+/// The runtime layer: every runtime's files (see `fnhost_zygote::runtime`).
+fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, HostError> {
+    let files = runtime::layer_files();
+    let shim = if files.iter().any(|f| f.contents == FileContents::ShimLib) {
+        std::fs::read(&options.shim_lib).map_err(|source| HostError::ShimLib {
+            path: options.shim_lib.clone(),
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
+    let files: Vec<LayerFile> = files
+        .into_iter()
+        .map(|file| LayerFile {
+            path: file.path.trim_start_matches('/').into(),
+            contents: match file.contents {
+                FileContents::Text(text) => text.into(),
+                FileContents::ShimLib => shim.clone(),
+            },
+            mode: file.mode,
+        })
+        .collect();
+    store.import_files(&files).map_err(HostError::RuntimeLayer)
+}
+
+impl Host {
+    /// Builds everything and prewarms every pool (waiting for the first
+    /// refill pass, so a started host serves its first request warm).
+    pub async fn start(config: &Config, options: &HostOptions) -> Result<Host, HostError> {
+        let layout = CgroupLayout::detect().map_err(HostError::CgroupDetect)?;
+        let layout_text = layout.describe();
+        let tree = Arc::new(CgroupTree::new(layout, &config.server.cgroup_root));
+        let stale = tree.remove_stale().map_err(HostError::CgroupCleanup)?;
+        if stale.cgroups_removed > 0 {
+            tracing::warn!(
+                cgroups = stale.cgroups_removed,
+                processes = stale.processes_killed,
+                "removed cgroups left by a previous run"
+            );
+        }
+        let state = &config.server.state_dir;
+        let staging = state.join("run").join("root");
+        std::fs::create_dir_all(&staging).map_err(|source| HostError::StateDir {
+            path: staging.clone(),
+            source,
+        })?;
+        let store = LayerStore::open(&state.join("layers")).map_err(HostError::Store)?;
+        if config.server.user_namespace {
+            check_traversable(&staging)?;
+            check_traversable(store.root())?;
+        }
+        let host_layer = store
+            .host_layer(Path::new("/"))
+            .map_err(HostError::HostLayer)?;
+        let runtime = runtime_layer(&store, options)?;
+        let snapshots = SnapshotStore::open(state).map_err(|source| HostError::SnapshotDir {
+            path: state.clone(),
+            source,
+        })?;
+        let budget = MemoryBudget::new(budget_bytes(&config.server), tree.clone());
+        let host = Host {
+            pools: RwLock::new(BTreeMap::new()),
+            tree,
+            budget,
+            store,
+            host_layer,
+            runtime,
+            staging,
+            snapshots: Arc::new(snapshots),
+            ids: Arc::new(Ids::default()),
+            server: config.server.clone(),
+            layout: layout_text,
+            reloading: tokio::sync::Mutex::new(()),
+        };
+        let mut pools = BTreeMap::new();
+        for spec in &config.functions {
+            pools.insert(spec.name.clone(), host.build_pool(spec)?);
+        }
+        prewarm(pools.values().cloned()).await;
+        *host.pools.write().expect("pools lock") = pools;
+        tracing::info!(cgroups = %host.layout, functions = config.functions.len(),
+            memory_budget_mb = host.budget.limit() >> 20, "host started");
+        Ok(host)
+    }
+
+    /// The zygote spec `spec` would run with: imports its code layer
+    /// (content-addressed, so unchanged code is not copied again) and
+    /// resolves its root layers.
+    pub(super) fn prepare(&self, spec: &FunctionSpec) -> Result<ZygoteSpec, HostError> {
+        self.snapshots.check(spec).map_err(HostError::Hibernation)?;
+        let code = self
+            .store
+            .import_dir(&spec.code, Path::new("var/task"))
+            .map_err(|source| HostError::CodeLayer {
+                function: spec.name.clone(),
+                path: spec.code.clone(),
+                source,
+            })?;
+        let root = root_layers(spec, &self.store, &self.host_layer)?;
+        if let Some(map) = self.userns() {
+            for layer in root.layers.iter().chain([&code.path, &self.runtime.path]) {
+                self.store
+                    .set_owner(layer, map.host_base, map.host_base)
+                    .map_err(|source| HostError::CodeLayer {
+                        function: spec.name.clone(),
+                        path: layer.clone(),
+                        source,
+                    })?;
+            }
+        }
+        let parts = RootParts {
+            staging: self.staging.clone(),
+            layers: [code.path, self.runtime.path.clone()]
+                .into_iter()
+                .chain(root.layers)
+                .collect(),
+            binds: root.binds,
+            image_env: root.env,
+        };
+        Ok(runtime::zygote_spec(
+            spec,
+            parts,
+            self.server.max_response_bytes,
+        ))
+    }
+
+    /// A pool for `spec`: code layer, zygote cgroup, zygote spec; its
+    /// refill loop is started.
+    fn build_pool(&self, spec: &FunctionSpec) -> Result<Arc<FunctionPool>, HostError> {
+        let zspec = self.prepare(spec)?;
+        self.build_pool_with(spec, zspec)
+    }
+
+    pub(super) fn build_pool_with(
+        &self,
+        spec: &FunctionSpec,
+        zspec: ZygoteSpec,
+    ) -> Result<Arc<FunctionPool>, HostError> {
+        let zygote_limits = CgroupLimits::from_cpus(
+            spec.limits.memory_bytes() + ZYGOTE_MEMORY_HEADROOM,
+            spec.limits.cpu.max(1.0),
+            ZYGOTE_PIDS,
+        );
+        let zygote_cgroup = self
+            .tree
+            .create(&format!("{}/zygote", spec.name), &zygote_limits)
+            .map_err(|source| HostError::Cgroup {
+                function: spec.name.clone(),
+                source,
+            })?;
+        if let Some(map) = self.userns() {
+            // Clones move from <fn>/zygote to <fn>/sN: the common ancestor's
+            // cgroup.procs must be writable by the namespace's root too.
+            self.tree
+                .delegate(&spec.name, map.host_base, map.host_base)
+                .map_err(|source| HostError::Cgroup {
+                    function: spec.name.clone(),
+                    source,
+                })?;
+        }
+        let shared = PoolShared {
+            tree: self.tree.clone(),
+            ids: self.ids.clone(),
+            budget: self.budget.clone(),
+            max_response: self.server.max_response_bytes,
+            userns: self.userns(),
+            snapshots: self.snapshots.clone(),
+        };
+        let pool = FunctionPool::new(spec.clone(), zspec, zygote_cgroup, shared);
+        tokio::spawn(pool.clone().maintain());
+        Ok(pool)
+    }
+}
+
+/// Sandboxes in a user namespace run as unprivileged host ids: every
+/// directory above their layers and staging root must be searchable by
+/// others (mode o+x).
+fn check_traversable(path: &Path) -> Result<(), HostError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map_err(|source| HostError::StateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(HostError::NotTraversable {
+                path: dir.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn budget_bytes(server: &ServerConfig) -> u64 {
+    match server.memory_budget_mb {
+        0 => default_budget_bytes(),
+        mb => mb << 20,
+    }
+}

@@ -1,0 +1,58 @@
+//! The daemon's end of a zygote's control socket: sending and receiving
+//! control messages through tokio readiness, and the state only the
+//! holder of the channel may change (hibernation, the learned working set).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+use fnhost_snapshot::WorkingSet;
+use tokio::io::unix::AsyncFd;
+
+use crate::control::{self, Received};
+use crate::protocol::{DaemonMessage, ZygoteMessage};
+
+use super::sleep::Sleep;
+
+/// The control socket and what only its holder may change.
+pub(super) struct Channel {
+    pub(super) fd: AsyncFd<OwnedFd>,
+    pub(super) sleep: Option<Sleep>,
+    /// Pages earlier wake-ups faulted on, prefetched first next time.
+    pub(super) working_set: WorkingSet,
+}
+
+impl Channel {
+    pub(super) fn new(fd: AsyncFd<OwnedFd>) -> Channel {
+        Channel {
+            fd,
+            sleep: None,
+            working_set: WorkingSet::default(),
+        }
+    }
+}
+
+/// Sends `msg` with `fds` attached once the socket is writable.
+pub(super) async fn send_msg(
+    fd: &AsyncFd<OwnedFd>,
+    msg: &DaemonMessage,
+    fds: &[RawFd],
+) -> io::Result<()> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|inner| control::send(inner.as_fd(), msg, fds)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Receives the zygote's next message.
+pub(super) async fn recv_msg(fd: &AsyncFd<OwnedFd>) -> io::Result<Received<ZygoteMessage>> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|inner| control::recv::<ZygoteMessage>(inner.as_fd())) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}

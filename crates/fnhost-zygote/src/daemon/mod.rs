@@ -1,0 +1,18 @@
+//! The daemon's side of zygotes and clones (feature `daemon`): starting a
+//! zygote process, its handle and control channel, hibernation, the handle
+//! on one clone, and the snapshot store. The pools use only these types.
+
+mod channel;
+mod clone;
+mod fd;
+mod output;
+mod sleep;
+mod snapshots;
+mod spawn;
+mod zygote;
+
+pub use clone::{CloneHandle, ReadError, RunOutcome, SetupError, Slot};
+pub use sleep::{FaultError, Hibernation, WakeError, Woken};
+pub use snapshots::{SnapshotStore, SnapshotsUnavailable};
+pub use spawn::{spawn_zygote, IdMap, SpawnError, ZygoteProcess, INIT_SUBCOMMAND};
+pub use zygote::{CloneError, Cloned, Placement, StartError, ZygoteHandle};

@@ -1,0 +1,356 @@
+//! A zygote seen from the daemon ([`ZygoteHandle`]): its process (reaped
+//! through a pidfd), its control channel (one request at a time, in order)
+//! and its output. Dropping the last handle kills the zygote — and with it,
+//! through its pid namespace, every clone — and removes its snapshot.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fnhost_sandbox::sys;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+use crate::clone_request::{CloneFds, CloneRequest};
+use crate::control::Received;
+use crate::protocol::{DaemonMessage, InitFailure, ZygoteMessage};
+use crate::spec::ZygoteSpec;
+
+use super::channel::{recv_msg, send_msg, Channel};
+use super::fd;
+use super::output::{forward_output, OutputTail};
+use super::sleep::{WakeError, Woken};
+use super::spawn::{spawn_zygote, IdMap, SpawnError, ZygoteProcess};
+
+/// Why a zygote did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The zygote reported a structured failure (mounts, runtime, import).
+    #[error("zygote init failed ({}): {}", .0.stage, .0)]
+    Init(InitFailure),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// Its pidfd, control socket or output could not be watched.
+    #[error(transparent)]
+    Watch(io::Error),
+    #[error("the runtime did not become ready within {} ms; output: {output}", .timeout.as_millis())]
+    Timeout { timeout: Duration, output: String },
+    #[error("unexpected first message from zygote: {0:?}")]
+    Unexpected(Box<ZygoteMessage>),
+    /// It died (or its channel failed) without saying why.
+    #[error("the zygote exited before it was ready; output: {output}")]
+    Exited { output: String },
+}
+
+impl StartError {
+    /// The failure to report for this error: the zygote's own, or one of
+    /// stage "sandbox", type `ZygoteStartFailed`, naming what went wrong.
+    pub fn into_init_failure(self) -> InitFailure {
+        match self {
+            StartError::Init(failure) => failure,
+            other => InitFailure::new("sandbox", "ZygoteStartFailed", other.to_string()),
+        }
+    }
+}
+
+/// Why a clone request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    /// The zygote was hibernated and could not be woken; it was stopped.
+    #[error("wake-up failed: {0}")]
+    WakeFailed(#[source] WakeError),
+    #[error("the zygote has exited")]
+    ZygoteGone,
+    #[error("cannot reach the zygote: {0}")]
+    Send(#[source] io::Error),
+    /// The zygote answered `CloneFailed` (e.g. `clone3` failed).
+    #[error("{message}")]
+    Refused { message: String },
+    #[error("unexpected reply from zygote: {0:?}")]
+    Unexpected(Box<ZygoteMessage>),
+    #[error("the zygote exited")]
+    Closed,
+    #[error("zygote control channel failed: {0}")]
+    Receive(#[source] io::Error),
+    #[error("cannot create invocation socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error(transparent)]
+    Cgroup(#[from] fnhost_sandbox::cgroup::CgroupError),
+    #[error("cannot watch clone pidfd: {0}")]
+    WatchClone(#[source] io::Error),
+    #[error(transparent)]
+    Setup(#[from] super::clone::SetupError),
+}
+
+/// A clone created by a zygote.
+#[derive(Debug)]
+pub struct Cloned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub fork_us: u64,
+    /// Set when the zygote was hibernated and had to be woken first.
+    pub woke: Option<Woken>,
+}
+
+/// Where a new zygote goes: its cgroups and, optionally, a user namespace.
+pub struct Placement<'a> {
+    /// cgroup2 directory to clone into.
+    pub cgroup_dir: Option<&'a OwnedFd>,
+    /// v1 `cgroup.procs` files the zygote writes itself into.
+    pub v1_procs: &'a [OwnedFd],
+    pub userns: Option<IdMap>,
+}
+
+/// A running, ready zygote.
+pub struct ZygoteHandle {
+    pub id: u64,
+    pub function: Arc<str>,
+    pub pid: i32,
+    pub import_us: u64,
+    pub started_in: Duration,
+    pub(super) pidfd: Arc<AsyncFd<OwnedFd>>,
+    pub(super) control: tokio::sync::Mutex<Channel>,
+    alive: Arc<AtomicBool>,
+    /// Mirrors `Channel::sleep.is_some()` for lock-free status reads.
+    pub(super) asleep: AtomicBool,
+    /// Data bytes of the current snapshot (0 when awake).
+    pub(super) snapshot_bytes: AtomicU64,
+    carry: Vec<String>,
+}
+
+impl std::fmt::Debug for ZygoteHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote")
+            .field("id", &self.id)
+            .field("function", &self.function)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+/// Reaps the zygote when it exits, marks it dead and wakes its pool.
+fn watch_exit(
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+    alive: Arc<AtomicBool>,
+    function: Arc<str>,
+    id: u64,
+    pool: Arc<Notify>,
+) {
+    tokio::spawn(async move {
+        if let Ok(mut guard) = pidfd.readable().await {
+            guard.clear_ready();
+        }
+        let was_alive = alive.swap(false, Ordering::SeqCst);
+        let status = sys::waitid_pidfd(pidfd.get_ref().as_fd(), false);
+        if was_alive {
+            tracing::warn!(function = %function, zygote = id, ?status, "zygote exited");
+            metrics::counter!("fnhost_zygote_exits_total", "function" => function.to_string())
+                .increment(1);
+        }
+        pool.notify_one();
+    });
+}
+
+impl ZygoteHandle {
+    /// Starts a zygote, answers its request for settings and waits until
+    /// its runtime has imported the function (at most `timeout` in all).
+    pub async fn start(
+        id: u64,
+        function: Arc<str>,
+        spec: &ZygoteSpec,
+        placement: Placement<'_>,
+        timeout: Duration,
+        pool: Arc<Notify>,
+    ) -> Result<Arc<ZygoteHandle>, StartError> {
+        let started = Instant::now();
+        let ZygoteProcess {
+            pid,
+            pidfd,
+            control,
+            output,
+        } = spawn_zygote(
+            spec,
+            placement.cgroup_dir,
+            placement.v1_procs,
+            placement.userns,
+        )?;
+        let tail = OutputTail::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let pidfd = Arc::new(fd::register(pidfd).map_err(StartError::Watch)?);
+        watch_exit(pidfd.clone(), alive.clone(), function.clone(), id, pool);
+        forward_output(output, function.clone(), tail.clone()).map_err(StartError::Watch)?;
+        let control = fd::register(control).map_err(StartError::Watch)?;
+        let kill = |pidfd: &AsyncFd<OwnedFd>| {
+            let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let import_us = loop {
+            let received = match tokio::time::timeout_at(deadline, recv_msg(&control)).await {
+                Ok(received) => received,
+                Err(_) => {
+                    kill(&pidfd);
+                    return Err(StartError::Timeout {
+                        timeout,
+                        output: tail.text(),
+                    });
+                }
+            };
+            match received {
+                Ok(Received::Message(ZygoteMessage::NeedSettings, _)) => {
+                    let configure = DaemonMessage::Configure(spec.settings.clone());
+                    // If it cannot be sent the zygote is gone: the next
+                    // receive says so.
+                    if let Err(e) = send_msg(&control, &configure, &[]).await {
+                        tracing::debug!(function = %function, zygote = id, error = %e, "cannot send the zygote its settings");
+                    }
+                }
+                Ok(Received::Message(ZygoteMessage::Ready { import_us }, _)) => break import_us,
+                Ok(Received::Message(ZygoteMessage::InitFailed(f), _)) => {
+                    kill(&pidfd);
+                    return Err(StartError::Init(f));
+                }
+                Ok(Received::Message(other, _)) => {
+                    kill(&pidfd);
+                    return Err(StartError::Unexpected(Box::new(other)));
+                }
+                Ok(Received::Closed) | Err(_) => {
+                    kill(&pidfd);
+                    // Give the output forwarder a moment to collect the last words.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Err(StartError::Exited {
+                        output: tail.text(),
+                    });
+                }
+            }
+        };
+        Ok(Arc::new(ZygoteHandle {
+            id,
+            function,
+            pid,
+            import_us,
+            started_in: started.elapsed(),
+            pidfd,
+            control: tokio::sync::Mutex::new(Channel::new(control)),
+            alive,
+            asleep: AtomicBool::new(false),
+            snapshot_bytes: AtomicU64::new(0),
+            carry: spec.clone_carry(),
+        }))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// The request for clone `sandbox` of this zygote.
+    pub fn clone_request(
+        &self,
+        sandbox: u64,
+        writable_bytes: u64,
+        run_as: Option<(u32, u32)>,
+    ) -> CloneRequest {
+        CloneRequest {
+            sandbox,
+            writable_bytes,
+            carry: self.carry.clone(),
+            run_as,
+        }
+    }
+
+    /// Asks the zygote to clone a sandbox (waking it first if it sleeps).
+    /// `fds` are only borrowed: the caller closes its copies once this returns.
+    pub async fn clone_sandbox(
+        &self,
+        request: CloneRequest,
+        fds: &CloneFds,
+    ) -> Result<Cloned, CloneError> {
+        if !self.is_alive() {
+            return Err(CloneError::ZygoteGone);
+        }
+        let sandbox = request.sandbox;
+        let (layout, raw) = fds.flatten();
+        let msg = DaemonMessage::Clone {
+            request,
+            fds: layout,
+        };
+        let mut channel = self.control.lock().await;
+        let woke = self
+            .wake_locked(&mut channel)
+            .await
+            .map_err(CloneError::WakeFailed)?;
+        let control = &channel.fd;
+        send_msg(control, &msg, &raw)
+            .await
+            .map_err(CloneError::Send)?;
+        match recv_msg(control).await {
+            Ok(Received::Message(
+                ZygoteMessage::Cloned {
+                    sandbox: got,
+                    pid,
+                    fork_us,
+                },
+                mut fds,
+            )) if got == sandbox && fds.len() == 1 => Ok(Cloned {
+                pid,
+                pidfd: fds.remove(0),
+                fork_us,
+                woke,
+            }),
+            Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => {
+                Err(CloneError::Refused { message })
+            }
+            Ok(Received::Message(other, _)) => Err(CloneError::Unexpected(Box::new(other))),
+            Ok(Received::Closed) => Err(CloneError::Closed),
+            Err(e) => Err(CloneError::Receive(e)),
+        }
+    }
+
+    /// Kills the zygote (and so every clone in its pid namespace).
+    pub fn kill(&self) {
+        if self.alive.swap(false, Ordering::SeqCst) {
+            let _ = sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ZygoteHandle {
+    fn drop(&mut self) {
+        // The exit watcher reaps it.
+        let _ = sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_become_sandbox_init_failures() {
+        let failure = StartError::Exited {
+            output: "no output".into(),
+        }
+        .into_init_failure();
+        assert_eq!(failure.stage, "sandbox");
+        assert_eq!(failure.error_type, "ZygoteStartFailed");
+        assert_eq!(
+            failure.message,
+            "the zygote exited before it was ready; output: no output"
+        );
+        let own = InitFailure::new("import", "ImportError", "no module");
+        assert_eq!(StartError::Init(own.clone()).into_init_failure(), own);
+    }
+
+    #[test]
+    fn timeout_message_names_the_limit_in_ms() {
+        let err = StartError::Timeout {
+            timeout: Duration::from_secs(30),
+            output: "x".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "the runtime did not become ready within 30000 ms; output: x"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Runtimes: how a function of each `runtime` becomes a zygote. Each
+//! runtime (one file here, plus its shim) supplies the command init starts,
+//! its own environment variables, its entry and the files it needs in the
+//! shared runtime layer; [`zygote_spec`] assembles the whole spec.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use fnhost_config::{FunctionSpec, Runtime};
+
+use crate::settings::{SeccompChoice, ZygoteSettings};
+use crate::spec::{BindSpec, RuntimeEntry, ZygoteSpec};
+
+mod exec;
+mod python;
+mod rust;
+
+pub use python::{PYTHON_SHIM, PYTHON_SHIM_PATH};
+
+/// Size of a zygote's own /tmp (import-time scratch).
+const ZYGOTE_TMP_BYTES: u64 = 16 << 20;
+/// Where a function's code is, inside its root; its working directory.
+const TASK_ROOT: &str = "/var/task";
+
+/// What one runtime contributes to its functions' zygotes.
+pub trait ZygoteRuntime: Sync {
+    /// How init starts the runtime, and what `argv` is.
+    fn entry(&self) -> RuntimeEntry;
+    /// The runtime command (argv[0] is an absolute path inside the root).
+    fn argv(&self, spec: &FunctionSpec) -> Vec<String>;
+    /// Adds the runtime's own variables to `env` (which holds the common
+    /// ones, the image's and the function's).
+    fn add_env(&self, _spec: &FunctionSpec, _env: &mut BTreeMap<String, String>) {}
+    /// Files it needs in the runtime layer shared by every function.
+    fn files(&self) -> &'static [RuntimeFile] {
+        &[]
+    }
+}
+
+/// A file of the runtime layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeFile {
+    /// Absolute path inside a root.
+    pub path: &'static str,
+    pub contents: FileContents,
+    pub mode: u32,
+}
+
+/// What a runtime-layer file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileContents {
+    /// Built into fnhost.
+    Text(&'static str),
+    /// The native shim library (`libfnhost_shim.so`), which the daemon reads
+    /// from beside its executable.
+    ShimLib,
+}
+
+/// The runtime of `runtime`.
+pub fn of(runtime: Runtime) -> &'static dyn ZygoteRuntime {
+    match runtime {
+        Runtime::Python3 => &python::Python,
+        Runtime::Exec => &exec::Exec,
+        Runtime::Rust => &rust::Rust,
+    }
+}
+
+/// Every file of the runtime layer, each once, in a stable order.
+pub fn layer_files() -> Vec<RuntimeFile> {
+    let mut files: Vec<RuntimeFile> = Vec::new();
+    for runtime in [Runtime::Python3, Runtime::Exec, Runtime::Rust] {
+        for file in of(runtime).files() {
+            if !files.iter().any(|f| f.path == file.path) {
+                files.push(*file);
+            }
+        }
+    }
+    files
+}
+
+/// What a function's root is made of, resolved by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootParts {
+    /// Empty host directory where the root is assembled.
+    pub staging: PathBuf,
+    /// Overlay lower dirs, topmost first (code, runtime, then the rest).
+    pub layers: Vec<PathBuf>,
+    pub binds: Vec<BindSpec>,
+    /// The image config's `Env`, applied under the function's own `env`.
+    pub image_env: Vec<(String, String)>,
+}
+
+/// The spec of `spec`'s zygotes on `root`. `max_response_bytes` is the
+/// host's `server.max_response_bytes`.
+pub fn zygote_spec(spec: &FunctionSpec, root: RootParts, max_response_bytes: usize) -> ZygoteSpec {
+    let runtime = of(spec.runtime);
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("HOME", "/tmp"),
+        ("LAMBDA_TASK_ROOT", TASK_ROOT),
+        ("LAMBDA_RUNTIME_DIR", "/.fnhost/runtime"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone());
+    env.insert(
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+        spec.limits.memory_mb.to_string(),
+    );
+    env.extend(root.image_env);
+    env.extend(spec.env.clone());
+    // The runtime's own variables win over user ones (config rejects
+    // FNHOST_* names in `env`; the runtimes remove them before function
+    // code runs).
+    runtime.add_env(spec, &mut env);
+    ZygoteSpec {
+        function: spec.name.clone(),
+        staging: root.staging,
+        layers: root.layers,
+        binds: root.binds,
+        tmp_bytes: ZYGOTE_TMP_BYTES,
+        hostname: spec.name.clone(),
+        argv: runtime.argv(spec),
+        entry: runtime.entry(),
+        env: env.into_iter().collect(),
+        cwd: PathBuf::from(TASK_ROOT),
+        settings: ZygoteSettings {
+            seccomp: SeccompChoice::from_config(&spec.seccomp),
+            max_response_bytes,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(runtime: &str, entry: &str) -> FunctionSpec {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[functions]]\nname = \"f\"\nruntime = \"{runtime}\"\ncode = \"{}\"\n{entry}\nseccomp = \"unconfined\"\nenv = {{ PYTHONUNBUFFERED = \"0\", A = \"1\" }}\n",
+            dir.path().display()
+        );
+        let config = fnhost_config::Config::parse(&text, "test", dir.path()).unwrap();
+        config.functions[0].clone()
+    }
+
+    fn root() -> RootParts {
+        RootParts {
+            staging: "/staging".into(),
+            layers: vec!["/code".into(), "/runtime".into()],
+            binds: Vec::new(),
+            image_env: vec![("A".into(), "image".into()), ("B".into(), "image".into())],
+        }
+    }
+
+    fn env_of(spec: &ZygoteSpec) -> BTreeMap<String, String> {
+        spec.env.iter().cloned().collect()
+    }
+
+    #[test]
+    fn python_runs_the_shim_with_its_variables() {
+        let spec = zygote_spec(&function("python3", "handler = \"h.handler\""), root(), 100);
+        assert_eq!(spec.entry, RuntimeEntry::Exec);
+        assert_eq!(
+            spec.argv,
+            ["/usr/bin/python3", "-s", "-B", PYTHON_SHIM_PATH]
+        );
+        let env = env_of(&spec);
+        assert_eq!(env["FNHOST_HANDLER"], "h.handler");
+        assert_eq!(env["FNHOST_SHIM_LIB"], crate::SHIM_LIB_PATH);
+        // The function's own value wins over the runtime's default.
+        assert_eq!(env["PYTHONUNBUFFERED"], "0");
+        assert_eq!(env["PYTHONDONTWRITEBYTECODE"], "1");
+        assert_eq!(env["AWS_LAMBDA_FUNCTION_NAME"], "f");
+        assert_eq!(spec.cwd, PathBuf::from("/var/task"));
+    }
+
+    #[test]
+    fn function_env_overrides_the_image_env() {
+        let spec = zygote_spec(
+            &function("exec", "command = [\"/var/task/fn\"]"),
+            root(),
+            100,
+        );
+        let env = env_of(&spec);
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "image");
+    }
+
+    #[test]
+    fn settings_are_typed_and_never_in_the_environment() {
+        let spec = zygote_spec(
+            &function("exec", "command = [\"/var/task/fn\"]"),
+            root(),
+            4096,
+        );
+        assert_eq!(spec.entry, RuntimeEntry::CommandPerInvocation);
+        assert_eq!(spec.argv, ["/var/task/fn"]);
+        assert_eq!(
+            spec.settings,
+            ZygoteSettings {
+                seccomp: SeccompChoice::Unconfined,
+                max_response_bytes: 4096,
+            }
+        );
+        assert!(
+            spec.env.iter().all(|(k, _)| !k.starts_with("FNHOST_")),
+            "{:?}",
+            spec.env
+        );
+    }
+
+    #[test]
+    fn runtime_layer_holds_each_shim_file_once() {
+        let files = layer_files();
+        let paths: Vec<&str> = files.iter().map(|f| f.path).collect();
+        assert_eq!(paths, [PYTHON_SHIM_PATH, crate::SHIM_LIB_PATH]);
+        assert_eq!(files[1].contents, FileContents::ShimLib);
+    }
+}
