@@ -4,7 +4,7 @@
 //! demand meanwhile.
 //!
 //! Zygote side: [`prepare`], then [`hibernate()`] (see the [`hibernate`](mod@hibernate)
-//! module for the protocol and its constraints). Daemon side: [`uffd::open_device`],
+//! module for the protocol and its constraints). Daemon side: [`fnhost_sandbox::sys::uffd::open_device`],
 //! [`Snapshot`], [`Sleeper`] and [`wake`]. The raw syscalls (userfaultfd
 //! ioctls, the bare calls made while hibernated) live in
 //! `fnhost_sandbox::sys`.
@@ -17,10 +17,8 @@ mod resident;
 pub mod restore;
 pub mod snapshot;
 /// The userfaultfd ioctls, in the sandbox crate's raw-syscall layer.
-pub use fnhost_sandbox::sys::uffd;
 pub mod working_set;
 
-pub use fnhost_sandbox::sys::bare::{recv_bare, send_bare};
 pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};
 pub use regions::{
     layout, layout_offset, page_size, parse_maps, Region, RegionError, RegionTable, MAX_REGIONS,

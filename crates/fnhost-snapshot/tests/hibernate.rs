@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use fnhost_sandbox::sys::bare::{recv_bare, send_bare};
+use fnhost_sandbox::sys::uffd;
 use fnhost_snapshot::{
-    hibernate, prepare, recv_bare, send_bare, uffd, wake, Region, RestoreError, Sleeper, Snapshot,
-    WakeStats, WorkingSet,
+    hibernate, prepare, wake, Region, RestoreError, Sleeper, Snapshot, WakeStats, WorkingSet,
 };
 use nix::sys::socket::{
     recvmsg, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage,

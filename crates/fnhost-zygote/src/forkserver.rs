@@ -255,12 +255,12 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
         Ok(stats) => {
             let mut buf = [0u8; 96];
             let len = encode_hibernated(&mut buf, stats.pages_written, stats.bytes_dropped);
-            if fnhost_snapshot::send_bare(control, &buf[..len]).is_err() {
+            if sys::bare::send_bare(control, &buf[..len]).is_err() {
                 sys::exit_immediately(0);
             }
             let mut wake = [0u8; 64];
             loop {
-                match fnhost_snapshot::recv_bare(control, &mut wake) {
+                match sys::bare::recv_bare(control, &mut wake) {
                     // The daemon is gone.
                     Ok(0) | Err(_) => sys::exit_immediately(0),
                     Ok(n) if wake[..n] == *WAKE_MESSAGE => break,

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A read-only bind of a host directory into the zygote root: the sandbox's
-/// one bind type, from the layer store's host layer to the mount call.
-pub use fnhost_sandbox::mount::Bind as BindSpec;
+use fnhost_sandbox::mount::Bind;
 
 use crate::settings::ZygoteSettings;
 
@@ -32,7 +30,7 @@ pub struct ZygoteSpec {
     pub staging: PathBuf,
     /// Overlay lower dirs, topmost first.
     pub layers: Vec<PathBuf>,
-    pub binds: Vec<BindSpec>,
+    pub binds: Vec<Bind>,
     /// Size of the zygote's /tmp (import-time scratch space), bytes.
     pub tmp_bytes: u64,
     pub hostname: String,
@@ -73,7 +71,7 @@ mod tests {
             function: "f".into(),
             staging: "/s".into(),
             layers: vec![],
-            binds: vec![BindSpec {
+            binds: vec![Bind {
                 source: "/usr".into(),
                 target: "usr".into(),
             }],

@@ -10,9 +10,10 @@ use std::sync::{Arc, RwLock};
 use fnhost_config::{Config, FunctionSpec, ServerConfig};
 use fnhost_layers::{HostLayer, Layer, LayerFile, LayerStore};
 use fnhost_sandbox::cgroup::{CgroupLayout, CgroupLimits, CgroupTree};
+use fnhost_sandbox::mount::Bind;
 use fnhost_zygote::daemon::{SnapshotStore, SnapshotsUnavailable};
 use fnhost_zygote::runtime::{self, FileContents, RootParts};
-use fnhost_zygote::spec::{BindSpec, ZygoteSpec};
+use fnhost_zygote::spec::ZygoteSpec;
 use fnhost_zygote::SHIM_LIB_NAME;
 
 use super::{prewarm, Host};
@@ -116,7 +117,7 @@ impl HostOptions {
 struct RootLayers {
     /// Overlay lower dirs, topmost first.
     layers: Vec<PathBuf>,
-    binds: Vec<BindSpec>,
+    binds: Vec<Bind>,
     /// The image config's `Env`, applied under the function's own `env`.
     env: Vec<(String, String)>,
 }

@@ -191,6 +191,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_refill_never_wakes_a_hibernated_zygote_the_request_does() {
+        let (pool, _fake) = fake::pool(sleepy());
+        pool.refill_once().await.expect("refill");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        pool.hibernate_if_idle().await;
+        assert_eq!(pool.status().hibernated, 1);
+        // A request arrived (the pool is no longer dormant) and the refill
+        // loop runs before the request's own clone: it must leave the
+        // zygote asleep for the request to wake.
+        pool.dormant
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        pool.refill_once().await.expect("refill");
+        assert_eq!(
+            (pool.status().hibernated, pool.status().ready_clones),
+            (1, 0)
+        );
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        assert_eq!(done.start, StartKind::Wake);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_busy_or_unconfigured_pool_does_not_hibernate() {
         let (pool, fake) = fake::pool(sleepy());
         pool.refill_once().await.expect("refill");

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backend::{Backend, CloneHandle};
+use super::backend::{Backend, CloneHandle, ZygoteHandle};
 use super::FunctionPool;
 use crate::error::InvokeError;
 
@@ -130,7 +130,14 @@ impl<B: Backend> FunctionPool<B> {
             if self.closed.load(Ordering::SeqCst) || missing == 0 {
                 return Ok(());
             }
-            let zygotes = self.live_zygotes();
+            // A hibernated zygote is woken by a request, never by the
+            // refill: the request that wakes it is served by the wake-up
+            // (and says so), and the refill follows once it is awake.
+            let zygotes: Vec<_> = self
+                .live_zygotes()
+                .into_iter()
+                .filter(|z| !z.is_asleep())
+                .collect();
             if zygotes.is_empty() {
                 return Ok(());
             }

@@ -57,7 +57,7 @@ impl SnapshotStore {
             tracing::warn!(dir = %dir.display(),
                 "snapshots are on tmpfs: hibernate_mode = \"snapshot\" saves no memory there; put server.state_dir on a disk");
         }
-        let device = fnhost_snapshot::uffd::open_device().map_err(|e| e.to_string());
+        let device = fnhost_sandbox::sys::uffd::open_device().map_err(|e| e.to_string());
         Ok(SnapshotStore { dir, device })
     }
 

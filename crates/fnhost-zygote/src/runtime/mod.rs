@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use fnhost_config::{FunctionSpec, Runtime};
 
 use crate::settings::{SeccompChoice, ZygoteSettings};
-use crate::spec::{BindSpec, RuntimeEntry, ZygoteSpec};
+use fnhost_sandbox::mount::Bind;
+
+use crate::spec::{RuntimeEntry, ZygoteSpec};
 
 mod exec;
 mod python;
@@ -85,7 +87,7 @@ pub struct RootParts {
     pub staging: PathBuf,
     /// Overlay lower dirs, topmost first (code, runtime, then the rest).
     pub layers: Vec<PathBuf>,
-    pub binds: Vec<BindSpec>,
+    pub binds: Vec<Bind>,
     /// The image config's `Env`, applied under the function's own `env`.
     pub image_env: Vec<(String, String)>,
 }
