@@ -1,7 +1,8 @@
 //! One clone, seen from the daemon ([`CloneHandle`]): created from a zygote
 //! into a pooled cgroup, waits (already isolated) for exactly one
-//! invocation, answers it, exits. Teardown waits for the pid namespace to
-//! be gone and the cgroup to be empty before the cgroup goes back to the pool.
+//! invocation, answers it, exits. Teardown kills it (its one invocation is
+//! over), waits for the pid namespace to be gone and the cgroup to be empty,
+//! then the cgroup goes back to the pool.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -296,11 +297,12 @@ impl CloneHandle {
         let _ = sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
     }
 
-    /// Waits until the clone and everything in its cgroup is gone, then
+    /// Kills the clone, waits until it and everything in its cgroup is gone, then
     /// returns its slot with the current OOM count, or `None` if the cgroup
     /// could not be emptied (it is then not reused).
     pub async fn teardown(self) -> Option<Slot> {
         let CloneHandle {
+            id,
             stream,
             pidfd,
             mut slot,
@@ -308,11 +310,15 @@ impl CloneHandle {
             ..
         } = self;
         drop(stream);
+        // Its one invocation is over (answered, failed or abandoned): what
+        // it still runs must not keep the CPU past the concurrency permit.
+        let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
         match tokio::time::timeout(EXIT_TIMEOUT, pidfd.readable()).await {
             Ok(Ok(mut guard)) => guard.clear_ready(),
-            _ => {
-                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
-            }
+            _ => tracing::warn!(
+                sandbox = id,
+                "a killed clone did not exit within the teardown time"
+            ),
         }
         drop(zygote);
         // The pid namespace is gone once its PID 1 has exited; processes

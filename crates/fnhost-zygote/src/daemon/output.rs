@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// How many output lines of a zygote are kept for error messages.
 const OUTPUT_TAIL_LINES: usize = 20;
@@ -57,7 +57,7 @@ pub(super) fn forward_output(
         let (mut logged, mut dropped) = (0u32, 0u64);
         loop {
             buf.clear();
-            match lines.read_until(b'\n', &mut buf).await {
+            match read_line_bounded(&mut lines, &mut buf, MAX_LINE).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     if window.elapsed() >= Duration::from_secs(1) {
@@ -74,7 +74,6 @@ pub(super) fn forward_output(
                         continue;
                     }
                     logged += 1;
-                    buf.truncate(MAX_LINE);
                     let line = String::from_utf8_lossy(&buf).trim_end().to_string();
                     tracing::info!(target: "fnhost::function_output", function = %function, "{line}");
                     tail.push(line);
@@ -85,9 +84,66 @@ pub(super) fn forward_output(
     Ok(())
 }
 
+/// Reads one line into `buf`, keeping at most `max` bytes of it: the rest
+/// of an over-long line is read and thrown away, so a function that writes
+/// gigabytes without a newline costs the daemon `max` bytes, not gigabytes.
+/// Returns how many bytes the line had (0 at the end of the output).
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = chunk.len();
+        total += used;
+        reader.consume(used);
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn over_long_lines_are_cut_without_being_buffered_whole() {
+        // 1 MiB without a newline, then a short line, through a small buffer.
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\nshort\n");
+        let mut reader = tokio::io::BufReader::with_capacity(8192, &input[..]);
+        let mut buf = Vec::new();
+        let n = read_line_bounded(&mut reader, &mut buf, 4096)
+            .await
+            .expect("read");
+        assert_eq!(n, (1 << 20) + 1);
+        assert_eq!(buf.len(), 4096, "only max bytes were kept");
+        assert!(buf.capacity() < 64 << 10, "the line was never held whole");
+        buf.clear();
+        let n = read_line_bounded(&mut reader, &mut buf, 4096)
+            .await
+            .expect("read");
+        assert_eq!((n, &buf[..]), (6, &b"short\n"[..]));
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut buf, 4096)
+                .await
+                .expect("eof"),
+            0
+        );
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

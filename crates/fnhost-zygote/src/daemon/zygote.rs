@@ -55,6 +55,11 @@ impl StartError {
     }
 }
 
+/// How long a zygote may take to answer a clone request (fork and reply;
+/// a wake-up before it has its own deadline). Generous: a fork of a large
+/// heap on a loaded machine takes milliseconds, not seconds.
+pub const CLONE_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a clone request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
@@ -74,6 +79,10 @@ pub enum CloneError {
     Closed,
     #[error("zygote control channel failed: {0}")]
     Receive(#[source] io::Error),
+    /// The zygote did not answer a clone request in time; it was killed
+    /// (a replacement starts) so that nothing waits on it again.
+    #[error("the zygote did not answer a clone request within {} ms and was killed", .0.as_millis())]
+    Silent(Duration),
     #[error("cannot create invocation socket: {0}")]
     Socket(#[source] io::Error),
     #[error(transparent)]
@@ -281,29 +290,42 @@ impl ZygoteHandle {
             .await
             .map_err(CloneError::WakeFailed)?;
         let control = &channel.fd;
-        send_msg(control, &msg, &raw)
-            .await
-            .map_err(CloneError::Send)?;
-        match recv_msg(control).await {
-            Ok(Received::Message(
+        // The zygote runs code the function controls: every wait on it has
+        // a deadline, and a zygote that misses it is killed, not waited on.
+        let exchange = async {
+            send_msg(control, &msg, &raw)
+                .await
+                .map_err(CloneError::Send)?;
+            recv_msg(control).await.map_err(CloneError::Receive)
+        };
+        let reply = match tokio::time::timeout(CLONE_REPLY_TIMEOUT, exchange).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                tracing::warn!(function = %self.function, zygote = self.id, timeout_ms = CLONE_REPLY_TIMEOUT.as_millis() as u64,
+                    "zygote did not answer a clone request; killing it");
+                self.kill();
+                return Err(CloneError::Silent(CLONE_REPLY_TIMEOUT));
+            }
+        };
+        match reply {
+            Received::Message(
                 ZygoteMessage::Cloned {
                     sandbox: got,
                     pid,
                     fork_us,
                 },
                 mut fds,
-            )) if got == sandbox && fds.len() == 1 => Ok(Cloned {
+            ) if got == sandbox && fds.len() == 1 => Ok(Cloned {
                 pid,
                 pidfd: fds.remove(0),
                 fork_us,
                 woke,
             }),
-            Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => {
+            Received::Message(ZygoteMessage::CloneFailed { message, .. }, _) => {
                 Err(CloneError::Refused { message })
             }
-            Ok(Received::Message(other, _)) => Err(CloneError::Unexpected(Box::new(other))),
-            Ok(Received::Closed) => Err(CloneError::Closed),
-            Err(e) => Err(CloneError::Receive(e)),
+            Received::Message(other, _) => Err(CloneError::Unexpected(Box::new(other))),
+            Received::Closed => Err(CloneError::Closed),
         }
     }
 
