@@ -525,7 +525,11 @@ mod tests {
             ),
             ("max_instances = 0", "max_instances", "between 1 and 64"),
             ("zygotes = -1", "zygotes", "got -1"),
-            ("network = \"host\"", "network", "supported: \"none\""),
+            (
+                "network = \"host\"",
+                "network",
+                "supported: \"none\", \"shared-loopback\"",
+            ),
             ("python = \"python3\"", "python", "absolute path"),
             ("env = { \"A B\" = \"v\" }", "env.\"A B\"", "variable names"),
             (

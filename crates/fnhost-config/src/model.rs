@@ -300,19 +300,27 @@ impl Runtime {
 /// Network of a sandbox (TOML `network`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkMode {
-    /// `"none"`: a fresh network namespace with loopback only.
+    /// `"none"`: every invocation gets a network namespace of its own with
+    /// loopback only; nothing one invocation listens on is reachable from
+    /// another.
     #[default]
     None,
+    /// `"shared-loopback"`: an opt-out for functions that need every
+    /// microsecond of an on-demand clone: concurrent invocations of the
+    /// function share their zygote's loopback-only namespace (and can reach
+    /// what another one listens on).
+    SharedLoopback,
 }
 
 impl NetworkMode {
     /// Every mode, for error messages.
-    pub const ALL: &'static [NetworkMode] = &[NetworkMode::None];
+    pub const ALL: &'static [NetworkMode] = &[NetworkMode::None, NetworkMode::SharedLoopback];
 
     /// The TOML spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkMode::None => "none",
+            NetworkMode::SharedLoopback => "shared-loopback",
         }
     }
 

@@ -23,6 +23,9 @@ pub struct ClonePlan<'a> {
     /// uid and gid the function runs as; `None`: stays uid 0 of its
     /// namespace (still without capabilities).
     pub run_as: Option<(u32, u32)>,
+    /// The clone has a network namespace of its own, whose loopback is
+    /// brought up (`false`: it shares its zygote's).
+    pub own_network: bool,
     /// The zygote's compiled seccomp filter whose clone stage to install;
     /// `None`: the function runs unconfined.
     pub seccomp: Option<&'a Filter>,
@@ -38,6 +41,7 @@ impl<'a> ClonePlan<'a> {
         writable_bytes: u64,
         carry: Vec<PathBuf>,
         run_as: Option<(u32, u32)>,
+        own_network: bool,
         seccomp: Option<&'a Filter>,
     ) -> ClonePlan<'a> {
         ClonePlan {
@@ -49,6 +53,7 @@ impl<'a> ClonePlan<'a> {
                 userxattr: run_as.is_some(),
             },
             run_as,
+            own_network,
             seccomp,
         }
     }
@@ -60,6 +65,8 @@ impl<'a> ClonePlan<'a> {
 pub struct CloneSetupTimes {
     pub cgroup_us: u64,
     pub mount_us: u64,
+    /// 0 when the clone shares its zygote's network namespace.
+    pub network_us: u64,
     pub privileges_us: u64,
     /// 0 when the function runs unconfined.
     pub seccomp_us: u64,
@@ -77,6 +84,11 @@ pub enum CloneSetupError {
     Mount {
         #[source]
         source: MountError,
+    },
+    #[error("bring up loopback: {source}")]
+    Network {
+        #[source]
+        source: crate::net::NetError,
     },
     #[error("drop privileges: {source}")]
     DropPrivileges {
@@ -96,6 +108,7 @@ impl CloneSetupError {
         match self {
             CloneSetupError::AttachCgroup { .. } => "attach to v1 cgroup",
             CloneSetupError::Mount { .. } => "mount writable root",
+            CloneSetupError::Network { .. } => "bring up loopback",
             CloneSetupError::DropPrivileges { .. } => "drop privileges",
             CloneSetupError::Seccomp { .. } => "install seccomp filter",
         }
@@ -107,6 +120,7 @@ impl CloneSetupError {
         match self {
             CloneSetupError::AttachCgroup { source } => source.to_string(),
             CloneSetupError::Mount { source } => source.to_string(),
+            CloneSetupError::Network { source } => source.to_string(),
             CloneSetupError::DropPrivileges { source } => source.to_string(),
             CloneSetupError::Seccomp { source } => source.to_string(),
         }
@@ -136,6 +150,13 @@ pub fn set_up_clone(
     let t = Instant::now();
     enter_clone_root(sys, &plan.root).map_err(|source| CloneSetupError::Mount { source })?;
     times.mount_us = micros(t);
+
+    if plan.own_network {
+        let t = Instant::now();
+        sys.bring_up_loopback()
+            .map_err(|source| CloneSetupError::Network { source })?;
+        times.network_us = micros(t);
+    }
 
     let t = Instant::now();
     caps::drop_all_privileges(sys, plan.run_as)
@@ -174,6 +195,7 @@ mod tests {
             64 << 20,
             vec![PathBuf::from("/usr"), PathBuf::from("/dev")],
             Some((1000, 1000)),
+            true,
             seccomp,
         )
     }
@@ -186,6 +208,7 @@ mod tests {
                 "cgroup.procs" => "cgroup",
                 "mount" | "mkdir" | "chown" | "pivot" | "touch" | "symlink" => "mounts",
                 "seccomp" => "seccomp",
+                "loopback" => "network",
                 _ => "privileges",
             };
             if out.last() != Some(&phase) {
@@ -203,7 +226,7 @@ mod tests {
         let calls = rec.into_calls();
         assert_eq!(
             phases(&calls),
-            ["cgroup", "mounts", "privileges", "seccomp"],
+            ["cgroup", "mounts", "network", "privileges", "seccomp"],
             "{calls:?}"
         );
         assert_eq!(
@@ -214,9 +237,11 @@ mod tests {
             2,
             "every v1 cgroup is joined"
         );
-        // Mounts end with the pivot, before any privilege is dropped.
+        // Mounts end with the pivot; loopback comes up while the clone
+        // still may, before any privilege is dropped.
         let pivot = calls.iter().position(|c| c.starts_with("pivot")).unwrap();
-        assert!(calls[pivot + 1].starts_with("capbset_drop"), "{calls:?}");
+        assert_eq!(calls[pivot + 1], "loopback up", "{calls:?}");
+        assert!(calls[pivot + 2].starts_with("capbset_drop"), "{calls:?}");
         assert_eq!(calls.last().unwrap(), "seccomp clone stage");
     }
 
@@ -235,7 +260,7 @@ mod tests {
         let plan = plan(None);
         assert_eq!(plan.root.owner, Some((1000, 1000)));
         assert!(plan.root.userxattr);
-        let as_root = ClonePlan::new(Vec::new(), 1, Vec::new(), None, None);
+        let as_root = ClonePlan::new(Vec::new(), 1, Vec::new(), None, false, None);
         assert_eq!(as_root.root.owner, None);
         assert!(!as_root.root.userxattr);
         let rec = Recorder::default();
@@ -273,6 +298,28 @@ mod tests {
         );
         assert!(calls.last().unwrap().contains("overlay"), "{calls:?}");
         assert_eq!(phases(&calls), ["cgroup", "mounts"]);
+    }
+
+    #[test]
+    fn loopback_failure_stops_before_privileges_are_dropped() {
+        let (err, calls) = fail_at("loopback");
+        assert_eq!(err.step(), "bring up loopback");
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("capbset_drop") || c.starts_with("seccomp")),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn a_shared_network_brings_nothing_up() {
+        let rec = Recorder::default();
+        let mut shared = plan(None);
+        shared.own_network = false;
+        let times = set_up_clone(&rec, shared).unwrap();
+        assert!(!rec.into_calls().iter().any(|c| c.starts_with("loopback")));
+        assert_eq!(times.network_us, 0);
     }
 
     #[test]

@@ -31,8 +31,13 @@ pub const ZYGOTE_NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWNET) as u64;
 
-/// Namespaces of each clone: fresh pid/mount/ipc/uts; the network namespace
-/// (loopback only) is the zygote's, because creating one costs ~0.6 ms and
-/// takes a global lock.
+/// Namespaces of each clone: fresh pid/mount/ipc/uts, plus
+/// [`CLONE_NETWORK`] unless the function shares its zygote's loopback
+/// (`network = "shared-loopback"`).
 pub const CLONE_NAMESPACES: u64 =
     (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
+
+/// A clone's own network namespace (loopback only): what one invocation
+/// listens on, no other invocation can reach. Creating one costs a global
+/// lock and a few hundred microseconds, paid by ready clones ahead of time.
+pub const CLONE_NETWORK: u64 = libc::CLONE_NEWNET as u64;

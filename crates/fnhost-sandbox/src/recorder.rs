@@ -106,6 +106,11 @@ impl Syscall for Recorder {
     fn set_no_new_privs(&self) -> io::Result<()> {
         self.record("no_new_privs".into())
     }
+    fn bring_up_loopback(&self) -> Result<(), crate::net::NetError> {
+        self.record("loopback up".into())
+            .map_err(|source| crate::net::NetError::SetFlags { source })
+    }
+
     fn install_clone_seccomp(&self, _filter: &Filter) -> Result<(), SeccompError> {
         // A seccompiler error stands in for the kernel refusing the filter.
         self.record("seccomp clone stage".into())

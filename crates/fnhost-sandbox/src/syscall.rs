@@ -52,6 +52,8 @@ pub trait Syscall {
 
     /// Installs the clone stage of a seccomp filter on the calling thread.
     fn install_clone_seccomp(&self, filter: &Filter) -> Result<(), SeccompError>;
+    /// Brings `lo` up in the calling process's (fresh) network namespace.
+    fn bring_up_loopback(&self) -> Result<(), crate::net::NetError>;
 }
 
 /// The real kernel.
@@ -136,6 +138,10 @@ impl Syscall for LinuxSyscall {
 
     fn set_no_new_privs(&self) -> io::Result<()> {
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop)
+    }
+
+    fn bring_up_loopback(&self) -> Result<(), crate::net::NetError> {
+        crate::net::bring_up_loopback()
     }
 
     fn install_clone_seccomp(&self, filter: &Filter) -> Result<(), SeccompError> {

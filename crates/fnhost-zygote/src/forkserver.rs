@@ -18,7 +18,7 @@ use fnhost_sandbox::clone_setup::{set_up_clone, ClonePlan};
 use fnhost_sandbox::seccomp::Filter;
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::syscall::LinuxSyscall;
-use fnhost_sandbox::CLONE_NAMESPACES;
+use fnhost_sandbox::{CLONE_NAMESPACES, CLONE_NETWORK};
 
 use crate::clone_request::{CloneFds, CloneRequest};
 use crate::control::{self, Received};
@@ -161,7 +161,12 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         // may allocate; it never returns into the serve loop.
         let forked = unsafe {
             sys::clone3(CloneSpec {
-                flags: CLONE_NAMESPACES,
+                flags: CLONE_NAMESPACES
+                    | if request.own_network {
+                        CLONE_NETWORK
+                    } else {
+                        0
+                    },
                 cgroup: fds.cgroup_dir.as_ref().map(|fd| fd.as_fd()),
                 exit_signal: libc::SIGCHLD,
             })
@@ -293,6 +298,7 @@ fn setup_clone(
         writable_bytes,
         carry,
         run_as,
+        own_network,
         ..
     } = request;
     let CloneFds {
@@ -318,12 +324,14 @@ fn setup_clone(
         writable_bytes,
         carry.into_iter().map(Into::into).collect(),
         run_as,
+        own_network,
         seccomp,
     );
     let times = match set_up_clone(&LinuxSyscall, plan) {
         Ok(t) => SetupTimes {
             cgroup_us: t.cgroup_us,
             mount_us: t.mount_us,
+            network_us: t.network_us,
             privileges_us: t.privileges_us,
             seccomp_us: t.seccomp_us,
         },

@@ -197,6 +197,9 @@ impl FrameKind {
 pub struct SetupTimes {
     pub cgroup_us: u64,
     pub mount_us: u64,
+    /// Bringing up the clone's own loopback (0 when it shares the zygote's).
+    #[serde(default)]
+    pub network_us: u64,
     pub privileges_us: u64,
     /// Installing the clone stage of the seccomp filter (0 when the function
     /// runs unconfined).
@@ -329,6 +332,7 @@ mod tests {
                 writable_bytes: 1024,
                 carry: vec!["/usr".into()],
                 run_as: Some((1000, 1000)),
+                own_network: true,
             },
             fds: FdLayout {
                 v2_cgroup: true,

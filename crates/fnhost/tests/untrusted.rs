@@ -257,3 +257,46 @@ fn the_admin_api_is_never_open() {
         "nothing was created"
     );
 }
+
+/// Reaches what a concurrent invocation of the same function listens on.
+fn reach_a_concurrent_listener(daemon: &Daemon, function: &str, port: u16) -> serde_json::Value {
+    let name = format!("fnhost-net-{function}-{}", std::process::id());
+    let listen = format!(r#"{{"op": "listen", "port": {port}, "name": "{name}", "s": 6}}"#);
+    let addr = daemon.addr;
+    let path = format!("/v1/functions/{function}/invoke");
+    let listener = std::thread::spawn(move || common::http(addr, "POST", &path, listen.as_bytes()));
+    assert!(
+        eventually(Duration::from_secs(30), || daemon
+            .stderr()
+            .contains(&format!("listening {name}"))),
+        "the first invocation is listening"
+    );
+    let reach = format!(r#"{{"op": "reach", "port": {port}, "name": "{name}"}}"#);
+    let answer = daemon.invoke(function, &reach);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(listener.join().expect("listener").status, 200);
+    answer.json()
+}
+
+#[test]
+fn concurrent_invocations_do_not_share_a_network() {
+    if !require_root("concurrent_invocations_do_not_share_a_network") {
+        return;
+    }
+    let extra = "ready_clones = 2\nmax_concurrency = 4\ntimeout_ms = 20000";
+    let functions = python_function("own", &code(), "handler.net", extra)
+        + &python_function(
+            "shared",
+            &code(),
+            "handler.net",
+            &format!("{extra}\nnetwork = \"shared-loopback\""),
+        );
+    let daemon = Daemon::start(&functions);
+    let own = reach_a_concurrent_listener(&daemon, "own", 18080);
+    assert_eq!(own["tcp"], "ConnectionRefusedError", "{own}");
+    assert_ne!(own["unix"], "connected", "{own}");
+    // The documented opt-out really shares (so the test above can fail).
+    let shared = reach_a_concurrent_listener(&daemon, "shared", 18081);
+    assert_eq!(shared["tcp"], "connected", "{shared}");
+    assert_eq!(shared["unix"], "connected", "{shared}");
+}

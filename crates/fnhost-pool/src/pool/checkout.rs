@@ -159,6 +159,7 @@ impl<B: Backend> FunctionPool<B> {
                 phase.clone.record(secs(times.fork_us));
                 phase.cgroup_attach.record(secs(times.setup.cgroup_us));
                 phase.mount.record(secs(times.setup.mount_us));
+                phase.network.record(secs(times.setup.network_us));
                 phase
                     .drop_privileges
                     .record(secs(times.setup.privileges_us));

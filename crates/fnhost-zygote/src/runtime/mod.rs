@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fnhost_config::{FunctionSpec, Runtime};
+use fnhost_config::{FunctionSpec, NetworkMode, Runtime};
 
 use crate::settings::{SeccompChoice, ZygoteSettings};
 use fnhost_sandbox::mount::Bind;
@@ -133,6 +133,7 @@ pub fn zygote_spec(spec: &FunctionSpec, root: RootParts, max_response_bytes: usi
             seccomp: SeccompChoice::from_config(&spec.seccomp),
             max_response_bytes,
         },
+        clone_network: spec.network == NetworkMode::None,
     }
 }
 
