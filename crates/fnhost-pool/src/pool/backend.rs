@@ -58,14 +58,14 @@ pub trait Backend: Send + Sync + 'static {
     fn remove_zygote_cgroup(&self) -> Result<(), BackendError>;
 
     /// Asks the kernel to reclaim the memory of the zygote cgroup.
-    fn reclaim_zygotes(&self) -> impl Future<Output = Result<(), String>> + Send;
+    fn reclaim_zygotes(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Hibernates `zygote` into a snapshot; `Ok(None)`: it already sleeps.
     fn hibernate_snapshot(
         &self,
         zygote: &Self::Zygote,
         prefetch: bool,
-    ) -> impl Future<Output = Result<Option<Slept>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Slept>, BackendError>> + Send;
 }
 
 /// A running zygote.

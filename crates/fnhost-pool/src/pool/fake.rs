@@ -205,7 +205,7 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn reclaim_zygotes(&self) -> Result<(), String> {
+    async fn reclaim_zygotes(&self) -> Result<(), BackendError> {
         Ok(())
     }
 
@@ -213,7 +213,7 @@ impl Backend for FakeBackend {
         &self,
         zygote: &FakeZygote,
         _prefetch: bool,
-    ) -> Result<Option<Slept>, String> {
+    ) -> Result<Option<Slept>, BackendError> {
         if zygote.asleep.swap(true, Ordering::SeqCst) {
             return Ok(None);
         }

@@ -79,7 +79,7 @@ impl<B: Backend> FunctionPool<B> {
         let mode = settings.hibernate_mode;
         let pass = Instant::now();
         // Reclaim acts on the cgroup all the pool's zygotes share: once.
-        let reclaimed = match mode {
+        let mut reclaimed = match mode {
             HibernateMode::Reclaim => Some(self.backend.reclaim_zygotes().await),
             HibernateMode::Snapshot => None,
         };
@@ -90,14 +90,17 @@ impl<B: Backend> FunctionPool<B> {
                 break;
             }
             let started = Instant::now();
-            let outcome = match &reclaimed {
+            let outcome = match &mut reclaimed {
                 None => {
                     self.backend
                         .hibernate_snapshot(&zygote, settings.hibernate_prefetch)
                         .await
                 }
                 Some(Ok(())) => Ok(zygote.mark_reclaimed().await.then_some(Slept::default())),
-                Some(Err(e)) => Err(e.clone()),
+                // Reported once: the loop ends at the first failure.
+                Some(failed @ Err(_)) => {
+                    Err(std::mem::replace(failed, Ok(())).expect_err("matched a failure"))
+                }
             };
             match outcome {
                 Ok(Some(Slept {

@@ -199,11 +199,11 @@ impl Backend for RealBackend {
 
     /// The kernel reclaims synchronously (for a while when little can go):
     /// off the runtime's threads.
-    async fn reclaim_zygotes(&self) -> Result<(), String> {
+    async fn reclaim_zygotes(&self) -> Result<(), BackendError> {
         let cgroup = self.zygote_cgroup.clone();
         match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("reclaim task failed: {e}")),
+            Ok(result) => result.map_err(Into::into),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -211,7 +211,7 @@ impl Backend for RealBackend {
         &self,
         zygote: &RealZygote,
         prefetch: bool,
-    ) -> Result<Option<Slept>, String> {
+    ) -> Result<Option<Slept>, BackendError> {
         let path = self.snapshots.path(&self.name, zygote.id);
         let device = self.snapshots.device()?;
         let slept = zygote.hibernate_snapshot(device, path, prefetch).await?;

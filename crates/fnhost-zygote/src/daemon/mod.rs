@@ -12,7 +12,7 @@ mod spawn;
 mod zygote;
 
 pub use clone::{CloneHandle, ReadError, RunOutcome, SetupError, Slot};
-pub use sleep::{FaultError, Hibernation, WakeError, Woken};
-pub use snapshots::{SnapshotStore, SnapshotsUnavailable};
+pub use sleep::{FaultError, HibernateError, Hibernation, WakeError, Woken};
+pub use snapshots::{DeviceUnavailable, SnapshotStore, SnapshotsUnavailable};
 pub use spawn::{spawn_zygote, IdMap, SpawnError, ZygoteProcess, INIT_SUBCOMMAND};
-pub use zygote::{CloneError, Cloned, Placement, StartError, ZygoteHandle};
+pub use zygote::{CloneError, Cloned, Placement, StartError, ZygoteHandle, CLONE_REPLY_TIMEOUT};

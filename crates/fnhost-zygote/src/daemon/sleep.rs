@@ -3,6 +3,7 @@
 //! and waking it (restoring every page before its next clone) — or, in
 //! reclaim mode, only remembering that the kernel was asked to reclaim.
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -22,6 +23,51 @@ use super::fd;
 use super::zygote::ZygoteHandle;
 
 /// Why the page faults of a sleeping zygote could not be served.
+/// Why a zygote could not be hibernated. Unless it says the zygote was
+/// killed, the zygote keeps serving as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum HibernateError {
+    #[error("the zygote has exited")]
+    Exited,
+    #[error("cannot create snapshot {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot reopen snapshot {path}: {source}")]
+    Reopen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot reach the zygote: {0}")]
+    Send(#[source] io::Error),
+    /// The zygote reported the failure itself (it stays awake).
+    #[error("{message}")]
+    Refused { message: String },
+    #[error("unexpected reply to hibernate: {0}")]
+    Unexpected(String),
+    #[error("cannot size snapshot {path}: {source}")]
+    Size {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// It may be stuck half-way and cannot be trusted again: it was killed.
+    #[error("the zygote did not finish hibernating within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// Its memory is gone and the snapshot unusable: it was killed.
+    #[error("cannot seal snapshot {path}: {source}")]
+    Seal {
+        path: PathBuf,
+        #[source]
+        source: RestoreError,
+    },
+    #[error("snapshot sealing failed: {0}")]
+    SealTask(#[source] JoinError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
     #[error("cannot watch the userfaultfd: {0}")]
@@ -173,22 +219,28 @@ impl ZygoteHandle {
         device: &OwnedFd,
         path: PathBuf,
         prefetch: bool,
-    ) -> Result<Option<Hibernation>, String> {
+    ) -> Result<Option<Hibernation>, HibernateError> {
         let mut channel = self.control.lock().await;
         if channel.sleep.is_some() {
             return Ok(None);
         }
         if !self.is_alive() {
-            return Err("the zygote has exited".into());
+            return Err(HibernateError::Exited);
         }
-        let mut snapshot = Snapshot::create(path.clone())
-            .map_err(|e| format!("cannot create snapshot {}: {e}", path.display()))?;
+        let mut snapshot =
+            Snapshot::create(path.clone()).map_err(|source| HibernateError::Create {
+                path: path.clone(),
+                source,
+            })?;
         let fds = [device.as_raw_fd(), snapshot.file().as_raw_fd()];
         let file = snapshot
             .file()
             .try_clone_to_owned()
             .map(std::fs::File::from)
-            .map_err(|e| format!("cannot reopen snapshot {}: {e}", path.display()))?;
+            .map_err(|source| HibernateError::Reopen {
+                path: path.clone(),
+                source,
+            })?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let function = self.function.clone();
         let id = self.id;
@@ -196,7 +248,7 @@ impl ZygoteHandle {
         let exchange = async {
             send_msg(&channel.fd, &DaemonMessage::Hibernate, &fds)
                 .await
-                .map_err(|e| format!("cannot reach the zygote: {e}"))?;
+                .map_err(HibernateError::Send)?;
             let (regions, uffd) = match recv_msg(&channel.fd).await {
                 Ok(Received::Message(ZygoteMessage::Hibernating { regions }, mut fds))
                     if fds.len() == 1 =>
@@ -204,14 +256,16 @@ impl ZygoteHandle {
                     (regions, fds.remove(0))
                 }
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
-                    return Err(message)
+                    return Err(HibernateError::Refused { message })
                 }
-                other => return Err(format!("unexpected reply to hibernate: {other:?}")),
+                other => return Err(HibernateError::Unexpected(format!("{other:?}"))),
             };
             // Trailing zero pages stay holes instead of past-EOF reads.
             let len = fnhost_snapshot::asleep::layout_len(&regions);
-            file.set_len(len)
-                .map_err(|e| format!("cannot size snapshot {}: {e}", path.display()))?;
+            file.set_len(len).map_err(|source| HibernateError::Size {
+                path: path.clone(),
+                source,
+            })?;
             // Faults are answered from the moment the pages may be gone.
             let server = tokio::spawn(serve_asleep(
                 uffd,
@@ -231,9 +285,9 @@ impl ZygoteHandle {
                     _,
                 )) => Ok((regions, server, bytes_dropped)),
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
-                    Err(message)
+                    Err(HibernateError::Refused { message })
                 }
-                other => Err(format!("unexpected reply to hibernate: {other:?}")),
+                other => Err(HibernateError::Unexpected(format!("{other:?}"))),
             }
         };
         let (regions, server, dropped_bytes) =
@@ -243,10 +297,7 @@ impl ZygoteHandle {
                 Err(_) => {
                     // It may be stuck half-way: it cannot be trusted again.
                     self.kill();
-                    return Err(format!(
-                        "the zygote did not finish hibernating within {} s",
-                        HIBERNATION_TIMEOUT.as_secs()
-                    ));
+                    return Err(HibernateError::Timeout(HIBERNATION_TIMEOUT));
                 }
             };
         // fdatasync and dropping the file's page cache block: off the runtime.
@@ -260,11 +311,11 @@ impl ZygoteHandle {
             Ok((_, Err(e))) => {
                 // Its memory is gone and the snapshot unusable.
                 self.kill();
-                return Err(format!("cannot seal snapshot {}: {e}", path.display()));
+                return Err(HibernateError::Seal { path, source: e });
             }
             Err(e) => {
                 self.kill();
-                return Err(format!("snapshot sealing failed: {e}"));
+                return Err(HibernateError::SealTask(e));
             }
         };
         self.snapshot_bytes

@@ -19,8 +19,15 @@ use fnhost_config::{FunctionSpec, HibernateMode};
 pub struct SnapshotsUnavailable {
     pub function: String,
     /// Why the device cannot be opened.
-    pub reason: String,
+    #[source]
+    pub reason: DeviceUnavailable,
 }
+
+/// `/dev/userfaultfd` could not be opened at start (the error is kept and
+/// shared: every pool asking for it gets the same answer).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot open /dev/userfaultfd: {0}")]
+pub struct DeviceUnavailable(#[source] pub std::sync::Arc<io::Error>);
 
 /// `statfs` magic of tmpfs: snapshots there would stay in memory.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -29,7 +36,7 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 pub struct SnapshotStore {
     dir: PathBuf,
     /// The device, or why it cannot be used.
-    device: Result<OwnedFd, String>,
+    device: Result<OwnedFd, DeviceUnavailable>,
 }
 
 impl SnapshotStore {
@@ -57,7 +64,8 @@ impl SnapshotStore {
             tracing::warn!(dir = %dir.display(),
                 "snapshots are on tmpfs: hibernate_mode = \"snapshot\" saves no memory there; put server.state_dir on a disk");
         }
-        let device = fnhost_sandbox::sys::uffd::open_device().map_err(|e| e.to_string());
+        let device = fnhost_sandbox::sys::uffd::open_device()
+            .map_err(|e| DeviceUnavailable(std::sync::Arc::new(e)));
         Ok(SnapshotStore { dir, device })
     }
 
@@ -67,7 +75,7 @@ impl SnapshotStore {
     }
 
     /// The userfaultfd device, for a zygote to create its userfaultfd from.
-    pub fn device(&self) -> Result<&OwnedFd, String> {
+    pub fn device(&self) -> Result<&OwnedFd, DeviceUnavailable> {
         self.device.as_ref().map_err(Clone::clone)
     }
 
