@@ -223,11 +223,20 @@ fn a_failed_hibernation_keeps_the_pool_warm() {
     if !require_root("a_failed_hibernation_keeps_the_pool_warm") {
         return;
     }
-    let daemon = Daemon::start(&function("snap", "hibernate_after_ms = 300"));
-    // The snapshot path of the first zygote is taken by a directory, so
+    // The snapshot path of the first zygote is taken by a directory (made
+    // before the daemon starts, which removes only stale files), so
     // creating the snapshot fails before the zygote is asked anything.
-    std::fs::create_dir(daemon.dir.path().join("state/snapshots/snap.z0.snap"))
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup_root = common::unique_cgroup_root();
+    let config = common::write_config(
+        dir.path(),
+        &cgroup_root,
+        "",
+        &function("snap", "hibernate_after_ms = 300"),
+    );
+    std::fs::create_dir_all(dir.path().join("state/snapshots/snap.z0.snap"))
         .expect("block the snapshot path");
+    let daemon = Daemon::start_config(dir, config, cgroup_root);
     assert!(
         eventually(Duration::from_secs(30), || metric(
             &daemon,
