@@ -38,6 +38,8 @@ pub struct Host {
     layout: String,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Pools replaced or removed by a reload, still draining.
+    retiring: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Host {
@@ -115,6 +117,12 @@ impl Host {
                 .map(|pool| async move { pool.close(grace).await }),
         )
         .await;
+        // Pools a reload retired are still closing: removing every cgroup
+        // under them would race their own cleanup.
+        let retiring = std::mem::take(&mut *self.retiring.lock().expect("retiring lock"));
+        for task in retiring {
+            let _ = task.await;
+        }
         match self.tree.remove_all() {
             Ok(report) => tracing::info!(cgroups = report.cgroups_removed, "cgroups removed"),
             Err(e) => tracing::warn!(error = %e, "could not remove every cgroup at shutdown"),

@@ -47,7 +47,7 @@ impl Host {
                 Ok(z) => z,
                 Err(e) => {
                     for pool in built {
-                        retire(pool, Duration::ZERO);
+                        self.retire(pool, Duration::ZERO);
                     }
                     return Err(e);
                 }
@@ -67,7 +67,7 @@ impl Host {
                         Ok(pool) => pool,
                         Err(e) => {
                             for pool in built {
-                                retire(pool, Duration::ZERO);
+                                self.retire(pool, Duration::ZERO);
                             }
                             return Err(e);
                         }
@@ -99,7 +99,7 @@ impl Host {
             .collect();
         *self.pools.write().expect("pools lock") = next;
         for pool in retired {
-            retire(pool, grace);
+            self.retire(pool, grace);
         }
         self.budget.set_limit(budget_bytes(&config.server));
         report.needs_restart = restart_only_changes(&self.server, &config.server);
@@ -146,13 +146,19 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     keys
 }
 
-/// Drains a pool that left the config, then removes its cgroups.
-fn retire(pool: Arc<FunctionPool>, grace: Duration) {
-    tokio::spawn(async move {
-        pool.close(grace).await;
-        pool.remove_cgroups();
-        tracing::info!(function = pool.name(), "pool retired");
-    });
+impl Host {
+    /// Drains a pool that left the config, then removes its cgroups, in the
+    /// background; shutdown waits for it (see [`Host::shutdown`]).
+    fn retire(&self, pool: Arc<FunctionPool>, grace: Duration) {
+        let task = tokio::spawn(async move {
+            pool.close(grace).await;
+            pool.remove_cgroups();
+            tracing::info!(function = pool.name(), "pool retired");
+        });
+        let mut retiring = self.retiring.lock().expect("retiring lock");
+        retiring.retain(|t| !t.is_finished());
+        retiring.push(task);
+    }
 }
 
 #[cfg(test)]

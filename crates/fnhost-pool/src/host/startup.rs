@@ -226,6 +226,7 @@ impl Host {
             server: config.server.clone(),
             layout: layout_text,
             reloading: tokio::sync::Mutex::new(()),
+            retiring: std::sync::Mutex::new(Vec::new()),
         };
         let mut pools = BTreeMap::new();
         for spec in &config.functions {
