@@ -159,7 +159,6 @@ mod tests {
         assert_eq!(r.headers()["x-amz-function-error"], "Unhandled");
         let r = invoke_error(&InvokeError::NotFound {
             function: "f".into(),
-            defined: String::new(),
         });
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(r.headers()["x-amzn-errortype"], "ResourceNotFoundException");

@@ -139,10 +139,7 @@ mod tests {
     fn statuses() {
         let f = || "f".to_string();
         assert_eq!(
-            status_of(&InvokeError::NotFound {
-                function: f(),
-                defined: "x".into()
-            }),
+            status_of(&InvokeError::NotFound { function: f() }),
             StatusCode::NOT_FOUND
         );
         assert_eq!(

@@ -10,8 +10,9 @@ use fnhost_zygote::protocol::InitFailure;
 /// Why an invocation did not produce the function's result.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
-    #[error("function '{function}' is not defined (defined: {defined})")]
-    NotFound { function: String, defined: String },
+    /// Which functions exist is the admin API's to say, not an error's.
+    #[error("function '{function}' is not defined")]
+    NotFound { function: String },
 
     #[error(
         "function '{function}' is at its limit of {max_concurrency} concurrent invocations \

@@ -88,14 +88,8 @@ impl Host {
         request_id: String,
     ) -> Result<Invocation, InvokeError> {
         let Some(pool) = self.pool(name) else {
-            let names = self.function_names();
             return Err(InvokeError::NotFound {
                 function: name.to_string(),
-                defined: if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                },
             });
         };
         pool.invoke(payload, request_id).await
