@@ -2,6 +2,7 @@
 //! or Poisson arrivals over many functions with Zipf popularity, or replay
 //! of an Azure Functions trace; HDR latency from intended send times;
 //! compares pool configurations by launching fnhost once per configuration.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod compare;

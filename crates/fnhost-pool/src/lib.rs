@@ -3,6 +3,7 @@
 //! requests, keeps warm zygotes, pre-forked ready clones and pooled cgroups,
 //! scales, hibernates and evicts, and runs invocations in fresh clones. The
 //! processes themselves are `fnhost_zygote::daemon`'s, behind `pool::backend`.
+#![forbid(unsafe_code)]
 
 pub mod budget;
 pub mod error;
