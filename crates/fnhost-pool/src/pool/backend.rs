@@ -119,26 +119,9 @@ pub trait SlotHandle: Send + Sync + 'static {
     fn oom_kills(&self) -> Result<u64, BackendError>;
 }
 
-/// How an invocation inside a clone ended.
-#[derive(Debug)]
-pub enum RunOutcome {
-    Result {
-        body: Vec<u8>,
-        handler_us: u64,
-    },
-    FunctionError {
-        body: Vec<u8>,
-        handler_us: u64,
-    },
-    Timeout,
-    TooLarge {
-        size: usize,
-    },
-    /// The clone died or broke protocol without answering.
-    NoResponse {
-        detail: String,
-    },
-}
+/// How an invocation inside a clone ended: the daemon handle's own type,
+/// pure data the pool maps to results and errors.
+pub use fnhost_zygote::daemon::RunOutcome;
 
 /// Where the time of creating one clone went, microseconds.
 #[derive(Debug, Clone, Default)]

@@ -294,17 +294,7 @@ impl CloneHandle for RealClone {
         deadline: Instant,
         max_response: usize,
     ) -> RunOutcome {
-        match RealClone::run(self, meta, payload, deadline.into_std(), max_response).await {
-            daemon::RunOutcome::Result { body, handler_us } => {
-                RunOutcome::Result { body, handler_us }
-            }
-            daemon::RunOutcome::FunctionError { body, handler_us } => {
-                RunOutcome::FunctionError { body, handler_us }
-            }
-            daemon::RunOutcome::Timeout => RunOutcome::Timeout,
-            daemon::RunOutcome::TooLarge { size } => RunOutcome::TooLarge { size },
-            daemon::RunOutcome::NoResponse { detail } => RunOutcome::NoResponse { detail },
-        }
+        RealClone::run(self, meta, payload, deadline.into_std(), max_response).await
     }
 
     async fn teardown(self) -> Option<Slot> {
