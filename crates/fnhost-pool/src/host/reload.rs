@@ -150,9 +150,16 @@ impl Host {
     /// Drains a pool that left the config, then removes its cgroups, in the
     /// background; shutdown waits for it (see [`Host::shutdown`]).
     fn retire(&self, pool: Arc<FunctionPool>, grace: Duration) {
+        // Replaced, not removed: its successor shares the zygote cgroup.
+        let successor = self
+            .pools
+            .read()
+            .expect("pools lock")
+            .get(pool.name())
+            .is_some_and(|p| !Arc::ptr_eq(p, &pool));
         let task = tokio::spawn(async move {
             pool.close(grace).await;
-            pool.remove_cgroups();
+            pool.remove_cgroups(successor);
             tracing::info!(function = pool.name(), "pool retired");
         });
         let mut retiring = self.retiring.lock().expect("retiring lock");

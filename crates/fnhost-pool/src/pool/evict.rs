@@ -66,7 +66,10 @@ impl<B: Backend> FunctionPool<B> {
         let (ready, zygotes) = self.take_all();
         for sandbox in ready {
             sandbox.kill();
-            let _ = sandbox.teardown().await;
+            // Back to the free list, so that `remove_cgroups` removes it.
+            if let Some(slot) = sandbox.teardown().await {
+                self.free_slots.lock().expect("slots lock").push(slot);
+            }
         }
         for zygote in zygotes {
             zygote.kill();

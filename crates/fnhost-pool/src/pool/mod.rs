@@ -63,6 +63,10 @@ impl StartKind {
 pub struct Ids {
     sandbox: AtomicU64,
     zygote: AtomicU64,
+    /// Slot cgroups are numbered host-wide: a pool that replaces another
+    /// of the same function (reload) never reuses a name the old one may
+    /// still hold or be removing.
+    slot: AtomicU64,
 }
 
 /// A snapshot of a pool, for the admin API, metrics and tests.
@@ -102,7 +106,6 @@ pub struct FunctionPool<B: Backend = RealBackend> {
     zygotes: Mutex<Vec<Arc<B::Zygote>>>,
     ready: Mutex<VecDeque<B::Clone>>,
     free_slots: Arc<Mutex<Vec<B::Slot>>>,
-    next_slot: AtomicU64,
     concurrency: Arc<Semaphore>,
     /// Permits the semaphore currently stands for (max_concurrency).
     permits: AtomicU32,
@@ -163,7 +166,6 @@ impl<B: Backend> FunctionPool<B> {
             zygotes: Mutex::new(Vec::new()),
             ready: Mutex::new(VecDeque::new()),
             free_slots: Arc::new(Mutex::new(Vec::new())),
-            next_slot: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             misses: AtomicU64::new(0),

@@ -16,7 +16,7 @@ impl<B: Backend> FunctionPool<B> {
         if let Some(slot) = self.free_slots.lock().expect("slots lock").pop() {
             return Ok(slot);
         }
-        let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let n = self.ids.slot.fetch_add(1, Ordering::Relaxed);
         self.backend.create_slot(n)
     }
 
@@ -67,11 +67,15 @@ impl<B: Backend> FunctionPool<B> {
 
     /// Removes the pool's cgroups (after [`Self::close`]); used when a
     /// function is deleted or replaced by a reload.
-    pub fn remove_cgroups(&self) {
+    /// `keep_zygote_cgroup`: a new pool of the same function (a reload that
+    /// replaced this one) uses the same zygote cgroup.
+    pub fn remove_cgroups(&self, keep_zygote_cgroup: bool) {
         for slot in self.free_slots.lock().expect("slots lock").drain(..) {
             let _ = slot.remove();
         }
-        let _ = self.backend.remove_zygote_cgroup();
+        if !keep_zygote_cgroup {
+            let _ = self.backend.remove_zygote_cgroup();
+        }
     }
 }
 
@@ -126,9 +130,28 @@ mod tests {
             .expect("invoke");
         until(|| pool.status().free_cgroups == 1).await;
         pool.close(Duration::ZERO).await;
-        pool.remove_cgroups();
+        pool.remove_cgroups(false);
         assert_eq!(pool.status().free_cgroups, 0);
         assert_eq!(fake.slots_removed.load(Ordering::SeqCst), 1);
         assert!(fake.zygote_cgroup_removed.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_pool_removes_the_cgroups_of_its_ready_clones_too() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            ready_clones: 2,
+            prewarm: true,
+            ..fake::settings()
+        });
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 2);
+        pool.close(Duration::ZERO).await;
+        pool.remove_cgroups(false);
+        assert_eq!(
+            fake.slots_removed.load(Ordering::SeqCst),
+            2,
+            "a retired pool leaves no slot cgroup behind"
+        );
     }
 }
