@@ -64,7 +64,6 @@ fn control(c: &mut Criterion) {
             writable_bytes: 64 << 20,
             carry: vec!["/usr".into(), "/dev".into()],
             run_as: Some((1000, 1000)),
-            own_network: true,
         },
         fds: FdLayout {
             v2_cgroup: true,

@@ -19,9 +19,6 @@ pub struct CloneRequest {
     /// mode); `None`: stay uid 0 without capabilities.
     #[serde(default)]
     pub run_as: Option<(u32, u32)>,
-    /// Clone into a network namespace of its own (loopback only).
-    #[serde(default)]
-    pub own_network: bool,
 }
 
 /// Which descriptors a clone request carries (sent next to it, so the

@@ -42,9 +42,18 @@ pub fn thread_count() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// What the fork server does the same way for every clone, from the
+/// zygote's settings (received once).
+struct CloneDefaults {
+    /// The compiled filter whose zygote stage is installed; `None`: unconfined.
+    seccomp: Option<Filter>,
+    /// Clone into a network namespace of its own.
+    own_network: bool,
+}
+
 /// Asks the daemon for this zygote's settings, then compiles and installs
-/// (zygote stage) the seccomp filter they choose (`None`: unconfined).
-fn receive_settings(control: BorrowedFd<'_>) -> Result<Option<Filter>, InitFailure> {
+/// (zygote stage) the seccomp filter they choose.
+fn receive_settings(control: BorrowedFd<'_>) -> Result<CloneDefaults, InitFailure> {
     if control::send(control, &ZygoteMessage::NeedSettings, &[]).is_err() {
         // The daemon is gone: nothing to serve.
         sys::exit_immediately(0);
@@ -75,7 +84,10 @@ fn receive_settings(control: BorrowedFd<'_>) -> Result<Option<Filter>, InitFailu
         f.install_in_zygote()
             .map_err(|e| seccomp_failure(SettingsError::Seccomp(e)))?;
     }
-    Ok(filter)
+    Ok(CloneDefaults {
+        seccomp: filter,
+        own_network: settings.own_network,
+    })
 }
 
 /// Sends an init failure on the control socket (used by the shim when the
@@ -106,8 +118,8 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
     // Compiled once. The zygote stage is installed here and inherited by
     // every clone, which only adds the small clone stage (see
     // fnhost_sandbox::seccomp).
-    let seccomp = match receive_settings(control) {
-        Ok(filter) => filter,
+    let defaults = match receive_settings(control) {
+        Ok(defaults) => defaults,
         Err(failure) => {
             let _ = report_init_failure(control, failure);
             sys::exit_immediately(1);
@@ -162,7 +174,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         let forked = unsafe {
             sys::clone3(CloneSpec {
                 flags: CLONE_NAMESPACES
-                    | if request.own_network {
+                    | if defaults.own_network {
                         CLONE_NETWORK
                     } else {
                         0
@@ -173,7 +185,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         };
         match forked {
             Ok(Forked::Child) => {
-                return setup_clone(control_fd, request, fds, seccomp.as_ref());
+                return setup_clone(control_fd, request, fds, &defaults);
             }
             Ok(Forked::Parent { pid, pidfd }) => {
                 let reply = ZygoteMessage::Cloned {
@@ -292,13 +304,12 @@ fn setup_clone(
     control_fd: RawFd,
     request: CloneRequest,
     fds: CloneFds,
-    seccomp: Option<&Filter>,
+    defaults: &CloneDefaults,
 ) -> RawFd {
     let CloneRequest {
         writable_bytes,
         carry,
         run_as,
-        own_network,
         ..
     } = request;
     let CloneFds {
@@ -324,8 +335,8 @@ fn setup_clone(
         writable_bytes,
         carry.into_iter().map(Into::into).collect(),
         run_as,
-        own_network,
-        seccomp,
+        defaults.own_network,
+        defaults.seccomp.as_ref(),
     );
     let times = match set_up_clone(&LinuxSyscall, plan) {
         Ok(t) => SetupTimes {

@@ -332,7 +332,6 @@ mod tests {
                 writable_bytes: 1024,
                 carry: vec!["/usr".into()],
                 run_as: Some((1000, 1000)),
-                own_network: true,
             },
             fds: FdLayout {
                 v2_cgroup: true,

@@ -69,6 +69,14 @@ pub struct ZygoteSettings {
     /// Largest response a function may return, bytes (the exec runtime
     /// stops reading the command's stdout past it).
     pub max_response_bytes: usize,
+    /// Each clone gets a network namespace of its own (loopback only);
+    /// `false` (`network = "shared-loopback"`): clones share the zygote's.
+    #[serde(default = "own_network_by_default")]
+    pub own_network: bool,
+}
+
+fn own_network_by_default() -> bool {
+    true
 }
 
 impl Default for ZygoteSettings {
@@ -76,6 +84,7 @@ impl Default for ZygoteSettings {
         ZygoteSettings {
             seccomp: SeccompChoice::Default,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            own_network: true,
         }
     }
 }
@@ -144,6 +153,7 @@ mod tests {
         let settings = ZygoteSettings {
             seccomp: SeccompChoice::Profile("/p.json".into()),
             max_response_bytes: 1024,
+            own_network: false,
         };
         let json = serde_json::to_string(&settings).unwrap();
         assert_eq!(

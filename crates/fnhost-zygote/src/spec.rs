@@ -45,14 +45,6 @@ pub struct ZygoteSpec {
     /// fnhost's settings (seccomp, response limit): typed, never in `env`.
     #[serde(default)]
     pub settings: ZygoteSettings,
-    /// Each clone gets a network namespace of its own (loopback only);
-    /// `false` (`network = "shared-loopback"`): clones share the zygote's.
-    #[serde(default = "own_network_by_default")]
-    pub clone_network: bool,
-}
-
-fn own_network_by_default() -> bool {
-    true
 }
 
 impl ZygoteSpec {
@@ -90,7 +82,6 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             settings: ZygoteSettings::default(),
-            clone_network: true,
         };
         assert_eq!(
             spec.clone_carry(),

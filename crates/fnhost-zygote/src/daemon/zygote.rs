@@ -127,8 +127,6 @@ pub struct ZygoteHandle {
     /// Data bytes of the current snapshot (0 when awake).
     pub(super) snapshot_bytes: AtomicU64,
     carry: Vec<String>,
-    /// Whether its clones get network namespaces of their own.
-    clone_network: bool,
 }
 
 impl std::fmt::Debug for ZygoteHandle {
@@ -248,7 +246,6 @@ impl ZygoteHandle {
             asleep: AtomicBool::new(false),
             snapshot_bytes: AtomicU64::new(0),
             carry: spec.clone_carry(),
-            clone_network: spec.clone_network,
         }))
     }
 
@@ -268,7 +265,6 @@ impl ZygoteHandle {
             writable_bytes,
             carry: self.carry.clone(),
             run_as,
-            own_network: self.clone_network,
         }
     }
 

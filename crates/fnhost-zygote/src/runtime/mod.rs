@@ -132,8 +132,8 @@ pub fn zygote_spec(spec: &FunctionSpec, root: RootParts, max_response_bytes: usi
         settings: ZygoteSettings {
             seccomp: SeccompChoice::from_config(&spec.seccomp),
             max_response_bytes,
+            own_network: spec.network == NetworkMode::None,
         },
-        clone_network: spec.network == NetworkMode::None,
     }
 }
 
@@ -208,6 +208,7 @@ mod tests {
             ZygoteSettings {
                 seccomp: SeccompChoice::Unconfined,
                 max_response_bytes: 4096,
+                own_network: true,
             }
         );
         assert!(
