@@ -95,8 +95,15 @@ pub struct AdminArgs {
     pub token: Option<String>,
     /// Token file a host without server.admin_token writes at start
     /// (<server.state_dir>/admin.token; root only).
-    #[arg(long, global = true, default_value = "/var/lib/fnhost/admin.token")]
+    #[arg(long, global = true, default_value_os_t = default_token_file())]
     pub token_file: std::path::PathBuf,
+}
+
+/// The token file of a host on the default `server.state_dir`.
+fn default_token_file() -> std::path::PathBuf {
+    fnhost_config::ServerConfig::default()
+        .state_dir
+        .join(fnhost_dispatch::admin_auth::TOKEN_FILE)
 }
 
 /// Where the layer store is: `<state_dir>/layers`.

@@ -54,6 +54,10 @@ impl Host {
         &self.layout
     }
 
+    pub fn function_count(&self) -> usize {
+        self.pools.read().expect("pools lock").len()
+    }
+
     pub fn function_names(&self) -> Vec<String> {
         self.pools
             .read()
