@@ -119,8 +119,9 @@ impl AdminAuth {
         })
     }
 
-    /// A fixed token (tests, embedders).
-    pub fn with_token(token: &str, loopback_only: bool) -> AdminAuth {
+    /// A fixed token, for the tests.
+    #[cfg(test)]
+    fn with_token(token: &str, loopback_only: bool) -> AdminAuth {
         AdminAuth {
             token_digest: Some(digest(token.as_bytes())),
             token_file: None,

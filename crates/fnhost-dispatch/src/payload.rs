@@ -57,10 +57,6 @@ impl PayloadAdmission {
         }
     }
 
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
-    }
-
     /// Takes `bytes` more of the budget into `share`, or says the budget is used.
     fn grow(&self, share: &mut OwnedSemaphorePermit, bytes: u64) -> Result<(), PayloadError> {
         let units = bytes.div_ceil(UNIT);
