@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use fnhost_dispatch::response::server_timing;
 use fnhost_dispatch::routes::route;
 use fnhost_pool::{Invocation, StartKind, Timings};
-use fnhost_zygote::clone_request::{CloneRequest, FdLayout};
+use fnhost_zygote::clone_request::CloneRequest;
 use fnhost_zygote::protocol::{
     decode_frame_rest, encode_frame, frame_len, DaemonMessage, FrameKind, InvokeMeta,
 };
@@ -63,11 +63,6 @@ fn control(c: &mut Criterion) {
             sandbox: 42,
             writable_bytes: 64 << 20,
             carry: vec!["/usr".into(), "/dev".into()],
-            run_as: Some((1000, 1000)),
-        },
-        fds: FdLayout {
-            v2_cgroup: true,
-            v1_procs: 3,
         },
     };
     let json = serde_json::to_vec(&msg).expect("serializes");

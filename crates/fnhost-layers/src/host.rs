@@ -28,7 +28,8 @@ pub struct HostLayer {
 }
 
 /// Directories of the skeleton, with their modes. `.fnhost/rw` is where the
-/// per-sandbox tmpfs is mounted; `var/task` and `.fnhost/runtime` are
+/// per-sandbox tmpfs is mounted, `.fnhost/lower` where a zygote binds its
+/// bare root for its clones' overlays; `var/task` and `.fnhost/runtime` are
 /// covered by the code and runtime layers.
 const SKELETON_DIRS: &[(&str, u32)] = &[
     ("proc", 0o755),
@@ -44,6 +45,7 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
     ("var/task", 0o755),
     (".fnhost", 0o755),
     (".fnhost/rw", 0o755),
+    (".fnhost/lower", 0o755),
     (".fnhost/runtime", 0o755),
     ("etc", 0o755),
 ];
@@ -109,6 +111,7 @@ const MOUNTPOINT_DIRS: &[(&str, u32)] = &[
     ("var/task", 0o755),
     (".fnhost", 0o755),
     (".fnhost/rw", 0o755),
+    (".fnhost/lower", 0o755),
     (".fnhost/runtime", 0o755),
     ("etc", 0o755),
 ];
@@ -116,7 +119,7 @@ const MOUNTPOINT_DIRS: &[(&str, u32)] = &[
 impl LayerStore {
     /// The small layer put above an image's layers so any image works: the
     /// mount points a sandbox needs (`proc`, `dev`, `tmp`, `.fnhost/rw`,
-    /// `.fnhost/runtime`, `var/task`) and the generated `/etc/hosts`,
+    /// `.fnhost/lower`, `.fnhost/runtime`, `var/task`) and the generated `/etc/hosts`,
     /// `hostname` and `resolv.conf` of a loopback-only sandbox.
     pub fn mountpoints_layer(&self) -> Result<Layer, LayerError> {
         let mut plan = Plan::new();

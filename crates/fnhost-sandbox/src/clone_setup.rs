@@ -1,11 +1,18 @@
 //! The setup a clone does on itself, right after `clone3`, before any
-//! function code runs. The order is the security boundary: attach to the v1
-//! cgroups, mount the private writable root, drop every privilege, then
-//! install the seccomp clone stage. Each step goes through the [`Syscall`]
+//! function code runs.
+//!
+//! The zygote that forks the clone is unprivileged (non-root, no
+//! capabilities, `no_new_privs`, seccomp): its import-time code is the
+//! function's. Each clone therefore starts in a user namespace of its own
+//! (`CLONE_NEWUSER`), where the kernel grants it capabilities over the
+//! namespaces it just created and nothing else, maps its one id, mounts its
+//! private writable root, brings up its loopback, drops those capabilities
+//! for good and installs the seccomp clone stage. Nothing here can reach
+//! the host: the privileged steps of a clone (moving it into its cgroups)
+//! are the daemon's, done by pid. Each step goes through the [`Syscall`]
 //! seam, so the order and the stop-on-failure are unit-tested without root.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -14,15 +21,21 @@ use crate::mount::{enter_clone_root, CloneRoot, MountError};
 use crate::seccomp::{Filter, SeccompError};
 use crate::syscall::Syscall;
 
+/// The ids a clone's function runs as, in the clone's own user namespace,
+/// and the zygote's ids they stand for outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloneIds {
+    /// uid and gid inside the clone (what the function sees).
+    pub inside: (u32, u32),
+    /// The zygote's uid and gid (its parent namespace's view).
+    pub outside: (u32, u32),
+}
+
 /// Everything one clone's setup needs.
 #[derive(Debug)]
 pub struct ClonePlan<'a> {
-    /// `cgroup.procs` of each v1 cgroup to join (opened by the daemon).
-    pub v1_procs: Vec<OwnedFd>,
+    pub ids: CloneIds,
     pub root: CloneRoot,
-    /// uid and gid the function runs as; `None`: stays uid 0 of its
-    /// namespace (still without capabilities).
-    pub run_as: Option<(u32, u32)>,
     /// The clone has a network namespace of its own, whose loopback is
     /// brought up (`false`: it shares its zygote's).
     pub own_network: bool,
@@ -32,27 +45,25 @@ pub struct ClonePlan<'a> {
 }
 
 impl<'a> ClonePlan<'a> {
-    /// The plan of a clone of a zygote. The writable layer's root belongs to
-    /// the uid the function runs as, so it can write anywhere in `/` (inside
-    /// its private overlay); a `run_as` user exists only in a user
-    /// namespace, where overlayfs needs `userxattr`.
+    /// The plan of a clone of a zygote. The writable layer's root and its
+    /// /tmp belong to the function's user; the layers below show as the
+    /// overflow id (they belong to ids the clone's namespace does not map,
+    /// so no sandbox can write them even through copy-up).
     pub fn new(
-        v1_procs: Vec<OwnedFd>,
+        ids: CloneIds,
         writable_bytes: u64,
         carry: Vec<PathBuf>,
-        run_as: Option<(u32, u32)>,
         own_network: bool,
         seccomp: Option<&'a Filter>,
     ) -> ClonePlan<'a> {
         ClonePlan {
-            v1_procs,
+            ids,
             root: CloneRoot {
                 writable_bytes,
                 carry,
-                owner: run_as,
-                userxattr: run_as.is_some(),
+                owner: Some(ids.inside),
+                userxattr: true,
             },
-            run_as,
             own_network,
             seccomp,
         }
@@ -63,7 +74,8 @@ impl<'a> ClonePlan<'a> {
 /// as clone-phase histograms).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CloneSetupTimes {
-    pub cgroup_us: u64,
+    /// Mapping the clone's ids in its user namespace.
+    pub userns_us: u64,
     pub mount_us: u64,
     /// 0 when the clone shares its zygote's network namespace.
     pub network_us: u64,
@@ -75,8 +87,8 @@ pub struct CloneSetupTimes {
 /// The step of a clone's setup that failed. Nothing after it ran.
 #[derive(Debug, thiserror::Error)]
 pub enum CloneSetupError {
-    #[error("attach to v1 cgroup: {source}")]
-    AttachCgroup {
+    #[error("map ids in the clone's user namespace: {source}")]
+    MapIds {
         #[source]
         source: io::Error,
     },
@@ -106,7 +118,7 @@ impl CloneSetupError {
     /// The failed step, as reported to the daemon (`SetupFailure::step`).
     pub fn step(&self) -> &'static str {
         match self {
-            CloneSetupError::AttachCgroup { .. } => "attach to v1 cgroup",
+            CloneSetupError::MapIds { .. } => "map user namespace ids",
             CloneSetupError::Mount { .. } => "mount writable root",
             CloneSetupError::Network { .. } => "bring up loopback",
             CloneSetupError::DropPrivileges { .. } => "drop privileges",
@@ -118,7 +130,7 @@ impl CloneSetupError {
     /// (`SetupFailure::message`).
     pub fn cause(&self) -> String {
         match self {
-            CloneSetupError::AttachCgroup { source } => source.to_string(),
+            CloneSetupError::MapIds { source } => source.to_string(),
             CloneSetupError::Mount { source } => source.to_string(),
             CloneSetupError::Network { source } => source.to_string(),
             CloneSetupError::DropPrivileges { source } => source.to_string(),
@@ -132,8 +144,8 @@ fn micros(since: Instant) -> u64 {
 }
 
 /// Runs a clone's setup in its security order and stops at the first
-/// failing step. Runs in the clone (single-threaded), as uid 0 of its
-/// namespaces; on success the clone has no capabilities left.
+/// failing step. Runs in the clone (single-threaded), with the capabilities
+/// of its fresh user namespace; on success it has none left.
 pub fn set_up_clone(
     sys: &impl Syscall,
     plan: ClonePlan<'_>,
@@ -141,11 +153,9 @@ pub fn set_up_clone(
     let mut times = CloneSetupTimes::default();
 
     let t = Instant::now();
-    for procs in plan.v1_procs {
-        sys.attach_v1_cgroup(procs)
-            .map_err(|source| CloneSetupError::AttachCgroup { source })?;
-    }
-    times.cgroup_us = micros(t);
+    sys.map_own_ids(plan.ids.inside, plan.ids.outside)
+        .map_err(|source| CloneSetupError::MapIds { source })?;
+    times.userns_us = micros(t);
 
     let t = Instant::now();
     enter_clone_root(sys, &plan.root).map_err(|source| CloneSetupError::Mount { source })?;
@@ -159,7 +169,9 @@ pub fn set_up_clone(
     }
 
     let t = Instant::now();
-    caps::drop_all_privileges(sys, plan.run_as)
+    // The ids are already the function's (the namespace maps only them):
+    // what is left to drop is the namespace's capabilities.
+    caps::drop_all_privileges(sys, None)
         .map_err(|source| CloneSetupError::DropPrivileges { source })?;
     times.privileges_us = micros(t);
 
@@ -179,11 +191,10 @@ mod tests {
     use super::*;
     use crate::recorder::Recorder;
 
-    fn procs() -> OwnedFd {
-        std::fs::File::open("/dev/null")
-            .expect("open /dev/null")
-            .into()
-    }
+    const IDS: CloneIds = CloneIds {
+        inside: (1000, 1000),
+        outside: (2_000_001_000, 2_000_001_000),
+    };
 
     fn filter() -> Filter {
         Filter::default_for_host().expect("default profile compiles on this host")
@@ -191,10 +202,9 @@ mod tests {
 
     fn plan(seccomp: Option<&Filter>) -> ClonePlan<'_> {
         ClonePlan::new(
-            vec![procs(), procs()],
+            IDS,
             64 << 20,
             vec![PathBuf::from("/usr"), PathBuf::from("/dev")],
-            Some((1000, 1000)),
             true,
             seccomp,
         )
@@ -205,7 +215,7 @@ mod tests {
         let mut out: Vec<&'static str> = Vec::new();
         for call in calls {
             let phase = match call.split(' ').next().unwrap_or("") {
-                "cgroup.procs" => "cgroup",
+                "map_ids" => "userns",
                 "mount" | "mkdir" | "chown" | "pivot" | "touch" | "symlink" => "mounts",
                 "seccomp" => "seccomp",
                 "loopback" => "network",
@@ -219,24 +229,19 @@ mod tests {
     }
 
     #[test]
-    fn order_is_cgroup_mounts_privileges_seccomp() {
+    fn order_is_ids_mounts_network_privileges_seccomp() {
         let filter = filter();
         let rec = Recorder::default();
         set_up_clone(&rec, plan(Some(&filter))).unwrap();
         let calls = rec.into_calls();
         assert_eq!(
             phases(&calls),
-            ["cgroup", "mounts", "network", "privileges", "seccomp"],
+            ["userns", "mounts", "network", "privileges", "seccomp"],
             "{calls:?}"
         );
-        assert_eq!(
-            calls
-                .iter()
-                .filter(|c| c.starts_with("cgroup.procs"))
-                .count(),
-            2,
-            "every v1 cgroup is joined"
-        );
+        assert_eq!(calls[0], "map_ids 1000:1000 -> 2000001000:2000001000");
+        // The clone already has the function's ids: nothing switches them.
+        assert!(!calls.iter().any(|c| c.starts_with("set_ids")), "{calls:?}");
         // Mounts end with the pivot; loopback comes up while the clone
         // still may, before any privilege is dropped.
         let pivot = calls.iter().position(|c| c.starts_with("pivot")).unwrap();
@@ -260,15 +265,6 @@ mod tests {
         let plan = plan(None);
         assert_eq!(plan.root.owner, Some((1000, 1000)));
         assert!(plan.root.userxattr);
-        let as_root = ClonePlan::new(Vec::new(), 1, Vec::new(), None, false, None);
-        assert_eq!(as_root.root.owner, None);
-        assert!(!as_root.root.userxattr);
-        let rec = Recorder::default();
-        set_up_clone(&rec, as_root).unwrap();
-        let calls = rec.into_calls();
-        assert!(!calls
-            .iter()
-            .any(|c| c.starts_with("chown") || c.starts_with("set_ids")));
     }
 
     /// Fails the first call matching `needle`; returns the error and every
@@ -281,11 +277,11 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_failure_stops_before_any_mount() {
-        let (err, calls) = fail_at("cgroup.procs");
-        assert_eq!(err.step(), "attach to v1 cgroup");
-        assert!(matches!(err, CloneSetupError::AttachCgroup { .. }));
-        assert_eq!(calls.len(), 1, "the second cgroup is not joined: {calls:?}");
+    fn id_map_failure_stops_before_any_mount() {
+        let (err, calls) = fail_at("map_ids");
+        assert_eq!(err.step(), "map user namespace ids");
+        assert!(matches!(err, CloneSetupError::MapIds { .. }));
+        assert_eq!(calls.len(), 1, "{calls:?}");
     }
 
     #[test]
@@ -297,7 +293,7 @@ mod tests {
             "{err}"
         );
         assert!(calls.last().unwrap().contains("overlay"), "{calls:?}");
-        assert_eq!(phases(&calls), ["cgroup", "mounts"]);
+        assert_eq!(phases(&calls), ["userns", "mounts"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Sandbox primitives for fnhost: each raw syscall wrapped once (`sys`),
-//! a clone's whole setup (cgroup, mounts, privileges, seccomp) behind a
+//! a clone's whole setup (id map, mounts, privileges, seccomp) behind a
 //! recordable `Syscall` trait, capabilities, loopback networking and
 //! cgroups. Nothing here knows about functions or pools; it only builds and
 //! tears down isolation.
@@ -31,11 +31,15 @@ pub const ZYGOTE_NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWNET) as u64;
 
-/// Namespaces of each clone: fresh pid/mount/ipc/uts, plus
-/// [`CLONE_NETWORK`] unless the function shares its zygote's loopback
-/// (`network = "shared-loopback"`).
-pub const CLONE_NAMESPACES: u64 =
-    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
+/// Namespaces of each clone: a user namespace of its own (the unprivileged
+/// zygote gets capabilities only there, over the namespaces created with
+/// it), fresh pid/mount/ipc/uts, plus [`CLONE_NETWORK`] unless the
+/// function shares its zygote's loopback (`network = "shared-loopback"`).
+pub const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS) as u64;
 
 /// A clone's own network namespace (loopback only): what one invocation
 /// listens on, no other invocation can reach. Creating one costs a global

@@ -26,6 +26,14 @@ pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tt
 /// The directory is created by the host skeleton layer.
 pub const CLONE_RW_DIR: &str = "/.fnhost/rw";
 
+/// Where a zygote binds its bare read-only root (the layers' overlay
+/// without /proc, /dev, /tmp or host binds on it): the lower dir of its
+/// clones' overlays. A clone, in a user namespace of its own, may not
+/// stack an overlay on "/" itself: its submounts are locked there, and
+/// overlayfs refuses a lower dir with locked mounts inside (they would
+/// reveal what they cover). Created by the host skeleton layer.
+pub const ZYGOTE_LOWER_DIR: &str = "/.fnhost/lower";
+
 /// /proc options: `subset=pid` shows only process directories, hiding
 /// /proc/sys, /proc/sysrq-trigger, /proc/kcore and every other global knob
 /// that uid 0 could otherwise write or read without capabilities.
@@ -122,6 +130,12 @@ pub fn enter_zygote_root(sys: &dyn Syscall, root: &ZygoteRoot) -> Result<(), Mou
             MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
             Some(&lower),
         ),
+    )?;
+    let lower = staging.join(ZYGOTE_LOWER_DIR.trim_start_matches('/'));
+    step(
+        "bind the bare root for clones",
+        &lower,
+        sys.mount(staging.to_str(), &lower, None, MsFlags::MS_BIND, None),
     )?;
     for bind in &root.binds {
         let target = staging.join(&bind.target);
@@ -290,7 +304,7 @@ pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), Mount
     step("create work dir", &work, sys.mkdir(&work, 0o700))?;
     step("create merged dir", &merged, sys.mkdir(&merged, 0o755))?;
     let mut options = format!(
-        "lowerdir=/,upperdir={},workdir={}",
+        "lowerdir={ZYGOTE_LOWER_DIR},upperdir={},workdir={}",
         upper.display(),
         work.display()
     );
@@ -307,6 +321,24 @@ pub fn enter_clone_root(sys: &dyn Syscall, root: &CloneRoot) -> Result<(), Mount
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(&options),
         ),
+    )?;
+    // The layers belong to ids a clone's user namespace does not map, so
+    // overlayfs cannot copy their directories up: /tmp is a directory of
+    // the writable layer itself, bound over the layers' /tmp.
+    let tmp = rw.join("tmp");
+    step("create /tmp dir", &tmp, sys.mkdir(&tmp, 0o777))?;
+    if let Some((uid, gid)) = root.owner {
+        step(
+            "hand /tmp to the function's user",
+            &tmp,
+            sys.chown(&tmp, uid, gid),
+        )?;
+    }
+    let tmp_target = merged.join("tmp");
+    step(
+        "bind the writable /tmp",
+        &tmp_target,
+        sys.mount(tmp.to_str(), &tmp_target, None, MsFlags::MS_BIND, None),
     )?;
     for path in &root.carry {
         let rel = path.strip_prefix("/").unwrap_or(path);
@@ -371,8 +403,14 @@ mod tests {
             calls[1]
         );
         assert!(calls[1].contains("MS_RDONLY"));
-        assert!(calls[2].starts_with("mount /usr /state/run/z1/usr - MsFlags(MS_BIND | MS_REC)"));
-        assert!(calls[3].contains("MS_REMOUNT") && calls[3].contains("MS_RDONLY"));
+        // The bare root (before anything is mounted on it), non-recursive:
+        // the lower dir of every clone's overlay.
+        assert_eq!(
+            calls[2],
+            "mount /state/run/z1 /state/run/z1/.fnhost/lower - MsFlags(MS_BIND) -"
+        );
+        assert!(calls[3].starts_with("mount /usr /state/run/z1/usr - MsFlags(MS_BIND | MS_REC)"));
+        assert!(calls[4].contains("MS_REMOUNT") && calls[4].contains("MS_RDONLY"));
         assert!(calls
             .iter()
             .any(|c| c.contains("proc /state/run/z1/proc proc") && c.ends_with("subset=pid")));
@@ -428,7 +466,7 @@ mod tests {
         );
         assert!(calls[0].ends_with(&format!("size={},mode=755", 64u64 << 20)));
         assert!(calls.iter().any(|c| c.ends_with(
-            "lowerdir=/,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work,userxattr"
+            "lowerdir=/.fnhost/lower,upperdir=/.fnhost/rw/upper,workdir=/.fnhost/rw/work,userxattr"
         ) && c.contains("overlay /.fnhost/rw/root overlay")));
         assert!(calls
             .iter()
@@ -439,6 +477,15 @@ mod tests {
         assert!(calls
             .iter()
             .any(|c| c.contains("proc /.fnhost/rw/root/proc proc")));
+        // /tmp is the writable layer's own directory, the function's.
+        assert!(calls.iter().any(|c| c == "chown /.fnhost/rw/tmp 1000:1000"));
+        assert!(
+            calls
+                .iter()
+                .any(|c| c
+                    .starts_with("mount /.fnhost/rw/tmp /.fnhost/rw/root/tmp - MsFlags(MS_BIND)")),
+            "{calls:?}"
+        );
         assert_eq!(calls.last().unwrap(), "pivot /.fnhost/rw/root");
     }
 }

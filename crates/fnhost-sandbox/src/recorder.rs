@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -79,11 +78,11 @@ impl Syscall for Recorder {
     fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
         self.record(format!("pivot {}", new_root.display()))
     }
-    fn attach_v1_cgroup(&self, procs: OwnedFd) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let line = format!("cgroup.procs fd {}", procs.as_raw_fd());
-        drop(procs);
-        self.record(line)
+    fn map_own_ids(&self, inside: (u32, u32), outside: (u32, u32)) -> io::Result<()> {
+        self.record(format!(
+            "map_ids {}:{} -> {}:{}",
+            inside.0, inside.1, outside.0, outside.1
+        ))
     }
     fn drop_bounding_cap(&self, cap: u32) -> io::Result<()> {
         if cap > LAST_CAP {

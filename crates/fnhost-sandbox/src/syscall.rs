@@ -1,10 +1,9 @@
 //! The `Syscall` seam: every privileged call that sandbox setup logic makes
-//! (mounts, cgroup attach, privilege drops, the clone's seccomp stage) goes
+//! (id maps, mounts, privilege drops, the clone's seccomp stage) goes
 //! through this trait, so the logic deciding *what* to call and *in which
 //! order* is unit-tested with a recorder and run for real by [`LinuxSyscall`].
 
-use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::io;
 use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
@@ -32,9 +31,10 @@ pub trait Syscall {
     /// one (`pivot_root(".", ".")` from inside it, then lazy unmount).
     fn pivot_root_to(&self, new_root: &Path) -> io::Result<()>;
 
-    /// Moves the calling process into a v1 cgroup by writing "0" to that
-    /// cgroup's `cgroup.procs` (opened by the daemon), then closes it.
-    fn attach_v1_cgroup(&self, procs: OwnedFd) -> io::Result<()>;
+    /// In the calling process's fresh user namespace, maps `inside` ids to
+    /// the `outside` ids it had before (the one map an unprivileged process
+    /// may write for itself).
+    fn map_own_ids(&self, inside: (u32, u32), outside: (u32, u32)) -> io::Result<()>;
 
     /// `PR_CAPBSET_DROP`: removes `cap` from the bounding set (EINVAL for a
     /// capability above the kernel's last one).
@@ -108,8 +108,8 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
-    fn attach_v1_cgroup(&self, procs: OwnedFd) -> io::Result<()> {
-        std::fs::File::from(procs).write_all(b"0")
+    fn map_own_ids(&self, inside: (u32, u32), outside: (u32, u32)) -> io::Result<()> {
+        sys::map_own_ids(inside, outside)
     }
 
     fn drop_bounding_cap(&self, cap: u32) -> io::Result<()> {

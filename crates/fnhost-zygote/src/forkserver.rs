@@ -2,25 +2,29 @@
 //! a native library by the runtime shim), and the setup each clone does on
 //! itself before any function code runs.
 //!
-//! The zygote is single-threaded, so the child of `clone3` may allocate and
-//! use std freely. The child: attaches itself to its v1 cgroups, mounts its
-//! private writable root, drops every privilege, completes the seccomp
-//! filter inherited from the zygote, reports `Ready` on its invocation
-//! socket, and returns to the runtime, which waits there for exactly one
-//! invocation.
+//! The fork server runs unprivileged: init dropped every privilege and
+//! installed the zygote stage of the seccomp filter before the runtime (and
+//! with it the function's import-time code) started. The zygote is
+//! single-threaded, so the child of `clone3` may allocate and use std
+//! freely. The child starts in a user namespace of its own, maps its one
+//! id, mounts its private writable root, drops the namespace's
+//! capabilities, completes the seccomp filter inherited from the zygote,
+//! reports `Ready` on its invocation socket, and returns to the runtime,
+//! which waits there for exactly one invocation. The daemon moves it into
+//! its cgroups by pid meanwhile, before it sends the invocation.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use fnhost_sandbox::clone_setup::{set_up_clone, ClonePlan};
+use fnhost_sandbox::clone_setup::{set_up_clone, CloneIds, ClonePlan};
 use fnhost_sandbox::seccomp::Filter;
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::syscall::LinuxSyscall;
 use fnhost_sandbox::{CLONE_NAMESPACES, CLONE_NETWORK};
 
-use crate::clone_request::{CloneFds, CloneRequest};
+use crate::clone_request::{invocation_fd, CloneRequest, SANDBOX_ID};
 use crate::control::{self, Received};
 use crate::protocol::{
     encode_frame, encode_hibernated, DaemonMessage, FrameKind, InitFailure, SetupFailure,
@@ -35,11 +39,7 @@ fn micros(since: Instant) -> u64 {
 /// Number of threads of the calling process (a zygote must have one when
 /// it forks).
 pub fn thread_count() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
+    sys::thread_count_of(std::process::id() as i32).ok()
 }
 
 /// What the fork server does the same way for every clone, from the
@@ -49,10 +49,12 @@ struct CloneDefaults {
     seccomp: Option<Filter>,
     /// Clone into a network namespace of its own.
     own_network: bool,
+    /// This zygote's uid and gid, which each clone's function id maps to.
+    outside_ids: (u32, u32),
 }
 
-/// Asks the daemon for this zygote's settings, then compiles and installs
-/// (zygote stage) the seccomp filter they choose.
+/// Asks the daemon for this zygote's settings and compiles the seccomp
+/// filter they choose (its zygote stage is already installed, by init).
 fn receive_settings(control: BorrowedFd<'_>) -> Result<CloneDefaults, InitFailure> {
     if control::send(control, &ZygoteMessage::NeedSettings, &[]).is_err() {
         // The daemon is gone: nothing to serve.
@@ -80,13 +82,13 @@ fn receive_settings(control: BorrowedFd<'_>) -> Result<CloneDefaults, InitFailur
     let seccomp_failure =
         |e: SettingsError| InitFailure::new("sandbox", "SeccompProfileInvalid", e.to_string());
     let filter = settings.seccomp.compile().map_err(seccomp_failure)?;
-    if let Some(f) = &filter {
-        f.install_in_zygote()
-            .map_err(|e| seccomp_failure(SettingsError::Seccomp(e)))?;
-    }
     Ok(CloneDefaults {
         seccomp: filter,
         own_network: settings.own_network,
+        outside_ids: (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
     })
 }
 
@@ -115,9 +117,9 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         );
         sys::exit_immediately(1);
     }
-    // Compiled once. The zygote stage is installed here and inherited by
-    // every clone, which only adds the small clone stage (see
-    // fnhost_sandbox::seccomp).
+    // Compiled once. The zygote stage (installed by init before the
+    // runtime started) is inherited by every clone, which only adds the
+    // small clone stage (see fnhost_sandbox::seccomp).
     let defaults = match receive_settings(control) {
         Ok(defaults) => defaults,
         Err(failure) => {
@@ -146,8 +148,8 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 sys::exit_immediately(2)
             }
         };
-        let (request, layout) = match msg {
-            DaemonMessage::Clone { request, fds } => (request, fds),
+        let request = match msg {
+            DaemonMessage::Clone { request } => request,
             DaemonMessage::Hibernate => {
                 hibernate_until_woken(control, fds);
                 continue;
@@ -156,8 +158,8 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
             DaemonMessage::Wake | DaemonMessage::Configure(_) => continue,
         };
         let sandbox = request.sandbox;
-        let fds = match CloneFds::rebuild(layout, fds) {
-            Ok(fds) => fds,
+        let invocation = match invocation_fd(fds) {
+            Ok(fd) => fd,
             Err(e) => {
                 let message = e.to_string();
                 let _ = control::send(
@@ -179,13 +181,14 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                     } else {
                         0
                     },
-                cgroup: fds.cgroup_dir.as_ref().map(|fd| fd.as_fd()),
+                // Never a cgroup fd here: the daemon attaches the clone.
+                cgroup: None,
                 exit_signal: libc::SIGCHLD,
             })
         };
         match forked {
             Ok(Forked::Child) => {
-                return setup_clone(control_fd, request, fds, &defaults);
+                return setup_clone(control_fd, request, invocation, &defaults);
             }
             Ok(Forked::Parent { pid, pidfd }) => {
                 let reply = ZygoteMessage::Cloned {
@@ -303,22 +306,14 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
 fn setup_clone(
     control_fd: RawFd,
     request: CloneRequest,
-    fds: CloneFds,
+    invocation: OwnedFd,
     defaults: &CloneDefaults,
 ) -> RawFd {
     let CloneRequest {
         writable_bytes,
         carry,
-        run_as,
         ..
     } = request;
-    let CloneFds {
-        invocation,
-        cgroup_dir,
-        v1_procs,
-    } = fds;
-    // Only needed by clone3 itself.
-    drop(cgroup_dir);
     // Function code must never reach the zygote's control channel, and its
     // children must be reaped normally (the zygote ignores SIGCHLD).
     let _ = nix::unistd::close(control_fd);
@@ -330,17 +325,22 @@ fn setup_clone(
         );
     }
     let mut stream = UnixStream::from(invocation);
+    let ids = CloneIds {
+        inside: (SANDBOX_ID, SANDBOX_ID),
+        outside: defaults.outside_ids,
+    };
     let plan = ClonePlan::new(
-        v1_procs,
+        ids,
         writable_bytes,
         carry.into_iter().map(Into::into).collect(),
-        run_as,
         defaults.own_network,
         defaults.seccomp.as_ref(),
     );
     let times = match set_up_clone(&LinuxSyscall, plan) {
         Ok(t) => SetupTimes {
-            cgroup_us: t.cgroup_us,
+            // Filled in by the daemon, which does the attach.
+            cgroup_us: 0,
+            userns_us: t.userns_us,
             mount_us: t.mount_us,
             network_us: t.network_us,
             privileges_us: t.privileges_us,

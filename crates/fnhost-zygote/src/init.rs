@@ -6,10 +6,18 @@
 //! runtime, a forked child of init becomes it, see [`crate::exec`]) and then only
 //! reaps: when the runtime exits, init exits, and the kernel kills every
 //! process left in the namespace — every clone of this zygote included.
+//!
+//! Init is the only privileged process of a zygote, and it never runs
+//! function code. Before the runtime starts (and with it the function's
+//! import-time code), init's child drops to the spec's unprivileged ids,
+//! clears every capability (bounding set included), sets `no_new_privs`,
+//! installs the zygote stage of the seccomp filter and closes every
+//! descriptor but stdio and the control socket.
 
 use std::ffi::CString;
 use std::os::fd::BorrowedFd;
 
+use fnhost_sandbox::caps;
 use fnhost_sandbox::mount::{enter_zygote_root, LinuxSyscall, ZygoteRoot};
 use fnhost_sandbox::{net, sys};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -102,6 +110,7 @@ fn start_runtime(spec: &ZygoteSpec) -> Pid {
     // SAFETY: init is single-threaded, so the child may do anything.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            become_unprivileged(spec);
             if spec.entry == RuntimeEntry::CommandPerInvocation {
                 crate::exec::serve_command(spec)
             }
@@ -119,6 +128,32 @@ fn start_runtime(spec: &ZygoteSpec) -> Pid {
             child
         }
         Err(e) => fail("runtime", "RuntimeStartFailed", format!("fork: {e}")),
+    }
+}
+
+/// In init's child, before the runtime starts: drops every privilege for
+/// good and installs the zygote stage of the seccomp filter. Fails the
+/// zygote rather than start function code with any privilege left.
+fn become_unprivileged(spec: &ZygoteSpec) {
+    let filter = match spec.settings.seccomp.compile() {
+        Ok(filter) => filter,
+        Err(e) => fail("sandbox", "SeccompProfileInvalid", e.to_string()),
+    };
+    // Nothing but stdio and the control socket goes on into the runtime.
+    if let Err(e) = sys::close_from(CONTROL_FD + 1) {
+        fail(
+            "sandbox",
+            "PrivilegeDropFailed",
+            format!("close descriptors: {e}"),
+        );
+    }
+    if let Err(e) = caps::drop_all_privileges(&LinuxSyscall, Some(spec.runtime_ids)) {
+        fail("sandbox", "PrivilegeDropFailed", e.to_string());
+    }
+    if let Some(filter) = filter {
+        if let Err(e) = filter.install_in_zygote() {
+            fail("sandbox", "SeccompProfileInvalid", e.to_string());
+        }
     }
 }
 

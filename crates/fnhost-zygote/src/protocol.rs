@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clone_request::{CloneRequest, FdLayout};
+use crate::clone_request::CloneRequest;
 use crate::settings::ZygoteSettings;
 
 /// Descriptor number of the control socket inside a zygote.
@@ -27,16 +27,11 @@ pub enum DaemonMessage {
     /// fnhost's settings of this zygote: the answer to
     /// [`ZygoteMessage::NeedSettings`], before the fork server reports `Ready`.
     Configure(ZygoteSettings),
-    /// Clone a sandbox. Attached descriptors: [`CloneFds`] in the order
-    /// [`CloneFds::flatten`] gives, described by `fds`.
-    ///
-    /// [`CloneFds`]: crate::clone_request::CloneFds
-    /// [`CloneFds::flatten`]: crate::clone_request::CloneFds::flatten
+    /// Clone a sandbox. One descriptor attached: the clone's end of its
+    /// invocation socket.
     Clone {
         #[serde(flatten)]
         request: CloneRequest,
-        #[serde(flatten)]
-        fds: FdLayout,
     },
     /// Hibernate (see `fnhost_snapshot`). Attached descriptors, in order:
     /// `/dev/userfaultfd` (to create the zygote's own userfaultfd from), the
@@ -195,7 +190,11 @@ impl FrameKind {
 /// Time a clone spent setting itself up, microseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SetupTimes {
+    /// Moving the clone into its cgroups (done by the daemon, by pid).
     pub cgroup_us: u64,
+    /// Mapping the clone's ids in its own user namespace.
+    #[serde(default)]
+    pub userns_us: u64,
     pub mount_us: u64,
     /// Bringing up the clone's own loopback (0 when it shares the zygote's).
     #[serde(default)]
@@ -331,11 +330,6 @@ mod tests {
                 sandbox: 7,
                 writable_bytes: 1024,
                 carry: vec!["/usr".into()],
-                run_as: Some((1000, 1000)),
-            },
-            fds: FdLayout {
-                v2_cgroup: true,
-                v1_procs: 3,
             },
         };
         let json = serde_json::to_string(&msg).unwrap();

@@ -42,6 +42,10 @@ pub struct ZygoteSpec {
     pub env: Vec<(String, String)>,
     /// Working directory of the runtime inside the root.
     pub cwd: PathBuf,
+    /// uid and gid (in the zygote's namespace) init switches the runtime to
+    /// before it starts: the function's import-time code never runs as
+    /// root, with capabilities, or without seccomp.
+    pub runtime_ids: (u32, u32),
     /// fnhost's settings (seccomp, response limit): typed, never in `env`.
     #[serde(default)]
     pub settings: ZygoteSettings,
@@ -81,6 +85,7 @@ mod tests {
             entry: RuntimeEntry::Exec,
             env: vec![],
             cwd: "/".into(),
+            runtime_ids: (1000, 1000),
             settings: ZygoteSettings::default(),
         };
         assert_eq!(

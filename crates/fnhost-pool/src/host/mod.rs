@@ -11,6 +11,7 @@ use std::time::Duration;
 use fnhost_config::ServerConfig;
 use fnhost_layers::{HostLayer, Layer, LayerStore};
 use fnhost_sandbox::cgroup::CgroupTree;
+use fnhost_zygote::clone_request::SANDBOX_ID;
 use fnhost_zygote::daemon::{IdMap, SnapshotStore};
 
 use crate::budget::MemoryBudget;
@@ -48,6 +49,19 @@ impl Host {
             host_base: self.server.userns_host_base,
             size: fnhost_config::USERNS_SIZE,
         })
+    }
+
+    /// The unprivileged uid and gid zygote runtimes (and so functions'
+    /// import-time code) run as, in the zygote's namespace: the sandbox id
+    /// inside a user namespace, its host id (`userns_host_base` + it)
+    /// without one. Never root, never an id that owns the layers.
+    pub(super) fn runtime_ids(&self) -> (u32, u32) {
+        let id = if self.server.user_namespace {
+            SANDBOX_ID
+        } else {
+            self.server.userns_host_base.saturating_add(SANDBOX_ID)
+        };
+        (id, id)
     }
 
     pub fn cgroup_layout(&self) -> &str {

@@ -277,6 +277,7 @@ impl Host {
             spec,
             parts,
             self.server.max_response_bytes,
+            self.runtime_ids(),
         ))
     }
 
@@ -304,16 +305,6 @@ impl Host {
                 function: spec.name.clone(),
                 source,
             })?;
-        if let Some(map) = self.userns() {
-            // Clones move from <fn>/zygote to <fn>/sN: the common ancestor's
-            // cgroup.procs must be writable by the namespace's root too.
-            self.tree
-                .delegate(&spec.name, map.host_base, map.host_base)
-                .map_err(|source| HostError::Cgroup {
-                    function: spec.name.clone(),
-                    source,
-                })?;
-        }
         let shared = PoolShared {
             tree: self.tree.clone(),
             ids: self.ids.clone(),

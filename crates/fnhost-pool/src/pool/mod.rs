@@ -31,9 +31,6 @@ pub use backend::{Backend, CloneHandle, SlotHandle, ZygoteHandle};
 pub use outcome::{Invocation, Timings};
 pub use real::{PoolShared, RealBackend};
 
-/// uid and gid function code runs as inside a user namespace.
-pub const SANDBOX_UID: u32 = 1000;
-
 /// How a request got its sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartKind {

@@ -17,7 +17,7 @@ use super::backend::{
     Backend, BackendError, CloneFailed, CloneHandle, CloneTimes, RunOutcome, Slept, SlotHandle,
     Wake, ZygoteHandle,
 };
-use super::{FunctionPool, Ids, PoolParts, SANDBOX_UID};
+use super::{FunctionPool, Ids, PoolParts};
 use crate::budget::{MemoryBudget, MemoryMeter, MeterError};
 use crate::error::InvokeError;
 use fnhost_zygote::daemon::{self, CloneError, IdMap, Placement, Slot, SnapshotStore};
@@ -144,8 +144,8 @@ impl Backend for RealBackend {
         slot: Slot,
     ) -> Result<RealClone, (Slot, CloneFailed)> {
         if zygote.is_asleep() {
-            // The clone will attach itself to its v1 cgroups after the
-            // wake-up; the first cgroup migration after an idle period
+            // The clone is moved into its cgroups after the wake-up; the
+            // first cgroup migration after an idle period
             // waits for an RCU grace period, paid here during the restore.
             let cgroup = self.zygote_cgroup.clone();
             let pid = zygote.pid;
@@ -155,8 +155,7 @@ impl Backend for RealBackend {
                 }
             });
         }
-        let run_as = self.userns.map(|_| (SANDBOX_UID, SANDBOX_UID));
-        RealClone::create(id, zygote, slot, self.writable_bytes, run_as)
+        RealClone::create(id, zygote, slot, self.writable_bytes)
             .await
             .map_err(|(slot, error)| {
                 let wake_failed = matches!(error, CloneError::WakeFailed(_));
@@ -174,9 +173,6 @@ impl Backend for RealBackend {
     fn create_slot(&self, n: u64) -> Result<Slot, BackendError> {
         let rel = format!("{}/s{n}", self.name);
         let cgroup = self.tree.create(&rel, &self.limits)?;
-        if let Some(map) = self.userns {
-            self.tree.delegate(&rel, map.host_base, map.host_base)?;
-        }
         let oom_seen = cgroup.oom_kills().unwrap_or(0);
         Ok(Slot { cgroup, oom_seen })
     }

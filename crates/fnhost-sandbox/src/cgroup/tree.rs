@@ -117,29 +117,6 @@ impl CgroupTree {
         Ok((dir, h.kind))
     }
 
-    /// Delegates `<root>/<rel>/cgroup.procs` of the cgroup2 hierarchy to
-    /// `uid:gid` (a user namespace's root), so processes of that namespace
-    /// may be born there with `CLONE_INTO_CGROUP` (the kernel checks write
-    /// access to the target's and the common ancestor's `cgroup.procs`).
-    /// v1 hierarchies need nothing: their attach is checked against the
-    /// credentials that opened the file (the daemon's).
-    pub fn delegate(&self, rel: &str, uid: u32, gid: u32) -> Result<(), CgroupError> {
-        validate(&self.root)?;
-        validate(rel)?;
-        for h in &self.hierarchies {
-            if matches!(h.kind, Kind::V2 | Kind::Unified) {
-                let procs = h.mount.join(&self.root).join(rel).join("cgroup.procs");
-                std::os::unix::fs::chown(&procs, Some(uid), Some(gid)).map_err(|source| {
-                    CgroupError::Open {
-                        path: procs.clone(),
-                        source,
-                    }
-                })?;
-            }
-        }
-        Ok(())
-    }
-
     /// Memory charged to `<root>/<rel>` and everything below it (`rel` empty:
     /// all of fnhost), bytes.
     pub fn memory_usage(&self, rel: &str) -> Result<u64, CgroupError> {

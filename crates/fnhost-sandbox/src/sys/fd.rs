@@ -24,6 +24,26 @@ pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes every descriptor from `first` up (`close_range(2)`), so that
+/// nothing a process inherited by accident reaches what it starts next.
+pub fn close_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; closing descriptors this
+    // process owns invalidates no memory (the callers hold no Rust owner of
+    // any descriptor at or above `first`).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `read(2)` of one byte, retrying on EINTR (async-signal-safe). Returns
 /// false at end of file.
 pub fn read_byte_raw(fd: RawFd) -> io::Result<bool> {

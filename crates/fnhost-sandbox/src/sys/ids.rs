@@ -86,3 +86,28 @@ pub fn set_ids_raw(uid: u32, gid: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Maps, in the calling process's fresh user namespace (created by an
+/// unprivileged parent), one uid and one gid: `inside` to the ids the
+/// process had outside (`outside`), which is the only map an unprivileged
+/// process may write for itself. `setgroups` is denied first, as the kernel
+/// requires before an unprivileged gid map.
+pub fn map_own_ids(inside: (u32, u32), outside: (u32, u32)) -> io::Result<()> {
+    use std::io::Write;
+    let write = |path: &str, text: &str| -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all(text.as_bytes())
+            .map_err(|e| io::Error::new(e.kind(), format!("write {path}: {e}")))
+    };
+    write("/proc/self/setgroups", "deny")?;
+    write(
+        "/proc/self/uid_map",
+        &format!("{} {} 1\n", inside.0, outside.0),
+    )?;
+    write(
+        "/proc/self/gid_map",
+        &format!("{} {} 1\n", inside.1, outside.1),
+    )
+}

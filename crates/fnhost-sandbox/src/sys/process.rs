@@ -107,6 +107,49 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The pids of a pidfd's process, from the caller's pid namespace down to
+/// the process's own (`NSpid:` of its fdinfo); empty once it has exited.
+pub fn pidfd_nspids(pidfd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "fdinfo has no NSpid line"))?;
+    let pids: Vec<i32> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("NSpid: {e}")))?;
+    // An exited process reads "NSpid: -1".
+    Ok(if pids.first().is_some_and(|&p| p > 0) {
+        pids
+    } else {
+        Vec::new()
+    })
+}
+
+/// The children of process `pid` (of its main thread, which is all of them
+/// for a single-threaded process), from `/proc/<pid>/task/<pid>/children`.
+pub fn children_of(pid: i32) -> io::Result<Vec<i32>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    text.split_whitespace()
+        .map(|p| {
+            p.parse()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("children: {e}")))
+        })
+        .collect()
+}
+
+/// Number of threads of process `pid` (`Threads:` of its status).
+pub fn thread_count_of(pid: i32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "status has no Threads line"))
+}
+
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     // SAFETY: plain syscall; a null siginfo is allowed.

@@ -15,7 +15,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::clone_request::CloneFds;
 use crate::protocol::{
     decode_frame_rest, encode_frame, frame_len, Frame, FrameError, FrameKind, InvokeMeta,
     ResultMeta, SetupFailure, SetupTimes,
@@ -134,30 +133,17 @@ impl CloneHandle {
         zygote: Arc<ZygoteHandle>,
         slot: Slot,
         writable_bytes: u64,
-        run_as: Option<(u32, u32)>,
     ) -> Result<CloneHandle, (Slot, CloneError)> {
         let started = Instant::now();
         let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
             Ok(pair) => pair,
             Err(e) => return Err((slot, CloneError::Socket(e))),
         };
-        let cgroup_dir = match slot.cgroup.clone_into_fd() {
-            Ok(fd) => fd,
-            Err(e) => return Err((slot, e.into())),
-        };
-        let v1_procs = match slot.cgroup.v1_procs_fds() {
-            Ok(fds) => fds,
-            Err(e) => return Err((slot, e.into())),
-        };
-        let fds = CloneFds {
-            invocation: theirs.into(),
-            cgroup_dir,
-            v1_procs,
-        };
-        let request = zygote.clone_request(id, writable_bytes, run_as);
-        let cloned = zygote.clone_sandbox(request, &fds).await;
-        // The clone has its own copies now.
-        drop(fds);
+        let theirs = OwnedFd::from(theirs);
+        let request = zygote.clone_request(id, writable_bytes);
+        let cloned = zygote.clone_sandbox(request, &theirs).await;
+        // The clone has its own copy now.
+        drop(theirs);
         let cloned = match cloned {
             Ok(c) => c,
             Err(e) => return Err((slot, e)),
@@ -165,6 +151,36 @@ impl CloneHandle {
         let pidfd = match fd::register(cloned.pidfd) {
             Ok(fd) => fd,
             Err(e) => return Err((slot, CloneError::WatchClone(e))),
+        };
+        // The daemon, not the zygote, moves the clone into its cgroups:
+        // no cgroup descriptor ever enters a process that runs function
+        // code. The clone sets itself up meanwhile; its function code runs
+        // only once the invocation is sent, after this. (A v1 migration may
+        // wait for an RCU grace period: off the async threads.)
+        let attach_started = Instant::now();
+        let attach_error = match cloned.host_pid {
+            Some(host_pid) => {
+                let cgroup = slot.cgroup.clone();
+                match tokio::task::spawn_blocking(move || cgroup.attach(host_pid)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(CloneError::Cgroup(e)),
+                    Err(e) => Some(CloneError::Attach(e.to_string())),
+                }
+            }
+            None => Some(CloneError::Attach(
+                "it exited before it could be moved".into(),
+            )),
+        };
+        let cgroup_us = attach_started.elapsed().as_micros() as u64;
+        // A clone whose setup failed has exited already: its own report
+        // (read below) says more than the failed attach.
+        let exited = || matches!(sys::poll_readable(pidfd.get_ref().as_fd(), 0), Ok(true));
+        let attach_error = match attach_error {
+            Some(error) if !exited() => {
+                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+                return Err((slot, error));
+            }
+            other => other,
         };
         let setup = async {
             ours.set_nonblocking(true).map_err(SetupError::Socket)?;
@@ -174,7 +190,9 @@ impl CloneHandle {
                 .map_err(SetupError::Read)?;
             match frame.kind {
                 FrameKind::Ready => {
-                    let times: SetupTimes = serde_json::from_slice(&frame.meta).unwrap_or_default();
+                    let mut times: SetupTimes =
+                        serde_json::from_slice(&frame.meta).unwrap_or_default();
+                    times.cgroup_us = cgroup_us;
                     Ok((stream, times))
                 }
                 FrameKind::SetupFailed => {
@@ -189,6 +207,11 @@ impl CloneHandle {
             }
         };
         let failed = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+            Ok(Ok(_)) if attach_error.is_some() => {
+                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+                let error = attach_error.expect("checked: some");
+                return Err((slot, error));
+            }
             Ok(Ok((stream, setup))) => {
                 return Ok(CloneHandle {
                     id,

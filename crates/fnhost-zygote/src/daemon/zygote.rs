@@ -4,7 +4,7 @@
 //! through its pid namespace, every clone — and removes its snapshot.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use fnhost_sandbox::sys;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use crate::clone_request::{CloneFds, CloneRequest};
+use crate::clone_request::CloneRequest;
 use crate::control::Received;
 use crate::protocol::{DaemonMessage, InitFailure, ZygoteMessage};
 use crate::spec::ZygoteSpec;
@@ -85,8 +85,14 @@ pub enum CloneError {
     Silent(Duration),
     #[error("cannot create invocation socket: {0}")]
     Socket(#[source] io::Error),
+    /// The zygote named a process that is not a fresh clone of it; the
+    /// zygote (which runs code the function controls) was killed.
+    #[error("the zygote reported a clone that is not one ({0}) and was killed")]
+    Forged(String),
     #[error(transparent)]
     Cgroup(#[from] fnhost_sandbox::cgroup::CgroupError),
+    #[error("cannot move the clone into its cgroup: {0}")]
+    Attach(String),
     #[error("cannot watch clone pidfd: {0}")]
     WatchClone(#[source] io::Error),
     #[error(transparent)]
@@ -96,6 +102,10 @@ pub enum CloneError {
 /// A clone created by a zygote.
 #[derive(Debug)]
 pub struct Cloned {
+    /// Its pid in the daemon's pid namespace (what cgroups are written);
+    /// `None`: it has exited already (its setup failed).
+    pub host_pid: Option<i32>,
+    /// Its pid in the zygote's pid namespace.
     pub pid: i32,
     pub pidfd: OwnedFd,
     pub fork_us: u64,
@@ -215,7 +225,19 @@ impl ZygoteHandle {
                         tracing::debug!(function = %function, zygote = id, error = %e, "cannot send the zygote its settings");
                     }
                 }
-                Ok(Received::Message(ZygoteMessage::Ready { import_us }, _)) => break import_us,
+                Ok(Received::Message(ZygoteMessage::Ready { import_us }, _)) => {
+                    // Checked here, not trusted to the zygote: its own
+                    // check runs in a process the function's code had.
+                    if let Err(message) = check_alone(pid) {
+                        kill(&pidfd);
+                        return Err(StartError::Init(InitFailure::new(
+                            "import",
+                            "ZygoteNotAlone",
+                            message,
+                        )));
+                    }
+                    break import_us;
+                }
                 Ok(Received::Message(ZygoteMessage::InitFailed(f), _)) => {
                     kill(&pidfd);
                     return Err(StartError::Init(f));
@@ -254,36 +276,28 @@ impl ZygoteHandle {
     }
 
     /// The request for clone `sandbox` of this zygote.
-    pub fn clone_request(
-        &self,
-        sandbox: u64,
-        writable_bytes: u64,
-        run_as: Option<(u32, u32)>,
-    ) -> CloneRequest {
+    pub fn clone_request(&self, sandbox: u64, writable_bytes: u64) -> CloneRequest {
         CloneRequest {
             sandbox,
             writable_bytes,
             carry: self.carry.clone(),
-            run_as,
         }
     }
 
     /// Asks the zygote to clone a sandbox (waking it first if it sleeps).
-    /// `fds` are only borrowed: the caller closes its copies once this returns.
+    /// `invocation` (the clone's end of its socket) is only borrowed: the
+    /// caller closes its copy once this returns.
     pub async fn clone_sandbox(
         &self,
         request: CloneRequest,
-        fds: &CloneFds,
+        invocation: &OwnedFd,
     ) -> Result<Cloned, CloneError> {
         if !self.is_alive() {
             return Err(CloneError::ZygoteGone);
         }
         let sandbox = request.sandbox;
-        let (layout, raw) = fds.flatten();
-        let msg = DaemonMessage::Clone {
-            request,
-            fds: layout,
-        };
+        let raw = [invocation.as_raw_fd()];
+        let msg = DaemonMessage::Clone { request };
         let mut channel = self.control.lock().await;
         let woke = self
             .wake_locked(&mut channel)
@@ -315,12 +329,24 @@ impl ZygoteHandle {
                     fork_us,
                 },
                 mut fds,
-            ) if got == sandbox && fds.len() == 1 => Ok(Cloned {
-                pid,
-                pidfd: fds.remove(0),
-                fork_us,
-                woke,
-            }),
+            ) if got == sandbox && fds.len() == 1 => {
+                let pidfd = fds.remove(0);
+                match verify_clone(pidfd.as_fd(), pid) {
+                    Ok(host_pid) => Ok(Cloned {
+                        host_pid,
+                        pid,
+                        pidfd,
+                        fork_us,
+                        woke,
+                    }),
+                    Err(reason) => {
+                        tracing::warn!(function = %self.function, zygote = self.id, %reason,
+                            "zygote reported a clone that is not one; killing it");
+                        self.kill();
+                        Err(CloneError::Forged(reason))
+                    }
+                }
+            }
             Received::Message(ZygoteMessage::CloneFailed { message, .. }, _) => {
                 Err(CloneError::Refused { message })
             }
@@ -334,6 +360,61 @@ impl ZygoteHandle {
         if self.alive.swap(false, Ordering::SeqCst) {
             let _ = sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
         }
+    }
+}
+
+/// Checks that a zygote whose runtime just reported `Ready` is exactly its
+/// init and one single-threaded runtime: a process or thread its import
+/// left behind would outlive the import in a process that serves clones
+/// (and see every clone request). `init` is init's pid in the daemon's pid
+/// namespace. Orphans are reparented to init, so two passes over init's
+/// and the runtime's children see any process that is alive throughout.
+fn check_alone(init: i32) -> Result<(), String> {
+    let refuse = |what: String| {
+        Err(format!(
+            "the function {what} while being imported; a zygote must be alone when it forks: \
+             start processes and threads inside the handler instead"
+        ))
+    };
+    for _ in 0..2 {
+        let read = |pid: i32| {
+            sys::children_of(pid).map_err(|e| format!("cannot list the zygote's processes: {e}"))
+        };
+        let runtime = match read(init)?[..] {
+            [runtime] => runtime,
+            ref others => {
+                return refuse(format!(
+                    "left {} process(es) running next to its runtime",
+                    others.len().saturating_sub(1)
+                ))
+            }
+        };
+        let helpers = read(runtime)?;
+        if !helpers.is_empty() {
+            return refuse(format!("left {} child process(es) running", helpers.len()));
+        }
+        let threads = sys::thread_count_of(runtime)
+            .map_err(|e| format!("cannot count the runtime's threads: {e}"))?;
+        if threads != 1 {
+            return refuse(format!("started {} extra thread(s)", threads - 1));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `pidfd` (sent by a zygote, which runs code the function
+/// controls) is a fresh clone of it: a process whose pid in the zygote's
+/// namespace is `pid` and which is pid 1 of a namespace of its own, so that
+/// the daemon never moves or kills anything else by its word. Returns its
+/// pid in the daemon's namespace, `None` if it has exited already.
+fn verify_clone(pidfd: std::os::fd::BorrowedFd<'_>, pid: i32) -> Result<Option<i32>, String> {
+    let pids = sys::pidfd_nspids(pidfd).map_err(|e| format!("cannot read its pids: {e}"))?;
+    match pids[..] {
+        [host, in_zygote, 1] if in_zygote == pid => Ok(Some(host)),
+        [] => Ok(None),
+        _ => Err(format!(
+            "pids {pids:?} across pid namespaces, expected [host, {pid}, 1]"
+        )),
     }
 }
 

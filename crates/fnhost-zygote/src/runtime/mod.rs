@@ -93,8 +93,14 @@ pub struct RootParts {
 }
 
 /// The spec of `spec`'s zygotes on `root`. `max_response_bytes` is the
-/// host's `server.max_response_bytes`.
-pub fn zygote_spec(spec: &FunctionSpec, root: RootParts, max_response_bytes: usize) -> ZygoteSpec {
+/// host's `server.max_response_bytes`; `runtime_ids` the unprivileged uid
+/// and gid the runtime runs as in the zygote's namespace.
+pub fn zygote_spec(
+    spec: &FunctionSpec,
+    root: RootParts,
+    max_response_bytes: usize,
+    runtime_ids: (u32, u32),
+) -> ZygoteSpec {
     let runtime = of(spec.runtime);
     let mut env: BTreeMap<String, String> = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -129,6 +135,7 @@ pub fn zygote_spec(spec: &FunctionSpec, root: RootParts, max_response_bytes: usi
         entry: runtime.entry(),
         env: env.into_iter().collect(),
         cwd: PathBuf::from(TASK_ROOT),
+        runtime_ids,
         settings: ZygoteSettings {
             seccomp: SeccompChoice::from_config(&spec.seccomp),
             max_response_bytes,
@@ -166,7 +173,12 @@ mod tests {
 
     #[test]
     fn python_runs_the_shim_with_its_variables() {
-        let spec = zygote_spec(&function("python3", "handler = \"h.handler\""), root(), 100);
+        let spec = zygote_spec(
+            &function("python3", "handler = \"h.handler\""),
+            root(),
+            100,
+            (1000, 1000),
+        );
         assert_eq!(spec.entry, RuntimeEntry::Exec);
         assert_eq!(
             spec.argv,
@@ -188,6 +200,7 @@ mod tests {
             &function("exec", "command = [\"/var/task/fn\"]"),
             root(),
             100,
+            (1000, 1000),
         );
         let env = env_of(&spec);
         assert_eq!(env["A"], "1");
@@ -200,6 +213,7 @@ mod tests {
             &function("exec", "command = [\"/var/task/fn\"]"),
             root(),
             4096,
+            (1000, 1000),
         );
         assert_eq!(spec.entry, RuntimeEntry::CommandPerInvocation);
         assert_eq!(spec.argv, ["/var/task/fn"]);
