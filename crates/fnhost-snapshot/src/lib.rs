@@ -16,7 +16,6 @@ pub mod regions;
 mod resident;
 pub mod restore;
 pub mod snapshot;
-/// The userfaultfd ioctls, in the sandbox crate's raw-syscall layer.
 pub mod working_set;
 
 pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};

@@ -291,7 +291,7 @@ mod tests {
         api_handshake(uffd.as_fd()).expect("api handshake");
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.unsigned_abs() as u64;
-        let addr = super::super::bare::mmap_anonymous(page).expect("mmap");
+        let addr = crate::sys::bare::mmap_anonymous(page).expect("mmap");
         register_missing(uffd.as_fd(), addr, page).expect("register");
         let (mut tx, rx) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         tx.write_all(b"x").expect("write");
@@ -317,7 +317,7 @@ mod tests {
         }
         let failed = reader.join().expect("reader thread");
         // SAFETY: nothing refers to the mapping any more.
-        unsafe { super::super::bare::munmap(addr, page) }.expect("munmap");
+        unsafe { crate::sys::bare::munmap(addr, page) }.expect("munmap");
         assert!(
             faults.is_empty(),
             "the uffd was asked to handle a kernel-mode fault at {faults:#x?}"
