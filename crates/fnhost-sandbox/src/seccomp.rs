@@ -369,8 +369,15 @@ mod tests {
         let setup: BTreeSet<&str> = profile.setup_only.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             setup,
-            BTreeSet::from(["clone3", "mount", "umount2", "pivot_root"])
+            BTreeSet::from(["clone3", "mount", "umount2", "pivot_root", "userfaultfd"])
         );
+        // Only the fork server hibernates; a clone is refused.
+        let uffd = profile
+            .setup_only
+            .iter()
+            .find(|e| e.name == "userfaultfd")
+            .expect("userfaultfd is setup-only");
+        assert_eq!(uffd.errno, "EPERM");
         for conditional in [
             "clone",
             "socket",
@@ -472,6 +479,10 @@ mod tests {
             0,
             0,
         ];
+        // userfaultfd(UFFD_USER_MODE_ONLY | an unknown flag): the kernel
+        // answers EINVAL if the filter lets it through (and never EPERM:
+        // user-mode-only needs no privilege); nothing is created.
+        let uffd = [1 | 1 << 30, 0, 0, 0, 0];
         if filter.install_in_zygote().is_err() {
             return 10;
         }
@@ -480,6 +491,7 @@ mod tests {
         let zygote_checks = [
             (errno_of(libc::SYS_clone3, [0; 5]), libc::EINVAL),
             (errno_of(libc::SYS_mount, mount), libc::ENOENT),
+            (errno_of(libc::SYS_userfaultfd, uffd), libc::EINVAL),
             (errno_of(libc::SYS_keyctl, [1, 0, 0, 0, 0]), libc::EPERM),
         ];
         for (i, (got, want)) in zygote_checks.into_iter().enumerate() {
@@ -494,6 +506,7 @@ mod tests {
         let checks = [
             (errno_of(libc::SYS_clone3, [0; 5]), libc::ENOSYS),
             (errno_of(libc::SYS_mount, mount), libc::EPERM),
+            (errno_of(libc::SYS_userfaultfd, uffd), libc::EPERM),
             (
                 errno_of(
                     libc::SYS_unshare,

@@ -2,10 +2,13 @@
 //! snapshot file, hand the pages to a userfaultfd and drop them.
 //!
 //! # Protocol
-//! 1. The daemon sends `/dev/userfaultfd` and the snapshot file's fd.
-//! 2. [`prepare`] reads `/proc/self/maps`, creates the uffd from the device
-//!    and does the API handshake. The caller sends [`Prepared::uffd`] and
-//!    [`Prepared::regions`] to the daemon (allocating is fine until here).
+//! 1. The daemon sends the snapshot file's fd.
+//! 2. [`prepare`] creates the zygote's own uffd with `userfaultfd(2)` and
+//!    `UFFD_USER_MODE_ONLY` (`fnhost_sandbox::sys::uffd::new_user_mode_only`;
+//!    the default seccomp profile allows the call in the zygote only), does
+//!    the API handshake and reads `/proc/self/maps`. The caller sends
+//!    [`Prepared::uffd`] and [`Prepared::regions`] to the daemon (allocating
+//!    is fine until here).
 //! 3. With signals blocked, [`hibernate`] runs the *window*: (1) write every
 //!    non-zero page, (2) register every region for missing faults, (3)
 //!    `MADV_DONTNEED` every region, (4) close its own uffd copy. Nothing in
@@ -21,6 +24,30 @@
 //!    run its wake: no allocation, no statics, not even libc's own syscall
 //!    wrappers (they read libc's hibernated `.bss`). On `Err` nothing was
 //!    dropped.
+//!
+//! # Faults taken in the kernel
+//! The uffd is user-mode-only: a fault the kernel takes on a dropped page
+//! (a system call reading or writing a buffer there) is not sent to the
+//! daemon but fails the call with `EFAULT`. So from the drop until every
+//! page is back, no system call may be handed a saved page, only the stack
+//! and the resident pages:
+//! - the window's `pwrite`s (1) read the pages before anything is
+//!   registered or dropped; its `pread` of `/proc/self/pagemap` and its
+//!   ioctls (2) use buffers on the stack; `madvise` and `close` take none;
+//! - the report and the wait (step 4) use buffers on the caller's stack;
+//! - the kernel's own write on the way back to user space (the rseq area)
+//!   hits a resident page (`resident.rs`).
+//!
+//! After the wake-up message the zygote runs on while the daemon restores
+//! its pages; what it touches from user mode is served on demand. Its next
+//! system call with a heap buffer is the receive of the next control
+//! message (the `iovec` and `msghdr` themselves are on the stack), into
+//! which the kernel copies only when a message arrives, and the daemon sends
+//! none before every page is back and the uffd closed. Keep it that way: a
+//! heap buffer handed to the kernel before then must first be written from
+//! user mode. Another process reading a sleeping zygote's dropped memory
+//! (`/proc/<pid>/mem`, `process_vm_readv`) gets an error too, where a
+//! kernel-fault-capable uffd would have blocked it.
 //!
 //! # Why no non-cooperative uffd events
 //! The uffd is opened with no event features (no fork, remove or unmap
@@ -50,7 +77,10 @@ pub enum HibernateError {
     Regions(#[from] RegionError),
     #[error("the current stack at {sp:#x} lies in a region to hibernate; hibernate only from the main thread")]
     StackNotExcluded { sp: u64 },
-    #[error("create a userfaultfd from {}: {source}", uffd::DEVICE)]
+    #[error(
+        "create a user-mode-only userfaultfd: {source}{}",
+        refused_hint(source)
+    )]
     CreateUffd { source: io::Error },
     #[error("userfaultfd api handshake: {source}")]
     UffdApi { source: io::Error },
@@ -99,17 +129,34 @@ pub struct WindowStats {
     pub regions_not_dropped: u32,
 }
 
-/// Read the memory map and create the uffd from `device` (closed on
-/// return). Written private file mappings are first made anonymous (see
+/// Why `userfaultfd(2)` with `UFFD_USER_MODE_ONLY` failed, for the
+/// operator: it needs no privilege, so a refusal is the seccomp filter's.
+fn refused_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            "; the zygote's seccomp profile refused the userfaultfd system call: list \
+             \"userfaultfd\" in the setup_only section of the function's own profile (its \
+             `seccomp` key), as the default profile does, or set hibernate_mode = \"reclaim\""
+        }
+        Some(libc::ENOSYS | libc::EINVAL) => {
+            "; either the kernel has no userfaultfd with UFFD_USER_MODE_ONLY (it needs \
+             CONFIG_USERFAULTFD and Linux 5.11 or later; else set hibernate_mode = \
+             \"reclaim\") or the function's own seccomp profile (its `seccomp` key) lacks \
+             \"userfaultfd\" in its setup_only section"
+        }
+        _ => "",
+    }
+}
+
+/// Create the uffd and read the memory map. Written private file mappings are first made anonymous (see
 /// [`anonymize`](mod@crate::anonymize)), so the caller must already be
 /// single-threaded with signals blocked. Call it as late as possible before [`hibernate`]: mappings
 /// created afterwards simply stay resident, but one removed in between
 /// makes the window fail.
-pub fn prepare(device: OwnedFd) -> Result<Prepared, HibernateError> {
+pub fn prepare() -> Result<Prepared, HibernateError> {
     let page = regions::page_size();
-    let uffd = uffd::new_from_device(device.as_fd())
-        .map_err(|source| HibernateError::CreateUffd { source })?;
-    drop(device);
+    let uffd =
+        uffd::new_user_mode_only().map_err(|source| HibernateError::CreateUffd { source })?;
     uffd::api_handshake(uffd.as_fd()).map_err(|source| HibernateError::UffdApi { source })?;
     // Optional: without it every page is read to find the zero ones.
     let pagemap = File::open("/proc/self/pagemap").ok().map(OwnedFd::from);

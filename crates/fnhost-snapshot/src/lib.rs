@@ -1,11 +1,11 @@
 //! Hibernation of idle zygotes: a zygote writes its private memory to a
 //! snapshot file and drops it; the daemon later copies it back through a
-//! userfaultfd the zygote created and handed over, serving page faults on
-//! demand meanwhile.
+//! userfaultfd the zygote created (user-mode-only) and handed over, serving
+//! page faults on demand meanwhile.
 //!
 //! Zygote side: [`prepare`], then [`hibernate()`] (see the [`hibernate`](mod@hibernate)
-//! module for the protocol and its constraints). Daemon side: [`fnhost_sandbox::sys::uffd::open_device`],
-//! [`Snapshot`], [`Sleeper`] and [`wake`]. The raw syscalls (userfaultfd
+//! module for the protocol and its constraints). Daemon side: [`Snapshot`],
+//! [`Sleeper`] and [`wake`]. The raw syscalls (`userfaultfd(2)` and its
 //! ioctls, the bare calls made while hibernated) live in
 //! `fnhost_sandbox::sys`.
 
@@ -16,7 +16,6 @@ pub mod regions;
 mod resident;
 pub mod restore;
 pub mod snapshot;
-/// The userfaultfd ioctls, in the sandbox crate's raw-syscall layer.
 pub mod working_set;
 
 pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};

@@ -6,9 +6,11 @@
 //! space after any context switch. On the main thread that area sits in an
 //! ordinary anonymous mapping, often merged with the heap's big chunks. If
 //! it were dropped, the first return to user space after the drop would
-//! fault inside the kernel and wait for the daemon, which is itself waiting
-//! for the zygote's "window done" report: a deadlock (seen in the
-//! end-to-end test with these pages dropped; gone with
+//! fault inside the kernel. The zygote's uffd is user-mode-only, so that
+//! write would fail and the kernel would kill the zygote with `SIGSEGV`
+//! (with a uffd that handles kernel faults it waited for the daemon, which
+//! was itself waiting for the zygote's "window done" report: a deadlock,
+//! seen in the end-to-end test with these pages dropped and gone with
 //! `GLIBC_TUNABLES=glibc.pthread.rseq=0`). The TCB and `errno` are kept too,
 //! cheaply: `syscall(2)`, used for that report, writes `errno` on failure.
 

@@ -1,6 +1,6 @@
-//! Privileged end-to-end test of hibernation (needs root for
-//! `/dev/userfaultfd`; skipped with a reason otherwise, a failure under
-//! `CI=true`).
+//! End-to-end test of hibernation on a real kernel (needs
+//! `userfaultfd(2)` with `UFFD_USER_MODE_ONLY`, which needs no privilege;
+//! skipped with a reason otherwise, a failure under `CI=true`).
 //!
 //! No test harness: `main` runs the scenarios one after another in a single
 //! thread, and re-executes this binary as the hibernating child (env
@@ -8,6 +8,7 @@
 //! over a `SOCK_SEQPACKET` pair: one message per step, first byte a tag.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -26,11 +27,14 @@ use nix::sys::time::{TimeVal, TimeValLike};
 
 const CHILD_ENV: &str = "FNHOST_SNAPSHOT_TEST_CHILD_FD";
 
-/// Parent → child: hibernate (with the device and snapshot fds), go, exit.
+/// Parent → child: hibernate (with the snapshot fd; body [`PROBE`] to try a
+/// kernel access to a dropped page while hibernated), go, exit.
 const HIBERNATE: u8 = b'H';
+const PROBE: &[u8] = b"probe";
 const GO: u8 = b'G';
 const EXIT: u8 = b'X';
-/// Child → parent: prepared (uffd + regions), window done, verified, error.
+/// Child → parent: prepared (uffd + regions), window done (body: the probe's
+/// errno and address, if asked), verified, error.
 const PREPARED: u8 = b'P';
 const DONE: u8 = b'D';
 const VERIFIED: u8 = b'V';
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let scenarios: [Scenario; 5] = [
+    let scenarios: [Scenario; 6] = [
         (
             "cycles_with_and_without_prefetch",
             parent::with_and_without_prefetch,
@@ -64,6 +68,10 @@ fn main() -> ExitCode {
         (
             "faults_while_asleep_are_served_from_the_file",
             parent::served_while_asleep,
+        ),
+        (
+            "kernel_access_to_a_dropped_page_fails_with_efault",
+            parent::kernel_access_fails,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -90,16 +98,12 @@ fn main() -> ExitCode {
 }
 
 fn skip_reason() -> Option<String> {
-    if !fnhost_testkit::is_root() {
-        return Some("needs root to open /dev/userfaultfd".into());
-    }
-    if !Path::new(uffd::DEVICE).exists() {
-        return Some(format!(
-            "{} does not exist (kernel older than 6.1?)",
-            uffd::DEVICE
-        ));
-    }
-    None
+    uffd::new_user_mode_only().err().map(|e| {
+        format!(
+            "userfaultfd(UFFD_USER_MODE_ONLY) failed: {e} \
+             (kernel without CONFIG_USERFAULTFD, or older than 5.11?)"
+        )
+    })
 }
 
 /// One SEQPACKET message with optional fds.
@@ -234,18 +238,37 @@ mod child {
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut mem = Memory::new();
         loop {
-            let (tag, _, fds) = recv(sock.as_fd());
+            let (tag, body, fds) = recv(sock.as_fd());
             match tag {
-                HIBERNATE => cycle(sock.as_fd(), fds, &mut mem),
+                HIBERNATE => cycle(sock.as_fd(), fds, &mut mem, body == PROBE),
                 EXIT | 0 => std::process::exit(0),
                 other => panic!("child: unexpected message {other}"),
             }
         }
     }
 
-    fn cycle(sock: BorrowedFd<'_>, fds: Vec<OwnedFd>, mem: &mut Memory) {
-        let [device, snapshot]: [OwnedFd; 2] = fds.try_into().expect("device and snapshot fds");
-        let prepared = match prepare(device) {
+    /// While hibernated (bare syscalls, stack only): `read()` one byte into
+    /// `dst`, a dropped page. Returns the errno (0 if the read succeeded).
+    fn kernel_read_into(pair: &(UnixStream, UnixStream), dst: *mut u8) -> i32 {
+        let byte = [b'k'];
+        // SAFETY: raw write(2) from a stack buffer through libc's bare
+        // syscall stub, which touches only the stack and errno.
+        unsafe { libc::syscall(libc::SYS_write, pair.0.as_raw_fd(), byte.as_ptr(), 1) };
+        // SAFETY: as above; `dst` is mapped and writable (only dropped).
+        let n = unsafe { libc::syscall(libc::SYS_read, pair.1.as_raw_fd(), dst, 1) };
+        if n < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        }
+    }
+
+    fn cycle(sock: BorrowedFd<'_>, fds: Vec<OwnedFd>, mem: &mut Memory, probe: bool) {
+        let [snapshot]: [OwnedFd; 1] = fds.try_into().expect("one snapshot fd");
+        // Set up before the window: nothing may allocate after it.
+        let probe = probe.then(|| UnixStream::pair().expect("probe socketpair"));
+        let target = mem.big.as_mut_ptr().cast::<u8>();
+        let prepared = match prepare() {
             Ok(p) => p,
             Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
         };
@@ -266,8 +289,20 @@ mod child {
             Ok(stats) => stats,
             Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
         };
+        // The report, built on the stack: [DONE, errno (4 bytes), address (8)].
+        let mut done = [0u8; 13];
+        done[0] = DONE;
+        let len = match &probe {
+            None => 1,
+            Some(pair) => {
+                let errno = kernel_read_into(pair, target);
+                done[1..5].copy_from_slice(&errno.to_le_bytes());
+                done[5..13].copy_from_slice(&(target as u64).to_le_bytes());
+                13
+            }
+        };
         let mut go = [0u8; 1];
-        if send_bare(sock, &[DONE]).is_err() || !matches!(recv_bare(sock, &mut go), Ok(1)) {
+        if send_bare(sock, &done[..len]).is_err() || !matches!(recv_bare(sock, &mut go), Ok(1)) {
             // SAFETY: _exit is async-signal-safe and touches no memory.
             unsafe { libc::_exit(3) };
         }
@@ -393,15 +428,19 @@ mod parent {
         sleeper: Sleeper,
         path: PathBuf,
         rss_before: u64,
+        /// The body of its "window done" report.
+        done: Vec<u8>,
     }
 
     fn hibernate_child(child: &mut Child, dir: &Path) -> Hibernated {
+        hibernate_child_with(child, dir, b"")
+    }
+
+    fn hibernate_child_with(child: &mut Child, dir: &Path, body: &[u8]) -> Hibernated {
         child.cycles += 1;
-        let device = uffd::open_device().expect("open device");
         let path = dir.join(format!("zygote-{}-{}.snap", child.pid(), child.cycles));
         let snapshot = Snapshot::create(path.clone()).expect("create snapshot");
-        child.send(HIBERNATE, &[device.as_fd(), snapshot.file()]);
-        drop(device);
+        send(child.sock.as_fd(), HIBERNATE, body, &[snapshot.file()]);
 
         let (body, mut fds) = child.expect(PREPARED);
         let regions: Vec<Region> = serde_json::from_slice(&body).expect("regions");
@@ -409,7 +448,7 @@ mod parent {
         let rss_before = anon_rss_kib(child.pid());
         let mut sleeper = Sleeper::new(uffd, snapshot);
         let started = Instant::now();
-        child.expect(DONE);
+        let (done, _) = child.expect(DONE);
         let window = started.elapsed();
 
         let started = Instant::now();
@@ -435,6 +474,7 @@ mod parent {
             sleeper,
             path,
             rss_before,
+            done,
         }
     }
 
@@ -591,6 +631,31 @@ mod parent {
         let h = hibernate_child(&mut child, dir);
         let again = wake_child(&child, h, &mut ws, true, false);
         assert!(again.prefetched_pages > 0, "nothing prefetched: {again:?}");
+        child.exit();
+    }
+
+    /// The uffd a hibernating process creates is user-mode-only: while it
+    /// sleeps, a kernel access to one of its dropped pages (its own
+    /// `read()` into it, another process reading `/proc/<pid>/mem`) fails
+    /// with an error instead of waiting for the page, and the page keeps
+    /// its saved contents. (A uffd that handled kernel faults would leave
+    /// the `read()` waiting: the parent's receive would time out.)
+    pub fn kernel_access_fails(dir: &Path) {
+        let mut child = Child::spawn();
+        let mut ws = WorkingSet::default();
+        let h = hibernate_child_with(&mut child, dir, PROBE);
+        assert_eq!(h.done.len(), 12, "no probe report: {:?}", h.done);
+        let errno = i32::from_le_bytes(h.done[..4].try_into().expect("4 bytes"));
+        let addr = u64::from_le_bytes(h.done[4..].try_into().expect("8 bytes"));
+        println!("  read() into the dropped page at {addr:#x}: errno {errno}");
+        assert_eq!(errno, libc::EFAULT, "read() into a dropped page");
+        let mem = std::fs::File::open(format!("/proc/{}/mem", child.pid())).expect("open mem");
+        let mut word = [0u8; 8];
+        let remote = std::os::unix::fs::FileExt::read_at(&mem, &mut word, addr);
+        println!("  /proc/<pid>/mem read of it: {remote:?}");
+        assert!(remote.is_err(), "read a dropped page remotely: {word:?}");
+        // The wake restores the page as saved; the child checks it.
+        wake_child(&child, h, &mut ws, false, false);
         child.exit();
     }
 }

@@ -226,15 +226,14 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     let failed = |message: String| {
         let _ = control::send(control, &ZygoteMessage::HibernateFailed { message }, &[]);
     };
-    if fds.len() != 2 {
+    if fds.len() != 1 {
         return failed(format!(
-            "hibernate request carried {} descriptors, expected 2",
+            "hibernate request carried {} descriptors, expected 1",
             fds.len()
         ));
     }
     let mut fds = fds.into_iter();
-    let device = fds.next().expect("checked: two descriptors");
-    let snapshot = fds.next().expect("checked: two descriptors");
+    let snapshot = fds.next().expect("checked: one descriptor");
     // Blocked from here until the zygote is awake again: a handler running
     // after the snapshot was written would write memory that is then lost.
     let mut blocked = nix::sys::signal::SigSet::empty();
@@ -256,7 +255,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     // SAFETY: malloc_trim only releases free memory of this (single-
     // threaded) process's allocator.
     unsafe { libc::malloc_trim(0) };
-    let prepared = match fnhost_snapshot::prepare(device) {
+    let prepared = match fnhost_snapshot::prepare() {
         Ok(prepared) => prepared,
         Err(e) => {
             restore_signals();

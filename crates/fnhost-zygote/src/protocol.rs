@@ -33,15 +33,17 @@ pub enum DaemonMessage {
         #[serde(flatten)]
         request: CloneRequest,
     },
-    /// Hibernate (see `fnhost_snapshot`). Attached descriptors, in order:
-    /// `/dev/userfaultfd` (to create the zygote's own userfaultfd from), the
-    /// snapshot file to write. The zygote answers [`ZygoteMessage::Hibernating`]
-    /// with its userfaultfd, then [`ZygoteMessage::Hibernated`] (or
-    /// `HibernateFailed`), and serves nothing until [`DaemonMessage::Wake`].
+    /// Hibernate (see `fnhost_snapshot`). One attached descriptor: the
+    /// snapshot file to write. The zygote creates its own (user-mode-only)
+    /// userfaultfd, answers [`ZygoteMessage::Hibernating`] with it, then
+    /// [`ZygoteMessage::Hibernated`] (or `HibernateFailed`), and serves
+    /// nothing until [`DaemonMessage::Wake`].
     Hibernate,
     /// Resume after hibernation. Sent once the daemon is serving the
-    /// zygote's page faults; the daemon sends no clone request until every
-    /// page is back and the userfaultfd is closed.
+    /// zygote's page faults; the daemon sends nothing else (no clone
+    /// request) until every page is back and the userfaultfd is closed, so
+    /// the zygote's next receive never has the kernel write a dropped page
+    /// (which a user-mode-only userfaultfd would fail with `EFAULT`).
     Wake,
 }
 

@@ -259,6 +259,76 @@ fn a_failed_hibernation_keeps_the_pool_warm() {
 }
 
 #[test]
+fn a_seccomp_profile_without_userfaultfd_keeps_the_pool_warm() {
+    if !require_root("a_seccomp_profile_without_userfaultfd_keeps_the_pool_warm") {
+        return;
+    }
+    // The function's own profile: the default one without userfaultfd in
+    // setup_only, so its zygote cannot create the userfaultfd to hibernate.
+    let code = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        memory_code().join("handler.py"),
+        code.path().join("handler.py"),
+    )
+    .expect("copy handler");
+    let mut profile: serde_json::Value =
+        serde_json::from_str(fnhost_sandbox::seccomp::DEFAULT_PROFILE).expect("default profile");
+    let setup_only = profile["setup_only"].as_array_mut().expect("setup_only");
+    let before = setup_only.len();
+    setup_only.retain(|entry| entry["name"] != "userfaultfd");
+    assert_eq!(
+        setup_only.len(),
+        before - 1,
+        "the default profile lists userfaultfd"
+    );
+    std::fs::write(code.path().join("seccomp.json"), profile.to_string()).expect("write profile");
+    let daemon = Daemon::start(&python_function(
+        "snap",
+        code.path(),
+        "handler.handler",
+        "zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n\
+         hibernate_after_ms = 300\nseccomp = \"/var/task/seccomp.json\"",
+    ));
+    let digest = invoke_intact(&daemon, "snap").json()["digest"].clone();
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &daemon,
+            "fnhost_hibernations_total{function=\"snap\",result=\"failed\"}"
+        ) >= 1.0),
+        "hibernation never failed: {}",
+        daemon.stderr()
+    );
+    // The reason names the syscall and where to allow it.
+    let log = daemon.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot hibernate zygote"))
+        .unwrap_or_else(|| panic!("no hibernation failure logged: {log}"));
+    assert!(
+        line.contains("userfaultfd") && line.contains("setup_only") && line.contains("seccomp"),
+        "{line}"
+    );
+    // The zygote stays warm and serves.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let s = status(&daemon, "snap");
+            s["zygotes"] == 1 && s["ready_clones"] == 1 && s["hibernated"] == 0
+        }),
+        "the pool did not stay warm: {}",
+        status(&daemon, "snap")
+    );
+    let r = invoke_intact(&daemon, "snap");
+    assert_eq!(r.header("x-fnhost-start"), Some("ready-clone"));
+    assert_eq!(r.json()["digest"], digest);
+    assert_eq!(
+        metric(&daemon, "fnhost_zygote_exits_total{function=\"snap\""),
+        0.0,
+        "the zygote exited: {}",
+        daemon.stderr()
+    );
+}
+
+#[test]
 fn the_memory_budget_hibernates_before_it_evicts() {
     if !require_root("the_memory_budget_hibernates_before_it_evicts") {
         return;

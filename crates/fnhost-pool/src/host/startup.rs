@@ -11,7 +11,7 @@ use fnhost_config::{Config, FunctionSpec, ServerConfig};
 use fnhost_layers::{HostLayer, Layer, LayerFile, LayerStore};
 use fnhost_sandbox::cgroup::{CgroupLayout, CgroupLimits, CgroupTree};
 use fnhost_sandbox::mount::Bind;
-use fnhost_zygote::daemon::{SnapshotStore, SnapshotsUnavailable};
+use fnhost_zygote::daemon::SnapshotStore;
 use fnhost_zygote::runtime::{self, FileContents, RootParts};
 use fnhost_zygote::spec::ZygoteSpec;
 use fnhost_zygote::SHIM_LIB_NAME;
@@ -81,8 +81,6 @@ pub enum HostError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Hibernation(#[from] SnapshotsUnavailable),
 }
 
 /// Where the daemon finds things that are not in the config.
@@ -243,7 +241,6 @@ impl Host {
     /// (content-addressed, so unchanged code is not copied again) and
     /// resolves its root layers.
     pub(super) fn prepare(&self, spec: &FunctionSpec) -> Result<ZygoteSpec, HostError> {
-        self.snapshots.check(spec).map_err(HostError::Hibernation)?;
         let code = self
             .store
             .import_dir(&spec.code, Path::new("var/task"))

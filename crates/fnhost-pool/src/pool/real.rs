@@ -209,8 +209,7 @@ impl Backend for RealBackend {
         prefetch: bool,
     ) -> Result<Option<Slept>, BackendError> {
         let path = self.snapshots.path(&self.name, zygote.id);
-        let device = self.snapshots.device()?;
-        let slept = zygote.hibernate_snapshot(device, path, prefetch).await?;
+        let slept = zygote.hibernate_snapshot(path, prefetch).await?;
         Ok(slept.map(|h| Slept {
             snapshot_bytes: h.snapshot_bytes,
             dropped_bytes: h.dropped_bytes,

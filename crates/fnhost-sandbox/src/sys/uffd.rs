@@ -1,21 +1,22 @@
 //! userfaultfd: the kernel ABI (`<linux/userfaultfd.h>`) and one safe
-//! wrapper per ioctl.
+//! wrapper per syscall or ioctl.
 //!
-//! The daemon opens `/dev/userfaultfd` and hands the device to the zygote,
-//! which creates the uffd with `USERFAULTFD_IOC_NEW` so that it is bound to
-//! the zygote's own mm (the zygote sits in a user namespace and could only
-//! call `userfaultfd(2)` with `UFFD_USER_MODE_ONLY`, under which a kernel
-//! access to a dropped page, e.g. `read()` into it, fails with `EFAULT`).
-//! Everything here returns `io::Result`; none of the zygote-side calls
-//! allocate.
+//! A hibernating zygote creates its uffd itself ([`new_user_mode_only`]:
+//! `userfaultfd(2)` with `UFFD_USER_MODE_ONLY`), bound to its own mm. Such a
+//! uffd handles only faults taken in user mode, so it cannot hold the kernel
+//! in the middle of a copy (the classic use of userfaultfd in kernel
+//! exploits), and creating one needs no privilege whatever
+//! `vm.unprivileged_userfaultfd` says. The price: a kernel access to a
+//! registered missing page, e.g. `read()` into a dropped buffer, fails with
+//! `EFAULT` instead of waiting for the page (see `fnhost_snapshot::hibernate`
+//! for how the hibernating code avoids that). Everything here returns
+//! `io::Result`; none of the zygote-side calls allocate.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-pub const DEVICE: &str = "/dev/userfaultfd";
-
+/// `userfaultfd(2)` flag: handle only faults taken in user mode.
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 const UFFD_API: u64 = 0xAA;
 const UFFDIO: u8 = 0xAA;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
@@ -78,7 +79,6 @@ struct UffdMsg {
 
 mod ioctl {
     use super::*;
-    nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(UFFDIO, 0x00));
     nix::ioctl_readwrite!(api, UFFDIO, 0x3F, UffdioApi);
     nix::ioctl_readwrite!(register, UFFDIO, 0x00, UffdioRegister);
     nix::ioctl_read!(unregister, UFFDIO, 0x01, UffdioRange);
@@ -87,37 +87,20 @@ mod ioctl {
     nix::ioctl_readwrite!(zeropage, UFFDIO, 0x04, UffdioZeropage);
 }
 
-/// Daemon side: open `/dev/userfaultfd` to hand to a zygote.
-pub fn open_device() -> io::Result<OwnedFd> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(DEVICE)
-        .map_err(|err| {
-            let hint = match err.kind() {
-                io::ErrorKind::NotFound => {
-                    "the kernel has no userfaultfd device (needs Linux 6.1 or newer built with \
-                     CONFIG_USERFAULTFD); disable hibernation in the config"
-                }
-                io::ErrorKind::PermissionDenied => {
-                    "run the daemon as root or give its user read-write access to the device"
-                }
-                _ => "hibernation is unavailable until it can be opened",
-            };
-            io::Error::new(err.kind(), format!("open {DEVICE}: {err}: {hint}"))
-        })?;
-    Ok(OwnedFd::from(file))
-}
-
-/// Zygote side: create a uffd bound to the calling process's mm from the
-/// device fd (`O_CLOEXEC | O_NONBLOCK`, never `UFFD_USER_MODE_ONLY`).
-pub fn new_from_device(dev: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns a
-    // new file descriptor; no memory is passed.
-    let fd = unsafe { ioctl::ioc_new(dev.as_raw_fd(), libc::O_CLOEXEC | libc::O_NONBLOCK) }?;
-    // SAFETY: on success the ioctl returned a fresh descriptor that nothing
-    // else owns.
+/// Zygote side: create a userfaultfd for the calling process's mm,
+/// `O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY` (see the module docs).
+/// Allocation-free.
+pub fn new_user_mode_only() -> io::Result<OwnedFd> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
+    // SAFETY: userfaultfd(2) takes its flags by value and returns a new
+    // file descriptor; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).expect("the kernel returns descriptors that fit an int");
+    // SAFETY: on success the syscall returned a fresh descriptor that
+    // nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -284,7 +267,62 @@ mod tests {
         assert_eq!(nix::request_code_read!(UFFDIO, 0x02, 16), 0x8010aa02);
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x03, 40), 0xc028aa03);
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x04, 32), 0xc020aa04);
-        assert_eq!(nix::request_code_none!(UFFDIO, 0x00), 0xaa00);
+    }
+
+    /// A uffd from [`new_user_mode_only`] leaves kernel-mode faults alone:
+    /// `read()` into a registered missing page fails with `EFAULT`. One
+    /// that handled them would report the fault instead (the test then
+    /// fills the page so that the read ends, and fails).
+    #[test]
+    fn user_mode_only_uffd_refuses_kernel_faults() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        use std::time::{Duration, Instant};
+
+        let uffd = match new_user_mode_only() {
+            Ok(uffd) => uffd,
+            // No userfaultfd in this kernel (or older than 5.11).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
+                eprintln!("skipping: userfaultfd(UFFD_USER_MODE_ONLY): {e}");
+                return;
+            }
+            Err(e) => panic!("userfaultfd(UFFD_USER_MODE_ONLY): {e}"),
+        };
+        api_handshake(uffd.as_fd()).expect("api handshake");
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.unsigned_abs() as u64;
+        let addr = crate::sys::bare::mmap_anonymous(page).expect("mmap");
+        register_missing(uffd.as_fd(), addr, page).expect("register");
+        let (mut tx, rx) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        tx.write_all(b"x").expect("write");
+        let reader = std::thread::spawn(move || {
+            // SAFETY: `addr` is a page of our own writable mapping, mapped
+            // until this thread is joined.
+            let n = unsafe { libc::read(rx.as_raw_fd(), addr as *mut libc::c_void, 1) };
+            (n < 0).then(io::Error::last_os_error)
+        });
+        let mut faults = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reader.is_finished() {
+            read_faults(uffd.as_fd(), &mut faults).expect("read uffd events");
+            if !faults.is_empty() {
+                zeropage(uffd.as_fd(), addr, page).expect("unblock the reader");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "read() neither failed nor faulted"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let failed = reader.join().expect("reader thread");
+        // SAFETY: nothing refers to the mapping any more.
+        unsafe { crate::sys::bare::munmap(addr, page) }.expect("munmap");
+        assert!(
+            faults.is_empty(),
+            "the uffd was asked to handle a kernel-mode fault at {faults:#x?}"
+        );
+        assert_eq!(failed.and_then(|e| e.raw_os_error()), Some(libc::EFAULT));
     }
 
     #[test]

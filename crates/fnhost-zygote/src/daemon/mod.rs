@@ -13,6 +13,6 @@ mod zygote;
 
 pub use clone::{CloneHandle, ReadError, RunOutcome, SetupError, Slot};
 pub use sleep::{FaultError, HibernateError, Hibernation, WakeError, Woken};
-pub use snapshots::{DeviceUnavailable, SnapshotStore, SnapshotsUnavailable};
+pub use snapshots::SnapshotStore;
 pub use spawn::{spawn_zygote, IdMap, SpawnError, ZygoteProcess, INIT_SUBCOMMAND};
 pub use zygote::{CloneError, Cloned, Placement, StartError, ZygoteHandle, CLONE_REPLY_TIMEOUT};

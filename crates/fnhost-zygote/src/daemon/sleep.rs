@@ -212,11 +212,10 @@ impl ZygoteHandle {
     }
 
     /// Hibernates the zygote with a snapshot at `path`: it creates its own
-    /// userfaultfd from `device` and hands it over, writes its private
+    /// (user-mode-only) userfaultfd and hands it over, writes its private
     /// memory to the file and drops it. `Ok(None)`: it already sleeps.
     pub async fn hibernate_snapshot(
         &self,
-        device: &OwnedFd,
         path: PathBuf,
         prefetch: bool,
     ) -> Result<Option<Hibernation>, HibernateError> {
@@ -232,7 +231,7 @@ impl ZygoteHandle {
                 path: path.clone(),
                 source,
             })?;
-        let fds = [device.as_raw_fd(), snapshot.file().as_raw_fd()];
+        let fds = [snapshot.file().as_raw_fd()];
         let file = snapshot
             .file()
             .try_clone_to_owned()
