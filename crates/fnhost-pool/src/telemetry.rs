@@ -15,6 +15,8 @@ pub struct Phases {
     pub cgroup_attach: Histogram,
     pub mount: Histogram,
     pub network: Histogram,
+    /// Mapping a clone's ids in its own user namespace.
+    pub user_namespace: Histogram,
     pub drop_privileges: Histogram,
     pub seccomp: Histogram,
     pub teardown: Histogram,
@@ -64,6 +66,7 @@ impl PoolMetrics {
                 cgroup_attach: phase("cgroup_attach"),
                 mount: phase("mount"),
                 network: phase("network"),
+                user_namespace: phase("user_namespace"),
                 drop_privileges: phase("drop_privileges"),
                 seccomp: phase("seccomp"),
                 teardown: phase("teardown"),

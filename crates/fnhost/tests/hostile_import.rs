@@ -140,3 +140,20 @@ fn a_helper_process_left_by_the_import_fails_the_zygote_and_dies_with_it() {
     );
     assert_eq!(daemon.invoke("bystander", "{}").status, 200);
 }
+
+#[test]
+fn a_thread_left_by_the_import_fails_the_zygote() {
+    if !require_root("a_thread_left_by_the_import_fails_the_zygote") {
+        return;
+    }
+    let functions = python_function("threads", &code(), "thread.handler", "prewarm = false");
+    let daemon = Daemon::start(&functions);
+    let r = daemon.invoke("threads", "{}");
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("ZygoteNotSingleThreaded") || r.text().contains("ZygoteNotAlone"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("thread"), "{}", r.text());
+}

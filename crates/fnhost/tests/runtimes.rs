@@ -288,3 +288,77 @@ fn concurrent_invocations_across_runtimes() {
         }
     });
 }
+
+/// `/proc/<pid>/status` fields of every process in `function`'s zygote
+/// cgroups, from the host.
+fn zygote_processes(
+    daemon: &Daemon,
+    function: &str,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    let suffix = format!("{function}/zygote");
+    let mut pids: Vec<i32> = daemon
+        .cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.ends_with(&suffix))
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|p| p.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_runtime_serves_from_an_unprivileged_zygote() {
+    if !require_root("every_runtime_serves_from_an_unprivileged_zygote") {
+        return;
+    }
+    let rust = rust_code();
+    let exec = exec_probe_code();
+    let functions = rust_function("rust", rust.path())
+        + &exec_function("exec", exec.path(), "[\"/var/task/procs.sh\"]", "")
+        + &python_function("python");
+    let daemon = Daemon::start(&functions);
+    for function in ["rust", "exec", "python"] {
+        let r = daemon.invoke(function, "{}");
+        assert_eq!(r.status, 200, "{function}: {}", r.text());
+        // Init (root of the zygote's namespace, never running function
+        // code) and the runtime, which must hold nothing. A clone being set
+        // up may sit in the zygote's cgroup for a moment (its pids span
+        // three pid namespaces): it is not the zygote.
+        let processes = zygote_processes(&daemon, function);
+        let runtimes: Vec<_> = processes
+            .iter()
+            .filter(|p| p["NSpid"].split_whitespace().count() == 2)
+            .filter(|p| p["Uid"].split_whitespace().next() != Some("2000000000"))
+            .collect();
+        assert_eq!(runtimes.len(), 1, "{function}: {processes:?}");
+        let runtime = runtimes[0];
+        assert_eq!(
+            runtime["Uid"], "2000001000\t2000001000\t2000001000\t2000001000",
+            "{function}: {runtime:?}"
+        );
+        for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+            assert_eq!(
+                runtime[caps], "0000000000000000",
+                "{function} {caps}: {runtime:?}"
+            );
+        }
+        assert_eq!(runtime["NoNewPrivs"], "1", "{function}: {runtime:?}");
+        assert_eq!(runtime["Seccomp"], "2", "{function}: {runtime:?}");
+    }
+}

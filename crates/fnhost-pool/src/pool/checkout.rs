@@ -158,6 +158,7 @@ impl<B: Backend> FunctionPool<B> {
                 let phase = &self.metrics.phase;
                 phase.clone.record(secs(times.fork_us));
                 phase.cgroup_attach.record(secs(times.setup.cgroup_us));
+                phase.user_namespace.record(secs(times.setup.userns_us));
                 phase.mount.record(secs(times.setup.mount_us));
                 phase.network.record(secs(times.setup.network_us));
                 phase
