@@ -29,11 +29,16 @@ pub struct ServerConfig {
     /// Memory all sandboxes and zygotes together may use, MiB; 0 = 80% of
     /// the host's memory.
     pub memory_budget_mb: u64,
-    /// Run zygotes and sandboxes in a user namespace: sandbox uid/gid 0..65535
-    /// map to host ids `userns_host_base`.., and function code runs as uid
-    /// and gid 1000 inside (host `userns_host_base + 1000`).
+    /// Run zygotes in a user namespace. Each function gets a range of
+    /// [`USERNS_SIZE`] host ids of its own: the n-th function's zygotes map
+    /// ids 0..USERNS_SIZE to host `userns_host_base + n * USERNS_SIZE`..,
+    /// and its code runs as uid and gid 1000 (without a user namespace, as
+    /// that host id directly).
     pub user_namespace: bool,
     pub userns_host_base: u32,
+    /// How many functions (distinct names in one daemon's lifetime) get an
+    /// id range: the ranges span `userns_ranges * USERNS_SIZE` host ids.
+    pub userns_ranges: u32,
     /// Client-facing HTTP limits of the invoke and admin listeners.
     pub http: HttpLimits,
 }
@@ -71,8 +76,14 @@ impl Default for HttpLimits {
     }
 }
 
-/// Number of ids mapped into a sandbox's user namespace.
-pub const USERNS_SIZE: u32 = 65536;
+/// Host ids of one function's range: ids 0..USERNS_SIZE of its zygotes'
+/// user namespace (root is init's, 1000 the runtime's; the layers belong to
+/// none of them).
+pub const USERNS_SIZE: u32 = 1024;
+
+/// Default number of per-function id ranges: 64 Mi host ids from the base,
+/// which stays below 2^31 and below systemd's reserved ranges.
+pub const DEFAULT_USERNS_RANGES: u32 = 65536;
 
 /// Default first host id of the sandboxes' range: above what `useradd`
 /// delegates in /etc/subuid (100000..600100000 by default) and what systemd
@@ -110,6 +121,7 @@ impl Default for ServerConfig {
             memory_budget_mb: 0,
             user_namespace: true,
             userns_host_base: DEFAULT_USERNS_HOST_BASE,
+            userns_ranges: DEFAULT_USERNS_RANGES,
             shutdown_grace_ms: 10_000,
             http: HttpLimits::default(),
         }

@@ -25,6 +25,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "memory_budget_mb",
     "user_namespace",
     "userns_host_base",
+    "userns_ranges",
     "header_timeout_ms",
     "body_timeout_ms",
     "max_connections",
@@ -85,6 +86,7 @@ pub(crate) struct RawServer {
     pub(crate) memory_budget_mb: Option<i64>,
     pub(crate) user_namespace: Option<bool>,
     pub(crate) userns_host_base: Option<i64>,
+    pub(crate) userns_ranges: Option<i64>,
     pub(crate) header_timeout_ms: Option<i64>,
     pub(crate) body_timeout_ms: Option<i64>,
     pub(crate) max_connections: Option<i64>,
@@ -281,6 +283,7 @@ mod tests {
                 || key.ends_with("_ms")
                 || key.ends_with("_mb")
                 || key.ends_with("_base")
+                || key.ends_with("_ranges")
                 || key.starts_with("max_")
             {
                 "1"

@@ -126,11 +126,33 @@ pub(crate) fn server(
     if let Some(value) = raw.user_namespace {
         server.user_namespace = value;
     }
-    if let Some(value) = raw.userns_host_base {
-        let max = i64::from(u32::MAX) - i64::from(crate::model::USERNS_SIZE);
-        server.userns_host_base =
-            u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
+    let size = i64::from(crate::model::USERNS_SIZE);
+    if let Some(value) = raw.userns_ranges {
+        let max = i64::from(u32::MAX) / size - 1;
+        server.userns_ranges =
+            u32::try_from(bounded(value, &path.key("userns_ranges"), 1, max, "")?)
                 .expect("bounded to u32");
+    }
+    if let Some(value) = raw.userns_host_base {
+        let max = i64::from(u32::MAX) - size * i64::from(server.userns_ranges);
+        server.userns_host_base = u32::try_from(bounded(
+            value,
+            &path.key("userns_host_base"),
+            1,
+            max,
+            "",
+        )?)
+        .expect("bounded to u32");
+    } else if i64::from(server.userns_host_base) + size * i64::from(server.userns_ranges)
+        > i64::from(u32::MAX)
+    {
+        return Err(invalid(
+            path.key("userns_ranges"),
+            format!(
+                "{} ranges of {size} ids from userns_host_base = {} pass 2^32; lower one of them",
+                server.userns_ranges, server.userns_host_base
+            ),
+        ));
     }
     if server.user_namespace {
         check_subid_overlap(&server, path)?;
@@ -161,7 +183,7 @@ pub(crate) fn server(
 fn check_subid_overlap(server: &ServerConfig, path: &KeyPath) -> Result<(), Invalid> {
     let files: Vec<&Path> = crate::subid::SUBID_FILES.iter().map(Path::new).collect();
     let start = u64::from(server.userns_host_base);
-    let count = u64::from(crate::model::USERNS_SIZE);
+    let count = u64::from(crate::model::USERNS_SIZE) * u64::from(server.userns_ranges);
     let Some(hit) = crate::subid::first_overlap(&files, start, count) else {
         return Ok(());
     };
@@ -284,6 +306,31 @@ mod tests {
             "server.state_dir",
             "must not be empty",
         );
+    }
+
+    #[test]
+    fn id_ranges_must_end_below_2_32() {
+        // 4,194,303 ranges of 1024 ids fit from 1; from the default base not.
+        assert_invalid(
+            "[server]\nuser_namespace = false\nuserns_ranges = 4000000\n",
+            3,
+            "server.userns_ranges",
+            "pass 2^32",
+        );
+        assert_invalid(
+            "[server]\nuser_namespace = false\nuserns_ranges = 4000000\nuserns_host_base = 300000000\n",
+            4,
+            "server.userns_host_base",
+            "between 1 and",
+        );
+        assert_invalid(
+            "[server]\nuserns_ranges = 0\n",
+            2,
+            "server.userns_ranges",
+            "between 1 and",
+        );
+        let config = parse("[server]\nuser_namespace = false\nuserns_ranges = 10\n", std::path::Path::new("/")).unwrap();
+        assert_eq!(config.server.userns_ranges, 10);
     }
 
     #[test]

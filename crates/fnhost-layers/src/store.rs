@@ -45,41 +45,6 @@ pub struct LayerStore {
 }
 
 impl LayerStore {
-    /// Makes `uid:gid` own every entry of `layer` (symlinks themselves, not
-    /// their targets). Sandboxes in a user namespace see layers owned by the
-    /// namespace's root only if the host ids are its mapped root: overlayfs
-    /// cannot copy up a file whose owner is unmapped (EOVERFLOW). Skipped
-    /// when the layer's root already has that owner.
-    pub fn set_owner(&self, layer: &Path, uid: u32, gid: u32) -> Result<(), LayerError> {
-        let layer = Layer {
-            digest: String::new(),
-            path: layer.to_path_buf(),
-        };
-        use std::os::unix::fs::MetadataExt;
-        let write_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| LayerError::Write { path, source }
-        };
-        let meta = fs::symlink_metadata(&layer.path).map_err(write_err(&layer.path))?;
-        if meta.uid() == uid && meta.gid() == gid {
-            return Ok(());
-        }
-        let mut stack = vec![layer.path.clone()];
-        while let Some(path) = stack.pop() {
-            let meta = fs::symlink_metadata(&path).map_err(write_err(&path))?;
-            if meta.is_dir() {
-                for entry in fs::read_dir(&path).map_err(write_err(&path))? {
-                    stack.push(entry.map_err(write_err(&path))?.path());
-                }
-            }
-            // The root last, so an interrupted pass is redone next time.
-            if path != layer.path {
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(write_err(&path))?;
-            }
-        }
-        std::os::unix::fs::lchown(&layer.path, Some(uid), Some(gid)).map_err(write_err(&layer.path))
-    }
-
     /// Opens the store at `root` (e.g. `<state_dir>/layers`), creating it
     /// with mode 0700 if needed, and removes builds left in `tmp/` by
     /// processes that no longer run.

@@ -333,25 +333,33 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
         + &exec_function("exec", exec.path(), "[\"/var/task/procs.sh\"]", "")
         + &python_function("python");
     let daemon = Daemon::start(&functions);
+    let mut uids = Vec::new();
     for function in ["rust", "exec", "python"] {
         let r = daemon.invoke(function, "{}");
         assert_eq!(r.status, 200, "{function}: {}", r.text());
-        // Init (root of the zygote's namespace, never running function
-        // code) and the runtime, which must hold nothing. A clone being set
-        // up may sit in the zygote's cgroup for a moment (its pids span
-        // three pid namespaces): it is not the zygote.
+        // Init (pid 1 of the zygote's namespace, root there, never running
+        // function code) and the runtime, which must hold nothing. A clone
+        // being set up may sit in the zygote's cgroup for a moment (its pids
+        // span three pid namespaces): it is not the zygote.
         let processes = zygote_processes(&daemon, function);
         let runtimes: Vec<_> = processes
             .iter()
-            .filter(|p| p["NSpid"].split_whitespace().count() == 2)
-            .filter(|p| p["Uid"].split_whitespace().next() != Some("2000000000"))
+            .filter(|p| {
+                let nspid: Vec<&str> = p["NSpid"].split_whitespace().collect();
+                nspid.len() == 2 && nspid[1] != "1"
+            })
             .collect();
         assert_eq!(runtimes.len(), 1, "{function}: {processes:?}");
         let runtime = runtimes[0];
+        // uid 1000 of the function's own range of 1024 host ids.
+        let uid: u32 = runtime["Uid"].split_whitespace().next().unwrap().parse().unwrap();
         assert_eq!(
-            runtime["Uid"], "2000001000\t2000001000\t2000001000\t2000001000",
+            runtime["Uid"],
+            format!("{uid}\t{uid}\t{uid}\t{uid}"),
             "{function}: {runtime:?}"
         );
+        assert!(uid >= 2_000_000_000 && (uid - 2_000_000_000) % 1024 == 1000, "{function}: uid {uid}");
+        uids.push(uid);
         for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
             assert_eq!(
                 runtime[caps], "0000000000000000",
@@ -361,4 +369,8 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
         assert_eq!(runtime["NoNewPrivs"], "1", "{function}: {runtime:?}");
         assert_eq!(runtime["Seccomp"], "2", "{function}: {runtime:?}");
     }
+    // No two functions share a host uid.
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(uids.len(), 3, "{uids:?}");
 }

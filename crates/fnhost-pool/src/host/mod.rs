@@ -18,6 +18,7 @@ use crate::budget::MemoryBudget;
 use crate::error::InvokeError;
 use crate::pool::{FunctionPool, Ids, Invocation, PoolStatus};
 
+mod id_ranges;
 mod reload;
 mod startup;
 
@@ -41,27 +42,48 @@ pub struct Host {
     reloading: tokio::sync::Mutex<()>,
     /// Pools replaced or removed by a reload, still draining.
     retiring: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Each function's own range of host ids.
+    id_ranges: std::sync::Mutex<id_ranges::IdRanges>,
 }
 
 impl Host {
-    pub(super) fn userns(&self) -> Option<IdMap> {
-        self.server.user_namespace.then_some(IdMap {
-            host_base: self.server.userns_host_base,
-            size: fnhost_config::USERNS_SIZE,
-        })
+    /// The first host id of `function`'s own range.
+    fn range_base(&self, function: &str) -> Result<u32, HostError> {
+        let n = self
+            .id_ranges
+            .lock()
+            .expect("id ranges lock")
+            .range_of(function)
+            .map_err(|source| HostError::IdRanges {
+                function: function.to_owned(),
+                source,
+            })?;
+        // Config validation keeps base + ranges * size below 2^32.
+        Ok(self.server.userns_host_base + n * fnhost_config::USERNS_SIZE)
     }
 
-    /// The unprivileged uid and gid zygote runtimes (and so functions'
-    /// import-time code) run as, in the zygote's namespace: the sandbox id
-    /// inside a user namespace, its host id (`userns_host_base` + it)
-    /// without one. Never root, never an id that owns the layers.
-    pub(super) fn runtime_ids(&self) -> (u32, u32) {
+    /// The user namespace of `function`'s zygotes: its own id range.
+    pub(super) fn userns(&self, function: &str) -> Result<Option<IdMap>, HostError> {
+        if !self.server.user_namespace {
+            return Ok(None);
+        }
+        Ok(Some(IdMap {
+            host_base: self.range_base(function)?,
+            size: fnhost_config::USERNS_SIZE,
+        }))
+    }
+
+    /// The unprivileged uid and gid `function`'s zygote runtime (and so its
+    /// import-time code) runs as, in the zygote's namespace: the sandbox id
+    /// inside a user namespace; without one, that id of the function's own
+    /// range on the host. Never root, never an id that owns the layers.
+    pub(super) fn runtime_ids(&self, function: &str) -> Result<(u32, u32), HostError> {
         let id = if self.server.user_namespace {
             SANDBOX_ID
         } else {
-            self.server.userns_host_base.saturating_add(SANDBOX_ID)
+            self.range_base(function)? + SANDBOX_ID
         };
-        (id, id)
+        Ok((id, id))
     }
 
     pub fn cgroup_layout(&self) -> &str {

@@ -50,6 +50,11 @@ pub enum HostError {
          server.user_namespace = false)"
     )]
     NotTraversable { path: PathBuf, mode: u32 },
+    #[error("function '{function}': {source}")]
+    IdRanges {
+        function: String,
+        source: super::id_ranges::RangesExhausted,
+    },
     #[error("cannot open the layer store: {0}")]
     Store(#[source] fnhost_layers::LayerError),
     #[error("cannot build the built-in host layer: {0}")]
@@ -225,6 +230,9 @@ impl Host {
             layout: layout_text,
             reloading: tokio::sync::Mutex::new(()),
             retiring: std::sync::Mutex::new(Vec::new()),
+            id_ranges: std::sync::Mutex::new(super::id_ranges::IdRanges::new(
+                config.server.userns_ranges,
+            )),
         };
         let mut pools = BTreeMap::new();
         for spec in &config.functions {
@@ -250,17 +258,6 @@ impl Host {
                 source,
             })?;
         let root = root_layers(spec, &self.store, &self.host_layer)?;
-        if let Some(map) = self.userns() {
-            for layer in root.layers.iter().chain([&code.path, &self.runtime.path]) {
-                self.store
-                    .set_owner(layer, map.host_base, map.host_base)
-                    .map_err(|source| HostError::CodeLayer {
-                        function: spec.name.clone(),
-                        path: layer.clone(),
-                        source,
-                    })?;
-            }
-        }
         let parts = RootParts {
             staging: self.staging.clone(),
             layers: [code.path, self.runtime.path.clone()]
@@ -274,7 +271,7 @@ impl Host {
             spec,
             parts,
             self.server.max_response_bytes,
-            self.runtime_ids(),
+            self.runtime_ids(&spec.name)?,
         ))
     }
 
@@ -307,7 +304,7 @@ impl Host {
             ids: self.ids.clone(),
             budget: self.budget.clone(),
             max_response: self.server.max_response_bytes,
-            userns: self.userns(),
+            userns: self.userns(&spec.name)?,
             snapshots: self.snapshots.clone(),
         };
         let pool = FunctionPool::new(spec.clone(), zspec, zygote_cgroup, shared);
