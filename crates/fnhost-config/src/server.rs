@@ -135,14 +135,9 @@ pub(crate) fn server(
     }
     if let Some(value) = raw.userns_host_base {
         let max = i64::from(u32::MAX) - size * i64::from(server.userns_ranges);
-        server.userns_host_base = u32::try_from(bounded(
-            value,
-            &path.key("userns_host_base"),
-            1,
-            max,
-            "",
-        )?)
-        .expect("bounded to u32");
+        server.userns_host_base =
+            u32::try_from(bounded(value, &path.key("userns_host_base"), 1, max, "")?)
+                .expect("bounded to u32");
     } else if i64::from(server.userns_host_base) + size * i64::from(server.userns_ranges)
         > i64::from(u32::MAX)
     {
@@ -329,7 +324,11 @@ mod tests {
             "server.userns_ranges",
             "between 1 and",
         );
-        let config = parse("[server]\nuser_namespace = false\nuserns_ranges = 10\n", std::path::Path::new("/")).unwrap();
+        let config = parse(
+            "[server]\nuser_namespace = false\nuserns_ranges = 10\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
         assert_eq!(config.server.userns_ranges, 10);
     }
 

@@ -7,6 +7,7 @@ mod error;
 mod host;
 mod image;
 mod plan;
+mod seal;
 mod source;
 mod store;
 mod write;

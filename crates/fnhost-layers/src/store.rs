@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::error::LayerError;
 use crate::plan::{normalize_relative, FileData, Node, Plan, DIR_MODE_MASK, FILE_MODE_MASK};
+use crate::seal;
 use crate::source::{scan_children, ScanOptions, SourceDir};
 use crate::write::{remove_tree, write_plan};
 
@@ -158,7 +159,7 @@ impl LayerStore {
             path: self.root.join("sha256").join(hex),
             digest: digest.clone(),
         };
-        if layer.path.is_dir() {
+        if self.trusted(&layer) {
             tracing::debug!(digest = %layer.digest, "layer already present");
             return Ok(layer);
         }
@@ -172,6 +173,38 @@ impl LayerStore {
         let tmp = self.new_build(hex)?;
         write_plan(plan, &tmp.path)?;
         self.commit(tmp, layer, plan.nodes.len())
+    }
+
+    /// Whether `layer` is present and may be used: its directory matches the
+    /// seal written when it was committed. A present layer that does not is
+    /// moved out of the way (and removed), so that it is built again.
+    pub(crate) fn trusted(&self, layer: &Layer) -> bool {
+        if !layer.path.is_dir() {
+            return false;
+        }
+        let untrusted = match seal::verify(&layer.path) {
+            Ok(()) => return true,
+            Err(why) => why,
+        };
+        tracing::warn!(digest = %layer.digest, path = %layer.path.display(), reason = %untrusted,
+            "not using a layer that does not match its seal; building it again");
+        let aside = self.root.join("tmp").join(format!(
+            "untrusted-{}-{}",
+            std::process::id(),
+            BUILD_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        match fs::rename(&layer.path, &aside) {
+            Ok(()) => {
+                if let Err(e) = remove_tree(&aside) {
+                    tracing::warn!(path = %aside.display(), error = %e, "cannot remove an untrusted layer; the next start removes it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %layer.path.display(), error = %e, "cannot move an untrusted layer aside")
+            }
+        }
+        let _ = fs::remove_file(seal::path_of(&layer.path));
+        false
     }
 
     /// The layer that digest `sha256:<hex>` names (present or not).
@@ -208,6 +241,10 @@ impl LayerStore {
         match fs::rename(&tmp.path, &layer.path) {
             Ok(()) => {
                 tmp.keep();
+                seal::write(&layer.path).map_err(|source| LayerError::Write {
+                    path: seal::path_of(&layer.path),
+                    source,
+                })?;
                 let sha_dir = self.root.join("sha256");
                 File::open(&sha_dir)
                     .and_then(|dir| dir.sync_all())
@@ -384,6 +421,36 @@ mod tests {
         );
         assert_eq!(store.list().expect("list"), vec![first]);
         assert_eq!(tmp_entries(&store), 0);
+    }
+
+    #[test]
+    fn a_layer_changed_after_its_commit_is_built_again() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let src = tempfile::tempdir().expect("tempdir");
+        code_tree(src.path());
+        let store = LayerStore::open(state.path()).expect("open");
+        let first = store
+            .import_dir(src.path(), Path::new("var/task"))
+            .expect("import");
+        let handler = first.path.join("var/task/handler.py");
+        let original = fs::read(&handler).expect("read");
+        // What a sandbox could once do: write into a shared layer.
+        fs::write(&handler, b"import os; os.system('evil')\n").expect("tamper");
+        let again = store
+            .import_dir(src.path(), Path::new("var/task"))
+            .expect("import");
+        assert_eq!(again, first, "same digest, same place");
+        assert_eq!(fs::read(&handler).expect("read"), original, "rebuilt from the source");
+        assert!(store.trusted(&again));
+        // A layer without a seal (an older fnhost's) is not trusted either.
+        fs::remove_file(seal::path_of(&again.path)).expect("unseal");
+        assert!(!store.trusted(&again));
+        assert!(!again.path.exists(), "moved out of the way");
+        let rebuilt = store
+            .import_dir(src.path(), Path::new("var/task"))
+            .expect("import");
+        assert!(store.trusted(&rebuilt));
+        assert_eq!(store.list().expect("list"), vec![rebuilt]);
     }
 
     #[test]

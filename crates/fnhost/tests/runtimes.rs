@@ -352,13 +352,21 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
         assert_eq!(runtimes.len(), 1, "{function}: {processes:?}");
         let runtime = runtimes[0];
         // uid 1000 of the function's own range of 1024 host ids.
-        let uid: u32 = runtime["Uid"].split_whitespace().next().unwrap().parse().unwrap();
+        let uid: u32 = runtime["Uid"]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(
             runtime["Uid"],
             format!("{uid}\t{uid}\t{uid}\t{uid}"),
             "{function}: {runtime:?}"
         );
-        assert!(uid >= 2_000_000_000 && (uid - 2_000_000_000) % 1024 == 1000, "{function}: uid {uid}");
+        assert!(
+            uid >= 2_000_000_000 && (uid - 2_000_000_000) % 1024 == 1000,
+            "{function}: uid {uid}"
+        );
         uids.push(uid);
         for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
             assert_eq!(

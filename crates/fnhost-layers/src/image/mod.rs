@@ -359,7 +359,7 @@ impl LayerStore {
         }
         let (digest, entries) = extraction.finish()?;
         let layer = self.layer_for(&digest);
-        if layer.path.is_dir() {
+        if self.trusted(&layer) {
             tracing::debug!(digest = %layer.digest, blob = %what, "layer already present");
             return Ok(layer);
         }

@@ -113,7 +113,7 @@ impl LayerStore {
             });
             let layer = valid.then(|| self.layer_for(digest));
             match layer {
-                Some(layer) if layer.path.is_dir() => layers.push(layer),
+                Some(layer) if self.trusted(&layer) => layers.push(layer),
                 _ => {
                     return Err(ImageError::MissingLayer {
                         reference: reference.to_string(),
