@@ -17,6 +17,7 @@ config_dir=/etc/fnhost
 state_dir=/var/lib/fnhost
 functions_dir=/srv/fnhost/functions
 unit_dir=/etc/systemd/system
+sysctl_dir=/etc/sysctl.d
 from=${FNHOST_BIN_DIR:-}
 systemd=1
 enable=0
@@ -37,6 +38,7 @@ usage: deploy/install.sh [options]
                        installed only if absent
   --unit-dir DIR       systemd unit directory (default /etc/systemd/system)
   --no-systemd         do not install the unit or talk to systemd
+  --sysctl-dir DIR     where kernel settings go if any must change (default /etc/sysctl.d)
   --enable             systemctl enable --now fnhost (after installing the unit)
   --dry-run            print what would be done, change nothing
   -h, --help           this text
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     --functions-dir) functions_dir=$2; shift 2 ;;
     --unit-dir) unit_dir=$2; shift 2 ;;
     --no-systemd) systemd=0; shift ;;
+    --sysctl-dir) sysctl_dir=$2; shift 2 ;;
     --enable) enable=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -174,7 +177,27 @@ if [ "$systemd" = 1 ]; then
   fi
 fi
 
-# 5. Check the config the service will use.
+# 5. Kernel settings that forbid what every sandbox needs: an unprivileged
+#    process (the zygote) creating a user namespace (each clone). Written
+#    only where a forbidding value is found; fnhost refuses to start anyway
+#    and names the setting.
+sysctl_text=""
+need() { # file under /proc/sys, forbidding value, sysctl name, value needed
+  if [ -r "/proc/sys/$1" ] && [ "$(cat "/proc/sys/$1")" = "$2" ]; then
+    sysctl_text="$sysctl_text$3 = $4
+"
+  fi
+}
+need user/max_user_namespaces 0 user.max_user_namespaces 65536
+need kernel/unprivileged_userns_clone 0 kernel.unprivileged_userns_clone 1
+need kernel/apparmor_restrict_unprivileged_userns 1 kernel.apparmor_restrict_unprivileged_userns 0
+if [ -n "$sysctl_text" ]; then
+  put_text "# fnhost: zygotes create each sandbox in a user namespace of its own.
+$sysctl_text" "$sysctl_dir/60-fnhost.conf" 0644
+  run sysctl -q -p "$sysctl_dir/60-fnhost.conf"
+fi
+
+# 6. Check the config the service will use.
 if [ "$dry_run" = 1 ]; then
   printf '+ %s check-config --config %s\n' "$libdir/fnhost" "$config"
 elif ! "$libdir/fnhost" check-config --config "$config" >/dev/null; then

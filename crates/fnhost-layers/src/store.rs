@@ -440,7 +440,11 @@ mod tests {
             .import_dir(src.path(), Path::new("var/task"))
             .expect("import");
         assert_eq!(again, first, "same digest, same place");
-        assert_eq!(fs::read(&handler).expect("read"), original, "rebuilt from the source");
+        assert_eq!(
+            fs::read(&handler).expect("read"),
+            original,
+            "rebuilt from the source"
+        );
         assert!(store.trusted(&again));
         // A layer without a seal (an older fnhost's) is not trusted either.
         fs::remove_file(seal::path_of(&again.path)).expect("unseal");

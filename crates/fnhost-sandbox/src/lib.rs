@@ -14,6 +14,7 @@ mod recorder;
 pub mod seccomp;
 pub mod sys;
 pub mod syscall;
+pub mod userns_support;
 
 /// True when the calling process is in a user namespace other than the
 /// host's (its uid map is not the identity map of every id). Overlay mounts

@@ -55,6 +55,8 @@ pub enum HostError {
         function: String,
         source: super::id_ranges::RangesExhausted,
     },
+    #[error(transparent)]
+    UsernsForbidden(fnhost_sandbox::userns_support::UsernsForbidden),
     #[error("cannot open the layer store: {0}")]
     Store(#[source] fnhost_layers::LayerError),
     #[error("cannot build the built-in host layer: {0}")]
@@ -203,6 +205,8 @@ impl Host {
             source,
         })?;
         let store = LayerStore::open(&state.join("layers")).map_err(HostError::Store)?;
+        fnhost_sandbox::userns_support::check(Path::new("/proc/sys"))
+            .map_err(HostError::UsernsForbidden)?;
         if config.server.user_namespace {
             check_traversable(&staging)?;
             check_traversable(store.root())?;
