@@ -140,6 +140,17 @@ pub fn children_of(pid: i32) -> io::Result<Vec<i32>> {
         .collect()
 }
 
+/// The state letter of process `pid` (`R`, `S`, `Z` for a zombie, …), from
+/// `/proc/<pid>/stat`.
+pub fn process_state(pid: i32) -> io::Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: the state follows
+    // the last ')'.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "stat has no state field"))
+}
+
 /// Number of threads of process `pid` (`Threads:` of its status).
 pub fn thread_count_of(pid: i32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -250,6 +261,24 @@ pub fn execve(exe: &CStr, argv: &CStringArray, envp: &CStringArray) -> io::Error
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn procfs_readers_see_this_process_and_a_zombie_child() {
+        let me = std::process::id() as i32;
+        assert!(matches!(process_state(me), Ok('R') | Ok('S')));
+        assert!(thread_count_of(me).unwrap() >= 1);
+        // A child that exited and is not reaped yet is a zombie child.
+        let child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            matches!(process_state(pid), Ok('Z'))
+        });
+        assert!(zombie, "the unreaped child never showed as a zombie");
+        let mut child = child;
+        child.wait().unwrap();
+        assert!(process_state(pid).is_err(), "reaped: gone from /proc");
+    }
 
     #[test]
     fn clone_args_matches_kernel_v2_size() {
