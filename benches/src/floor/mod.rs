@@ -93,14 +93,16 @@ impl Floor {
     }
 }
 
-/// RSS of the `function`'s zygote cgroup among the daemon's descendants,
-/// KiB: the heap the fork probe copies.
+/// RSS of `function`'s zygote runtime, KiB: the largest process in its
+/// zygote cgroup among the daemon's descendants (the cgroup also holds the
+/// zygote's init, and every zygote of the function after a scale-out).
 pub fn zygote_rss_kib(daemon_pid: u32, function: &str) -> Option<u64> {
     let suffix = format!("/{function}/zygote");
-    memory::by_cgroup(daemon_pid)
+    memory::processes(daemon_pid)
         .into_iter()
-        .find(|(cgroup, _)| cgroup.ends_with(&suffix))
-        .map(|(_, mem)| mem.rss_kib)
+        .filter(|(_, cgroup, _)| cgroup.ends_with(&suffix))
+        .map(|(_, _, mem)| mem.rss_kib)
+        .max()
         .filter(|&kib| kib > 0)
 }
 
