@@ -35,7 +35,7 @@ pub const BASELINES: &[(&str, &str, &str)] = &[
 ];
 
 /// The interpreter every baseline runs (and fnhost's zygotes use).
-const PYTHON: &str = "/usr/bin/python3";
+pub const PYTHON: &str = "/usr/bin/python3";
 
 /// Untimed runs of each baseline before the timed ones.
 const WARMUP_RUNS: u64 = 2;

@@ -13,7 +13,9 @@ use crate::scenario::Scenario;
 /// `crun run`, `runc run`, `bwrap --unshare-all` and plain host exec of the
 /// same Python work; phase breakdown and teardown from /metrics; sandbox
 /// churn; closed-loop throughput; memory density; hibernation of idle
-/// zygotes (memory saved, wake-up latency).
+/// zygotes (memory saved, wake-up latency); the floor (a bare
+/// fork-per-request server of the same handler) and the kernel primitives
+/// that bound an isolated invocation.
 ///
 /// By default it starts `fnhost serve` with a generated config (no-op Python
 /// functions), runs every suite, prints Markdown, writes SVG charts and a
@@ -94,6 +96,21 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub budget_mib: u64,
 
+    /// Timed runs of each kernel primitive of the floor suite (fork + exit,
+    /// clone3 with fnhost's namespaces, overlay mount, cgroup attach); 0
+    /// skips them.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub primitive_runs: u64,
+
+    /// Measures the floor's kernel primitives with this cgroup root
+    /// (internal: the harness re-executes itself with it).
+    #[arg(long, value_name = "CGROUP_ROOT", hide = true)]
+    pub floor_worker: Option<String>,
+
+    /// The fork probe's heap in KiB (internal, with --floor-worker).
+    #[arg(long, value_name = "KIB", hide = true, default_value_t = crate::floor::DEFAULT_HEAP_KIB)]
+    pub floor_heap_kib: u64,
+
     /// Runs the baselines inside this process's private mount namespace
     /// (internal: the harness re-executes itself with it).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -139,6 +156,12 @@ pub enum Suite {
     /// reclaim): memory warm vs hibernated, wake-up + invoke latency,
     /// functions per memory budget.
     Hibernation,
+    /// The floor: a bare fork-per-request Python server (same interpreter
+    /// and handler, no isolation) with 1 and 2 workers, sequential latency
+    /// and throughput, and the kernel primitives that bound fnhost (fork +
+    /// exit, clone3 with its namespaces, overlay mount, cgroup attach);
+    /// with latency and throughput, fnhost's numbers as ratios to it.
+    Floor,
     /// Everything above.
     All,
 }
@@ -196,7 +219,8 @@ mod tests {
         assert_eq!(fns, ["noop", "noop-ondemand", "noop-cold"]);
         assert!(args.wants(Suite::Density) && args.wants(Suite::Baselines));
         assert_eq!(args.concurrency, [1, 2, 4, 8, 16]);
-        assert!(args.wants(Suite::Hibernation));
+        assert!(args.wants(Suite::Hibernation) && args.wants(Suite::Floor));
+        assert_eq!(args.primitive_runs, 100);
         assert_eq!(
             (
                 args.hibernate_cycles,

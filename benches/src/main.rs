@@ -2,7 +2,8 @@
 //! run: latency of warm, on-demand-clone and cold-start invocations; the
 //! start-to-exit of `crun run`, `runc run`, `bwrap` and host exec of the
 //! same work; the daemon's phase histograms; churn; throughput; density;
-//! hibernation of idle zygotes.
+//! hibernation of idle zygotes; the floor (a bare fork-per-request server)
+//! and the kernel primitives that bound an isolated invocation.
 //! Prints Markdown, writes JSON and SVG charts. The logic lives in the
 //! modules; this file only wires them together.
 
@@ -10,6 +11,7 @@ mod baseline;
 mod cli;
 mod daemon;
 mod density;
+mod floor;
 mod hibernation;
 mod http;
 mod load;
@@ -34,6 +36,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.baseline_worker {
         return baseline::worker_main(dir, args.baseline_runs);
+    }
+    if let Some(root) = &args.floor_worker {
+        return floor::worker_main(root, args.primitive_runs, args.floor_heap_kib);
     }
     // One thread: the client shares the machine's two cores with the
     // daemon, and a single thread keeps scheduler noise out of the
@@ -69,6 +74,8 @@ async fn run(args: &Args) -> Result<()> {
         report.baselines = Some(baselines);
     }
 
+    // The floor's fork probe copies a heap of the warm zygote's size.
+    let mut zygote_rss_kib = None;
     let daemon_suites = [Suite::Latency, Suite::Churn, Suite::Throughput];
     if daemon_suites.iter().any(|s| args.wants(*s)) {
         // Keeps the daemon alive until the end of these suites.
@@ -129,8 +136,31 @@ async fn run(args: &Args) -> Result<()> {
             Err(err) => eprintln!("fnhost-bench: cannot read /metrics: {err:#}"),
         }
         if let Some(mut daemon) = daemon.take() {
+            zygote_rss_kib = floor::zygote_rss_kib(daemon.pid(), daemon::WARM_FN);
             daemon.stop();
         }
+    }
+
+    // After the daemon has stopped: the floor has the machine to itself.
+    if args.wants(Suite::Floor) {
+        let settings = floor::Settings {
+            requests: args.warm,
+            warmup: args.warmup,
+            concurrency: args.concurrency.clone(),
+            duration: Duration::from_secs_f64(args.duration.max(0.1)),
+            timeout: args.request_timeout(),
+            primitive_runs: args.primitive_runs,
+            heap_kib: zygote_rss_kib.unwrap_or(floor::DEFAULT_HEAP_KIB),
+            heap_source: if zygote_rss_kib.is_some() {
+                "the warm zygote's RSS"
+            } else {
+                "default: no zygote measured in this run"
+            },
+        };
+        let exe = std::env::current_exe().context("locating the fnhost-bench executable")?;
+        let mut result = floor::run(&exe, &settings).await?;
+        result.ratios = floor::ratios(&result, &report.scenarios, report.throughput.as_deref());
+        report.floor = Some(result);
     }
 
     if args.wants(Suite::Density) && args.density_clones > 0 {

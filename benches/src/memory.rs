@@ -32,14 +32,18 @@ impl ProcMem {
 /// (`/fnhost-bench-1/noop/zygote`, `/fnhost-bench-1/noop/s3`, ...).
 pub fn by_cgroup(root: u32) -> BTreeMap<String, ProcMem> {
     let mut groups: BTreeMap<String, ProcMem> = BTreeMap::new();
-    for pid in descendants(root) {
-        let Some(cgroup) = memory_cgroup(pid) else {
-            continue;
-        };
-        let Some(mem) = proc_mem(pid) else { continue };
+    for (_, cgroup, mem) in processes(root) {
         groups.entry(cgroup).or_default().add(mem);
     }
     groups
+}
+
+/// Every live descendant of `root` with its memory cgroup path and memory.
+pub fn processes(root: u32) -> Vec<(u32, String, ProcMem)> {
+    descendants(root)
+        .into_iter()
+        .filter_map(|pid| Some((pid, memory_cgroup(pid)?, proc_mem(pid)?)))
+        .collect()
 }
 
 /// Whether a cgroup path names a sandbox (leaf `s<n>`).

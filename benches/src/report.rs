@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::baseline::{BaselineSummary, Status};
 use crate::density::{self, Density};
+use crate::floor::{self, Floor};
 use crate::hibernation::{self, Hibernation};
 use crate::load::{self, LoadLevel};
 use crate::metrics::{PhaseMetrics, ZYGOTE_PHASE};
@@ -135,11 +136,16 @@ pub struct Report {
     pub density_native: Option<Density>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hibernation: Option<Hibernation>,
+    /// The bare fork-per-request server, the kernel primitives, and
+    /// fnhost's numbers of this run as ratios to them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Floor>,
 }
 
 impl Report {
-    /// Total failed requests over all scenarios, plus the hibernation
-    /// suite's failed wake-ups and zygotes that never slept.
+    /// Total failed requests over all scenarios and the floor's sequential
+    /// requests, plus the hibernation suite's failed wake-ups and zygotes
+    /// that never slept.
     pub fn error_count(&self) -> u64 {
         self.scenarios
             .0
@@ -150,6 +156,7 @@ impl Report {
                 .hibernation
                 .as_ref()
                 .map_or(0, Hibernation::error_count)
+            + self.floor.as_ref().map_or(0, Floor::error_count)
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
@@ -172,6 +179,7 @@ impl Report {
             density: None,
             density_native: None,
             hibernation: None,
+            floor: None,
         }
     }
 
@@ -241,6 +249,9 @@ impl Report {
         if let Some(h) = &self.hibernation {
             out.push_str("\n## Hibernation: idle zygotes giving their memory back\n\n");
             out.push_str(&hibernation::markdown(h, &self.comparison_rows()));
+        }
+        if let Some(f) = &self.floor {
+            out.push_str(&floor::markdown(f));
         }
         let _ = write!(
             out,

@@ -111,6 +111,11 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             series.push((b.name.clone(), b.cdf_ms.as_slice()));
         }
     }
+    for s in report.floor.iter().flat_map(|f| &f.servers) {
+        if !s.cdf_ms.is_empty() && s.workers == 1 {
+            series.push(("floor (fork per request)".to_owned(), s.cdf_ms.as_slice()));
+        }
+    }
     if !series.is_empty() {
         charts.push(("latency-cdf.svg", latency_cdf(&series)));
     }
@@ -140,6 +145,17 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if let Some(tput) = &report.throughput {
+        // The floor's best 2-worker rate of this run, as a reference.
+        let floor_peak = report
+            .floor
+            .as_ref()
+            .and_then(|f| f.server(2))
+            .and_then(|s| s.throughput.iter().map(|l| l.rps).reduce(f64::max));
+        let floor_label = floor_peak.map(|r| format!("floor, 2 workers: {r:.0}/s"));
+        let mut refs = vec![(2000.0, "target 2000/s")];
+        if let (Some(rps), Some(label)) = (floor_peak, &floor_label) {
+            refs.push((rps, label.as_str()));
+        }
         let bars: Vec<(String, f64, String)> = tput
             .iter()
             .map(|l| {
@@ -158,7 +174,7 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             bar_chart(
                 "Throughput: isolated invocations per second (closed loop, K connections)",
                 &bars,
-                Some((2000.0, "target 2000/s")),
+                &refs,
             ),
         ));
     }
@@ -194,7 +210,7 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         );
         charts.push((
             "density.svg",
-            bar_chart(&title, &bars, Some((1.5, "target 1.5 MiB"))),
+            bar_chart(&title, &bars, &[(1.5, "target 1.5 MiB")]),
         ));
     }
     if let Some(h) = &report.hibernation {
@@ -234,7 +250,7 @@ fn hibernation_charts(h: &Hibernation) -> Vec<(&'static str, String)> {
             bar_chart(
                 "Memory of an idle function (zygote + ready clone cgroups), MiB",
                 &memory,
-                None,
+                &[],
             ),
         ));
     }
@@ -263,7 +279,7 @@ fn hibernation_charts(h: &Hibernation) -> Vec<(&'static str, String)> {
             bar_chart(
                 "Wake-up + invoke latency, p50 (ms, client side)",
                 &wake,
-                Some((TARGET_WAKE_P50_MS, &target)),
+                &[(TARGET_WAKE_P50_MS, &target)],
             ),
         ));
     }
@@ -405,15 +421,16 @@ fn phase_breakdown(bars: &[(String, Vec<f64>)]) -> String {
     svg.finish()
 }
 
-/// Vertical bars with value labels and an optional dashed target line.
-fn bar_chart(title: &str, bars: &[(String, f64, String)], target: Option<(f64, &str)>) -> String {
+/// Vertical bars with value labels and dashed reference lines (a target,
+/// the floor) labelled at their right end.
+fn bar_chart(title: &str, bars: &[(String, f64, String)], refs: &[(f64, &str)]) -> String {
     let (w, h, left, right, top, bottom) = (760.0, 380.0, 60.0, 30.0, 50.0, 60.0);
     let plot_w = w - left - right;
     let plot_h = h - top - bottom;
     let max = bars
         .iter()
         .map(|b| b.1)
-        .chain(target.map(|t| t.0))
+        .chain(refs.iter().map(|r| r.0))
         .fold(0.0f64, f64::max)
         * 1.15;
     let max = if max > 0.0 { max } else { 1.0 };
@@ -452,9 +469,10 @@ fn bar_chart(title: &str, bars: &[(String, f64, String)], target: Option<(f64, &
             "normal",
         );
     }
-    if let Some((value, label)) = target {
-        svg.line((left, y(value)), (left + plot_w, y(value)), "#d62728", true);
-        svg.text(left + plot_w, y(value) - 4.0, label, "end", 11, "normal");
+    for (i, (value, label)) in refs.iter().enumerate() {
+        let colour = if i == 0 { "#d62728" } else { "#7f7f7f" };
+        svg.line((left, y(*value)), (left + plot_w, y(*value)), colour, true);
+        svg.text(left + plot_w, y(*value) - 4.0, label, "end", 11, "normal");
     }
     svg.finish()
 }
@@ -472,11 +490,7 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 1);
         let bars = phase_breakdown(&[("warm".to_owned(), vec![0.1; STACKED_PHASES.len()])]);
         assert_eq!(bars.matches("<rect").count(), 1 + 2 * STACKED_PHASES.len());
-        let chart = bar_chart(
-            "t",
-            &[("a".to_owned(), 1.0, "1".to_owned())],
-            Some((2.0, "x")),
-        );
+        let chart = bar_chart("t", &[("a".to_owned(), 1.0, "1".to_owned())], &[(2.0, "x")]);
         assert!(chart.contains("stroke-dasharray"));
     }
 

@@ -1,5 +1,5 @@
 //! Smoke test of the harness: every suite with tiny counts against a real
-//! daemon, baselines and hibernation included. Asserts that the run completes, that its
+//! daemon, baselines, hibernation and the floor included. Asserts that the run completes, that its
 //! JSON and charts parse, and that it leaves no cgroup or mount behind;
 //! never asserts on time. Needs root and `fnhost` (with its shim) next to
 //! the harness binary (`cargo build --workspace --all-targets`).
@@ -46,6 +46,7 @@ fn every_suite_runs_with_tiny_counts() {
             "throughput",
             "density",
             "hibernation",
+            "floor",
         ])
         .args([
             "--warm",
@@ -61,6 +62,7 @@ fn every_suite_runs_with_tiny_counts() {
         .args(["--churn-clients", "1,2", "--concurrency", "1,4"])
         .args(["--density-clones", "4"])
         .args(["--hibernate-cycles", "2", "--budget-mib", "256"])
+        .args(["--primitive-runs", "3"])
         .arg("--fnhost")
         .arg(&fnhost)
         .arg("--out")
@@ -117,6 +119,8 @@ fn every_suite_runs_with_tiny_counts() {
     );
     check_hibernation(&report["hibernation"]);
     assert!(stdout.contains("## Hibernation"), "{stdout}");
+    check_floor(&report["floor"]);
+    assert!(stdout.contains("## The floor"), "{stdout}");
     for chart in [
         "latency-cdf.svg",
         "phases.svg",
@@ -135,6 +139,7 @@ fn every_suite_runs_with_tiny_counts() {
     for name in [
         format!("fnhost-bench-{pid}"),
         format!("fnhost-bench-baseline-{pid}"),
+        format!("fnhost-bench-floor-{pid}"),
     ] {
         let left = cgroup_dirs(&name);
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
@@ -178,6 +183,48 @@ fn check_hibernation(h: &serde_json::Value) {
         assert!(f["daemon"]["wakes_ok"].as_u64() >= Some(3), "{f}");
     }
     assert_eq!(h["budget"].as_array().map(Vec::len), Some(6), "{h}");
+}
+
+/// The floor ran with 1 and 2 workers (5 sequential requests each, the
+/// throughput levels), measured every kernel primitive, and set fnhost's
+/// numbers of the run beside it.
+fn check_floor(f: &serde_json::Value) {
+    assert_eq!(f["keep_alive"], false, "{f}");
+    let servers = f["servers"].as_array().expect("floor servers listed");
+    let workers: Vec<u64> = servers
+        .iter()
+        .map(|s| s["workers"].as_u64().expect("workers"))
+        .collect();
+    assert_eq!(workers, [1, 2], "{f}");
+    for s in servers {
+        assert_eq!(s["sequential"]["n"], 5, "{s}");
+        assert_eq!(s["sequential_errors"], 0, "{s}");
+        assert_eq!(s["throughput"].as_array().map(Vec::len), Some(2), "{s}");
+    }
+    let primitives = &f["primitives"];
+    // The warm zygote of the latency suite's daemon set the fork heap.
+    assert_eq!(
+        primitives["fork_heap_source"], "the warm zygote's RSS",
+        "{f}"
+    );
+    let rows = primitives["rows"].as_array().expect("primitives listed");
+    assert_eq!(rows.len(), 8, "{primitives}");
+    for row in rows {
+        assert!(row["error"].is_null(), "{row}");
+        assert_eq!(row["n"], 3, "{row}");
+        assert!(row["p99_ms"].is_number(), "{row}");
+    }
+    let ratios = &f["ratios"];
+    assert!(ratios["warm_p50_over_floor_p50"].is_number(), "{f}");
+    assert!(ratios["warm_p99_over_floor_p50"].is_number(), "{f}");
+    let tput = ratios["throughput"].as_array().expect("throughput ratios");
+    assert_eq!(tput.len(), 2, "{ratios}");
+    for t in tput {
+        assert!(
+            t["vs_1_worker"].is_number() && t["vs_2_workers"].is_number(),
+            "{t}"
+        );
+    }
 }
 
 /// The harness's pid, from its "started ... (pid N)" line's parent: the
