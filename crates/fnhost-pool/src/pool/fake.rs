@@ -34,11 +34,6 @@ pub struct Fake {
     /// How long starting a zygote, cloning and a handler take.
     pub start_delay: Mutex<Duration>,
     pub clone_delay: Mutex<Duration>,
-    /// Added to `clone_delay` once more for each clone started before (so
-    /// the clones of one batch finish one after another).
-    pub clone_delay_step: Mutex<Duration>,
-    /// Clones started so far.
-    pub clones_started: AtomicU64,
     pub handler_delay: Mutex<Duration>,
     /// The next zygote starts fail.
     pub fail_starts: AtomicU64,
@@ -158,9 +153,7 @@ impl Backend for FakeBackend {
         let fake = &self.0;
         let now = fake.cloning.fetch_add(1, Ordering::SeqCst) + 1;
         fake.most_cloning_at_once.fetch_max(now, Ordering::SeqCst);
-        let started_before = fake.clones_started.fetch_add(1, Ordering::SeqCst);
-        let delay = *fake.clone_delay.lock().expect("fake lock")
-            + *fake.clone_delay_step.lock().expect("fake lock") * started_before as u32;
+        let delay = *fake.clone_delay.lock().expect("fake lock");
         tokio::time::sleep(delay).await;
         fake.cloning.fetch_sub(1, Ordering::SeqCst);
         if fake.kill_zygote_on_clone.swap(false, Ordering::SeqCst) {

