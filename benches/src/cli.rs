@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::daemon::{COLD_FN, ONDEMAND_FN, WARM_FN};
+use crate::daemon::{COLD_FN, HEAVY_COLD_FN, HEAVY_FN, HEAVY_ONDEMAND_FN, ONDEMAND_FN, WARM_FN};
 use crate::scenario::Scenario;
 
 /// Measures fnhost against its baselines: invocation latency (warm ready
@@ -18,7 +18,7 @@ use crate::scenario::Scenario;
 /// that bound an isolated invocation.
 ///
 /// By default it starts `fnhost serve` with a generated config (no-op Python
-/// functions), runs every suite, prints Markdown, writes SVG charts and a
+/// functions, and an import-heavy one beside them), runs every suite, prints Markdown, writes SVG charts and a
 /// JSON report into --out, and stops the daemon. With --url it measures an
 /// already-running daemon (latency, churn and throughput only).
 #[derive(Debug, Parser)]
@@ -43,6 +43,12 @@ pub struct Args {
     /// Timed cold starts (no zygote: every request starts one); 0 skips.
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub cold: u64,
+
+    /// MiB of Python objects the import-heavy function builds at import
+    /// (measured warm, on-demand, cold and for throughput beside the no-op,
+    /// as ratios to it); 0 skips it. Not with --url.
+    #[arg(long, value_name = "MIB", default_value_t = crate::heavy::DEFAULT_MIB)]
+    pub heavy_mib: u64,
 
     /// Untimed requests sent before each scenario.
     #[arg(long, value_name = "N", default_value_t = 50)]
@@ -176,9 +182,15 @@ impl Args {
         Duration::from_millis(self.request_timeout_ms)
     }
 
-    /// The scenarios in run order.
+    /// The import-heavy function's heap when it runs in this invocation
+    /// (not with --url: a running daemon does not serve it).
+    pub fn heavy(&self) -> Option<u64> {
+        (self.heavy_mib > 0 && self.url.is_none()).then_some(self.heavy_mib)
+    }
+
+    /// The scenarios in run order: the no-op's, then the heavy function's.
     pub fn scenarios(&self) -> Vec<Scenario> {
-        vec![
+        let mut out = vec![
             Scenario {
                 label: "warm",
                 function: self.warm_fn.clone(),
@@ -200,7 +212,22 @@ impl Args {
                 warmup: self.warmup,
                 n: self.cold,
             },
-        ]
+        ];
+        if self.heavy().is_some() {
+            let names = [HEAVY_FN, HEAVY_ONDEMAND_FN, HEAVY_COLD_FN];
+            let heavy: Vec<Scenario> = out
+                .iter()
+                .zip(crate::heavy::LABELS)
+                .zip(names)
+                .map(|((noop, (label, _)), function)| Scenario {
+                    label,
+                    function: function.to_owned(),
+                    ..noop.clone()
+                })
+                .collect();
+            out.extend(heavy);
+        }
+        out
     }
 }
 
@@ -216,7 +243,20 @@ mod tests {
             (2000, 300, 30, 50)
         );
         let fns: Vec<String> = args.scenarios().into_iter().map(|s| s.function).collect();
-        assert_eq!(fns, ["noop", "noop-ondemand", "noop-cold"]);
+        assert_eq!(
+            fns,
+            [
+                "noop",
+                "noop-ondemand",
+                "noop-cold",
+                "heavy",
+                "heavy-ondemand",
+                "heavy-cold"
+            ]
+        );
+        assert_eq!(args.heavy(), Some(50));
+        let labels: Vec<&str> = args.scenarios().iter().map(|s| s.label).collect();
+        assert_eq!(labels[3..], ["heavy-warm", "heavy-ondemand", "heavy-cold"]);
         assert!(args.wants(Suite::Density) && args.wants(Suite::Baselines));
         assert_eq!(args.concurrency, [1, 2, 4, 8, 16]);
         assert!(args.wants(Suite::Hibernation) && args.wants(Suite::Floor));
@@ -272,6 +312,10 @@ mod tests {
         let args = Args::try_parse_from(["fnhost-bench", "--url", "http://h:1", "--cold-fn", "c"])
             .expect("valid");
         assert_eq!(args.scenarios()[2].function, "c");
+        // A running daemon does not serve the heavy function.
+        assert_eq!((args.heavy(), args.scenarios().len()), (None, 3));
+        let none = Args::try_parse_from(["fnhost-bench", "--heavy-mib", "0"]).expect("valid");
+        assert_eq!((none.heavy(), none.scenarios().len()), (None, 3));
     }
 
     #[test]

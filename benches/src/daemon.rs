@@ -1,5 +1,6 @@
 //! The daemon under test: the benchmark's functions and their config, a
-//! no-op Python function in a temporary directory, and `fnhost serve`
+//! no-op Python function (and the import-heavy one) in a temporary
+//! directory, and `fnhost serve`
 //! started on them through the shared launcher (address, admin address when
 //! asked for, `/healthz`), always stopped again, on error paths too.
 
@@ -32,6 +33,13 @@ pub const TPUT_FN: &str = "noop-tput";
 pub const CHURN_FN: &str = ONDEMAND_FN;
 pub const DENSITY_FN: &str = "noop-density";
 
+/// The import-heavy function's names: warm, on-demand, cold, throughput
+/// (the no-op's pools, with a heap built at import).
+pub const HEAVY_FN: &str = "heavy";
+pub const HEAVY_ONDEMAND_FN: &str = "heavy-ondemand";
+pub const HEAVY_COLD_FN: &str = "heavy-cold";
+pub const HEAVY_TPUT_FN: &str = "heavy-tput";
+
 /// One function of a generated config: name, warm zygotes, ready clones.
 #[derive(Debug, Clone, Copy)]
 pub struct FunctionPool {
@@ -43,6 +51,9 @@ pub struct FunctionPool {
     pub native: bool,
     /// Hibernation settings; `None` leaves the daemon's defaults.
     pub hibernate: Option<Hibernate>,
+    /// MiB of Python objects its import builds (the import-heavy function,
+    /// see `heavy.rs`); 0 for the no-op.
+    pub heap_mib: u64,
 }
 
 /// A function's `hibernate_*` keys.
@@ -65,6 +76,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         ready_clones: 4,
         native: false,
         hibernate: None,
+        heap_mib: 0,
     },
     // A warm zygote but no pre-forked clone: clone on request (also the
     // churn function: every request is one create + destroy).
@@ -74,6 +86,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         ready_clones: 0,
         native: false,
         hibernate: None,
+        heap_mib: 0,
     },
     // Scale to zero: every request starts a zygote.
     FunctionPool {
@@ -82,6 +95,7 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         ready_clones: 0,
         native: false,
         hibernate: None,
+        heap_mib: 0,
     },
     // Throughput: enough ready clones for 16 concurrent connections.
     FunctionPool {
@@ -90,8 +104,38 @@ pub const BENCH_FUNCTIONS: &[FunctionPool] = &[
         ready_clones: 16,
         native: false,
         hibernate: None,
+        heap_mib: 0,
     },
 ];
+
+/// [`BENCH_FUNCTIONS`], and with `heavy_mib > 0` the same four pools of
+/// the import-heavy function building that many MiB at import.
+pub fn bench_functions(heavy_mib: u64) -> Vec<FunctionPool> {
+    let mut out = BENCH_FUNCTIONS.to_vec();
+    if heavy_mib > 0 {
+        let names = [HEAVY_FN, HEAVY_ONDEMAND_FN, HEAVY_COLD_FN, HEAVY_TPUT_FN];
+        out.extend(
+            BENCH_FUNCTIONS
+                .iter()
+                .zip(names)
+                .map(|(noop, name)| FunctionPool {
+                    name,
+                    heap_mib: heavy_mib,
+                    ..*noop
+                }),
+        );
+    }
+    out
+}
+
+/// The code directory of a Python function: `noop` beside `heavy-<MiB>`.
+fn python_code_dir(code_dir: &Path, heap_mib: u64) -> PathBuf {
+    if heap_mib == 0 {
+        code_dir.to_path_buf()
+    } else {
+        code_dir.with_file_name(format!("heavy-{heap_mib}"))
+    }
+}
 
 /// The density suite's one function: a zygote and `clones` idle clones,
 /// Python or native.
@@ -102,6 +146,7 @@ pub fn density_functions(clones: u32, native: bool) -> [FunctionPool; 1] {
         ready_clones: clones,
         native,
         hibernate: None,
+        heap_mib: 0,
     }]
 }
 
@@ -112,7 +157,8 @@ pub fn native_binary(fnhost: &Path) -> PathBuf {
 }
 
 /// The benchmark config for a state directory, code directory and cgroup
-/// root, serving `functions` (all running the same no-op handler); `admin`
+/// root, serving `functions` (the no-op handler, or the import-heavy one
+/// from `heavy-<MiB>` beside `code_dir`); `admin`
 /// turns the admin API on (on a free loopback port).
 pub fn config_toml(
     state_dir: &Path,
@@ -121,7 +167,6 @@ pub fn config_toml(
     functions: &[FunctionPool],
     admin: bool,
 ) -> String {
-    let code = toml_string(&code_dir.display().to_string());
     let native_code = toml_string(&code_dir.with_file_name("native").display().to_string());
     let functions: String = functions
         .iter()
@@ -129,7 +174,13 @@ pub fn config_toml(
             let runtime = if f.native {
                 format!("runtime = \"rust\"\ncode = {native_code}\ncommand = [\"/var/task/rust-hello\"]")
             } else {
-                format!("runtime = \"python3\"\ncode = {code}\nhandler = \"handler.handler\"")
+                let code = toml_string(&python_code_dir(code_dir, f.heap_mib).display().to_string());
+                let memory = if f.heap_mib > 0 {
+                    format!("\nmemory_mb = {}", crate::heavy::memory_mb(f.heap_mib))
+                } else {
+                    String::new()
+                };
+                format!("runtime = \"python3\"\ncode = {code}\nhandler = \"handler.handler\"{memory}")
             };
             let hibernate = f.hibernate.map_or(String::new(), |h| {
                 format!(
@@ -180,6 +231,21 @@ impl Daemon {
         }
         fs::write(code_dir.join("handler.py"), NOOP_HANDLER)
             .with_context(|| format!("writing {}", code_dir.join("handler.py").display()))?;
+        let mut heaps: Vec<u64> = functions
+            .iter()
+            .map(|f| f.heap_mib)
+            .filter(|&m| m > 0)
+            .collect();
+        heaps.sort_unstable();
+        heaps.dedup();
+        for mib in heaps {
+            let heavy_dir = dir.subdir(&format!("heavy-{mib}"))?;
+            fs::write(
+                heavy_dir.join("handler.py"),
+                crate::heavy::handler_source(mib),
+            )
+            .with_context(|| format!("writing {}", heavy_dir.join("handler.py").display()))?;
+        }
         let cgroup_root = format!("fnhost-bench-{}", std::process::id());
         let config = dir.write(
             "fnhost.toml",
@@ -304,6 +370,7 @@ mod tests {
                 mode: "reclaim",
                 prefetch: false,
             }),
+            heap_mib: 0,
         }];
         let toml = config_toml(Path::new("/s"), Path::new("/c"), "r", &functions, true);
         assert!(toml.contains("admin_listen = \"127.0.0.1:0\""), "{toml}");
@@ -323,6 +390,29 @@ mod tests {
         );
         assert!(plain.contains("admin_listen = \"off\""));
         assert!(!plain.contains("hibernate"));
+    }
+
+    #[test]
+    fn heavy_functions_get_their_own_code_and_memory() {
+        assert_eq!(bench_functions(0).len(), 4);
+        let functions = bench_functions(50);
+        let toml = config_toml(
+            Path::new("/s"),
+            Path::new("/t/noop"),
+            "r",
+            &functions,
+            false,
+        );
+        assert_eq!(toml.matches("[[functions]]").count(), 8);
+        assert!(
+            toml.contains(
+                "name = \"heavy-cold\"\nruntime = \"python3\"\ncode = \"/t/heavy-50\"\n\
+             handler = \"handler.handler\"\nmemory_mb = 228\nzygotes = 0\nready_clones = 0"
+            ),
+            "{toml}"
+        );
+        assert!(toml.contains("name = \"heavy-tput\""), "{toml}");
+        assert_eq!(toml.matches("memory_mb = 228").count(), 4);
     }
 
     #[test]

@@ -108,6 +108,7 @@ fn pools(subjects: &[Subject]) -> Vec<FunctionPool> {
             ready_clones: 1,
             native: false,
             hibernate: Some(s.hibernate),
+            heap_mib: 0,
         })
         .collect()
 }

@@ -1,7 +1,9 @@
 //! `fnhost-bench`: measures fnhost side by side with its baselines in one
 //! run: latency of warm, on-demand-clone and cold-start invocations; the
 //! start-to-exit of `crun run`, `runc run`, `bwrap` and host exec of the
-//! same work; the daemon's phase histograms; churn; throughput; density;
+//! same work; an import-heavy function beside the no-op (latency,
+//! throughput, zygote RSS); the daemon's phase histograms; churn;
+//! throughput; density;
 //! hibernation of idle zygotes; the floor (a bare fork-per-request server)
 //! and the kernel primitives that bound an isolated invocation.
 //! Prints Markdown, writes JSON and SVG charts. The logic lives in the
@@ -12,6 +14,7 @@ mod cli;
 mod daemon;
 mod density;
 mod floor;
+mod heavy;
 mod hibernation;
 mod http;
 mod load;
@@ -84,7 +87,8 @@ async fn run(args: &Args) -> Result<()> {
             Some(url) => url.clone(),
             None => {
                 daemon::check_fnhost_binary(&fnhost)?;
-                let started = daemon.insert(Daemon::start(&fnhost, daemon::BENCH_FUNCTIONS).await?);
+                let functions = daemon::bench_functions(args.heavy().unwrap_or(0));
+                let started = daemon.insert(Daemon::start(&fnhost, &functions).await?);
                 started.url().to_owned()
             }
         };
@@ -131,13 +135,40 @@ async fn run(args: &Args) -> Result<()> {
                 .await?,
             );
         }
+        let mut heavy = args.heavy().map(|heap_mib| heavy::Heavy {
+            heap_mib,
+            ..heavy::Heavy::default()
+        });
+        if let Some(heavy) = heavy.as_mut() {
+            if args.wants(Suite::Throughput) && !args.concurrency.is_empty() {
+                heavy.throughput = Some(
+                    load::run_levels(
+                        "throughput (heavy)",
+                        &endpoint,
+                        daemon::HEAVY_TPUT_FN,
+                        &args.concurrency,
+                        duration,
+                        timeout,
+                    )
+                    .await?,
+                );
+            }
+        }
         match metrics::scrape(&endpoint).await {
             Ok(text) => report.phase_metrics = Some(metrics::parse(&text)),
             Err(err) => eprintln!("fnhost-bench: cannot read /metrics: {err:#}"),
         }
         if let Some(mut daemon) = daemon.take() {
             zygote_rss_kib = floor::zygote_rss_kib(daemon.pid(), daemon::WARM_FN);
+            if let Some(heavy) = heavy.as_mut() {
+                heavy.noop_zygote_rss_kib = zygote_rss_kib;
+                heavy.heavy_zygote_rss_kib = floor::zygote_rss_kib(daemon.pid(), daemon::HEAVY_FN);
+            }
             daemon.stop();
+        }
+        if let Some(mut heavy) = heavy {
+            heavy.compute_ratios(&report.scenarios, report.throughput.as_deref());
+            report.heavy = Some(heavy);
         }
     }
 

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::baseline::{BaselineSummary, Status};
 use crate::density::{self, Density};
 use crate::floor::{self, Floor};
+use crate::heavy::{self, Heavy};
 use crate::hibernation::{self, Hibernation};
 use crate::load::{self, LoadLevel};
 use crate::metrics::{PhaseMetrics, ZYGOTE_PHASE};
@@ -140,6 +141,11 @@ pub struct Report {
     /// fnhost's numbers of this run as ratios to them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<Floor>,
+    /// The import-heavy function beside the no-op: its throughput levels,
+    /// zygote RSS and ratios (its latency rows are in `scenarios`, labelled
+    /// `heavy-warm`, `heavy-ondemand`, `heavy-cold`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heavy: Option<Heavy>,
 }
 
 impl Report {
@@ -180,6 +186,7 @@ impl Report {
             density_native: None,
             hibernation: None,
             floor: None,
+            heavy: None,
         }
     }
 
@@ -237,6 +244,9 @@ impl Report {
                  clone (pre-forked ready clones, refilled in the background, then on-demand).\n\n",
             );
             out.push_str(&load::markdown(tput, false));
+        }
+        if let Some(h) = &self.heavy {
+            out.push_str(&heavy::markdown(h));
         }
         if let Some(d) = &self.density {
             out.push_str("\n## Density: memory per zygote and per idle ready clone (Python)\n\n");

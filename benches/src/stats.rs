@@ -150,7 +150,6 @@ impl<V> Ordered<V> {
         &mut self.0[idx].1
     }
 
-    #[cfg(test)]
     pub fn get(&self, key: &str) -> Option<&V> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }

@@ -1,5 +1,6 @@
 //! Smoke test of the harness: every suite with tiny counts against a real
-//! daemon, baselines, hibernation and the floor included. Asserts that the run completes, that its
+//! daemon, baselines, hibernation, the floor and a small import-heavy
+//! function included. Asserts that the run completes, that its
 //! JSON and charts parse, and that it leaves no cgroup or mount behind;
 //! never asserts on time. Needs root and `fnhost` (with its shim) next to
 //! the harness binary (`cargo build --workspace --all-targets`).
@@ -62,7 +63,7 @@ fn every_suite_runs_with_tiny_counts() {
         .args(["--churn-clients", "1,2", "--concurrency", "1,4"])
         .args(["--density-clones", "4"])
         .args(["--hibernate-cycles", "2", "--budget-mib", "256"])
-        .args(["--primitive-runs", "3"])
+        .args(["--primitive-runs", "3", "--heavy-mib", "4"])
         .arg("--fnhost")
         .arg(&fnhost)
         .arg("--out")
@@ -83,7 +84,14 @@ fn every_suite_runs_with_tiny_counts() {
     let report: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&json).expect("json written"))
             .expect("json parses");
-    for scenario in ["warm", "ondemand", "cold"] {
+    for scenario in [
+        "warm",
+        "ondemand",
+        "cold",
+        "heavy-warm",
+        "heavy-ondemand",
+        "heavy-cold",
+    ] {
         assert!(
             report["scenarios"][scenario]["p50_ms"].is_number(),
             "{scenario}: {report}"
@@ -117,6 +125,8 @@ fn every_suite_runs_with_tiny_counts() {
         report["density_native"]["clone_pss_kib_mean"].is_number(),
         "native density missing: {report}"
     );
+    check_heavy(&report["heavy"]);
+    assert!(stdout.contains("## Import-heavy function"), "{stdout}");
     check_hibernation(&report["hibernation"]);
     assert!(stdout.contains("## Hibernation"), "{stdout}");
     check_floor(&report["floor"]);
@@ -149,6 +159,32 @@ fn every_suite_runs_with_tiny_counts() {
         !mounts.contains("fnhost-bench-baseline-"),
         "baseline mounts leaked:\n{mounts}"
     );
+}
+
+/// The import-heavy function ran beside the no-op: its heap, both zygotes'
+/// RSS, the latency ratios and one throughput row per concurrency.
+fn check_heavy(h: &serde_json::Value) {
+    assert_eq!(h["heap_mib"], 4, "{h}");
+    assert!(h["noop_zygote_rss_kib"].is_number(), "{h}");
+    assert!(h["heavy_zygote_rss_kib"].is_number(), "{h}");
+    for key in ["warm_p50_ratio", "ondemand_p50_ratio", "cold_p50_ratio"] {
+        assert!(h[key].is_number(), "{key}: {h}");
+    }
+    assert_eq!(h["throughput"].as_array().map(Vec::len), Some(2), "{h}");
+    let ratios = h["throughput_ratios"]
+        .as_array()
+        .expect("throughput ratios");
+    let clients: Vec<u64> = ratios
+        .iter()
+        .map(|r| r["clients"].as_u64().expect("clients"))
+        .collect();
+    assert_eq!(clients, [1, 4], "{h}");
+    for r in ratios {
+        assert!(
+            r["heavy_rps"].is_number() && r["noop_rps"].is_number(),
+            "{r}"
+        );
+    }
 }
 
 /// The hibernation suite ran every function: two timed wake-ups each (a
