@@ -102,9 +102,8 @@ pub fn run(exe: &Path, runs: u64) -> Result<Vec<BaselineSummary>> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the forked child before exec and makes
-    // only two raw syscalls (unshare, mount) with constant arguments: no
-    // allocation, no locks. `last_os_error` reads errno without allocating.
+    // SAFETY: runs in the forked child before exec: two raw syscalls with
+    // constant arguments and an errno read; no allocation, no locks.
     unsafe {
         cmd.pre_exec(|| {
             if libc::unshare(libc::CLONE_NEWNS) != 0 {

@@ -80,18 +80,17 @@ fn anonymize_one(region: Region, page: usize) -> io::Result<()> {
     for at in (0..len).step_by(page) {
         let src = (region.start as usize + at) as *const u64;
         let dst = (copy as usize + at) as *mut u64;
-        // SAFETY: `src` lies in a readable mapping wholly backed by its file
-        // (checked by file_data_mappings), `dst` in the fresh mapping of the
-        // same length; both page aligned, so the u64 accesses are aligned.
+        // SAFETY: `src` is in a readable file-backed mapping (checked by
+        // file_data_mappings), `dst` in the fresh copy; both page aligned.
         unsafe {
             if (0..words).any(|i| src.add(i).read_volatile() != 0) {
                 std::ptr::copy_nonoverlapping(src, dst, words);
             }
         }
     }
-    // SAFETY: moves the copy (same length, page aligned) over the original
-    // range, replacing the file mapping in one step with the same contents;
-    // nothing else refers to the copy's old address.
+    // Replaces the file mapping in one step with the same contents.
+    // SAFETY: the copy has the same length and alignment as the range it
+    // moves over; nothing else refers to the copy's old address.
     let moved = unsafe { bare::mremap_fixed(copy, region.len, region.start) };
     if let Err(e) = moved {
         // SAFETY: unmapping the unused copy this function created.

@@ -299,11 +299,10 @@ fn read_pagemap(pagemap: BorrowedFd<'_>, vpn: u64, entries: &mut [u64]) -> usize
 fn is_zero_page(addr: u64, page: u64) -> bool {
     let words = addr as *const u64;
     (0..(page / 8) as usize).all(|i| {
-        // SAFETY: `addr` is a page of a region read from /proc/self/maps as
-        // readable, and the single-threaded caller changes no mappings
-        // during the window. Volatile reads treat the bytes as opaque
-        // data: the compiler knows nothing about memory it reaches through
-        // an address from the kernel.
+        // Volatile: the bytes are opaque data reached through an address
+        // from the kernel, not memory the compiler knows about.
+        // SAFETY: a page of a region /proc/self/maps lists as readable; the
+        // single-threaded caller changes no mappings during the window.
         unsafe { words.add(i).read_volatile() == 0 }
     })
 }
@@ -311,9 +310,8 @@ fn is_zero_page(addr: u64, page: u64) -> bool {
 /// MADV_DONTNEED the region: its pages are freed, and (being registered)
 /// the next access raises a missing fault on the uffd.
 fn dontneed(region: Region) -> io::Result<()> {
-    // SAFETY: the range is private anonymous memory whose contents were
-    // saved to the snapshot; the caller touches nothing but its stack until
-    // the wake restores it.
+    // SAFETY: private anonymous memory already saved to the snapshot; the
+    // caller touches only its stack until the wake restores it.
     unsafe { bare::madvise_dontneed(region.start, region.len) }
 }
 

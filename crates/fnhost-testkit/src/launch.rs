@@ -174,9 +174,8 @@ impl Launch {
             ),
         };
         if self.parent_death {
-            // SAFETY: the closure runs in the forked child before exec and
-            // only makes the prctl system call (async-signal-safe, no
-            // allocation, no locks).
+            // SAFETY: runs in the forked child before exec and only calls
+            // prctl (async-signal-safe: no allocation, no locks).
             unsafe {
                 command.pre_exec(|| {
                     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)

@@ -27,9 +27,8 @@ pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
 /// Closes every descriptor from `first` up (`close_range(2)`), so that
 /// nothing a process inherited by accident reaches what it starts next.
 pub fn close_from(first: RawFd) -> io::Result<()> {
-    // SAFETY: close_range takes integers only; closing descriptors this
-    // process owns invalidates no memory (the callers hold no Rust owner of
-    // any descriptor at or above `first`).
+    // SAFETY: integer arguments only; callers hold no Rust owner of any
+    // descriptor at or above `first`.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_close_range,

@@ -70,10 +70,9 @@ pub unsafe fn clone3(spec: CloneSpec<'_>) -> io::Result<Forked> {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = cgroup.as_raw_fd() as u64;
     }
-    // SAFETY: `args` is a valid, fully initialised clone_args of the size we
-    // pass; `pidfd` outlives the call. No stack is given, so the child runs
-    // on a copy of the parent's stack like fork(); the caller upholds the
-    // async-signal-safety contract documented above.
+    // No stack is given: the child runs on a copy of the parent's, like fork().
+    // SAFETY: `args` is a fully initialised clone_args of the size passed and
+    // `pidfd` outlives the call; the caller upholds the contract above.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -250,9 +249,8 @@ impl CStringArray {
 /// Async-signal-safe (no allocation): usable between clone and exec in a
 /// multi-threaded process.
 pub fn execve(exe: &CStr, argv: &CStringArray, envp: &CStringArray) -> io::Error {
-    // SAFETY: `exe` is a NUL-terminated string; `argv.ptrs` and `envp.ptrs`
-    // are null-terminated arrays of pointers to NUL-terminated strings owned
-    // by the same arrays, all borrowed for the duration of the call.
+    // SAFETY: `exe` and every string are NUL-terminated, both pointer arrays
+    // null-terminated, all borrowed for the duration of the call.
     unsafe { libc::execve(exe.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr()) };
     io::Error::last_os_error()
 }

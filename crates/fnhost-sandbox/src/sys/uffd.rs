@@ -166,9 +166,9 @@ pub fn copy(uffd: BorrowedFd<'_>, dst: u64, src: *const u8, len: u64) -> io::Res
         mode: 0,
         copy: 0,
     };
-    // SAFETY: `copy` is a valid `struct uffdio_copy`. The kernel reads `src`
-    // with fault-tolerant user copies, so an unreadable source is an error,
-    // and writes only into the (other) mm the uffd is bound to.
+    // The kernel reads `src` with fault-tolerant copies (an unreadable source
+    // is an error) and writes only into the mm the uffd is bound to.
+    // SAFETY: `copy` is a valid, initialised `struct uffdio_copy`.
     let res = unsafe { ioctl::copy(uffd.as_raw_fd(), &mut copy) };
     partial(res, copy.copy)
 }

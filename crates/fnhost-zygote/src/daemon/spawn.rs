@@ -107,9 +107,8 @@ pub fn spawn_zygote(
         dev_null.as_raw_fd(),
     );
 
-    // SAFETY: the child branch below only calls async-signal-safe functions
-    // (write, dup2/fcntl, execve, _exit) on descriptors and pointers prepared
-    // above, which stay valid in the child's copy of memory.
+    // SAFETY: the child branch only calls async-signal-safe functions (write,
+    // dup2/fcntl, execve, _exit) on descriptors and pointers prepared above.
     let forked = unsafe {
         sys::clone3(CloneSpec {
             flags: ZYGOTE_NAMESPACES
