@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::load::LoadLevel;
+use crate::report::{div, times};
 use crate::stats::{Ordered, ScenarioSummary};
 
 /// Default `--heavy-mib`: the target is stated for ≥ 50 MiB.
@@ -80,10 +81,6 @@ pub struct ThroughputRatio {
     pub ratio: Option<f64>,
 }
 
-fn div(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0 && a.is_finite()).then(|| a / b)
-}
-
 impl Heavy {
     /// Fills the ratios from this run's scenarios and throughput levels.
     pub fn compute_ratios(
@@ -116,10 +113,6 @@ impl Heavy {
             })
             .collect();
     }
-}
-
-fn times(r: Option<f64>) -> String {
-    r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}×"))
 }
 
 fn mib(kib: Option<u64>) -> String {

@@ -376,6 +376,16 @@ pub fn side_by_side(scenarios: &Ordered<ScenarioSummary>, baselines: &[BaselineS
     out
 }
 
+/// `a ÷ b`, or `None` when `b` is not positive or `a` not finite.
+pub fn div(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite()).then(|| a / b)
+}
+
+/// A ratio as `0.47×`, or `-` when there is none.
+pub fn times(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}×"))
+}
+
 /// `36.0×`, or `-` when fnhost's time is zero.
 pub fn ratio(baseline_ms: f64, fnhost_ms: f64) -> String {
     if fnhost_ms <= 0.0 {

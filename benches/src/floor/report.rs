@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::load::LoadLevel;
+use crate::report::{div, times};
 use crate::stats::{Ordered, ScenarioSummary};
 
 use super::{primitives, Floor};
@@ -35,10 +36,6 @@ pub struct ThroughputRatio {
     pub vs_2_workers: Option<f64>,
     /// fnhost p99 at this client count ÷ the floor's sequential p50.
     pub fnhost_p99_over_floor_p50: Option<f64>,
-}
-
-fn div(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0 && a.is_finite()).then(|| a / b)
 }
 
 /// fnhost's warm scenario and throughput levels over the floor's numbers;
@@ -89,11 +86,6 @@ pub fn ratios(
         warm_p99_over_floor_p50: warm.and_then(|w| div(w.p99_ms, floor_p50)),
         throughput,
     })
-}
-
-/// `0.47×`, or `-`.
-fn times(r: Option<f64>) -> String {
-    r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}×"))
 }
 
 /// The "The floor" section.

@@ -245,17 +245,24 @@ fn a_failed_hibernation_keeps_the_pool_warm() {
         "hibernation never failed: {}",
         daemon.stderr()
     );
+    stays_warm_and_serves(&daemon);
+    assert!(daemon.stderr().contains("cannot hibernate zygote"));
+}
+
+/// Waits until `snap`'s pool is warm and awake again (one zygote, one ready
+/// clone, nothing hibernated), then invokes it from a ready clone.
+fn stays_warm_and_serves(daemon: &Daemon) -> Response {
     assert!(
         eventually(Duration::from_secs(20), || {
-            let s = status(&daemon, "snap");
+            let s = status(daemon, "snap");
             s["zygotes"] == 1 && s["ready_clones"] == 1 && s["hibernated"] == 0
         }),
         "the pool did not stay warm: {}",
-        status(&daemon, "snap")
+        status(daemon, "snap")
     );
-    let r = invoke_intact(&daemon, "snap");
+    let r = invoke_intact(daemon, "snap");
     assert_eq!(r.header("x-fnhost-start"), Some("ready-clone"));
-    assert!(daemon.stderr().contains("cannot hibernate zygote"));
+    r
 }
 
 #[test]
@@ -309,16 +316,7 @@ fn a_seccomp_profile_without_userfaultfd_keeps_the_pool_warm() {
         "{line}"
     );
     // The zygote stays warm and serves.
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            let s = status(&daemon, "snap");
-            s["zygotes"] == 1 && s["ready_clones"] == 1 && s["hibernated"] == 0
-        }),
-        "the pool did not stay warm: {}",
-        status(&daemon, "snap")
-    );
-    let r = invoke_intact(&daemon, "snap");
-    assert_eq!(r.header("x-fnhost-start"), Some("ready-clone"));
+    let r = stays_warm_and_serves(&daemon);
     assert_eq!(r.json()["digest"], digest);
     assert_eq!(
         metric(&daemon, "fnhost_zygote_exits_total{function=\"snap\""),

@@ -295,22 +295,9 @@ fn zygote_processes(
     daemon: &Daemon,
     function: &str,
 ) -> Vec<std::collections::BTreeMap<String, String>> {
-    let suffix = format!("{function}/zygote");
-    let mut pids: Vec<i32> = daemon
-        .cgroup_dirs()
+    daemon
+        .zygote_pids(function)
         .into_iter()
-        .filter(|d| d.ends_with(&suffix))
-        .flat_map(|d| {
-            std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|p| p.trim().parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids.into_iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .map(|status| {
             status

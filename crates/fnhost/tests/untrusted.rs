@@ -37,23 +37,9 @@ fn pool_status(daemon: &Daemon, function: &str) -> serde_json::Value {
 
 /// The runtime process (not init) of `function`'s zygote.
 fn zygote_runtime_pid(daemon: &Daemon, function: &str) -> Option<i32> {
-    let suffix = format!("{function}/zygote");
-    daemon
-        .cgroup_dirs()
-        .into_iter()
-        .filter(|d| d.ends_with(&suffix))
-        .flat_map(|d| {
-            std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|p| p.trim().parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("python"))
-        })
+    daemon.zygote_pids(function).into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("python"))
+    })
 }
 
 #[test]

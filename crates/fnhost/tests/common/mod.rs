@@ -150,4 +150,26 @@ impl Daemon {
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         cgroup_dirs(&self.cgroup_root)
     }
+
+    /// Every process in `function`'s zygote cgroups (any hierarchy),
+    /// sorted, each once.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn zygote_pids(&self, function: &str) -> Vec<i32> {
+        let suffix = format!("{function}/zygote");
+        let mut pids: Vec<i32> = self
+            .cgroup_dirs()
+            .into_iter()
+            .filter(|d| d.ends_with(&suffix))
+            .flat_map(|d| {
+                std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
 }
