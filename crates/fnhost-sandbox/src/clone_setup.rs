@@ -102,6 +102,11 @@ pub enum CloneSetupError {
         #[source]
         source: crate::net::NetError,
     },
+    #[error("turn transparent huge pages off (PR_SET_THP_DISABLE): {source}")]
+    SmallPages {
+        #[source]
+        source: io::Error,
+    },
     #[error("drop privileges: {source}")]
     DropPrivileges {
         #[source]
@@ -121,6 +126,7 @@ impl CloneSetupError {
             CloneSetupError::MapIds { .. } => "map user namespace ids",
             CloneSetupError::Mount { .. } => "mount writable root",
             CloneSetupError::Network { .. } => "bring up loopback",
+            CloneSetupError::SmallPages { .. } => "turn huge pages off",
             CloneSetupError::DropPrivileges { .. } => "drop privileges",
             CloneSetupError::Seccomp { .. } => "install seccomp filter",
         }
@@ -133,6 +139,7 @@ impl CloneSetupError {
             CloneSetupError::MapIds { source } => source.to_string(),
             CloneSetupError::Mount { source } => source.to_string(),
             CloneSetupError::Network { source } => source.to_string(),
+            CloneSetupError::SmallPages { source } => source.to_string(),
             CloneSetupError::DropPrivileges { source } => source.to_string(),
             CloneSetupError::Seccomp { source } => source.to_string(),
         }
@@ -169,6 +176,11 @@ pub fn set_up_clone(
     }
 
     let t = Instant::now();
+    // The zygote's heap may sit on huge pages (cheap to fork); the clone's
+    // own writes and allocations stay 4 KiB, so a write copies one small
+    // page and a fresh allocation never zeroes (or compacts for) 2 MiB.
+    sys.keep_small_pages()
+        .map_err(|source| CloneSetupError::SmallPages { source })?;
     // The ids are already the function's (the namespace maps only them):
     // what is left to drop is the namespace's capabilities.
     caps::drop_all_privileges(sys, None)
@@ -243,10 +255,11 @@ mod tests {
         // The clone already has the function's ids: nothing switches them.
         assert!(!calls.iter().any(|c| c.starts_with("set_ids")), "{calls:?}");
         // Mounts end with the pivot; loopback comes up while the clone
-        // still may, before any privilege is dropped.
+        // still may; huge pages go off before any privilege is dropped.
         let pivot = calls.iter().position(|c| c.starts_with("pivot")).unwrap();
         assert_eq!(calls[pivot + 1], "loopback up", "{calls:?}");
-        assert!(calls[pivot + 2].starts_with("capbset_drop"), "{calls:?}");
+        assert_eq!(calls[pivot + 2], "thp off", "{calls:?}");
+        assert!(calls[pivot + 3].starts_with("capbset_drop"), "{calls:?}");
         assert_eq!(calls.last().unwrap(), "seccomp clone stage");
     }
 
@@ -282,6 +295,17 @@ mod tests {
         assert_eq!(err.step(), "map user namespace ids");
         assert!(matches!(err, CloneSetupError::MapIds { .. }));
         assert_eq!(calls.len(), 1, "{calls:?}");
+    }
+
+    #[test]
+    fn huge_page_failure_stops_before_function_code() {
+        let (err, calls) = fail_at("thp off");
+        assert_eq!(err.step(), "turn huge pages off");
+        assert!(
+            !calls.iter().any(|c| c.starts_with("capbset_drop")),
+            "{calls:?}"
+        );
+        assert!(!calls.iter().any(|c| c.starts_with("seccomp")), "{calls:?}");
     }
 
     #[test]

@@ -105,6 +105,9 @@ impl Syscall for Recorder {
     fn set_no_new_privs(&self) -> io::Result<()> {
         self.record("no_new_privs".into())
     }
+    fn keep_small_pages(&self) -> io::Result<()> {
+        self.record("thp off".into())
+    }
     fn bring_up_loopback(&self) -> Result<(), crate::net::NetError> {
         self.record("loopback up".into())
             .map_err(|source| crate::net::NetError::SetFlags { source })

@@ -49,6 +49,9 @@ pub trait Syscall {
     fn clear_capability_sets(&self) -> io::Result<()>;
     /// `PR_SET_NO_NEW_PRIVS`.
     fn set_no_new_privs(&self) -> io::Result<()>;
+    /// `PR_SET_THP_DISABLE`: no new transparent huge pages for this process
+    /// and its children (huge pages it inherited stay mapped).
+    fn keep_small_pages(&self) -> io::Result<()>;
 
     /// Installs the clone stage of a seccomp filter on the calling thread.
     fn install_clone_seccomp(&self, filter: &Filter) -> Result<(), SeccompError>;
@@ -138,6 +141,10 @@ impl Syscall for LinuxSyscall {
 
     fn set_no_new_privs(&self) -> io::Result<()> {
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map(drop)
+    }
+
+    fn keep_small_pages(&self) -> io::Result<()> {
+        sys::prctl(libc::PR_SET_THP_DISABLE, 1).map(drop)
     }
 
     fn bring_up_loopback(&self) -> Result<(), crate::net::NetError> {

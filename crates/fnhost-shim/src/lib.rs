@@ -3,11 +3,11 @@
 //! `fnhost_zygote::forkserver`; all sandbox logic lives in Rust there.
 
 use std::os::fd::BorrowedFd;
-use std::os::raw::c_int;
+use std::os::raw::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use fnhost_zygote::forkserver;
 use fnhost_zygote::protocol::InitFailure;
+use fnhost_zygote::{arenas, forkserver};
 
 /// Serves clone requests on `control_fd`. Returns only in a new, isolated
 /// clone: the descriptor of its invocation socket. The zygote itself never
@@ -46,6 +46,31 @@ pub unsafe extern "C" fn fnhost_zygote_init_failed(
     match result {
         Ok(Some(())) => 0,
         _ => -1,
+    }
+}
+
+/// CPython's `PyObjectArenaAllocator.alloc`: an arena of `size` bytes from
+/// huge-page chunks ([`fnhost_zygote::arenas`]); NULL when out of memory.
+#[no_mangle]
+pub extern "C" fn fnhost_arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    match catch_unwind(|| arenas::alloc(size as u64)) {
+        Ok(addr) => addr as *mut c_void,
+        Err(_) => std::process::abort(),
+    }
+}
+
+/// CPython's `PyObjectArenaAllocator.free`.
+///
+/// # Safety
+/// `ptr` is an arena of `size` bytes the runtime no longer uses, from
+/// [`fnhost_arena_alloc`] or the allocator the runtime had before.
+#[no_mangle]
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+pub unsafe extern "C" fn fnhost_arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+    // SAFETY: forwarded from the caller.
+    let freed = catch_unwind(|| unsafe { arenas::free(ptr as u64, size as u64) });
+    if freed.is_err() {
+        std::process::abort();
     }
 }
 

@@ -5,6 +5,7 @@
 //! runtime layer. With feature `daemon`: the daemon's handles on zygotes
 //! and clones ([`daemon`]) and the runtimes ([`runtime`]).
 
+pub mod arenas;
 pub mod clone_request;
 pub mod control;
 #[cfg(feature = "daemon")]

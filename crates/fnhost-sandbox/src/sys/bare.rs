@@ -119,6 +119,16 @@ pub unsafe fn madvise_dontneed(addr: u64, len: u64) -> io::Result<()> {
     unsafe { bare_syscall(libc::SYS_madvise, args) }.map(drop)
 }
 
+/// `madvise(addr, len, MADV_HUGEPAGE)`: lets the kernel back a private
+/// anonymous range with transparent huge pages (when THP is not `never`).
+/// Contents are unchanged, so this is safe to ask of any range.
+pub fn madvise_hugepage(addr: u64, len: u64) -> io::Result<()> {
+    let args = [addr, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0];
+    // SAFETY: MADV_HUGEPAGE only changes how the kernel may back the range;
+    // no byte of it changes and no memory is freed.
+    unsafe { bare_syscall(libc::SYS_madvise, args) }.map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
