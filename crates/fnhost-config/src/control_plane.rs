@@ -89,20 +89,21 @@ fn check_key(id: &str, secret: &str, path: KeyPath) -> Result<(), Invalid> {
 pub(crate) fn parse_credentials_file(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     let (mut id, mut secret): (Option<String>, Option<String>) = (None, None);
-    let mut flush =
-        |id: &mut Option<String>,
-         secret: &mut Option<String>,
-         section: &str|
-         -> Result<(), String> {
-            match (id.take(), secret.take()) {
-                (Some(i), Some(s)) => out.push((i, s)),
-                (None, None) => {}
-                _ => return Err(format!(
+    let mut flush = |id: &mut Option<String>,
+                     secret: &mut Option<String>,
+                     section: &str|
+     -> Result<(), String> {
+        match (id.take(), secret.take()) {
+            (Some(i), Some(s)) => out.push((i, s)),
+            (None, None) => {}
+            _ => {
+                return Err(format!(
                     "profile [{section}] needs both aws_access_key_id and aws_secret_access_key"
-                )),
+                ))
             }
-            Ok(())
-        };
+        }
+        Ok(())
+    };
     let mut section = String::new();
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
