@@ -81,7 +81,7 @@ impl FunctionRecord {
             "State": "Active",
             "LastUpdateStatus": "Successful",
             "PackageType": "Zip",
-            "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64").replace("x86_64", "x86_64")],
+            "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64")],
             "EphemeralStorage": { "Size": 512 },
         })
     }

@@ -209,3 +209,30 @@ impl Control {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_functions_are_appended_unless_the_source_defines_them() {
+        let text = "[[functions]]\nname = \"hello\"\nruntime = \"python3\"\ncode = \"/c\"\nhandler = \"h.h\"\n";
+        assert_eq!(defined_names(text), ["hello"]);
+        let mut api = BTreeMap::new();
+        api.insert(
+            "hello".to_string(),
+            serde_json::json!({"runtime": "python3", "code": "/other", "handler": "x.y"}),
+        );
+        api.insert(
+            "api-fn".to_string(),
+            serde_json::json!({"runtime": "python3", "code": "/s/code/ab", "handler": "app.handler", "memory_mb": 256}),
+        );
+        let merged = merge(text, &api).expect("merge");
+        assert_eq!(defined_names(&merged), ["hello", "api-fn"]);
+        assert!(
+            !merged.contains("/other"),
+            "the file's hello wins: {merged}"
+        );
+        assert!(merged.contains("memory_mb = 256"));
+    }
+}
