@@ -190,6 +190,7 @@ async fn put_code(
     lc: &Arc<LambdaControl>,
     zip: Vec<u8>,
     handler: &str,
+    in_use: &std::collections::BTreeMap<String, FunctionRecord>,
 ) -> Result<fnhost_control::store::CodeRef, ApiError> {
     if zip.len() as u64 > lc.zip_limits.max_zipped_bytes {
         return Err(ApiError::new(
@@ -203,7 +204,7 @@ async fn put_code(
         ));
     }
     let (store, limits) = (lc.store.clone(), lc.zip_limits);
-    let (code, _) = tokio::task::spawn_blocking(move || store.put_code(&zip, &limits))
+    let (code, extracted) = tokio::task::spawn_blocking(move || store.put_code(&zip, &limits))
         .await
         .map_err(|e| ApiError::service(format!("zip extraction failed: {e}")))?
         .map_err(|e| match e {
@@ -212,7 +213,15 @@ async fn put_code(
             }
             other => ApiError::service(other.to_string()),
         })?;
-    check_handler_module(handler, &code.dir)?;
+    if let Err(e) = check_handler_module(handler, &code.dir) {
+        // Nothing half-created: code extracted just now that no function
+        // uses goes again (callers hold the records lock).
+        let used = in_use.values().any(|r| r.code_sha256 == code.sha256);
+        if extracted.is_some() && !used {
+            let _ = std::fs::remove_dir_all(&code.dir);
+        }
+        return Err(e);
+    }
     Ok(code)
 }
 
@@ -269,7 +278,7 @@ async fn create(lc: &Arc<LambdaControl>, body: Map<String, Value>) -> Outcome {
     if lc.control.source_defines(&name).await {
         return Err(ApiError::conflict(format!("Function already exist: {name} (defined in the config file, read-only through the Lambda API)")));
     }
-    let code = put_code(lc, zip, &handler).await?;
+    let code = put_code(lc, zip, &handler, &records).await?;
     let mut record = FunctionRecord {
         name: name.clone(),
         runtime,
@@ -314,7 +323,7 @@ async fn modify_record(
     }
     let mut record = current.clone();
     if let Some(zip) = f(&mut record, ())? {
-        let code = put_code(lc, zip, &record.handler).await?;
+        let code = put_code(lc, zip, &record.handler, &records).await?;
         record.code_sha256 = code.sha256;
         record.code_size = code.zip_size;
     } else if record.handler != current.handler {

@@ -302,6 +302,13 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             }
         }
     };
+    // Unsigned requests are refused before anything else is told (even
+    // whether the function exists).
+    if app.sigv4_invokes().is_some() && !req.headers().contains_key(hyper::header::AUTHORIZATION) {
+        return crate::lambda_control::api_error(
+            &fnhost_control::sigv4::AuthError::Missing.to_api(),
+        );
+    }
     // Unknown functions are answered before the body is read, and are not
     // used as a metrics label (clients choose them).
     if app.host.pool(name).is_none() {
@@ -321,11 +328,6 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             req.headers().clone(),
         )
     });
-    if signed.is_some() && !req.headers().contains_key(hyper::header::AUTHORIZATION) {
-        return crate::lambda_control::api_error(
-            &fnhost_control::sigv4::AuthError::Missing.to_api(),
-        );
-    }
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

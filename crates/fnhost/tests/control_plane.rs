@@ -203,6 +203,11 @@ fn lambda_control_plane_with_boto3_and_the_aws_cli() {
         "{b}"
     );
     assert_eq!(b["before_bad"], b["after_bad"], "{b}");
+    // Only the two zips in use (v1, v2) are stored: refused ones left nothing.
+    let stored = std::fs::read_dir(base.path().join("state/functions/code"))
+        .expect("code dir")
+        .count();
+    assert_eq!(stored, 2, "code directories after the bad inputs");
     assert_eq!(b["still_v2"]["version"], 2);
 
     // SigV4: accepted and refused as AWS does.

@@ -186,7 +186,7 @@ def bad_inputs():
         "bomb": create(zipdata=bomb.getvalue()),
         "too_large": create(zipdata=large.getvalue()),
         "too_large_unzipped": create(zipdata=unzipped.getvalue()),
-        "missing_module": create(handler="nomodule.handler"),
+        "missing_module": create(handler="nomodule.handler", zipdata=code(1, [("other.py", "x = 1")])),
         "runtime_other_python": create(runtime="python3.99"),
         "runtime_node": create(runtime="nodejs20.x"),
         "duplicate": create(name="api-fn"),
