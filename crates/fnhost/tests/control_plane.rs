@@ -295,7 +295,19 @@ fn lambda_control_plane_with_boto3_and_the_aws_cli() {
     )
     .expect("updater output");
     let v3: serde_json::Value = serde_json::from_str(&line).expect("v3 sha");
-    std::thread::sleep(Duration::from_millis(50));
+    // Kill as soon as the daemon is working on the update (new code being
+    // extracted or in place), or after 10 s whatever it is doing.
+    let store = base.path().join("state/functions");
+    let count = |d: &str| {
+        std::fs::read_dir(store.join(d))
+            .map(|e| e.count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("tmp") == 0 && count("code") <= 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (scratch, code_dirs) = (count("tmp"), count("code"));
     second.crash();
     let _ = updater.wait();
     let third = start();
@@ -303,6 +315,7 @@ fn lambda_control_plane_with_boto3_and_the_aws_cli() {
     let version = r["invoke"]["payload"]["version"]
         .as_i64()
         .expect("a version");
+    eprintln!("kill -9 landed with {scratch} scratch and {code_dirs} code directories; after the restart: version {version}");
     match version {
         2 => assert_eq!(r["sha"], d["v2_sha"], "{r}"),
         3 => assert_eq!(r["sha"], v3["v3_sha"], "{r}"),
