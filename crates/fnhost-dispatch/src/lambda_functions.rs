@@ -310,6 +310,8 @@ async fn modify_record(
     body: &Map<String, Value>,
     f: impl FnOnce(&mut FunctionRecord, ()) -> Result<Option<Vec<u8>>, ApiError>,
 ) -> Result<FunctionRecord, ApiError> {
+    // A stored function the file shadows is the file's: read-only.
+    read_only(lc, name).await?;
     let mut records = lc.records.lock().await;
     let Some(current) = records.get(name) else {
         read_only(lc, name).await?;
@@ -346,6 +348,7 @@ async fn modify(
 }
 
 async fn delete(lc: &Arc<LambdaControl>, name: &str) -> Outcome {
+    read_only(lc, name).await?;
     let mut records = lc.records.lock().await;
     if !records.contains_key(name) {
         read_only(lc, name).await?;
