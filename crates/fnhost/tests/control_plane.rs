@@ -274,6 +274,45 @@ fn lambda_control_plane_with_boto3_and_the_aws_cli() {
         "{r}"
     );
 
+    // A reload keeps API functions; a file function of the same name
+    // shadows one and is read-only.
+    let reload = |d: &Daemon| {
+        let r = d.admin("POST", "/admin/reload", "", None);
+        assert_eq!(
+            r.status,
+            200,
+            "reload: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    };
+    reload(&second);
+    let r = run("after-restart", &second, base.path());
+    assert_eq!(r["invoke"]["payload"]["version"], 2, "{r}");
+    assert_eq!(
+        r["names"],
+        serde_json::json!(["api-b", "api-c", "api-fn", "hello"]),
+        "{r}"
+    );
+    let original = std::fs::read_to_string(&config).expect("config");
+    let shadowing = python_function("api-b", &hello_code(), "handler.handler", "");
+    std::fs::write(&config, format!("{original}\n{shadowing}")).expect("write config");
+    reload(&second);
+    let s = run("shadow", &second, base.path());
+    assert!(
+        s["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("config file"),
+        "{s}"
+    );
+    assert_eq!(code(&s, "update"), "ResourceConflictException", "{s}");
+    assert_eq!(
+        s["invoke"]["payload"]["message"], "hello, world",
+        "the file's api-b serves: {s}"
+    );
+    std::fs::write(&config, original).expect("restore config");
+    reload(&second);
+
     // kill -9 during an update: after the restart the function is wholly
     // the old version or wholly the new one.
     let mut updater = Command::new(python())

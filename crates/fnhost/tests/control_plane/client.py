@@ -262,6 +262,14 @@ def after_restart():
             "names": sorted(f["FunctionName"] for f in c.list_functions()["Functions"])}
 
 
+def shadow():
+    c = client()
+    cfg = c.get_function_configuration(FunctionName="api-b")
+    return {"description": cfg["Description"],
+            "update": error_of(lambda: c.update_function_code(FunctionName="api-b", ZipFile=code(9))),
+            "invoke": invoke(c, "api-b")}
+
+
 def update_v3():
     # 1 MiB of noise: extraction takes long enough for the kill to land in it.
     noise = zipfile.ZipInfo("noise.bin", date_time=(2020, 1, 1, 0, 0, 0))
@@ -277,4 +285,4 @@ if PHASE == "update-v3":
     update_v3()
 else:
     print(json.dumps({"deploy": deploy, "bad": bad_inputs, "auth": auth, "awscli": awscli,
-                      "after-restart": after_restart}[PHASE]()))
+                      "after-restart": after_restart, "shadow": shadow}[PHASE]()))
