@@ -159,6 +159,11 @@ async fn serve(
             .context("the functions stored by the Lambda API do not fit the config")?;
     }
     let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
+    if !config.server.listen.ip().is_loopback()
+        && config.server.control_plane.invoke_auth == fnhost_config::InvokeAuth::None
+    {
+        tracing::warn!(listen = %config.server.listen, "invocations are open to anyone who reaches server.listen; set server.invoke_auth = \"sigv4\" (with [[server.aws_credentials]]) unless a proxy authenticates them");
+    }
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
