@@ -47,6 +47,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import boto3" 2>/dev/null
   fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check boto3
 fi
+# The aws CLI (PyPI `awscli`, v1: the same `aws lambda` commands) for the
+# control-plane tests (issue 13, crates/fnhost/tests/control_plane.rs).
+if [ ! -x .venv/bin/aws ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check awscli
+fi
 
 if ! have cargo; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2

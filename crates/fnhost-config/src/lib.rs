@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control_plane;
 pub mod edit;
 mod function;
 mod model;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::ImDocument;
 
+pub use control_plane::{ControlPlaneConfig, InvokeAuth};
 pub use model::{
     AdminListen, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode, PoolSettings,
     Runtime, ServerConfig, DEFAULT_PYTHON, DEFAULT_USERNS_HOST_BASE, DEFAULT_USERNS_RANGES,

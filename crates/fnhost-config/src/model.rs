@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub userns_ranges: u32,
     /// Client-facing HTTP limits of the invoke and admin listeners.
     pub http: HttpLimits,
+    /// The Lambda control plane: access keys, invoke auth, zip limits.
+    pub control_plane: crate::control_plane::ControlPlaneConfig,
 }
 
 /// What a client may hold of the daemon: connections, time, buffered bytes,
@@ -124,6 +126,7 @@ impl Default for ServerConfig {
             userns_ranges: DEFAULT_USERNS_RANGES,
             shutdown_grace_ms: 10_000,
             http: HttpLimits::default(),
+            control_plane: Default::default(),
         }
     }
 }

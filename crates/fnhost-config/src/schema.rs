@@ -31,6 +31,11 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "max_connections",
     "max_payload_memory_mb",
     "max_async_invocations",
+    "aws_credentials",
+    "aws_credentials_file",
+    "invoke_auth",
+    "max_code_zip_bytes",
+    "max_code_unzipped_bytes",
 ];
 
 /// Keys of `[defaults]`: everything a function may override.
@@ -92,6 +97,12 @@ pub(crate) struct RawServer {
     pub(crate) max_connections: Option<i64>,
     pub(crate) max_payload_memory_mb: Option<i64>,
     pub(crate) max_async_invocations: Option<i64>,
+    // Lambda control plane (control_plane.rs).
+    pub(crate) aws_credentials: Option<Vec<crate::control_plane::RawAwsCredential>>,
+    pub(crate) aws_credentials_file: Option<String>,
+    pub(crate) invoke_auth: Option<String>,
+    pub(crate) max_code_zip_bytes: Option<i64>,
+    pub(crate) max_code_unzipped_bytes: Option<i64>,
 }
 
 /// The per-function keys, as found in `[defaults]` or in one `[[functions]]` entry.
@@ -279,6 +290,8 @@ mod tests {
         for key in SERVER_KEYS {
             let value = if *key == "user_namespace" {
                 "true"
+            } else if *key == "aws_credentials" {
+                "[{ access_key_id = \"x\", secret_access_key = \"x\" }]"
             } else if key.ends_with("bytes")
                 || key.ends_with("_ms")
                 || key.ends_with("_mb")

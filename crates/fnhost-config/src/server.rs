@@ -162,6 +162,7 @@ pub(crate) fn server(
         )?);
     }
     server.http = http_limits(raw, path)?;
+    server.control_plane = crate::control_plane::control_plane(raw, path, base_dir)?;
     if (server.http.max_payload_memory_mb << 20) < server.max_payload_bytes as u64 {
         return Err(invalid(
             path.key("max_payload_memory_mb"),

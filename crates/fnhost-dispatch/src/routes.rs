@@ -25,6 +25,8 @@ pub struct App {
     async_slots: Arc<tokio::sync::Semaphore>,
     max_async: usize,
     request_seq: AtomicU64,
+    /// The Lambda control plane (absent: its paths are not found).
+    lambda_control: Option<Arc<crate::LambdaControl>>,
 }
 
 impl App {
@@ -45,7 +47,21 @@ impl App {
             async_slots: Arc::new(tokio::sync::Semaphore::new(http.max_async_invocations)),
             max_async: http.max_async_invocations,
             request_seq: AtomicU64::new(0),
+            lambda_control: None,
         }
+    }
+
+    /// Serves the Lambda control plane (and its invoke auth) too.
+    pub fn with_lambda_control(mut self, lc: Arc<crate::LambdaControl>) -> Self {
+        self.lambda_control = Some(lc);
+        self
+    }
+
+    /// Whether invocations must be signed (`server.invoke_auth = "sigv4"`).
+    fn sigv4_invokes(&self) -> Option<&Arc<crate::LambdaControl>> {
+        self.lambda_control
+            .as_ref()
+            .filter(|lc| lc.invoke_auth() == fnhost_config::InvokeAuth::Sigv4)
     }
 
     /// A unique request id in UUID form (not a secret: time, counter, pid).
@@ -116,6 +132,11 @@ pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    if let Some(lc) = &app.lambda_control {
+        if let Some(op) = crate::lambda_control::route(req.method(), req.uri().path()) {
+            return Ok(crate::lambda_control::handle(lc, op, req).await);
+        }
+    }
     let response = match route(req.method(), req.uri().path()) {
         Route::Healthz => healthz(&app),
         Route::Metrics => match &app.metrics {
@@ -135,7 +156,15 @@ pub async fn handle(
         },
         Route::Invoke { function, lambda } => {
             let api = if lambda { Api::Lambda } else { Api::Native };
-            invoke(&app, &function, req, api).await
+            if app.sigv4_invokes().is_some() && api == Api::Native {
+                response::error(
+                    StatusCode::FORBIDDEN,
+                    "SignatureRequired",
+                    "server.invoke_auth = \"sigv4\": invoke through the Lambda API (POST /2015-03-31/functions/{name}/invocations) with a SigV4-signed request",
+                )
+            } else {
+                invoke(&app, &function, req, api).await
+            }
         }
         Route::MethodNotAllowed { allow } => method_not_allowed(allow),
         Route::NotFound => response::error(
@@ -153,7 +182,7 @@ pub async fn handle(
 
 /// Decodes `%XX` escapes of a path segment (clients escape ARNs' colons);
 /// malformed escapes are kept as they are.
-fn percent_decode(segment: &str) -> String {
+pub(crate) fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -273,6 +302,13 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             }
         }
     };
+    // Unsigned requests are refused before anything else is told (even
+    // whether the function exists).
+    if app.sigv4_invokes().is_some() && !req.headers().contains_key(hyper::header::AUTHORIZATION) {
+        return crate::lambda_control::api_error(
+            &fnhost_control::sigv4::AuthError::Missing.to_api(),
+        );
+    }
     // Unknown functions are answered before the body is read, and are not
     // used as a metrics label (clients choose them).
     if app.host.pool(name).is_none() {
@@ -283,6 +319,15 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             .increment(1);
         return error_response(api, &err);
     }
+    // Under invoke_auth = "sigv4" the signature covers the body: checked
+    // once it is admitted; an unsigned request is refused at once.
+    let signed = app.sigv4_invokes().map(|_| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -296,6 +341,11 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             return refused_body(api, &e);
         }
     };
+    if let (Some(lc), Some((method, uri, headers))) = (app.sigv4_invokes(), &signed) {
+        if let Err(e) = lc.authenticate(method, uri, headers, &payload.bytes) {
+            return crate::lambda_control::api_error(&e);
+        }
+    }
     if !payload.bytes.is_empty() {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload.bytes) {
             return bad_request(api, format!("request body is not valid JSON: {e}"));

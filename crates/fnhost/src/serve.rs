@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fnhost_config::{AdminListen, Config};
-use fnhost_dispatch::{Admin, AdminAuth, App, ConfigSource, ConnectionLimits, Control, Listener};
+use fnhost_dispatch::{
+    Admin, AdminAuth, App, ConfigSource, ConnectionLimits, Control, LambdaControl, Listener,
+};
 use fnhost_pool::{Host, HostOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -97,8 +99,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config, text, source, metrics))
 }
 
+/// The functions created through the Lambda API, from the store under
+/// `state_dir`, as records and as config entries; unused code is removed.
+fn api_functions(
+    config: &Config,
+    store: &fnhost_control::Store,
+    runtimes: &fnhost_control::runtime::Runtimes,
+) -> anyhow::Result<(
+    Vec<fnhost_control::FunctionRecord>,
+    std::collections::BTreeMap<String, serde_json::Value>,
+)> {
+    let records = store.load()?;
+    store.collect(&records);
+    let mut entries = std::collections::BTreeMap::new();
+    for r in &records {
+        if config.functions.iter().any(|f| f.name == r.name) {
+            tracing::warn!(function = %r.name, "the config file defines a function of this name: it shadows the one created through the Lambda API (kept in the store)");
+            continue;
+        }
+        match runtimes.resolve(&r.runtime) {
+            Ok(runtime) => {
+                entries.insert(
+                    r.name.clone(),
+                    r.config_entry(runtime, &store.code_dir(&r.code_sha256)),
+                );
+            }
+            Err(e) => {
+                tracing::error!(function = %r.name, error = %e.message, "stored function not served")
+            }
+        }
+    }
+    Ok((records, entries))
+}
+
 async fn serve(
-    config: Config,
+    mut config: Config,
     text: String,
     source: ConfigSource,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -112,7 +147,23 @@ async fn serve(
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let admin_listener = bind_admin(&config.server.admin_listen).await?;
     let admin_auth = AdminAuth::for_server(&config.server)?;
+    // Functions created through the Lambda API join the config before any
+    // pool starts.
+    let store = Arc::new(fnhost_control::Store::open(&config.server.state_dir)?);
+    let runtimes =
+        fnhost_control::runtime::Runtimes::detect(Path::new(fnhost_config::DEFAULT_PYTHON));
+    let (records, api) = api_functions(&config, &store, &runtimes)?;
+    if !api.is_empty() {
+        let merged = fnhost_dispatch::control::merge(&text, &api)?;
+        config = Config::parse(&merged, &config.origin, &source.base_dir)
+            .context("the functions stored by the Lambda API do not fit the config")?;
+    }
     let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
+    if !config.server.listen.ip().is_loopback()
+        && config.server.control_plane.invoke_auth == fnhost_config::InvokeAuth::None
+    {
+        tracing::warn!(listen = %config.server.listen, "invocations are open to anyone who reaches server.listen; set server.invoke_auth = \"sigv4\" (with [[server.aws_credentials]]) unless a proxy authenticates them");
+    }
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
@@ -136,8 +187,18 @@ async fn serve(
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "listening");
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let control = Arc::new(Control::new(host.clone(), source, text, grace));
-    let app = Arc::new(App::new(host.clone(), &config.server, Some(metrics)));
+    let control = Arc::new(Control::new(host.clone(), source, text, api, grace));
+    let lambda_control = Arc::new(LambdaControl::new(
+        control.clone(),
+        store,
+        records,
+        &config.server.control_plane,
+        runtimes,
+        Duration::from_millis(config.server.http.body_timeout_ms),
+    ));
+    let app = Arc::new(
+        App::new(host.clone(), &config.server, Some(metrics)).with_lambda_control(lambda_control),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
