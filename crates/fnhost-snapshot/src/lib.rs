@@ -13,6 +13,7 @@ pub mod anonymize;
 pub mod asleep;
 pub mod hibernate;
 pub mod regions;
+pub mod remap;
 mod resident;
 pub mod restore;
 pub mod snapshot;
@@ -22,6 +23,7 @@ pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};
 pub use regions::{
     layout, layout_offset, page_size, parse_maps, Region, RegionError, RegionTable, MAX_REGIONS,
 };
+pub use remap::{remap, FileId, GROWTH_TAIL};
 pub use restore::{wake, RestoreError, Sleeper, WakeStats};
 pub use snapshot::{SealStats, Snapshot};
 pub use working_set::WorkingSet;

@@ -59,6 +59,12 @@ pub enum RestoreError {
         offset: u64,
         addr: u64,
     },
+    #[error("snapshot {path} changed size since it was sealed ({len} bytes, sealed at {sealed}): truncated")]
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        sealed: u64,
+    },
     #[error("the hibernated process is gone")]
     ProcessGone,
     #[error(
@@ -97,6 +103,8 @@ pub struct WakeStats {
     pub faults: u64,
     /// Of those, faults on zero pages, answered with `UFFDIO_ZEROPAGE`.
     pub zero_faults: u64,
+    /// Bytes the zygote mapped back from the snapshot (the mapped wake-up).
+    pub mapped_bytes: u64,
 }
 
 /// Put every saved page of the sleeper back; see the module docs.

@@ -268,7 +268,7 @@ mod child {
         // Set up before the window: nothing may allocate after it.
         let probe = probe.then(|| UnixStream::pair().expect("probe socketpair"));
         let target = mem.big.as_mut_ptr().cast::<u8>();
-        let prepared = match prepare() {
+        let prepared = match prepare(None) {
             Ok(p) => p,
             Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
         };
@@ -452,7 +452,7 @@ mod parent {
         let window = started.elapsed();
 
         let started = Instant::now();
-        let seal = sleeper.snapshot.seal(regions).expect("seal");
+        let seal = sleeper.snapshot.seal(regions, false).expect("seal");
         let seal_time = started.elapsed();
         let rss_after = anon_rss_kib(child.pid());
         println!(
