@@ -199,7 +199,14 @@ fn check_hibernation(h: &serde_json::Value) {
         .collect();
     assert_eq!(
         names,
-        ["hib-snap", "hib-snap-noprefetch", "hib-reclaim", "hib-warm"]
+        [
+            "hib-snap",
+            "hib-snap-noprefetch",
+            "hib-reclaim",
+            "hib-warm",
+            "hib-heavy",
+            "hib-heavy-warm"
+        ]
     );
     for f in functions {
         let inv = &f["invocations"];

@@ -42,6 +42,7 @@ struct PoolStatus {
     ready_clones: u64,
     hibernated: u64,
     snapshot_bytes: u64,
+    snapshot_cached_bytes: u64,
     memory_bytes: u64,
 }
 
@@ -185,6 +186,7 @@ impl Bench {
                         "never".to_owned()
                     },
                     prefetch: s.hibernate.prefetch,
+                    heap_mib: s.heap_mib,
                     label: s.label.to_owned(),
                     warm,
                     hibernated,
@@ -416,6 +418,7 @@ impl Bench {
             ready_clones: status.ready_clones,
             hibernated: status.hibernated,
             snapshot_bytes: status.snapshot_bytes,
+            snapshot_cached_bytes: status.snapshot_cached_bytes,
         }
     }
 
@@ -555,6 +558,7 @@ mod tests {
                 ready_clones: 0,
                 hibernated: 1,
                 snapshot_bytes: 4096,
+                snapshot_cached_bytes: 0,
                 memory_bytes: 8192
             }
         );
