@@ -20,8 +20,10 @@ use crate::stats::ScenarioSummary;
 
 mod bench;
 mod markdown;
+mod sharing;
 
 pub use markdown::markdown;
+pub use sharing::Sharing;
 
 /// The suite's functions.
 pub const SNAP_FN: &str = "hib-snap";
@@ -51,6 +53,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// MiB the import-heavy copies build at import; 0 leaves them out.
     pub heavy_mib: u64,
+    /// Copies of the no-op whose snapshots are compared page by page; 0
+    /// skips the comparison.
+    pub share_copies: u32,
 }
 
 /// A function of the suite: its name, how it hibernates, how the report
@@ -254,6 +259,8 @@ pub struct Hibernation {
     pub budget: Vec<BudgetRow>,
     /// Anything that makes the numbers mean less than they say.
     pub notes: Vec<String>,
+    /// Page sharing across copies of one function, when measured.
+    pub sharing: Option<Sharing>,
 }
 
 impl Hibernation {
@@ -267,6 +274,7 @@ impl Hibernation {
             functions: Vec::new(),
             budget: Vec::new(),
             notes: Vec::new(),
+            sharing: None,
         }
     }
 
@@ -301,6 +309,21 @@ pub async fn run(fnhost: &Path, settings: Settings) -> Result<Hibernation> {
         }
     }
     drop(daemon);
+    if let (Ok(h), true) = (&mut result, settings.share_copies > 0) {
+        match sharing::run(
+            fnhost,
+            settings.share_copies,
+            settings.after_ms,
+            settings.request_timeout,
+        )
+        .await
+        {
+            Ok(s) => h.sharing = Some(s),
+            Err(err) => h
+                .notes
+                .push(format!("sharing across copies not measured: {err:#}")),
+        }
+    }
     result
 }
 
@@ -519,6 +542,7 @@ pub mod tests {
             budget: budget(&functions, 1024),
             notes: observations(&functions),
             functions,
+            sharing: None,
         }
     }
 
@@ -568,6 +592,7 @@ pub mod tests {
             budget_mib: 1024,
             request_timeout: Duration::from_secs(1),
             heavy_mib: 0,
+            share_copies: 0,
         };
         let failed = Hibernation::failed(&settings, &anyhow::anyhow!("no userfaultfd"));
         assert_eq!(failed.error_count(), 1);

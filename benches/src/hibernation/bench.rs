@@ -37,16 +37,16 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// `status` of `GET /admin/functions`, per function.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Deserialize)]
 #[serde(default)]
-struct PoolStatus {
-    zygotes: u64,
-    ready_clones: u64,
-    hibernated: u64,
-    snapshot_bytes: u64,
-    snapshot_cached_bytes: u64,
-    memory_bytes: u64,
+pub(super) struct PoolStatus {
+    pub(super) zygotes: u64,
+    pub(super) ready_clones: u64,
+    pub(super) hibernated: u64,
+    pub(super) snapshot_bytes: u64,
+    pub(super) snapshot_cached_bytes: u64,
+    pub(super) memory_bytes: u64,
 }
 
-type Statuses = BTreeMap<String, PoolStatus>;
+pub(super) type Statuses = BTreeMap<String, PoolStatus>;
 
 fn parse_statuses(body: &[u8]) -> Result<Statuses> {
     let list: Vec<serde_json::Value> =
@@ -62,7 +62,7 @@ fn parse_statuses(body: &[u8]) -> Result<Statuses> {
     Ok(out)
 }
 
-fn status_of(statuses: &Statuses, name: &str) -> PoolStatus {
+pub(super) fn status_of(statuses: &Statuses, name: &str) -> PoolStatus {
     statuses.get(name).copied().unwrap_or_default()
 }
 
@@ -218,6 +218,7 @@ impl Bench {
             budget: budget(&functions, settings.budget_mib),
             functions,
             notes,
+            sharing: None,
         })
     }
 
@@ -507,7 +508,7 @@ impl Bench {
 
     /// Polls the admin API until `done` holds (`Ok` with that status) or
     /// `limit` passes (`Err` with the last status read).
-    async fn wait_for(
+    pub(super) async fn wait_for(
         &mut self,
         limit: Duration,
         done: impl Fn(&Statuses) -> bool,

@@ -212,6 +212,35 @@ pub fn markdown(h: &Hibernation, others: &[(String, Percentiles)]) -> String {
         );
     }
 
+    if let Some(s) = &h.sharing {
+        let pct = |n: u64| {
+            if s.data_pages == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / s.data_pages as f64
+            }
+        };
+        let _ = writeln!(
+            out,
+            "\n### Sharing across {} copies of the no-op (page contents of their snapshots)\n\n\
+             {} snapshots, {} data pages ({:.1} MiB); distinct contents {} ({:.0}%: what \
+             page-level dedup would keep); pages whose contents occur in ≥ 2 snapshots {} \
+             ({:.0}%); contents found in every snapshot {}. Page cache held by the sleeping \
+             copies: {:.1} MiB. Each snapshot is its own file, so today only a zygote and \
+             its clones share pages (copy-on-write from one page cache), not copies.",
+            s.copies,
+            s.snapshots,
+            s.data_pages,
+            s.data_pages as f64 * 4096.0 / 1048576.0,
+            s.distinct_pages,
+            pct(s.distinct_pages),
+            s.shared_pages,
+            pct(s.shared_pages),
+            s.in_every_copy,
+            s.cached_bytes as f64 / 1048576.0,
+        );
+    }
+
     out.push_str(
         "\n### What the daemon counted (/metrics, whole run)\n\n\
          | function | hibernations ok / failed | wake-ups ok / failed | faults per wake-up | \
