@@ -38,12 +38,12 @@
 //! - the kernel's own write on the way back to user space (the rseq area)
 //!   hits a resident page (`resident.rs`).
 //!
-//! After the wake-up message the zygote runs on while the daemon restores
-//! its pages; what it touches from user mode is served on demand. Its next
-//! system call with a heap buffer is the receive of the next control
-//! message (the `iovec` and `msghdr` themselves are on the stack), into
-//! which the kernel copies only when a message arrives, and the daemon sends
-//! none before every page is back and the uffd closed. Keep it that way: a
+//! After the wake-up message the zygote maps the snapshot back over every
+//! region ([`remap`](crate::remap::remap), stack and bare syscalls only)
+//! and reports `woken`; what it touches from user mode before that is
+//! served on demand. Its next system call with a heap buffer is the receive
+//! of the next control message (the `iovec` and `msghdr` themselves are on
+//! the stack), and the daemon sends none before `woken`. Keep it that way: a
 //! heap buffer handed to the kernel before then must first be written from
 //! user mode. Another process reading a sleeping zygote's dropped memory
 //! (`/proc/<pid>/mem`, `process_vm_readv`) gets an error too, where a

@@ -1,5 +1,8 @@
-//! Daemon side of a wake: copy a hibernated zygote's pages back through its
-//! userfaultfd, serving its page faults first.
+//! The copy restore: put a hibernated process's pages back through its
+//! userfaultfd, serving its page faults first. The daemon wakes zygotes by
+//! having them map the snapshot instead (`remap.rs`); this stays as a
+//! library API, exercised by the snapshot tests, but the daemon no longer
+//! calls it.
 //!
 //! The snapshot is mapped read-only and its addresses are only ever passed
 //! to `UFFDIO_COPY`; the daemon never reads the mapping itself. The kernel
