@@ -393,7 +393,8 @@ fn observations(functions: &[FunctionResult]) -> Vec<String> {
                 f.function, d.wakes_failed
             ));
         }
-        if let (Some(warm), Some(asleep)) = (f.warm, f.hibernated) {
+        let reference = warm_reference(functions, f).and_then(|w| w.warm);
+        if let (Some(warm), Some(asleep)) = (reference, f.hibernated) {
             if let (Some(w), Some(h)) = (warm.zygote_cgroup_kib, asleep.zygote_cgroup_kib) {
                 if w > 0 && h as f64 > w as f64 * TARGET_MEMORY_RATIO {
                     let file = asleep.zygote_cgroup_stat.map_or(0, |s| s.file_kib);
