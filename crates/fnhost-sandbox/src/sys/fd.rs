@@ -164,6 +164,22 @@ pub fn fadvise_willneed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result
     }
 }
 
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM)` with `random`, else
+/// `POSIX_FADV_NORMAL`: turns readahead for this open file off or back on.
+pub fn fadvise_random(fd: BorrowedFd<'_>, random: bool) -> io::Result<()> {
+    let advice = if random {
+        libc::POSIX_FADV_RANDOM
+    } else {
+        libc::POSIX_FADV_NORMAL
+    };
+    // SAFETY: plain syscall on an open descriptor; no memory involved.
+    let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, advice) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// `cachestat(2)` (Linux 6.5+) of `[offset, offset + len)`: how many of
 /// the file's pages in the range are in the page cache.
 pub fn cached_pages(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<u64> {
