@@ -27,5 +27,5 @@ pub use regions::{
 };
 pub use remap::{remap, FileId, GROWTH_TAIL};
 pub use restore::{wake, RestoreError, Sleeper, WakeStats};
-pub use snapshot::{SealStats, Snapshot};
+pub use snapshot::{ReadBack, SealStats, Snapshot};
 pub use working_set::WorkingSet;

@@ -124,12 +124,12 @@ impl Snapshot {
             tracing::warn!(path = %self.path.display(), errno, "drop snapshot page cache");
         }
         if cache {
-            // Without readahead: it would also cache the zero-filled holes
-            // next to the data (a third more in a measured Python zygote).
-            let _ = sys::fadvise_random(self.file.as_fd(), true);
-            let read = read_extents(&self.file, &extents);
-            let _ = sys::fadvise_random(self.file.as_fd(), false);
-            read.map_err(seal_err("read back"))?;
+            ReadBack {
+                file: self.file.try_clone().map_err(seal_err("dup"))?,
+                extents: extents.clone(),
+            }
+            .run()
+            .map_err(seal_err("read back"))?;
         }
         let stats = SealStats {
             data_bytes: extents.iter().map(|e| e.len).sum(),
@@ -139,6 +139,17 @@ impl Snapshot {
         self.extents = extents;
         self.sealed = Some(stats);
         Ok(stats)
+    }
+
+    /// What [`Snapshot::seal`] with `cache` does last, to run apart (off
+    /// a lock): read the data back into the page cache. `None` before the
+    /// seal.
+    pub fn read_back(&self) -> Option<ReadBack> {
+        self.sealed?;
+        Some(ReadBack {
+            file: self.file.try_clone().ok()?,
+            extents: self.extents.clone(),
+        })
     }
 
     /// Bytes of the snapshot's data in the page cache now (`cachestat`);
@@ -229,6 +240,25 @@ impl Drop for Snapshot {
                 tracing::warn!(path = %self.path.display(), error = %err, "remove snapshot");
             }
         }
+    }
+}
+
+/// Reading a sealed snapshot's data back into the page cache, charged to
+/// the caller's cgroup (see the module docs). Blocking.
+#[derive(Debug)]
+pub struct ReadBack {
+    file: File,
+    extents: Vec<Extent>,
+}
+
+impl ReadBack {
+    pub fn run(self) -> io::Result<()> {
+        // Without readahead: it would also cache the zero-filled holes
+        // next to the data (a third more in a measured Python zygote).
+        let _ = sys::fadvise_random(self.file.as_fd(), true);
+        let read = read_extents(&self.file, &self.extents);
+        let _ = sys::fadvise_random(self.file.as_fd(), false);
+        read
     }
 }
 

@@ -315,7 +315,9 @@ impl ZygoteHandle {
             };
         // fdatasync and dropping the file's page cache block: off the runtime.
         let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = snapshot.seal(regions, true);
+            // The data is read back into the page cache below, once the
+            // control lock is free: a wake-up meanwhile reads from disk.
+            let sealed = snapshot.seal(regions, false);
             (snapshot, sealed)
         })
         .await;
@@ -333,6 +335,14 @@ impl ZygoteHandle {
         };
         self.snapshot_bytes
             .store(stats.data_bytes, Ordering::Relaxed);
+        if let Some(read_back) = snapshot.read_back() {
+            let (function, id) = (self.function.clone(), self.id);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = read_back.run() {
+                    tracing::warn!(function = %function, zygote = id, error = %e, "cannot read a snapshot back into the page cache; its wake-up will read from disk");
+                }
+            });
+        }
         let layout = fnhost_snapshot::asleep::layout_len(snapshot.regions());
         if let Ok(file) = snapshot.file().try_clone_to_owned() {
             *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) =
