@@ -96,6 +96,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub hibernate_after_ms: u64,
 
+    /// Copies of the no-op function the hibernation suite puts to sleep
+    /// in a daemon of their own to compare their snapshots page by page
+    /// (sharing across identical code); 0 skips it.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub share_copies: u32,
+
     /// Memory budget for the hibernation suite's "functions per budget"
     /// estimate: how many functions fit in it warm vs hibernated.
     #[arg(long, value_name = "MIB", default_value_t = 1024,

@@ -24,6 +24,7 @@ pub struct Daemon {
     /// Stops the daemon when dropped.
     inner: fnhost_testkit::Daemon,
     cgroup_root: String,
+    state_dir: PathBuf,
     // Declared last: removed only after `inner` has stopped the daemon.
     _dir: Scratch,
 }
@@ -271,6 +272,7 @@ impl Daemon {
         Ok(Self {
             inner,
             cgroup_root,
+            state_dir,
             _dir: dir,
         })
     }
@@ -291,6 +293,11 @@ impl Daemon {
 
     /// The `server.cgroup_root` of the config: the daemon's cgroups are
     /// `<cgroup_root>/<function>/zygote` and `<cgroup_root>/<function>/s<n>`.
+    /// The daemon's `server.state_dir` (snapshots live under it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     pub fn cgroup_root(&self) -> &str {
         &self.cgroup_root
     }

@@ -1,7 +1,9 @@
 //! Hibernation: one daemon with four copies of the no-op Python function,
 //! one zygote and one ready clone each. Three hibernate after a short idle
 //! time (snapshot with prefetch, snapshot without, kernel reclaim); the
-//! fourth never does and is the warm reference. Measures the memory of an
+//! fourth never does and is the warm reference. With `--heavy-mib`, two
+//! copies of the import-heavy function join them (one hibernating in
+//! snapshot mode, one warm reference), for the same ratio at that size. Measures the memory of an
 //! idle function warm and hibernated, wake-up + invoke latency over N
 //! cycles (wait until the admin API reports the zygotes asleep, invoke
 //! each function once), the daemon's own hibernate/wake metrics, and how
@@ -18,21 +20,27 @@ use crate::stats::ScenarioSummary;
 
 mod bench;
 mod markdown;
+mod sharing;
 
 pub use markdown::markdown;
+pub use sharing::Sharing;
 
 /// The suite's functions.
 pub const SNAP_FN: &str = "hib-snap";
 pub const NOPREFETCH_FN: &str = "hib-snap-noprefetch";
 pub const RECLAIM_FN: &str = "hib-reclaim";
 pub const WARM_FN: &str = "hib-warm";
+pub const HEAVY_SNAP_FN: &str = "hib-heavy";
+pub const HEAVY_WARM_FN: &str = "hib-heavy-warm";
 
 /// `x-fnhost-start` of a request that woke a hibernated zygote.
 pub const WAKE_START: &str = "wake";
 const READY_START: &str = "ready-clone";
 
-/// The wake-up + invoke p50 the feature aims for, ms.
-pub const TARGET_WAKE_P50_MS: f64 = 10.0;
+/// Wake-up + invoke p50 and p99 the feature aims for, as multiples of the
+/// warm reference's p50 (same heap size, same run).
+pub const TARGET_WAKE_P50_RATIO: f64 = 3.0;
+pub const TARGET_WAKE_P99_RATIO: f64 = 5.0;
 /// The hibernated / warm memory ratio the feature aims for.
 pub const TARGET_MEMORY_RATIO: f64 = 0.25;
 
@@ -43,6 +51,11 @@ pub struct Settings {
     pub after_ms: u64,
     pub budget_mib: u64,
     pub request_timeout: Duration,
+    /// MiB the import-heavy copies build at import; 0 leaves them out.
+    pub heavy_mib: u64,
+    /// Copies of the no-op whose snapshots are compared page by page; 0
+    /// skips the comparison.
+    pub share_copies: u32,
 }
 
 /// A function of the suite: its name, how it hibernates, how the report
@@ -52,6 +65,7 @@ struct Subject {
     name: &'static str,
     label: &'static str,
     hibernate: Hibernate,
+    heap_mib: u64,
 }
 
 impl Subject {
@@ -68,34 +82,54 @@ impl Subject {
     }
 }
 
-fn subjects(after_ms: u64) -> [Subject; 4] {
+fn subjects(after_ms: u64, heavy_mib: u64) -> Vec<Subject> {
     let h = |after_ms, mode, prefetch| Hibernate {
         after_ms,
         mode,
         prefetch,
     };
-    [
-        Subject {
-            name: SNAP_FN,
-            label: "snapshot + prefetch",
-            hibernate: h(after_ms, "snapshot", true),
-        },
-        Subject {
-            name: NOPREFETCH_FN,
-            label: "snapshot, no prefetch",
-            hibernate: h(after_ms, "snapshot", false),
-        },
-        Subject {
-            name: RECLAIM_FN,
-            label: "reclaim",
-            hibernate: h(after_ms, "reclaim", true),
-        },
-        Subject {
-            name: WARM_FN,
-            label: "warm reference, never hibernates",
-            hibernate: h(0, "snapshot", true),
-        },
-    ]
+    let subject = |name, label, hibernate, heap_mib| Subject {
+        name,
+        label,
+        hibernate,
+        heap_mib,
+    };
+    let mut out = vec![
+        subject(
+            SNAP_FN,
+            "snapshot + prefetch",
+            h(after_ms, "snapshot", true),
+            0,
+        ),
+        subject(
+            NOPREFETCH_FN,
+            "snapshot, no prefetch",
+            h(after_ms, "snapshot", false),
+            0,
+        ),
+        subject(RECLAIM_FN, "reclaim", h(after_ms, "reclaim", true), 0),
+        subject(
+            WARM_FN,
+            "warm reference, never hibernates",
+            h(0, "snapshot", true),
+            0,
+        ),
+    ];
+    if heavy_mib > 0 {
+        out.push(subject(
+            HEAVY_SNAP_FN,
+            "heavy, snapshot, no prefetch",
+            h(after_ms, "snapshot", false),
+            heavy_mib,
+        ));
+        out.push(subject(
+            HEAVY_WARM_FN,
+            "heavy warm reference, never hibernates",
+            h(0, "snapshot", true),
+            heavy_mib,
+        ));
+    }
+    out
 }
 
 /// The suite's daemon config: each subject with one zygote, one ready clone.
@@ -108,7 +142,7 @@ fn pools(subjects: &[Subject]) -> Vec<FunctionPool> {
             ready_clones: 1,
             native: false,
             hibernate: Some(s.hibernate),
-            heap_mib: 0,
+            heap_mib: s.heap_mib,
         })
         .collect()
 }
@@ -132,6 +166,9 @@ pub struct MemorySample {
     pub ready_clones: u64,
     pub hibernated: u64,
     pub snapshot_bytes: u64,
+    /// Of those, in the page cache (reclaimable; charged to the daemon,
+    /// not to the function), admin API `status.snapshot_cached_bytes`.
+    pub snapshot_cached_bytes: u64,
 }
 
 impl MemorySample {
@@ -165,6 +202,8 @@ pub struct FunctionResult {
     /// `hibernate_mode`, or `never` for the warm reference.
     pub mode: String,
     pub prefetch: bool,
+    /// MiB its import builds (0: the no-op).
+    pub heap_mib: u64,
     pub label: String,
     /// After an invocation, once the pool had its ready clone again.
     pub warm: Option<MemorySample>,
@@ -181,6 +220,16 @@ impl FunctionResult {
     fn hibernates(&self) -> bool {
         self.mode != "never"
     }
+}
+
+/// The warm reference (never hibernates) of the same heap size as `f`.
+pub fn warm_reference<'a>(
+    functions: &'a [FunctionResult],
+    f: &FunctionResult,
+) -> Option<&'a FunctionResult> {
+    functions
+        .iter()
+        .find(|w| !w.hibernates() && w.heap_mib == f.heap_mib)
 }
 
 /// How many functions a memory budget holds, one way of counting.
@@ -210,6 +259,8 @@ pub struct Hibernation {
     pub budget: Vec<BudgetRow>,
     /// Anything that makes the numbers mean less than they say.
     pub notes: Vec<String>,
+    /// Page sharing across copies of one function, when measured.
+    pub sharing: Option<Sharing>,
 }
 
 impl Hibernation {
@@ -223,6 +274,7 @@ impl Hibernation {
             functions: Vec::new(),
             budget: Vec::new(),
             notes: Vec::new(),
+            sharing: None,
         }
     }
 
@@ -240,7 +292,7 @@ impl Hibernation {
 
 /// Starts the suite's daemon, runs the cycles, measures, stops it.
 pub async fn run(fnhost: &Path, settings: Settings) -> Result<Hibernation> {
-    let subjects = subjects(settings.after_ms);
+    let subjects = subjects(settings.after_ms, settings.heavy_mib);
     eprintln!(
         "fnhost-bench: hibernation: starting a daemon with {} functions (hibernate_after_ms = {})",
         subjects.len(),
@@ -257,6 +309,21 @@ pub async fn run(fnhost: &Path, settings: Settings) -> Result<Hibernation> {
         }
     }
     drop(daemon);
+    if let (Ok(h), true) = (&mut result, settings.share_copies > 0) {
+        match sharing::run(
+            fnhost,
+            settings.share_copies,
+            settings.after_ms,
+            settings.request_timeout,
+        )
+        .await
+        {
+            Ok(s) => h.sharing = Some(s),
+            Err(err) => h
+                .notes
+                .push(format!("sharing across copies not measured: {err:#}")),
+        }
+    }
     result
 }
 
@@ -276,18 +343,14 @@ fn daemon_log(warnings: &[String]) -> Vec<String> {
 /// Functions per budget for each hibernating function, against the warm
 /// reference, by memory-cgroup charge and by PSS.
 fn budget(functions: &[FunctionResult], budget_mib: u64) -> Vec<BudgetRow> {
-    let Some(warm) = functions
-        .iter()
-        .find(|f| !f.hibernates())
-        .and_then(|f| f.warm)
-    else {
-        return Vec::new();
-    };
     let budget_kib = budget_mib * 1024;
     let fit = |per: u64| budget_kib.checked_div(per).unwrap_or(0);
     let mut rows = Vec::new();
     for f in functions.iter().filter(|f| f.hibernates()) {
-        let Some(asleep) = f.hibernated else {
+        let (Some(asleep), Some(warm)) = (
+            f.hibernated,
+            warm_reference(functions, f).and_then(|w| w.warm),
+        ) else {
             continue;
         };
         let bases = [
@@ -330,7 +393,8 @@ fn observations(functions: &[FunctionResult]) -> Vec<String> {
                 f.function, d.wakes_failed
             ));
         }
-        if let (Some(warm), Some(asleep)) = (f.warm, f.hibernated) {
+        let reference = warm_reference(functions, f).and_then(|w| w.warm);
+        if let (Some(warm), Some(asleep)) = (reference, f.hibernated) {
             if let (Some(w), Some(h)) = (warm.zygote_cgroup_kib, asleep.zygote_cgroup_kib) {
                 if w > 0 && h as f64 > w as f64 * TARGET_MEMORY_RATIO {
                     let file = asleep.zygote_cgroup_stat.map_or(0, |s| s.file_kib);
@@ -374,7 +438,7 @@ pub mod tests {
 
     #[test]
     fn config_has_the_four_functions() {
-        let s = subjects(300);
+        let s = subjects(300, 0);
         let toml =
             crate::daemon::config_toml(Path::new("/s"), Path::new("/c"), "r", &pools(&s), true);
         for name in [SNAP_FN, NOPREFETCH_FN, RECLAIM_FN, WARM_FN] {
@@ -385,6 +449,14 @@ pub mod tests {
         assert_eq!(toml.matches("hibernate_mode = \"reclaim\"").count(), 1);
         assert_eq!(toml.matches("hibernate_prefetch = false").count(), 1);
         assert_eq!(toml.matches("ready_clones = 1\n").count(), 4);
+        let with_heavy = subjects(300, 64);
+        assert_eq!(with_heavy.len(), 6);
+        assert!(with_heavy
+            .iter()
+            .any(|s| s.name == HEAVY_SNAP_FN && s.heap_mib == 64 && s.hibernates()));
+        assert!(with_heavy
+            .iter()
+            .any(|s| s.name == HEAVY_WARM_FN && s.heap_mib == 64 && !s.hibernates()));
     }
 
     fn sample(zygote_kib: u64, function_kib: u64, pss: u64) -> MemorySample {
@@ -405,6 +477,7 @@ pub mod tests {
             ready_clones: 1,
             hibernated: 0,
             snapshot_bytes: 0,
+            snapshot_cached_bytes: 0,
         }
     }
 
@@ -426,6 +499,7 @@ pub mod tests {
             function: name.to_owned(),
             mode: mode.to_owned(),
             prefetch: true,
+            heap_mib: 0,
             label: mode.to_owned(),
             warm: Some(warm),
             hibernated: asleep,
@@ -469,6 +543,7 @@ pub mod tests {
             budget: budget(&functions, 1024),
             notes: observations(&functions),
             functions,
+            sharing: None,
         }
     }
 
@@ -517,6 +592,8 @@ pub mod tests {
             after_ms: 300,
             budget_mib: 1024,
             request_timeout: Duration::from_secs(1),
+            heavy_mib: 0,
+            share_copies: 0,
         };
         let failed = Hibernation::failed(&settings, &anyhow::anyhow!("no userfaultfd"));
         assert_eq!(failed.error_count(), 1);

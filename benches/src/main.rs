@@ -222,6 +222,8 @@ async fn run(args: &Args) -> Result<()> {
                 after_ms: args.hibernate_after_ms,
                 budget_mib: args.budget_mib,
                 request_timeout: args.request_timeout(),
+                heavy_mib: args.heavy().unwrap_or(0),
+                share_copies: args.share_copies,
             };
             // A failure is reported (and fails the run) after the other
             // suites' results are written.

@@ -63,6 +63,7 @@ fn every_suite_runs_with_tiny_counts() {
         .args(["--churn-clients", "1,2", "--concurrency", "1,4"])
         .args(["--density-clones", "4"])
         .args(["--hibernate-cycles", "2", "--budget-mib", "256"])
+        .args(["--share-copies", "3"])
         .args(["--primitive-runs", "3", "--heavy-mib", "4"])
         .arg("--fnhost")
         .arg(&fnhost)
@@ -192,6 +193,14 @@ fn check_heavy(h: &serde_json::Value) {
 /// of each function asleep and awake.
 fn check_hibernation(h: &serde_json::Value) {
     assert!(h["failure"].is_null(), "{h}");
+    // Three copies slept and their snapshots were compared.
+    let sharing = &h["sharing"];
+    assert_eq!(sharing["snapshots"], 3, "{h}");
+    assert!(sharing["data_pages"].as_u64().unwrap_or(0) > 0, "{sharing}");
+    assert!(
+        sharing["distinct_pages"].as_u64() <= sharing["data_pages"].as_u64(),
+        "{sharing}"
+    );
     let functions = h["functions"].as_array().expect("functions listed");
     let names: Vec<&str> = functions
         .iter()
@@ -199,7 +208,14 @@ fn check_hibernation(h: &serde_json::Value) {
         .collect();
     assert_eq!(
         names,
-        ["hib-snap", "hib-snap-noprefetch", "hib-reclaim", "hib-warm"]
+        [
+            "hib-snap",
+            "hib-snap-noprefetch",
+            "hib-reclaim",
+            "hib-warm",
+            "hib-heavy",
+            "hib-heavy-warm"
+        ]
     );
     for f in functions {
         let inv = &f["invocations"];
@@ -218,7 +234,8 @@ fn check_hibernation(h: &serde_json::Value) {
         assert_eq!(f["hibernated"]["hibernated"], 1, "{f}");
         assert!(f["daemon"]["wakes_ok"].as_u64() >= Some(3), "{f}");
     }
-    assert_eq!(h["budget"].as_array().map(Vec::len), Some(6), "{h}");
+    // Two bases for each of the four hibernating functions (heavy included).
+    assert_eq!(h["budget"].as_array().map(Vec::len), Some(8), "{h}");
 }
 
 /// The floor ran with 1 and 2 workers (5 sequential requests each, the

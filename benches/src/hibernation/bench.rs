@@ -37,15 +37,16 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// `status` of `GET /admin/functions`, per function.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Deserialize)]
 #[serde(default)]
-struct PoolStatus {
-    zygotes: u64,
-    ready_clones: u64,
-    hibernated: u64,
-    snapshot_bytes: u64,
-    memory_bytes: u64,
+pub(super) struct PoolStatus {
+    pub(super) zygotes: u64,
+    pub(super) ready_clones: u64,
+    pub(super) hibernated: u64,
+    pub(super) snapshot_bytes: u64,
+    pub(super) snapshot_cached_bytes: u64,
+    pub(super) memory_bytes: u64,
 }
 
-type Statuses = BTreeMap<String, PoolStatus>;
+pub(super) type Statuses = BTreeMap<String, PoolStatus>;
 
 fn parse_statuses(body: &[u8]) -> Result<Statuses> {
     let list: Vec<serde_json::Value> =
@@ -61,7 +62,7 @@ fn parse_statuses(body: &[u8]) -> Result<Statuses> {
     Ok(out)
 }
 
-fn status_of(statuses: &Statuses, name: &str) -> PoolStatus {
+pub(super) fn status_of(statuses: &Statuses, name: &str) -> PoolStatus {
     statuses.get(name).copied().unwrap_or_default()
 }
 
@@ -185,6 +186,7 @@ impl Bench {
                         "never".to_owned()
                     },
                     prefetch: s.hibernate.prefetch,
+                    heap_mib: s.heap_mib,
                     label: s.label.to_owned(),
                     warm,
                     hibernated,
@@ -216,6 +218,7 @@ impl Bench {
             budget: budget(&functions, settings.budget_mib),
             functions,
             notes,
+            sharing: None,
         })
     }
 
@@ -416,6 +419,7 @@ impl Bench {
             ready_clones: status.ready_clones,
             hibernated: status.hibernated,
             snapshot_bytes: status.snapshot_bytes,
+            snapshot_cached_bytes: status.snapshot_cached_bytes,
         }
     }
 
@@ -504,7 +508,7 @@ impl Bench {
 
     /// Polls the admin API until `done` holds (`Ok` with that status) or
     /// `limit` passes (`Err` with the last status read).
-    async fn wait_for(
+    pub(super) async fn wait_for(
         &mut self,
         limit: Duration,
         done: impl Fn(&Statuses) -> bool,
@@ -555,6 +559,7 @@ mod tests {
                 ready_clones: 0,
                 hibernated: 1,
                 snapshot_bytes: 4096,
+                snapshot_cached_bytes: 0,
                 memory_bytes: 8192
             }
         );

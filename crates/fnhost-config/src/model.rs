@@ -230,9 +230,9 @@ pub struct PoolSettings {
     pub hibernate_after_ms: u64,
     /// How a zygote hibernates.
     pub hibernate_mode: HibernateMode,
-    /// On wake-up, copy back first the pages the previous wake-up faulted
-    /// on (record-and-prefetch). Off by default: measured no faster, since
-    /// every page is restored before the first clone anyway.
+    /// On wake-up, start readahead of the snapshot's data
+    /// (`POSIX_FADV_WILLNEED`), for when the kernel reclaimed its page
+    /// cache. Off by default: measured slower while the cache is there.
     pub hibernate_prefetch: bool,
 }
 

@@ -50,6 +50,7 @@ pub struct PoolMetrics {
     pub wake_copied_pages: Counter,
     pub hibernated: Gauge,
     pub snapshot_bytes: Gauge,
+    pub snapshot_cached_bytes: Gauge,
 }
 
 impl PoolMetrics {
@@ -93,7 +94,8 @@ impl PoolMetrics {
             wake_prefetched_pages: counter!("fnhost_wake_prefetched_pages_total", "function" => f.clone()),
             wake_copied_pages: counter!("fnhost_wake_copied_pages_total", "function" => f.clone()),
             hibernated: gauge!("fnhost_pool_hibernated_zygotes", "function" => f.clone()),
-            snapshot_bytes: gauge!("fnhost_pool_snapshot_bytes", "function" => f),
+            snapshot_bytes: gauge!("fnhost_pool_snapshot_bytes", "function" => f.clone()),
+            snapshot_cached_bytes: gauge!("fnhost_pool_snapshot_cached_bytes", "function" => f),
         }
     }
 }

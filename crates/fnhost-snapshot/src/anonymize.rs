@@ -22,11 +22,12 @@ use crate::regions::Region;
 
 /// Private, writable, file-backed mappings worth converting: `rw-p`, a
 /// real path (not `[...]`), and wholly inside the file (reading a page
-/// past the end of a file mapping would SIGBUS). `file_len` gives a path's
-/// size; `None` (unknown) leaves the mapping alone.
+/// past the end of a file mapping would SIGBUS). `file_len` gives the size
+/// of the file named by a line's path, device and inode fields; `None`
+/// (unknown) leaves the mapping alone.
 pub fn file_data_mappings(
     maps: &str,
-    mut file_len: impl FnMut(&str) -> Option<u64>,
+    mut file_len: impl FnMut(&str, &str, &str) -> Option<u64>,
 ) -> Vec<Region> {
     let page = crate::regions::page_size();
     let mut found = Vec::new();
@@ -45,7 +46,7 @@ pub fn file_data_mappings(
         ) else {
             continue;
         };
-        let within_file = file_len(f[5]).is_some_and(|len| {
+        let within_file = file_len(f[5], f[3], f[4]).is_some_and(|len| {
             offset.saturating_add(end.saturating_sub(start))
                 <= len.div_ceil(page).saturating_mul(page)
         });
@@ -115,7 +116,7 @@ mod tests {
 7f00010000-7f00012000 rw-p 00001000 fe:00 13 /usr/lib/libc.so.6
 7ffc0000-7ffc1000 rw-p 00000000 00:00 0 [stack]
 ";
-        let sizes = |path: &str| match path {
+        let sizes = |path: &str, _: &str, _: &str| match path {
             "/usr/bin/python3.11" => Some(0x545000 + 0x13f000),
             // One page short of the mapping: its last page would SIGBUS.
             "/data/big.bin" => Some(0x1000),
@@ -159,7 +160,7 @@ mod tests {
         };
         assert_eq!(anonymize(&[region]), region.len);
         let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-        let still_file_backed = file_data_mappings(&maps, |_| Some(u64::MAX))
+        let still_file_backed = file_data_mappings(&maps, |_, _, _| Some(u64::MAX))
             .iter()
             .any(|r| r.contains(addr as u64));
         assert!(!still_file_backed, "{maps}");

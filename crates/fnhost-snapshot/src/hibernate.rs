@@ -38,12 +38,12 @@
 //! - the kernel's own write on the way back to user space (the rseq area)
 //!   hits a resident page (`resident.rs`).
 //!
-//! After the wake-up message the zygote runs on while the daemon restores
-//! its pages; what it touches from user mode is served on demand. Its next
-//! system call with a heap buffer is the receive of the next control
-//! message (the `iovec` and `msghdr` themselves are on the stack), into
-//! which the kernel copies only when a message arrives, and the daemon sends
-//! none before every page is back and the uffd closed. Keep it that way: a
+//! After the wake-up message the zygote maps the snapshot back over every
+//! region ([`remap`](crate::remap::remap), stack and bare syscalls only)
+//! and reports `woken`; what it touches from user mode before that is
+//! served on demand. Its next system call with a heap buffer is the receive
+//! of the next control message (the `iovec` and `msghdr` themselves are on
+//! the stack), and the daemon sends none before `woken`. Keep it that way: a
 //! heap buffer handed to the kernel before then must first be written from
 //! user mode. Another process reading a sleeping zygote's dropped memory
 //! (`/proc/<pid>/mem`, `process_vm_readv`) gets an error too, where a
@@ -67,11 +67,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use fnhost_sandbox::sys::{bare, fd, uffd};
 
 use crate::regions::{self, Region, RegionError, RegionTable};
+use crate::remap::FileId;
 use crate::{anonymize, resident};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
-    #[error("read /proc/self/maps: {0}")]
+    #[error("read /proc/self/smaps: {0}")]
     ReadMaps(#[source] io::Error),
     #[error(transparent)]
     Regions(#[from] RegionError),
@@ -118,6 +119,12 @@ impl Prepared {
     pub fn uffd(&self) -> BorrowedFd<'_> {
         self.uffd.as_fd()
     }
+
+    /// A copy of the region table, for [`remap`](crate::remap::remap) at
+    /// wake-up: keep it on the stack.
+    pub fn table(&self) -> RegionTable {
+        self.table.clone()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,11 +156,13 @@ fn refused_hint(err: &io::Error) -> &'static str {
 }
 
 /// Create the uffd and read the memory map. Written private file mappings are first made anonymous (see
-/// [`anonymize`](mod@crate::anonymize)), so the caller must already be
+/// [`anonymize`](mod@crate::anonymize)), and so are those of `previous`, the
+/// snapshot this zygote was last woken from (see [`remap`](mod@crate::remap)),
+/// so the caller must already be
 /// single-threaded with signals blocked. Call it as late as possible before [`hibernate`]: mappings
 /// created afterwards simply stay resident, but one removed in between
 /// makes the window fail.
-pub fn prepare() -> Result<Prepared, HibernateError> {
+pub fn prepare(previous: Option<FileId>) -> Result<Prepared, HibernateError> {
     let page = regions::page_size();
     let uffd =
         uffd::new_user_mode_only().map_err(|source| HibernateError::CreateUffd { source })?;
@@ -161,13 +170,23 @@ pub fn prepare() -> Result<Prepared, HibernateError> {
     // Optional: without it every page is read to find the zero ones.
     let pagemap = File::open("/proc/self/pagemap").ok().map(OwnedFd::from);
 
-    let mut maps = std::fs::read_to_string("/proc/self/maps").map_err(HibernateError::ReadMaps)?;
-    let file_data =
-        anonymize::file_data_mappings(&maps, |path| std::fs::metadata(path).ok().map(|m| m.len()));
+    let read_smaps =
+        || std::fs::read_to_string("/proc/self/smaps").map_err(HibernateError::ReadMaps);
+    let mut smaps = read_smaps()?;
+    let file_data = anonymize::file_data_mappings(&smaps, |path, dev, inode| {
+        match previous {
+            // Sized by the daemon to cover every region it maps.
+            Some(id) if id.matches(dev, inode) => Some(u64::MAX),
+            _ => std::fs::metadata(path).ok().map(|m| m.len()),
+        }
+    });
     if anonymize::anonymize(&file_data) > 0 {
-        maps = std::fs::read_to_string("/proc/self/maps").map_err(HibernateError::ReadMaps)?;
+        smaps = read_smaps()?;
     }
-    let regions = regions::subtract(&regions::parse_maps(&maps), &resident::keep_ranges(page));
+    let mut keep = resident::keep_ranges(page);
+    keep.extend(regions::special_ranges(&smaps));
+    keep.sort_by_key(|r| r.start);
+    let regions = regions::subtract(&regions::parse_maps(&smaps), &keep);
     let sp = std::ptr::addr_of!(page) as u64;
     if regions.iter().any(|r| r.contains(sp)) {
         return Err(HibernateError::StackNotExcluded { sp });

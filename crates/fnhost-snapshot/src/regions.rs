@@ -37,7 +37,7 @@ pub enum RegionError {
 
 /// The regions to hibernate, parsed from the text of `/proc/<pid>/maps`.
 ///
-/// Keeps entries that are private, readable and writable, and anonymous
+/// Keeps entries that are private, readable and writable (not executable), and anonymous
 /// (inode 0 with no pathname, `[heap]` or `[anon:...]`); everything else is
 /// left alone: the stack (the hibernating code runs on it), kernel
 /// pseudo-mappings (`[vvar]`, `[vdso]`, ...), shared mappings and anything
@@ -70,13 +70,49 @@ fn parse_line(line: &str) -> Option<Region> {
     if start >= end || end > USER_ADDR_LIMIT {
         return None;
     }
-    let private_rw = perms.len() == 4 && perms[0] == b'r' && perms[1] == b'w' && perms[3] == b'p';
+    // Not executable: a woken zygote maps its snapshot back, and a state
+    // directory mounted `noexec` would refuse `PROT_EXEC` (such mappings,
+    // libffi trampolines say, are small and stay resident).
+    let private_rw = perms.len() == 4
+        && perms[0] == b'r'
+        && perms[1] == b'w'
+        && perms[2] == b'-'
+        && perms[3] == b'p';
     let anonymous =
         inode == "0" && (path.is_empty() || path == "[heap]" || path.starts_with("[anon:"));
     (private_rw && anonymous).then_some(Region {
         start,
         len: end - start,
     })
+}
+
+/// Mappings whose fork-time semantics a woken zygote must keep, from the
+/// text of `/proc/<pid>/smaps`: `MADV_WIPEONFORK` (`wf`: a clone must see
+/// zeros, e.g. random-number state) and `MADV_DONTFORK` (`dc`). Mapping
+/// the snapshot over them would drop those flags, so they stay resident.
+pub fn special_ranges(smaps: &str) -> Vec<Region> {
+    let mut out = Vec::new();
+    let mut current: Option<Region> = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let special = flags.split_whitespace().any(|f| f == "wf" || f == "dc");
+            if let (true, Some(region)) = (special, current.take()) {
+                out.push(region);
+            }
+        } else if let Some((start, end)) = line
+            .split_once(' ')
+            .and_then(|(range, _)| range.split_once('-'))
+        {
+            current = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                (Ok(start), Ok(end)) if start < end => Some(Region {
+                    start,
+                    len: end - start,
+                }),
+                _ => current,
+            };
+        }
+    }
+    out
 }
 
 /// `regions` with every page of `holes` taken out (both sorted by address;
@@ -220,7 +256,6 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 r(0x7f7b2decc000, 0x7f7b2fed0000),
                 // libc's .bss and the named malloc arena are adjacent: merged.
                 r(0x7f7b300a5000, 0x7f7b300c0000),
-                r(0x7f7b300d9000, 0x7f7b300db000),
             ]
         );
     }
@@ -233,6 +268,30 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let addr = boxed.as_ptr() as u64;
         assert!(regions.iter().any(|r| r.contains(addr)));
         assert!(regions.windows(2).all(|w| w[0].end() < w[1].start));
+    }
+
+    #[test]
+    fn special_ranges_are_wipe_or_dont_fork() {
+        let smaps = "\
+7f0000000000-7f0000002000 rw-p 00000000 00:00 0 
+Size:                  8 kB
+VmFlags: rd wr mr mw me ac sd 
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0 
+Size:                  4 kB
+VmFlags: rd wr mr mw me ac sd wf 
+7f0000008000-7f000000a000 rw-p 00000000 00:00 0 
+Rss:                   0 kB
+VmFlags: rd wr mr mw me dc ac sd 
+";
+        assert_eq!(
+            special_ranges(smaps),
+            vec![
+                r(0x7f0000004000, 0x7f0000005000),
+                r(0x7f0000008000, 0x7f000000a000)
+            ]
+        );
+        let own = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        assert!(special_ranges(&own).len() <= parse_maps(&own).len() + 8);
     }
 
     #[test]

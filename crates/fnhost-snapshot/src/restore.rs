@@ -1,5 +1,8 @@
-//! Daemon side of a wake: copy a hibernated zygote's pages back through its
-//! userfaultfd, serving its page faults first.
+//! The copy restore: put a hibernated process's pages back through its
+//! userfaultfd, serving its page faults first. The daemon wakes zygotes by
+//! having them map the snapshot instead (`remap.rs`); this stays as a
+//! library API, exercised by the snapshot tests, but the daemon no longer
+//! calls it.
 //!
 //! The snapshot is mapped read-only and its addresses are only ever passed
 //! to `UFFDIO_COPY`; the daemon never reads the mapping itself. The kernel
@@ -59,6 +62,12 @@ pub enum RestoreError {
         offset: u64,
         addr: u64,
     },
+    #[error("snapshot {path} changed size since it was sealed ({len} bytes, sealed at {sealed}): truncated")]
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        sealed: u64,
+    },
     #[error("the hibernated process is gone")]
     ProcessGone,
     #[error(
@@ -97,6 +106,8 @@ pub struct WakeStats {
     pub faults: u64,
     /// Of those, faults on zero pages, answered with `UFFDIO_ZEROPAGE`.
     pub zero_faults: u64,
+    /// Bytes the zygote mapped back from the snapshot (the mapped wake-up).
+    pub mapped_bytes: u64,
 }
 
 /// Put every saved page of the sleeper back; see the module docs.

@@ -32,6 +32,8 @@ const CHILD_ENV: &str = "FNHOST_SNAPSHOT_TEST_CHILD_FD";
 const HIBERNATE: u8 = b'H';
 const PROBE: &[u8] = b"probe";
 const GO: u8 = b'G';
+/// Like GO, but the child maps its snapshot back itself (the mapped wake-up).
+const GO_REMAP: u8 = b'M';
 const EXIT: u8 = b'X';
 /// Child → parent: prepared (uffd + regions), window done (body: the probe's
 /// errno and address, if asked), verified, error.
@@ -51,7 +53,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let scenarios: [Scenario; 6] = [
+    let scenarios: [Scenario; 7] = [
+        (
+            "mapped_wakes_keep_memory_intact_after_the_cache_is_dropped",
+            parent::mapped_wakes,
+        ),
         (
             "cycles_with_and_without_prefetch",
             parent::with_and_without_prefetch,
@@ -232,6 +238,35 @@ mod child {
         }
     }
 
+    /// The snapshot this child last mapped back (for the next `prepare`).
+    static WOKEN_FROM: std::sync::Mutex<Option<fnhost_snapshot::FileId>> =
+        std::sync::Mutex::new(None);
+
+    /// Forks (as a zygote does for a clone) and checks the memory in the
+    /// child: "ok", or why not.
+    fn verify_in_a_fork(mem: &Memory) -> String {
+        // SAFETY: this process is single-threaded; the child only reads
+        // memory and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = i32::from(mem.verify().is_err());
+                // SAFETY: _exit in the forked child.
+                unsafe { libc::_exit(code) }
+            }
+            pid if pid > 0 => {
+                let mut status = 0;
+                // SAFETY: waiting for the child forked above.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    "ok".to_owned()
+                } else {
+                    format!("bad(status {status})")
+                }
+            }
+            _ => format!("failed({})", std::io::Error::last_os_error()),
+        }
+    }
+
     pub fn run(fd: RawFd) -> ! {
         // SAFETY: the parent left this descriptor open for us; nothing else
         // in this process owns it.
@@ -268,10 +303,12 @@ mod child {
         // Set up before the window: nothing may allocate after it.
         let probe = probe.then(|| UnixStream::pair().expect("probe socketpair"));
         let target = mem.big.as_mut_ptr().cast::<u8>();
-        let prepared = match prepare() {
+        let previous = *WOKEN_FROM.lock().expect("woken-from lock");
+        let prepared = match prepare(previous) {
             Ok(p) => p,
             Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
         };
+        let table = prepared.table();
         let regions = serde_json::to_vec(prepared.regions()).expect("regions json");
         send(sock, PREPARED, &regions, &[prepared.uffd()]);
         nix::sys::signal::sigprocmask(
@@ -306,10 +343,20 @@ mod child {
             // SAFETY: _exit is async-signal-safe and touches no memory.
             unsafe { libc::_exit(3) };
         }
+        let mut forked = String::new();
+        if go[0] == GO_REMAP {
+            if fnhost_snapshot::remap(&table, snapshot.as_fd()).is_err() {
+                // SAFETY: as above; part of the memory may be missing.
+                unsafe { libc::_exit(4) };
+            }
+            *WOKEN_FROM.lock().expect("woken-from lock") =
+                Some(fnhost_snapshot::FileId::of(snapshot.as_fd()).expect("fstat snapshot"));
+            forked = format!(" fork={}", verify_in_a_fork(mem));
+        }
 
         let report = match mem.verify() {
             Ok(()) => format!(
-                "ok window_us={} pages_written={} bytes_dropped={} not_dropped={}",
+                "ok window_us={} pages_written={} bytes_dropped={} not_dropped={}{forked}",
                 window.as_micros(),
                 stats.pages_written,
                 stats.bytes_dropped,
@@ -452,7 +499,7 @@ mod parent {
         let window = started.elapsed();
 
         let started = Instant::now();
-        let seal = sleeper.snapshot.seal(regions).expect("seal");
+        let seal = sleeper.snapshot.seal(regions, false).expect("seal");
         let seal_time = started.elapsed();
         let rss_after = anon_rss_kib(child.pid());
         println!(
@@ -522,6 +569,44 @@ mod parent {
         assert!(plain.copied_pages >= (32 << 20) / fnhost_snapshot::page_size());
         let h = hibernate_child(&mut child, dir);
         wake_child(&child, h, &mut ws, true, false);
+        child.exit();
+    }
+
+    /// The mapped wake-up: the child maps its snapshot back itself, after
+    /// the snapshot's page cache was dropped, checks its memory and that of
+    /// a fork, then writes new contents (copy-on-write into the mapping);
+    /// the next cycles hibernate memory that is a mapping of the previous
+    /// snapshot.
+    pub fn mapped_wakes(dir: &Path) {
+        let mut child = Child::spawn();
+        for cycle in 0..3 {
+            let h = hibernate_child(&mut child, dir);
+            // Sized as the daemon does: the layout and a sparse tail.
+            let layout = fnhost_snapshot::asleep::layout_len(h.sleeper.snapshot.regions());
+            nix::unistd::ftruncate(
+                h.sleeper.snapshot.file(),
+                (layout + fnhost_snapshot::GROWTH_TAIL) as i64,
+            )
+            .expect("size snapshot");
+            fnhost_sandbox::sys::fd::fadvise_dontneed(h.sleeper.snapshot.file())
+                .expect("drop page cache");
+            child.send(GO_REMAP, &[]);
+            let (report, _) = child.expect(VERIFIED);
+            let report = String::from_utf8_lossy(&report).into_owned();
+            assert!(
+                report.starts_with("ok"),
+                "cycle {cycle}: child memory: {report}"
+            );
+            assert!(
+                report.ends_with("fork=ok"),
+                "cycle {cycle}: forked child: {report}"
+            );
+            // Every region is a file mapping now: closing the uffd and
+            // unlinking the file change nothing for the child.
+            drop(h.sleeper);
+            assert!(!h.path.exists());
+            println!("  mapped wake {cycle}: child: {report}");
+        }
         child.exit();
     }
 

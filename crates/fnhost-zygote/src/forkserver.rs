@@ -27,8 +27,8 @@ use fnhost_sandbox::{CLONE_NAMESPACES, CLONE_NETWORK};
 use crate::clone_request::{invocation_fd, CloneRequest, SANDBOX_ID};
 use crate::control::{self, Received};
 use crate::protocol::{
-    encode_frame, encode_hibernated, DaemonMessage, FrameKind, InitFailure, SetupFailure,
-    SetupTimes, ZygoteMessage, WAKE_MESSAGE,
+    encode_frame, encode_hibernated, encode_woken, DaemonMessage, FrameKind, InitFailure,
+    SetupFailure, SetupTimes, ZygoteMessage, WAKE_MESSAGE,
 };
 use crate::settings::SettingsError;
 
@@ -219,7 +219,9 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
 /// and everything after it until the wake-up message use only the stack and
 /// bare system calls (not even glibc's wrappers, whose globals were
 /// dropped too), with every signal blocked. A page touched anyway is
-/// served by the daemon from the snapshot. Heap values created before it
+/// served by the daemon from the snapshot. On the wake-up message it maps
+/// the snapshot back over its memory ([`fnhost_snapshot::remap`]) and
+/// answers `woken`. Heap values created before it
 /// (`fds`, the message buffers) are dropped only after the wake-up, when
 /// the daemon serves the pages they live in.
 fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
@@ -255,7 +257,8 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     // SAFETY: malloc_trim only releases free memory of this (single-
     // threaded) process's allocator.
     unsafe { libc::malloc_trim(0) };
-    let prepared = match fnhost_snapshot::prepare() {
+    let previous = *WOKEN_FROM.lock().unwrap_or_else(|e| e.into_inner());
+    let prepared = match fnhost_snapshot::prepare(previous) {
         Ok(prepared) => prepared,
         Err(e) => {
             restore_signals();
@@ -269,7 +272,9 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
         sys::exit_immediately(0);
     }
     drop(hibernating);
-    // From here until the wake-up message: stack and bare syscalls only.
+    // Kept on the stack for the wake-up's remap.
+    let table = prepared.table();
+    // From here until the snapshot is mapped back: stack and bare syscalls only.
     match fnhost_snapshot::hibernate(prepared, snapshot.as_fd()) {
         Ok(stats) => {
             let mut buf = [0u8; 96];
@@ -288,7 +293,21 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
                     Ok(_) => continue,
                 }
             }
+            // Part of the memory may be mapped back and part still missing:
+            // nothing can be trusted, the daemon sees the channel close and
+            // replaces the zygote.
+            let Ok(mapped) = fnhost_snapshot::remap(&table, snapshot.as_fd()) else {
+                sys::exit_immediately(3)
+            };
+            let len = encode_woken(&mut buf, mapped);
+            if sys::bare::send_bare(control, &buf[..len]).is_err() {
+                sys::exit_immediately(0);
+            }
             restore_signals();
+            // The memory is whole again: statics may be written. The next
+            // hibernation makes this snapshot's mappings anonymous first.
+            let woken_from = fnhost_snapshot::FileId::of(snapshot.as_fd()).ok();
+            *WOKEN_FROM.lock().unwrap_or_else(|e| e.into_inner()) = woken_from;
         }
         Err(e) => {
             // Nothing was dropped: report and serve on.
@@ -296,9 +315,14 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
             failed(e.to_string());
         }
     }
+    // Closed before any clone is forked: a clone must not be able to write
+    // the file its zygote's memory is mapped from.
     drop(snapshot);
     drop(fds);
 }
+
+/// The snapshot this zygote was last woken from (its memory maps it).
+static WOKEN_FROM: std::sync::Mutex<Option<fnhost_snapshot::FileId>> = std::sync::Mutex::new(None);
 
 /// In the clone: isolate, report `Ready`, hand the invocation socket to the
 /// runtime. On any failure, reports `SetupFailed` and exits.

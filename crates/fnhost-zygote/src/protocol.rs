@@ -39,10 +39,11 @@ pub enum DaemonMessage {
     /// [`ZygoteMessage::Hibernated`] (or `HibernateFailed`), and serves
     /// nothing until [`DaemonMessage::Wake`].
     Hibernate,
-    /// Resume after hibernation. Sent once the daemon is serving the
-    /// zygote's page faults; the daemon sends nothing else (no clone
-    /// request) until every page is back and the userfaultfd is closed, so
-    /// the zygote's next receive never has the kernel write a dropped page
+    /// Resume after hibernation. The zygote maps its snapshot back over
+    /// every hibernated region (`fnhost_snapshot::remap`) and answers
+    /// [`ZygoteMessage::Woken`]; the daemon serves its page faults until
+    /// then and sends nothing else (no clone request) before it, so the
+    /// zygote's next receive never has the kernel write a dropped page
     /// (which a user-mode-only userfaultfd would fail with `EFAULT`).
     Wake,
 }
@@ -87,30 +88,14 @@ pub enum ZygoteMessage {
     /// Hibernation did not happen; nothing was dropped and the zygote
     /// serves on as before.
     HibernateFailed { message: String },
+    /// Every hibernated region is mapped from the snapshot again: the
+    /// zygote is awake. Encoded without allocating (see [`encode_woken`]).
+    Woken { mapped_bytes: u64 },
 }
 
 /// Writes `{"type":"hibernated",...}` into `buf` without allocating (the
 /// zygote sends it right after dropping its heap) and returns its length.
 pub fn encode_hibernated(buf: &mut [u8; 96], pages_written: u64, bytes_dropped: u64) -> usize {
-    fn put(buf: &mut [u8; 96], at: &mut usize, bytes: &[u8]) {
-        buf[*at..*at + bytes.len()].copy_from_slice(bytes);
-        *at += bytes.len();
-    }
-    fn put_u64(buf: &mut [u8; 96], at: &mut usize, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (v % 10) as u8;
-            n += 1;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        for i in (0..n).rev() {
-            put(buf, at, &[digits[i]]);
-        }
-    }
     let mut at = 0;
     put(buf, &mut at, br#"{"type":"hibernated","pages_written":"#);
     put_u64(buf, &mut at, pages_written);
@@ -118,6 +103,37 @@ pub fn encode_hibernated(buf: &mut [u8; 96], pages_written: u64, bytes_dropped: 
     put_u64(buf, &mut at, bytes_dropped);
     put(buf, &mut at, b"}");
     at
+}
+
+/// Writes `{"type":"woken",...}` into `buf` without allocating (sent right
+/// after the snapshot is mapped back) and returns its length.
+pub fn encode_woken(buf: &mut [u8; 96], mapped_bytes: u64) -> usize {
+    let mut at = 0;
+    put(buf, &mut at, br#"{"type":"woken","mapped_bytes":"#);
+    put_u64(buf, &mut at, mapped_bytes);
+    put(buf, &mut at, b"}");
+    at
+}
+
+fn put(buf: &mut [u8; 96], at: &mut usize, bytes: &[u8]) {
+    buf[*at..*at + bytes.len()].copy_from_slice(bytes);
+    *at += bytes.len();
+}
+
+fn put_u64(buf: &mut [u8; 96], at: &mut usize, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in (0..n).rev() {
+        put(buf, at, &[digits[i]]);
+    }
 }
 
 /// Why a zygote could not start: reported by its init, fork server or
@@ -371,6 +387,14 @@ mod tests {
                 ZygoteMessage::Hibernated {
                     pages_written: pages,
                     bytes_dropped: bytes
+                }
+            );
+            let len = encode_woken(&mut buf, bytes);
+            let msg: ZygoteMessage = serde_json::from_slice(&buf[..len]).unwrap();
+            assert_eq!(
+                msg,
+                ZygoteMessage::Woken {
+                    mapped_bytes: bytes
                 }
             );
         }

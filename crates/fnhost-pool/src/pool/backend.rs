@@ -75,6 +75,11 @@ pub trait ZygoteHandle: Send + Sync + 'static {
     fn is_asleep(&self) -> bool;
     /// Data bytes of its snapshot while it hibernates.
     fn snapshot_bytes(&self) -> u64;
+    /// Of those, bytes in the page cache now (reclaimable, charged to the
+    /// daemon rather than to the function).
+    fn snapshot_cached_bytes(&self) -> u64 {
+        0
+    }
     fn kill(&self);
     /// Marks it hibernated after its cgroup's memory was reclaimed;
     /// `false`: it already sleeps.

@@ -148,9 +148,9 @@ impl<B: Backend> FunctionPool<B> {
         }
         let restore = woke.restore.clone().unwrap_or_default();
         tracing::info!(function = %self.name, wake_ms = woke.wake_us as f64 / 1e3,
-            restore_ms = restore.duration.as_secs_f64() * 1e3, read_ms = restore.read.as_secs_f64() * 1e3,
-            copied_pages = restore.copied_pages,
-            faults = restore.faults, prefetched = restore.prefetched_pages, "zygote woken");
+            restore_ms = restore.duration.as_secs_f64() * 1e3, prefetch_ms = restore.read.as_secs_f64() * 1e3,
+            mapped_mib = restore.mapped_bytes as f64 / f64::from(1 << 20),
+            prefetched = restore.prefetched_pages, "zygote woken");
     }
 }
 

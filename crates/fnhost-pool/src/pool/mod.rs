@@ -80,6 +80,10 @@ pub struct PoolStatus {
     pub hibernated: usize,
     /// Bytes of memory held in their snapshot files.
     pub snapshot_bytes: u64,
+    /// Of those, bytes in the page cache: memory the kernel may reclaim
+    /// (a wake-up then reads it back), charged to the daemon's cgroup, not
+    /// to `memory_bytes`.
+    pub snapshot_cached_bytes: u64,
 }
 
 /// What a pool needs besides its backend.
@@ -214,6 +218,7 @@ impl<B: Backend> FunctionPool<B> {
         PoolStatus {
             hibernated: zygotes.iter().filter(|z| z.is_asleep()).count(),
             snapshot_bytes: zygotes.iter().map(|z| z.snapshot_bytes()).sum(),
+            snapshot_cached_bytes: zygotes.iter().map(|z| z.snapshot_cached_bytes()).sum(),
             zygotes: self.live_zygotes().len(),
             ready_clones: self.ready.lock().expect("ready lock").len(),
             free_cgroups: self.free_slots.lock().expect("slots lock").len(),
@@ -241,6 +246,8 @@ impl<B: Backend> FunctionPool<B> {
         m.memory.set(status.memory_bytes as f64);
         m.hibernated.set(status.hibernated as f64);
         m.snapshot_bytes.set(status.snapshot_bytes as f64);
+        m.snapshot_cached_bytes
+            .set(status.snapshot_cached_bytes as f64);
     }
 }
 

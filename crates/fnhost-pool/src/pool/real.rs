@@ -234,6 +234,10 @@ impl ZygoteHandle for RealZygote {
         RealZygote::snapshot_bytes(self)
     }
 
+    fn snapshot_cached_bytes(&self) -> u64 {
+        RealZygote::snapshot_cached_bytes(self)
+    }
+
     fn kill(&self) {
         RealZygote::kill(self)
     }

@@ -97,6 +97,31 @@ pub unsafe fn mremap_fixed(from: u64, len: u64, to: u64) -> io::Result<()> {
     unsafe { bare_syscall(libc::SYS_mremap, args) }.map(drop)
 }
 
+/// `mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+/// offset)`: replaces `[addr, addr + len)` with a private (copy-on-write)
+/// mapping of the file. Takes no buffer: usable while hibernated.
+///
+/// # Safety
+/// Both `addr` and `offset` are page aligned, and whatever was mapped at
+/// `addr` must be safe to replace with the file's bytes.
+pub unsafe fn mmap_file_fixed(
+    addr: u64,
+    len: u64,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+) -> io::Result<()> {
+    let args = [
+        addr,
+        len,
+        (libc::PROT_READ | libc::PROT_WRITE) as u64,
+        (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64,
+        fd.as_raw_fd() as u64,
+        offset,
+    ];
+    // SAFETY: the caller upholds the contract above.
+    unsafe { bare_syscall(libc::SYS_mmap, args) }.map(drop)
+}
+
 /// munmap(2).
 ///
 /// # Safety

@@ -150,6 +150,74 @@ pub fn fadvise_dontneed(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// `posix_fadvise(fd, offset, len, POSIX_FADV_WILLNEED)`: start reading
+/// the range into the page cache (asynchronous readahead).
+pub fn fadvise_willneed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: plain syscall on an open descriptor; no memory involved.
+    let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM)` with `random`, else
+/// `POSIX_FADV_NORMAL`: turns readahead for this open file off or back on.
+pub fn fadvise_random(fd: BorrowedFd<'_>, random: bool) -> io::Result<()> {
+    let advice = if random {
+        libc::POSIX_FADV_RANDOM
+    } else {
+        libc::POSIX_FADV_NORMAL
+    };
+    // SAFETY: plain syscall on an open descriptor; no memory involved.
+    let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, advice) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// `cachestat(2)` (Linux 6.5+) of `[offset, offset + len)`: how many of
+/// the file's pages in the range are in the page cache.
+pub fn cached_pages(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<u64> {
+    /// The syscall number is the same on every architecture (unified table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    let range = Range { off: offset, len };
+    let mut stat = Stat::default();
+    // SAFETY: `range` and `stat` are valid, correctly laid out structs for
+    // the duration of the call; flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(range),
+            std::ptr::addr_of_mut!(stat),
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.nr_cache)
+}
+
 /// `poll(2)` of one descriptor for `POLLIN`, waiting up to `timeout_ms`
 /// (0: just look); true when it is readable (or hung up). EINTR is returned,
 /// not retried.

@@ -1,11 +1,10 @@
 //! The daemon's end of a zygote's control socket: sending and receiving
 //! control messages through tokio readiness, and the state only the
-//! holder of the channel may change (hibernation, the learned working set).
+//! holder of the channel may change (hibernation).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
-use fnhost_snapshot::WorkingSet;
 use tokio::io::unix::AsyncFd;
 
 use crate::control::{self, Received};
@@ -17,17 +16,11 @@ use super::sleep::Sleep;
 pub(super) struct Channel {
     pub(super) fd: AsyncFd<OwnedFd>,
     pub(super) sleep: Option<Sleep>,
-    /// Pages earlier wake-ups faulted on, prefetched first next time.
-    pub(super) working_set: WorkingSet,
 }
 
 impl Channel {
     pub(super) fn new(fd: AsyncFd<OwnedFd>) -> Channel {
-        Channel {
-            fd,
-            sleep: None,
-            working_set: WorkingSet::default(),
-        }
+        Channel { fd, sleep: None }
     }
 }
 

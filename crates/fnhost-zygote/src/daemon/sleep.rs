@@ -1,6 +1,6 @@
 //! Hibernation of one zygote, daemon side: asking it to write its memory
 //! to a snapshot and drop it, answering its page faults while it sleeps,
-//! and waking it (restoring every page before its next clone) — or, in
+//! and waking it (it maps the snapshot back before its next clone) — or, in
 //! reclaim mode, only remembering that the kernel was asked to reclaim.
 
 use std::io;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::sys;
-use fnhost_snapshot::{RestoreError, Sleeper, Snapshot, WakeStats};
+use fnhost_snapshot::{RestoreError, Snapshot, WakeStats};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinError;
 
@@ -93,8 +93,10 @@ pub enum WakeError {
     Unreachable(#[source] std::io::Error),
     #[error("restoring the zygote's memory failed: {0}")]
     Restore(#[source] RestoreError),
-    #[error("the wake-up handler died: {0}")]
-    HandlerDied(#[source] JoinError),
+    #[error("the zygote did not map its snapshot back: {0}")]
+    Remap(String),
+    #[error("the zygote did not map its snapshot back within {} s", .0.as_secs())]
+    Deadline(Duration),
 }
 
 /// How long a zygote may take to write its snapshot, or to be woken.
@@ -103,7 +105,7 @@ const HIBERNATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// A wake-up that preceded a clone.
 #[derive(Debug, Clone)]
 pub struct Woken {
-    /// Whole wake-up, from the request to the last page in place.
+    /// Whole wake-up, from the request to the zygote's `woken`.
     pub wake_us: u64,
     /// Restore statistics (snapshot mode only).
     pub restore: Option<WakeStats>,
@@ -211,6 +213,17 @@ impl ZygoteHandle {
         self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the sleeping zygote's snapshot in the page cache now
+    /// (reclaimable; charged to the daemon, see `fnhost_snapshot::snapshot`).
+    pub fn snapshot_cached_bytes(&self) -> u64 {
+        let held = self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((file, layout)) = held.as_ref() else {
+            return 0;
+        };
+        sys::fd::cached_pages(file.as_fd(), 0, *layout)
+            .map_or(0, |pages| pages * fnhost_snapshot::page_size())
+    }
+
     /// Hibernates the zygote with a snapshot at `path`: it creates its own
     /// (user-mode-only) userfaultfd and hands it over, writes its private
     /// memory to the file and drops it. `Ok(None)`: it already sleeps.
@@ -259,8 +272,9 @@ impl ZygoteHandle {
                 }
                 other => return Err(HibernateError::Unexpected(format!("{other:?}"))),
             };
-            // Trailing zero pages stay holes instead of past-EOF reads.
-            let len = fnhost_snapshot::asleep::layout_len(&regions);
+            // Trailing zero pages stay holes instead of past-EOF reads; the
+            // sparse tail covers mremap growth after the wake-up's remap.
+            let len = fnhost_snapshot::asleep::layout_len(&regions) + fnhost_snapshot::GROWTH_TAIL;
             file.set_len(len).map_err(|source| HibernateError::Size {
                 path: path.clone(),
                 source,
@@ -301,7 +315,9 @@ impl ZygoteHandle {
             };
         // fdatasync and dropping the file's page cache block: off the runtime.
         let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = snapshot.seal(regions);
+            // The data is read back into the page cache below, once the
+            // control lock is free: a wake-up meanwhile reads from disk.
+            let sealed = snapshot.seal(regions, false);
             (snapshot, sealed)
         })
         .await;
@@ -319,6 +335,19 @@ impl ZygoteHandle {
         };
         self.snapshot_bytes
             .store(stats.data_bytes, Ordering::Relaxed);
+        if let Some(read_back) = snapshot.read_back() {
+            let (function, id) = (self.function.clone(), self.id);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = read_back.run() {
+                    tracing::warn!(function = %function, zygote = id, error = %e, "cannot read a snapshot back into the page cache; its wake-up will read from disk");
+                }
+            });
+        }
+        let layout = fnhost_snapshot::asleep::layout_len(snapshot.regions());
+        if let Ok(file) = snapshot.file().try_clone_to_owned() {
+            *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((std::fs::File::from(file), layout));
+        }
         channel.sleep = Some(Sleep::Snapshot {
             snapshot,
             server,
@@ -357,6 +386,7 @@ impl ZygoteHandle {
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
         self.snapshot_bytes.store(0, Ordering::Relaxed);
+        *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let (snapshot, server, stop, prefetch) = match sleep {
             Sleep::Reclaimed => {
                 return Ok(Some(Woken {
@@ -371,56 +401,52 @@ impl ZygoteHandle {
                 prefetch,
             } => (snapshot, server, stop, prefetch),
         };
-        // The restore below serves faults itself: take the userfaultfd
-        // back from the server that watched it while the zygote slept.
+        if let Err(e) = snapshot.check_intact() {
+            return Err(self.wake_failed(WakeError::Restore(e)));
+        }
+        // Readahead of the data the kernel may have reclaimed since.
+        let page = fnhost_snapshot::page_size();
+        let read = Instant::now();
+        let prefetched = if prefetch { snapshot.prefetch() } else { 0 };
+        let read = read.elapsed();
+        // The zygote maps the snapshot back and answers; until then the
+        // fault server still answers any page it touches.
+        if let Err(e) = send_msg(&channel.fd, &DaemonMessage::Wake, &[]).await {
+            return Err(self.wake_failed(WakeError::Unreachable(e)));
+        }
+        let woken = tokio::time::timeout(HIBERNATION_TIMEOUT, recv_msg(&channel.fd)).await;
+        let mapped_bytes = match woken {
+            Ok(Ok(Received::Message(ZygoteMessage::Woken { mapped_bytes }, _))) => mapped_bytes,
+            Ok(other) => {
+                let reason = match other {
+                    Ok(Received::Closed) => "it exited".to_string(),
+                    other => format!("unexpected reply {other:?}"),
+                };
+                return Err(self.wake_failed(WakeError::Remap(reason)));
+            }
+            Err(_) => return Err(self.wake_failed(WakeError::Deadline(HIBERNATION_TIMEOUT))),
+        };
+        // Every region is a file mapping now, registered nowhere: closing
+        // the userfaultfd changes nothing, and clones may be forked.
         let _ = stop.send(());
-        let uffd = match server.await {
-            Ok(Ok(uffd)) => uffd,
+        match server.await {
+            Ok(Ok(uffd)) => drop(uffd),
             Ok(Err(e)) => return Err(self.wake_failed(WakeError::Faults(e))),
             Err(e) => return Err(self.wake_failed(WakeError::FaultServerDied(e))),
-        };
-        let sleeper = Sleeper::new(uffd, snapshot);
-        let mut working_set = std::mem::take(&mut channel.working_set);
-        let deadline = Instant::now() + HIBERNATION_TIMEOUT;
-        // The handler serves faults and copies pages on a blocking thread
-        // while the zygote resumes; a handler that fails or panics fails the
-        // wake-up and the zygote is killed, so nothing waits on it forever.
-        let handler = tokio::task::spawn_blocking(move || {
-            let result = fnhost_snapshot::wake(&sleeper, &mut working_set, prefetch, deadline);
-            (sleeper, working_set, result)
-        });
-        let resumed = send_msg(&channel.fd, &DaemonMessage::Wake, &[]).await;
-        let outcome = handler.await;
-        let failure = match (resumed, outcome) {
-            (Ok(()), Ok((sleeper, working_set, Ok(stats)))) => {
-                channel.working_set = working_set;
-                // Closing the userfaultfd unregisters every range: from
-                // now on a missing page is a plain zero-fill page, and
-                // clones may be forked. Removing the snapshot file (and
-                // its blocks) is off the request's path.
-                let fnhost_snapshot::Sleeper { uffd, snapshot } = sleeper;
-                drop(uffd);
-                tokio::task::spawn_blocking(move || drop(snapshot));
-                return Ok(Some(Woken {
-                    wake_us: started.elapsed().as_micros() as u64,
-                    restore: Some(stats),
-                }));
-            }
-            (Err(e), outcome) => {
-                // The zygote dies before its userfaultfd is closed, so it
-                // never runs on zero-filled pages.
-                let failure = self.wake_failed(WakeError::Unreachable(e));
-                drop(outcome);
-                return Err(failure);
-            }
-            (Ok(()), Ok((sleeper, _, Err(e)))) => {
-                let failure = self.wake_failed(WakeError::Restore(e));
-                drop(sleeper);
-                return Err(failure);
-            }
-            (Ok(()), Err(e)) => WakeError::HandlerDied(e),
-        };
-        Err(self.wake_failed(failure))
+        }
+        // The zygote's mapping keeps the file's data; its name goes, off
+        // the request's path.
+        tokio::task::spawn_blocking(move || drop(snapshot));
+        Ok(Some(Woken {
+            wake_us: started.elapsed().as_micros() as u64,
+            restore: Some(WakeStats {
+                duration: started.elapsed(),
+                read,
+                prefetched_pages: prefetched / page,
+                mapped_bytes,
+                ..WakeStats::default()
+            }),
+        }))
     }
 
     /// Kills a zygote whose memory could not be restored (a process blocked

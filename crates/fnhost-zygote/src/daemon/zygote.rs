@@ -136,6 +136,8 @@ pub struct ZygoteHandle {
     pub(super) asleep: AtomicBool,
     /// Data bytes of the current snapshot (0 when awake).
     pub(super) snapshot_bytes: AtomicU64,
+    /// The sleeping zygote's snapshot file, to sample its page cache.
+    pub(super) snapshot_file: std::sync::Mutex<Option<(std::fs::File, u64)>>,
     carry: Vec<String>,
 }
 
@@ -267,6 +269,7 @@ impl ZygoteHandle {
             alive,
             asleep: AtomicBool::new(false),
             snapshot_bytes: AtomicU64::new(0),
+            snapshot_file: std::sync::Mutex::new(None),
             carry: spec.clone_carry(),
         }))
     }
