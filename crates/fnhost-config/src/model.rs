@@ -41,7 +41,14 @@ pub struct ServerConfig {
     pub userns_ranges: u32,
     /// Client-facing HTTP limits of the invoke and admin listeners.
     pub http: HttpLimits,
+    /// Every metric carries a `function` label while the config defines at
+    /// most this many functions; beyond it only `fnhost_invocations_total`
+    /// does and the rest is summed over functions (bounded `/metrics`).
+    pub function_metrics_max: usize,
 }
+
+/// Default of `server.function_metrics_max`.
+pub const DEFAULT_FUNCTION_METRICS_MAX: usize = 100;
 
 /// What a client may hold of the daemon: connections, time, buffered bytes,
 /// background invocations. Each bound keeps one client from starving others.
@@ -124,6 +131,7 @@ impl Default for ServerConfig {
             userns_ranges: DEFAULT_USERNS_RANGES,
             shutdown_grace_ms: 10_000,
             http: HttpLimits::default(),
+            function_metrics_max: DEFAULT_FUNCTION_METRICS_MAX,
         }
     }
 }

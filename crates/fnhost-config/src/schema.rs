@@ -31,6 +31,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "max_connections",
     "max_payload_memory_mb",
     "max_async_invocations",
+    "function_metrics_max",
 ];
 
 /// Keys of `[defaults]`: everything a function may override.
@@ -92,6 +93,7 @@ pub(crate) struct RawServer {
     pub(crate) max_connections: Option<i64>,
     pub(crate) max_payload_memory_mb: Option<i64>,
     pub(crate) max_async_invocations: Option<i64>,
+    pub(crate) function_metrics_max: Option<i64>,
 }
 
 /// The per-function keys, as found in `[defaults]` or in one `[[functions]]` entry.
@@ -285,6 +287,7 @@ mod tests {
                 || key.ends_with("_base")
                 || key.ends_with("_ranges")
                 || key.starts_with("max_")
+                || key.ends_with("_max")
             {
                 "1"
             } else {

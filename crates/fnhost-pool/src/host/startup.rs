@@ -19,6 +19,7 @@ use fnhost_zygote::SHIM_LIB_NAME;
 use super::{prewarm, Host};
 use crate::budget::{default_budget_bytes, MemoryBudget};
 use crate::pool::{FunctionPool, Ids, PoolShared};
+use crate::telemetry::Labels;
 
 /// Extra memory a zygote cgroup gets on top of the function's limit: the
 /// zygote is charged for the page tables of every clone it forks.
@@ -237,6 +238,7 @@ impl Host {
             id_ranges: std::sync::Mutex::new(super::id_ranges::IdRanges::new(
                 config.server.userns_ranges,
             )),
+            labels: Labels::for_host(config.functions.len(), config.server.function_metrics_max),
         };
         let mut pools = BTreeMap::new();
         for spec in &config.functions {
@@ -310,6 +312,7 @@ impl Host {
             max_response: self.server.max_response_bytes,
             userns: self.userns(&spec.name)?,
             snapshots: self.snapshots.clone(),
+            labels: self.labels,
         };
         let pool = FunctionPool::new(spec.clone(), zspec, zygote_cgroup, shared);
         tokio::spawn(pool.clone().maintain());

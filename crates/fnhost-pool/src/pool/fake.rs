@@ -404,6 +404,7 @@ pub fn pool_in(
         ids: Arc::new(Ids::default()),
         budget,
         max_response: 1024,
+        labels: crate::telemetry::Labels::PerFunction,
     });
     (pool, fake)
 }

@@ -20,6 +20,7 @@ use super::backend::{
 use super::{FunctionPool, Ids, PoolParts};
 use crate::budget::{MemoryBudget, MemoryMeter, MeterError};
 use crate::error::InvokeError;
+use crate::telemetry::Labels;
 use fnhost_zygote::daemon::{self, CloneError, IdMap, Placement, Slot, SnapshotStore};
 
 /// The daemon's handles on a real zygote and on one real clone.
@@ -39,6 +40,8 @@ pub struct PoolShared {
     /// The user namespace mapping, when sandboxes run in one.
     pub userns: Option<IdMap>,
     pub snapshots: Arc<SnapshotStore>,
+    /// Whether pool metrics carry a `function` label.
+    pub labels: Labels,
 }
 
 /// The processes and cgroups of one function.
@@ -69,6 +72,7 @@ impl FunctionPool<RealBackend> {
             max_response,
             userns,
             snapshots,
+            labels,
         } = shared;
         let backend = RealBackend {
             name: Arc::from(spec.name.as_str()),
@@ -90,6 +94,7 @@ impl FunctionPool<RealBackend> {
             ids,
             budget,
             max_response,
+            labels,
         })
     }
 
