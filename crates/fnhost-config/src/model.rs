@@ -48,7 +48,7 @@ pub struct ServerConfig {
 }
 
 /// Default of `server.function_metrics_max`.
-pub const DEFAULT_FUNCTION_METRICS_MAX: usize = 100;
+pub const DEFAULT_FUNCTION_METRICS_MAX: usize = 50;
 
 /// What a client may hold of the daemon: connections, time, buffered bytes,
 /// background invocations. Each bound keeps one client from starving others.

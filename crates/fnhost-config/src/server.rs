@@ -380,7 +380,7 @@ mod tests {
         )
         .expect("valid");
         let http = config.server.http;
-        assert_eq!(config.server.function_metrics_max, 100, "the default");
+        assert_eq!(config.server.function_metrics_max, 50, "the default");
         let config = parse("[server]\nfunction_metrics_max = 0\n", dir.path()).expect("valid");
         assert_eq!(config.server.function_metrics_max, 0);
         assert_eq!(

@@ -234,10 +234,12 @@ impl Backend for RealBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        match taken {
-            Some(cgroup) => Ok(cgroup.remove()?),
-            None => Ok(()),
+        if let Some(cgroup) = taken {
+            cgroup.remove()?;
         }
+        // The function's own directory: a removed function leaves no
+        // cgroup behind (its slots went first, see `remove_cgroups`).
+        Ok(self.tree.remove_dir(&self.name)?)
     }
 
     /// The kernel reclaims synchronously (for a while when little can go):
