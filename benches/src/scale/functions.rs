@@ -55,7 +55,7 @@ pub fn answer_is_correct(index: usize, body: &[u8]) -> bool {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
     };
-    if value["fn"] != serde_json::Value::from(name(index)) {
+    if value["fn"] != name(index) {
         return false;
     }
     match kind(index) {
