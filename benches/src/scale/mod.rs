@@ -224,7 +224,7 @@ pub async fn run(fnhost: &Path, settings: Settings) -> Result<Scale> {
     let metrics_bytes_at_end = metrics::scrape(&endpoint).await?.len();
 
     eprintln!("fnhost-bench: scale: removing every function (reload)");
-    let removal = remove_all(&dir, &settings, &root, &daemon).await?;
+    let removal = remove_all(&dir, &settings, &root, &daemon, daemon_fds_after_start).await?;
     daemon.stop();
     let returned = Returned {
         daemon_fds_after_start,
@@ -257,12 +257,15 @@ pub async fn run(fnhost: &Path, settings: Settings) -> Result<Scale> {
 }
 
 /// Rewrites the config without functions, reloads (SIGHUP) and waits until
-/// the daemon holds no process and no function cgroup.
+/// the daemon holds no process, no function cgroup and no more descriptors
+/// than right after its start (closed client connections and retired pools
+/// release theirs a moment after the last process is gone).
 async fn remove_all(
     dir: &Scratch,
     settings: &Settings,
     root: &str,
     daemon: &fnhost_testkit::Daemon,
+    fds_after_start: u64,
 ) -> Result<Returned> {
     write_config(dir, 0, settings, root)?;
     daemon.signal(Signal::SIGHUP)?;
@@ -280,7 +283,7 @@ async fn remove_all(
             .iter()
             .filter(|d| d.file_name().is_some_and(|f| f != root))
             .count();
-        if last.processes == 0 && function_cgroups == 0 {
+        if last.processes == 0 && function_cgroups == 0 && last.daemon_fds <= fds_after_start {
             drain_seconds = Some(secs_since(reloaded));
             break;
         }
