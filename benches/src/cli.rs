@@ -145,6 +145,39 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = COLD_FN, requires = "url")]
     pub cold_fn: String,
 
+    /// Scale suite: distinct functions in the config.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub scale_functions: usize,
+
+    /// Scale suite: seconds of trace replayed.
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    pub scale_seconds: f64,
+
+    /// Scale suite: requests per second of the trace, over all functions.
+    #[arg(long, value_name = "RPS", default_value_t = 20.0)]
+    pub scale_rps: f64,
+
+    /// Scale suite: seed of the trace.
+    #[arg(long, value_name = "SEED", default_value_t = 2019)]
+    pub scale_seed: u64,
+
+    /// Scale suite: the functions' hibernate_after_ms.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub scale_hibernate_after_ms: u64,
+
+    /// Scale suite: server.memory_budget_mb of the daemon.
+    #[arg(long, value_name = "MIB", default_value_t = 12_288)]
+    pub scale_budget_mib: u64,
+
+    /// Scale suite: concurrent requests while touching every function once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub scale_concurrency: usize,
+
+    /// Scale suite: sequential requests to the hottest function on a
+    /// one-function host and on the N-function host.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub scale_hot_requests: u64,
+
     /// Per-request deadline in milliseconds; a request past it counts as an
     /// error and the connection is re-established.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
@@ -176,12 +209,32 @@ pub enum Suite {
     Floor,
     /// Everything above.
     All,
+    /// Many distinct functions on one host (not part of `all`): start-up,
+    /// every function answering once, a heavy-tailed trace replay, host
+    /// memory, processes, cgroups and descriptors, return to baseline.
+    Scale,
 }
 
 impl Args {
     /// Whether `suite` was asked for (directly or through `all`).
     pub fn wants(&self, suite: Suite) -> bool {
-        self.suites.contains(&Suite::All) || self.suites.contains(&suite)
+        (self.suites.contains(&Suite::All) && suite != Suite::Scale) || self.suites.contains(&suite)
+    }
+
+    /// The scale suite's settings.
+    pub fn scale(&self) -> crate::scale::Settings {
+        crate::scale::Settings {
+            functions: self.scale_functions,
+            replay_seconds: self.scale_seconds,
+            rps: self.scale_rps,
+            seed: self.scale_seed,
+            hibernate_after_ms: self.scale_hibernate_after_ms,
+            budget_mib: self.scale_budget_mib,
+            concurrency: self.scale_concurrency,
+            max_in_flight: 64,
+            hot_requests: self.scale_hot_requests,
+            request_timeout: self.request_timeout(),
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

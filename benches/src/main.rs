@@ -21,6 +21,7 @@ mod load;
 mod memory;
 mod metrics;
 mod report;
+mod scale;
 mod scenario;
 mod stats;
 mod svg;
@@ -68,6 +69,25 @@ async fn run(args: &Args) -> Result<()> {
         Some(path) => path.clone(),
         None => daemon::default_fnhost_path()?,
     };
+
+    // Scale first: it needs the machine to itself (no other daemon).
+    if args.wants(Suite::Scale) {
+        daemon::check_fnhost_binary(&fnhost)?;
+        let scale = scale::run(&fnhost, args.scale()).await?;
+        print!("{}", scale.to_markdown());
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let path = args.out.join("scale.json");
+        let json = serde_json::to_string_pretty(&scale).context("serialising the scale result")?;
+        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("fnhost-bench: wrote {}", path.display());
+        if scale.errors() > 0 {
+            bail!("scale: {} requests failed; see the report", scale.errors());
+        }
+        if args.suites == [Suite::Scale] {
+            return Ok(());
+        }
+    }
 
     // Baselines first, on a machine with no daemon running.
     if args.wants(Suite::Baselines) && args.baseline_runs > 0 {

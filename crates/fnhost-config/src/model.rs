@@ -43,7 +43,14 @@ pub struct ServerConfig {
     pub http: HttpLimits,
     /// The Lambda control plane: access keys, invoke auth, zip limits.
     pub control_plane: crate::control_plane::ControlPlaneConfig,
+    /// Every metric carries a `function` label while the config defines at
+    /// most this many functions; beyond it only `fnhost_invocations_total`
+    /// does and the rest is summed over functions (bounded `/metrics`).
+    pub function_metrics_max: usize,
 }
+
+/// Default of `server.function_metrics_max`.
+pub const DEFAULT_FUNCTION_METRICS_MAX: usize = 50;
 
 /// What a client may hold of the daemon: connections, time, buffered bytes,
 /// background invocations. Each bound keeps one client from starving others.
@@ -127,6 +134,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             http: HttpLimits::default(),
             control_plane: Default::default(),
+            function_metrics_max: DEFAULT_FUNCTION_METRICS_MAX,
         }
     }
 }

@@ -36,6 +36,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "invoke_auth",
     "max_code_zip_bytes",
     "max_code_unzipped_bytes",
+    "function_metrics_max",
 ];
 
 /// Keys of `[defaults]`: everything a function may override.
@@ -103,6 +104,7 @@ pub(crate) struct RawServer {
     pub(crate) invoke_auth: Option<String>,
     pub(crate) max_code_zip_bytes: Option<i64>,
     pub(crate) max_code_unzipped_bytes: Option<i64>,
+    pub(crate) function_metrics_max: Option<i64>,
 }
 
 /// The per-function keys, as found in `[defaults]` or in one `[[functions]]` entry.
@@ -298,6 +300,7 @@ mod tests {
                 || key.ends_with("_base")
                 || key.ends_with("_ranges")
                 || key.starts_with("max_")
+                || key.ends_with("_max")
             {
                 "1"
             } else {

@@ -163,6 +163,15 @@ pub(crate) fn server(
     }
     server.http = http_limits(raw, path)?;
     server.control_plane = crate::control_plane::control_plane(raw, path, base_dir)?;
+    if let Some(value) = raw.function_metrics_max {
+        server.function_metrics_max = to_usize(bounded(
+            value,
+            &path.key("function_metrics_max"),
+            0,
+            1_000_000,
+            " functions",
+        )?);
+    }
     if (server.http.max_payload_memory_mb << 20) < server.max_payload_bytes as u64 {
         return Err(invalid(
             path.key("max_payload_memory_mb"),
@@ -291,6 +300,12 @@ mod tests {
             "got 1073741825",
         );
         assert_invalid(
+            "[server]\nfunction_metrics_max = -1\n",
+            2,
+            "server.function_metrics_max",
+            "between 0 and 1000000 functions, got -1",
+        );
+        assert_invalid(
             "[server]\nshutdown_grace_ms = -1\n",
             2,
             "server.shutdown_grace_ms",
@@ -366,6 +381,9 @@ mod tests {
         )
         .expect("valid");
         let http = config.server.http;
+        assert_eq!(config.server.function_metrics_max, 50, "the default");
+        let config = parse("[server]\nfunction_metrics_max = 0\n", dir.path()).expect("valid");
+        assert_eq!(config.server.function_metrics_max, 0);
         assert_eq!(
             (
                 http.header_timeout_ms,

@@ -418,7 +418,8 @@ async fn invoke(app: &Arc<App>, name: &str, req: Request<Incoming>, api: Api) ->
             let dispatch_us = admitted_us + invoked.elapsed().as_micros() as u64;
             let start = inv.start.as_str();
             metrics::counter!("fnhost_invocations_total", "function" => function.clone(), "outcome" => "ok", "start" => start).increment(1);
-            metrics::histogram!("fnhost_phase_seconds", "function" => function, "phase" => "dispatch").record(dispatch_us as f64 / 1e6);
+            app.host
+                .record_dispatch(&function, dispatch_us as f64 / 1e6);
             let mut r = response::invocation(inv, &request_id, dispatch_us);
             if api == Api::Lambda {
                 r.headers_mut().insert(

@@ -14,3 +14,4 @@ mod telemetry;
 pub use error::InvokeError;
 pub use host::{Host, HostError, HostOptions, ReloadReport};
 pub use pool::{Invocation, PoolStatus, StartKind, Timings};
+pub use telemetry::Labels;

@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod descriptors;
 mod image;
 mod invoke;
 mod serve;

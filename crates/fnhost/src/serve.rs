@@ -90,6 +90,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     telemetry::init_logging();
+    // Every function may hold at least one zygote once invoked.
+    let zygotes: u64 = config
+        .functions
+        .iter()
+        .map(|f| u64::from(f.pool.zygotes.max(1)))
+        .sum();
+    crate::descriptors::prepare(zygotes, config.server.http.max_connections as u64);
     let metrics = telemetry::init_metrics()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -17,6 +17,7 @@ use fnhost_zygote::daemon::{IdMap, SnapshotStore};
 use crate::budget::MemoryBudget;
 use crate::error::InvokeError;
 use crate::pool::{FunctionPool, Ids, Invocation, PoolStatus};
+use crate::telemetry::Labels;
 
 mod id_ranges;
 mod reload;
@@ -42,6 +43,9 @@ pub struct Host {
     reloading: tokio::sync::Mutex<()>,
     /// Pools replaced or removed by a reload, still draining.
     retiring: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether pool metrics carry a `function` label; fixed for the
+    /// daemon's lifetime so one scrape never mixes both.
+    labels: Labels,
     /// Each function's own range of host ids.
     id_ranges: std::sync::Mutex<id_ranges::IdRanges>,
 }
@@ -118,6 +122,13 @@ impl Host {
     /// Memory budget in force and in use, bytes.
     pub fn memory(&self) -> (u64, u64) {
         (self.budget.limit(), self.budget.used())
+    }
+
+    /// Records the dispatcher's share of one invocation of `name`.
+    pub fn record_dispatch(&self, name: &str, seconds: f64) {
+        if let Some(pool) = self.pool(name) {
+            pool.record_dispatch(seconds);
+        }
     }
 
     /// Runs one invocation of `name`.

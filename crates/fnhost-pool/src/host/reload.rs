@@ -11,6 +11,7 @@ use fnhost_config::{Config, FunctionSpec, ServerConfig};
 use super::startup::{budget_bytes, HostError};
 use super::{prewarm, Host};
 use crate::pool::FunctionPool;
+use crate::telemetry::Labels;
 
 /// What a reload changed.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -103,6 +104,18 @@ impl Host {
         }
         self.budget.set_limit(budget_bytes(&config.server));
         report.needs_restart = restart_only_changes(&self.server, &config.server);
+        let labels = Labels::for_host(config.functions.len(), config.server.function_metrics_max);
+        if labels != self.labels {
+            tracing::warn!(
+                functions = config.functions.len(),
+                function_metrics_max = config.server.function_metrics_max,
+                "metrics keep their labelling ({:?}) until a restart",
+                self.labels
+            );
+            report
+                .needs_restart
+                .push("server.function_metrics_max".to_string());
+        }
         prewarm(built.into_iter()).await;
         tracing::info!(?report, "config reloaded");
         Ok(report)

@@ -19,10 +19,13 @@ use fnhost_zygote::SHIM_LIB_NAME;
 use super::{prewarm, Host};
 use crate::budget::{default_budget_bytes, MemoryBudget};
 use crate::pool::{FunctionPool, Ids, PoolShared};
+use crate::telemetry::Labels;
 
 /// Extra memory a zygote cgroup gets on top of the function's limit: the
 /// zygote is charged for the page tables of every clone it forks.
 const ZYGOTE_MEMORY_HEADROOM: u64 = 256 << 20;
+/// Most threads importing code layers at start.
+const PREPARE_THREADS: usize = 8;
 /// Process limit of a zygote cgroup (clones are born there on v1 before
 /// they move to their own cgroup).
 const ZYGOTE_PIDS: u64 = 4096;
@@ -34,11 +37,6 @@ pub enum HostError {
     CgroupDetect(#[source] fnhost_sandbox::cgroup::CgroupError),
     #[error("cannot clean up fnhost cgroups left by a previous run: {0}")]
     CgroupCleanup(#[source] fnhost_sandbox::cgroup::CgroupError),
-    #[error("cannot create the cgroup of function '{function}': {source}")]
-    Cgroup {
-        function: String,
-        source: fnhost_sandbox::cgroup::CgroupError,
-    },
     #[error("cannot create state directory {path}: {source} (set server.state_dir to a writable directory)")]
     StateDir {
         path: PathBuf,
@@ -187,6 +185,7 @@ impl Host {
     /// Builds everything and prewarms every pool (waiting for the first
     /// refill pass, so a started host serves its first request warm).
     pub async fn start(config: &Config, options: &HostOptions) -> Result<Host, HostError> {
+        let started = std::time::Instant::now();
         let layout = CgroupLayout::detect().map_err(HostError::CgroupDetect)?;
         let layout_text = layout.describe();
         let tree = Arc::new(CgroupTree::new(layout, &config.server.cgroup_root));
@@ -237,15 +236,20 @@ impl Host {
             id_ranges: std::sync::Mutex::new(super::id_ranges::IdRanges::new(
                 config.server.userns_ranges,
             )),
+            labels: Labels::for_host(config.functions.len(), config.server.function_metrics_max),
         };
+        let stores_ms = started.elapsed().as_millis() as u64;
+        let zspecs = host.prepare_all(&config.functions)?;
         let mut pools = BTreeMap::new();
-        for spec in &config.functions {
-            pools.insert(spec.name.clone(), host.build_pool(spec)?);
+        for (spec, zspec) in config.functions.iter().zip(zspecs) {
+            pools.insert(spec.name.clone(), host.build_pool_with(spec, zspec)?);
         }
+        let pools_ms = started.elapsed().as_millis() as u64 - stores_ms;
         prewarm(pools.values().cloned()).await;
         *host.pools.write().expect("pools lock") = pools;
         tracing::info!(cgroups = %host.layout, functions = config.functions.len(),
-            memory_budget_mb = host.budget.limit() >> 20, "host started");
+            memory_budget_mb = host.budget.limit() >> 20, stores_ms, pools_ms,
+            total_ms = started.elapsed().as_millis() as u64, "host started");
         Ok(host)
     }
 
@@ -279,11 +283,34 @@ impl Host {
         ))
     }
 
-    /// A pool for `spec`: code layer, zygote cgroup, zygote spec; its
-    /// refill loop is started.
-    fn build_pool(&self, spec: &FunctionSpec) -> Result<Arc<FunctionPool>, HostError> {
-        let zspec = self.prepare(spec)?;
-        self.build_pool_with(spec, zspec)
+    /// [`Self::prepare`] for every spec, on a few threads (importing a
+    /// code layer hashes its files and verifies the stored layer's seal:
+    /// at 10,000 functions that is most of the start-up). Results are in
+    /// `specs` order; the first failure in that order is returned. Id
+    /// ranges are handed out in config order first, so they do not depend
+    /// on which thread ran first.
+    pub(super) fn prepare_all(&self, specs: &[FunctionSpec]) -> Result<Vec<ZygoteSpec>, HostError> {
+        for spec in specs {
+            self.range_base(&spec.name)?;
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, PREPARE_THREADS);
+        let chunk = specs.len().div_ceil(threads).max(1);
+        let prepared: Vec<Vec<Result<ZygoteSpec, HostError>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = specs
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(|s| self.prepare(s)).collect()))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        prepared.into_iter().flatten().collect()
     }
 
     pub(super) fn build_pool_with(
@@ -296,13 +323,6 @@ impl Host {
             spec.limits.cpu.max(1.0),
             ZYGOTE_PIDS,
         );
-        let zygote_cgroup = self
-            .tree
-            .create(&format!("{}/zygote", spec.name), &zygote_limits)
-            .map_err(|source| HostError::Cgroup {
-                function: spec.name.clone(),
-                source,
-            })?;
         let shared = PoolShared {
             tree: self.tree.clone(),
             ids: self.ids.clone(),
@@ -310,8 +330,9 @@ impl Host {
             max_response: self.server.max_response_bytes,
             userns: self.userns(&spec.name)?,
             snapshots: self.snapshots.clone(),
+            labels: self.labels,
         };
-        let pool = FunctionPool::new(spec.clone(), zspec, zygote_cgroup, shared);
+        let pool = FunctionPool::new(spec.clone(), zspec, zygote_limits, shared);
         tokio::spawn(pool.clone().maintain());
         Ok(pool)
     }

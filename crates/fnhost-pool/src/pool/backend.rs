@@ -54,7 +54,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the zygote cgroup has no process left.
     fn zygotes_gone(&self) -> Result<bool, BackendError>;
 
-    /// Removes the zygote cgroup (the pool is closed).
+    /// Removes the zygote cgroup and the function's cgroup directory (the
+    /// pool is closed and its slots removed).
     fn remove_zygote_cgroup(&self) -> Result<(), BackendError>;
 
     /// Asks the kernel to reclaim the memory of the zygote cgroup.

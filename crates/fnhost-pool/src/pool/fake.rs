@@ -47,6 +47,9 @@ pub struct Fake {
     /// Clones killed (timeouts, cancellations, surplus).
     pub clones_killed: AtomicU64,
     pub zygote_cgroup_removed: AtomicBool,
+    /// Reads of the function's memory usage (each a cgroup file read in
+    /// production).
+    pub memory_reads: AtomicU64,
 }
 
 impl Fake {
@@ -189,6 +192,7 @@ impl Backend for FakeBackend {
     }
 
     fn memory_usage(&self) -> Result<u64, BackendError> {
+        self.0.memory_reads.fetch_add(1, Ordering::SeqCst);
         Ok(0)
     }
 
@@ -404,6 +408,7 @@ pub fn pool_in(
         ids: Arc::new(Ids::default()),
         budget,
         max_response: 1024,
+        labels: crate::telemetry::Labels::PerFunction,
     });
     (pool, fake)
 }

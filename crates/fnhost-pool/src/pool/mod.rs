@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::budget::{MemoryBudget, Reclaimable};
-use crate::telemetry::PoolMetrics;
+use crate::telemetry::{Labels, PoolMetrics};
 
 mod admission;
 pub mod backend;
@@ -93,6 +93,8 @@ pub struct PoolParts<B> {
     pub ids: Arc<Ids>,
     pub budget: Arc<MemoryBudget>,
     pub max_response: usize,
+    /// Whether its metrics carry a `function` label.
+    pub labels: Labels,
 }
 
 /// The pool of one function; `B` runs its processes.
@@ -151,6 +153,7 @@ impl<B: Backend> FunctionPool<B> {
             ids,
             budget,
             max_response,
+            labels,
         } = parts;
         let pool = Arc::new(FunctionPool {
             name: Arc::from(spec.name.as_str()),
@@ -158,7 +161,7 @@ impl<B: Backend> FunctionPool<B> {
             concurrency: Arc::new(Semaphore::new(spec.pool.max_concurrency as usize)),
             permits: AtomicU32::new(spec.pool.max_concurrency),
             dormant: AtomicBool::new(!spec.pool.prewarm),
-            metrics: PoolMetrics::new(&spec.name),
+            metrics: PoolMetrics::new(&spec.name, labels),
             spec,
             backend,
             ids,
@@ -186,6 +189,11 @@ impl<B: Backend> FunctionPool<B> {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Records the dispatcher's share of one invocation (phase `dispatch`).
+    pub fn record_dispatch(&self, seconds: f64) {
+        self.metrics.phase.dispatch.record(seconds);
     }
 
     /// The pool settings in force.

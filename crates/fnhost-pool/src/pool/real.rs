@@ -3,11 +3,11 @@
 //! (`fnhost_zygote::daemon`'s handles, `Cgroup`, `CgroupTree`, ...), so moving
 //! them only changes paths here.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fnhost_config::FunctionSpec;
-use fnhost_sandbox::cgroup::{Cgroup, CgroupLimits, CgroupTree};
+use fnhost_sandbox::cgroup::{Cgroup, CgroupError, CgroupLimits, CgroupTree};
 use fnhost_zygote::protocol::InvokeMeta;
 use fnhost_zygote::spec::ZygoteSpec;
 use tokio::sync::Notify;
@@ -20,6 +20,7 @@ use super::backend::{
 use super::{FunctionPool, Ids, PoolParts};
 use crate::budget::{MemoryBudget, MemoryMeter, MeterError};
 use crate::error::InvokeError;
+use crate::telemetry::Labels;
 use fnhost_zygote::daemon::{self, CloneError, IdMap, Placement, Slot, SnapshotStore};
 
 /// The daemon's handles on a real zygote and on one real clone.
@@ -39,6 +40,8 @@ pub struct PoolShared {
     /// The user namespace mapping, when sandboxes run in one.
     pub userns: Option<IdMap>,
     pub snapshots: Arc<SnapshotStore>,
+    /// Whether pool metrics carry a `function` label.
+    pub labels: Labels,
 }
 
 /// The processes and cgroups of one function.
@@ -46,7 +49,11 @@ pub struct RealBackend {
     name: Arc<str>,
     zygote_spec: ZygoteSpec,
     tree: Arc<CgroupTree>,
-    zygote_cgroup: Cgroup,
+    /// `<function>/zygote`, created when the first zygote starts: a
+    /// function never invoked costs no cgroup (on hybrid v1 a function's
+    /// two groups are eight directories, each with kernel memory).
+    zygote_cgroup: Mutex<Option<Cgroup>>,
+    zygote_limits: CgroupLimits,
     /// Limits of each slot cgroup.
     limits: CgroupLimits,
     writable_bytes: u64,
@@ -55,11 +62,12 @@ pub struct RealBackend {
 }
 
 impl FunctionPool<RealBackend> {
-    /// A pool whose zygotes start from `zygote_spec` in `zygote_cgroup`.
+    /// A pool whose zygotes start from `zygote_spec` in a cgroup of their
+    /// own with `zygote_limits`.
     pub fn new(
         spec: FunctionSpec,
         zygote_spec: ZygoteSpec,
-        zygote_cgroup: Cgroup,
+        zygote_limits: CgroupLimits,
         shared: PoolShared,
     ) -> Arc<Self> {
         let PoolShared {
@@ -69,12 +77,14 @@ impl FunctionPool<RealBackend> {
             max_response,
             userns,
             snapshots,
+            labels,
         } = shared;
         let backend = RealBackend {
             name: Arc::from(spec.name.as_str()),
             zygote_spec,
             tree,
-            zygote_cgroup,
+            zygote_cgroup: Mutex::new(None),
+            zygote_limits,
             limits: CgroupLimits::from_cpus(
                 spec.limits.memory_bytes(),
                 spec.limits.cpu,
@@ -90,12 +100,35 @@ impl FunctionPool<RealBackend> {
             ids,
             budget,
             max_response,
+            labels,
         })
     }
 
     /// What this pool's zygotes are started from.
     pub fn zygote_spec(&self) -> &ZygoteSpec {
         &self.backend.zygote_spec
+    }
+}
+
+impl RealBackend {
+    /// The zygote cgroup, created on first use.
+    fn zygote_cgroup(&self) -> Result<Cgroup, CgroupError> {
+        let mut slot = self.zygote_cgroup.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cgroup) = &*slot {
+            return Ok(cgroup.clone());
+        }
+        let rel = format!("{}/zygote", self.name);
+        let cgroup = self.tree.create(&rel, &self.zygote_limits)?;
+        *slot = Some(cgroup.clone());
+        Ok(cgroup)
+    }
+
+    /// The zygote cgroup if one was created.
+    fn existing_zygote_cgroup(&self) -> Option<Cgroup> {
+        self.zygote_cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -110,9 +143,8 @@ impl Backend for RealBackend {
         exited: Arc<Notify>,
     ) -> Result<Arc<RealZygote>, InvokeError> {
         let (dir, v1) = self
-            .zygote_cgroup
-            .clone_into_fd()
-            .and_then(|dir| Ok((dir, self.zygote_cgroup.v1_procs_fds()?)))
+            .zygote_cgroup()
+            .and_then(|cgroup| Ok((cgroup.clone_into_fd()?, cgroup.v1_procs_fds()?)))
             .map_err(|e| InvokeError::SandboxUnavailable {
                 function: self.name.to_string(),
                 detail: e.to_string(),
@@ -147,13 +179,14 @@ impl Backend for RealBackend {
             // The clone is moved into its cgroups after the wake-up; the
             // first cgroup migration after an idle period
             // waits for an RCU grace period, paid here during the restore.
-            let cgroup = self.zygote_cgroup.clone();
-            let pid = zygote.pid;
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = cgroup.prime_migration_lock(pid) {
-                    tracing::debug!(error = %e, "cannot prime the cgroup migration lock");
-                }
-            });
+            if let Some(cgroup) = self.existing_zygote_cgroup() {
+                let pid = zygote.pid;
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = cgroup.prime_migration_lock(pid) {
+                        tracing::debug!(error = %e, "cannot prime the cgroup migration lock");
+                    }
+                });
+            }
         }
         RealClone::create(id, zygote, slot, self.writable_bytes)
             .await
@@ -182,21 +215,39 @@ impl Backend for RealBackend {
     }
 
     fn zygote_memory(&self) -> Result<u64, BackendError> {
-        Ok(self.zygote_cgroup.memory_current()?)
+        match self.existing_zygote_cgroup() {
+            Some(cgroup) => Ok(cgroup.memory_current()?),
+            None => Ok(0),
+        }
     }
 
     fn zygotes_gone(&self) -> Result<bool, BackendError> {
-        Ok(self.zygote_cgroup.is_empty()?)
+        match self.existing_zygote_cgroup() {
+            Some(cgroup) => Ok(cgroup.is_empty()?),
+            None => Ok(true),
+        }
     }
 
     fn remove_zygote_cgroup(&self) -> Result<(), BackendError> {
-        Ok(self.zygote_cgroup.remove()?)
+        let taken = self
+            .zygote_cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(cgroup) = taken {
+            cgroup.remove()?;
+        }
+        // The function's own directory: a removed function leaves no
+        // cgroup behind (its slots went first, see `remove_cgroups`).
+        Ok(self.tree.remove_dir(&self.name)?)
     }
 
     /// The kernel reclaims synchronously (for a while when little can go):
     /// off the runtime's threads.
     async fn reclaim_zygotes(&self) -> Result<(), BackendError> {
-        let cgroup = self.zygote_cgroup.clone();
+        let Some(cgroup) = self.existing_zygote_cgroup() else {
+            return Ok(());
+        };
         match tokio::task::spawn_blocking(move || cgroup.reclaim()).await {
             Ok(result) => result.map_err(Into::into),
             Err(e) => Err(e.into()),

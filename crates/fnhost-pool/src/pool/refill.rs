@@ -14,6 +14,10 @@ use crate::error::InvokeError;
 
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the loop of a pool whose every zygote hibernates looks at it
+/// (a request wakes it at once): one pass a second per pool is 10,000
+/// cgroup reads a second on a host of 10,000 hibernated functions.
+const ASLEEP_POLL: Duration = Duration::from_secs(10);
 
 /// Runs futures concurrently on the current task; results come back in
 /// input order.
@@ -66,19 +70,49 @@ impl<B: Backend> FunctionPool<B> {
             self.hibernate_if_idle().await;
             self.trim_idle_cgroups();
             self.publish_gauges();
-            let wait = if failed {
-                backoff
-            } else {
-                Duration::from_secs(1)
-            };
             if failed {
+                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            tokio::select! {
-                _ = self.wake.notified(), if !failed => {}
-                _ = tokio::time::sleep(wait) => {}
+            } else if self.at_rest() {
+                // Nothing runs and nothing is to be started: no timer until
+                // a request, a settings change or close wakes the pool (a
+                // host of 10,000 mostly idle functions must not poll them).
+                self.wake.notified().await;
+            } else {
+                let every = if self.asleep() {
+                    ASLEEP_POLL
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
+                }
             }
         }
+    }
+
+    /// True when the pool holds no process or cgroup and is not to start
+    /// any: no zygote, ready clone, free slot, invocation or waiter, and
+    /// either dormant or scaled to zero.
+    fn at_rest(&self) -> bool {
+        let settings = self.settings();
+        let idle_by_choice = self.dormant.load(Ordering::SeqCst) || settings.zygotes == 0;
+        idle_by_choice
+            && self.live_zygotes().is_empty()
+            && self.ready.lock().expect("ready lock").is_empty()
+            && self.free_slots.lock().expect("slots lock").is_empty()
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && self.queued.load(Ordering::SeqCst) == 0
+    }
+
+    /// True when every zygote hibernates and nothing runs.
+    fn asleep(&self) -> bool {
+        let zygotes = self.live_zygotes();
+        !zygotes.is_empty()
+            && zygotes.iter().all(|z| z.is_asleep())
+            && self.ready.lock().expect("ready lock").is_empty()
+            && self.in_flight.load(Ordering::SeqCst) == 0
     }
 
     /// One pass: start missing zygotes, drop dead ready clones, pre-fork
@@ -265,6 +299,30 @@ mod tests {
         pool.refill_once().await.expect("refill");
         assert_eq!(pool.status().zygotes, 2, "max_instances holds");
         assert_eq!(fake.started(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_pool_parks_its_loop_until_a_request() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            zygotes: 1,
+            prewarm: false,
+            ..fake::settings()
+        });
+        let refill = tokio::spawn(pool.clone().maintain());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // One pass (and gauge update) at start, then no polling.
+        assert_eq!(fake.memory_reads.load(Ordering::SeqCst), 1);
+        pool.invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(pool.status().zygotes, 1, "awake again: keeps its zygote");
+        assert!(
+            fake.memory_reads.load(Ordering::SeqCst) > 2,
+            "polling again"
+        );
+        pool.close(Duration::ZERO).await;
+        refill.await.expect("refill loop ends when closed");
     }
 
     #[tokio::test(start_paused = true)]

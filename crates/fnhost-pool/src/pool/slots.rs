@@ -74,7 +74,9 @@ impl<B: Backend> FunctionPool<B> {
             let _ = slot.remove();
         }
         if !keep_zygote_cgroup {
-            let _ = self.backend.remove_zygote_cgroup();
+            if let Err(e) = self.backend.remove_zygote_cgroup() {
+                tracing::warn!(function = %self.name, error = %e, "cannot remove the function's cgroups; they go at shutdown");
+            }
         }
     }
 }

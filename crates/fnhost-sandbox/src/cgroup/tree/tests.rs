@@ -437,3 +437,21 @@ fn nested_root_needs_an_existing_parent() {
     assert!(matches!(err, CgroupError::Create { .. }), "{err}");
     assert!(!fake.base().join("cgroup/fnhost.slice").exists());
 }
+
+#[test]
+fn a_function_dir_goes_once_its_cgroups_have() {
+    let fake = Arc::new(FakeCgroupFs::hybrid());
+    let tree = tree(&fake);
+    let zygote = tree.create("hello/zygote", &limits()).unwrap();
+    let slot = tree.create("hello/s1", &limits()).unwrap();
+    assert!(tree.remove_dir("hello").is_err(), "still holds cgroups");
+    zygote.remove().unwrap();
+    slot.remove().unwrap();
+    tree.remove_dir("hello").unwrap();
+    tree.remove_dir("hello").unwrap();
+    for m in fake.mounts() {
+        assert!(!m.join("fnhost/hello").exists(), "{}", m.display());
+        assert!(m.join("fnhost").is_dir());
+    }
+    assert!(tree.remove_dir("../x").is_err());
+}
