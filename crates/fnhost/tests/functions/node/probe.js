@@ -1,0 +1,111 @@
+// Node probe for the isolation and contract tests (CommonJS).
+'use strict';
+const fs = require('fs');
+
+// Module-level state: built once in the zygote, a fresh copy per clone.
+let counter = 0;
+const loadedAt = Date.now();
+
+exports.handler = async (event, context) => {
+  counter += 1;
+  const out = {
+    counter,
+    pid: process.pid,
+    cwd: process.cwd(),
+    uid: process.getuid(),
+    random: Math.random(),
+    uuid: require('crypto').randomUUID(),
+    leaked_env: Object.keys(process.env).filter((k) => k.startsWith('FNHOST_')),
+    context: {
+      awsRequestId: context.awsRequestId,
+      functionName: context.functionName,
+      functionVersion: context.functionVersion,
+      memoryLimitInMB: context.memoryLimitInMB,
+      invokedFunctionArn: context.invokedFunctionArn,
+      logGroupName: context.logGroupName,
+      logStreamName: context.logStreamName,
+      remaining: context.getRemainingTimeInMillis(),
+      callbackWaitsForEmptyEventLoop: context.callbackWaitsForEmptyEventLoop,
+    },
+    loaded_at: loadedAt,
+  };
+  // Writes to /tmp and the root must not survive the invocation.
+  out.tmp_before = fs.existsSync('/tmp/marker');
+  fs.writeFileSync('/tmp/marker', 'x');
+  try {
+    out.task_before = fs.existsSync('/var/task/marker');
+    fs.writeFileSync('/var/task/marker', 'x');
+    out.task_written = true;
+  } catch (e) {
+    out.task_written = e.code;
+  }
+  if (event.echo !== undefined) out.echo = event.echo;
+  return out;
+};
+
+// Callback style; the answer goes out once the event loop is empty.
+exports.callback = (event, context, callback) => {
+  let ticks = 0;
+  const result = { style: 'callback', ticks: 0 };
+  callback(null, result);
+  // Still counted: callbackWaitsForEmptyEventLoop is true by default.
+  setTimeout(() => {
+    ticks += 1;
+    result.ticks = ticks;
+  }, 20);
+};
+
+// Callback style answering at once.
+exports.callbackNow = (event, context, callback) => {
+  context.callbackWaitsForEmptyEventLoop = false;
+  callback(null, { style: 'callback-now' });
+  setTimeout(() => {}, 60_000);
+};
+
+exports.callbackError = (event, context, callback) => {
+  setImmediate(() => callback(new TypeError('bad input: ' + event.what)));
+};
+
+exports.fail = async (event) => {
+  throw new RangeError(`probe failure: ${event.what}`);
+};
+
+exports.failString = async () => {
+  throw 'plain string';
+};
+
+exports.rejectLater = () => new Promise((_, reject) => setTimeout(() => reject(new Error('later')), 5));
+
+exports.unmarshalable = async () => ({ big: 10n });
+
+exports.sync = (event) => ({ sync: true, got: event.value });
+
+exports.nested = { deeper: { handler: async () => ({ nested: true }) } };
+
+exports.notAFunction = 42;
+
+// Uses libuv's threadpool (async fs, crypto, zlib), timers, promises
+// and allocation inside the clone.
+exports.busy = async (event) => {
+  const zlib = require('zlib');
+  const crypto = require('crypto');
+  const garbage = [];
+  for (let i = 0; i < (event.garbage || 2000); i++) garbage.push({ i, s: 'x'.repeat(64), a: new Array(16).fill(i) });
+  const [file, hash, packed] = await Promise.all([
+    fs.promises.readFile('/var/task/probe.js', 'utf8'),
+    new Promise((resolve, reject) =>
+      crypto.pbkdf2('secret', 'salt', 1000, 32, 'sha256', (err, key) => (err ? reject(err) : resolve(key.toString('hex')))),
+    ),
+    new Promise((resolve, reject) => zlib.gzip(Buffer.alloc(64 * 1024, 7), (err, out) => (err ? reject(err) : resolve(out.length)))),
+  ]);
+  await new Promise((resolve) => setTimeout(resolve, 1));
+  const chained = await [1, 2, 3].reduce((p, n) => p.then((acc) => acc + n), Promise.resolve(0));
+  if (typeof globalThis.gc === 'function') globalThis.gc();
+  counter += 1;
+  return { counter, file_bytes: file.length, hash, packed, chained, garbage: garbage.length, seq: event.seq };
+};
+
+// process.exit inside a handler: a function error, as on Lambda.
+exports.exits = () => {
+  process.exit(3);
+};
