@@ -346,7 +346,9 @@ fn check_node_handler(handler: &str, path: &KeyPath) -> Result<(), Invalid> {
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\0'))
             && function.split('.').all(|p| {
-                !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
             })
     });
     if ok {
@@ -459,13 +461,31 @@ mod tests {
         let node = |handler: &str| {
             format!("[[functions]]\nname = \"n\"\nruntime = \"nodejs\"\ncode = \"fn\"\nhandler = \"{handler}\"\n")
         };
-        for good in ["index.handler", "src/app.handler", "lib/v1.2/api.routes.get", "a-b.$h"] {
+        for good in [
+            "index.handler",
+            "src/app.handler",
+            "lib/v1.2/api.routes.get",
+            "a-b.$h",
+        ] {
             let config = parse(&node(good), dir.path()).expect(good);
             assert_eq!(config.functions[0].runtime, crate::Runtime::Nodejs);
             assert_eq!(config.functions[0].handler, good);
         }
-        for bad in ["index", "src/index", "/abs/index.handler", "../up.handler", "a//b.h", "index.", "index.a-b"] {
-            assert_invalid(&node(bad), 5, "functions[0].handler", "is not a nodejs handler");
+        for bad in [
+            "index",
+            "src/index",
+            "/abs/index.handler",
+            "../up.handler",
+            "a//b.h",
+            "index.",
+            "index.a-b",
+        ] {
+            assert_invalid(
+                &node(bad),
+                5,
+                "functions[0].handler",
+                "is not a nodejs handler",
+            );
         }
         assert_invalid(
             "[[functions]]\nname = \"n\"\nruntime = \"nodejs\"\ncode = \"fn\"\n",

@@ -14,25 +14,36 @@ type CallbackInfo = *mut c_void;
 type Status = c_int;
 type Callback = unsafe extern "C" fn(Env, CallbackInfo) -> Value;
 
+type CreateFunction =
+    unsafe extern "C" fn(Env, *const c_char, usize, Callback, *mut c_void, *mut Value) -> Status;
+type SetNamedProperty = unsafe extern "C" fn(Env, Value, *const c_char, Value) -> Status;
+type GetCbInfo = unsafe extern "C" fn(
+    Env,
+    CallbackInfo,
+    *mut usize,
+    *mut Value,
+    *mut Value,
+    *mut *mut c_void,
+) -> Status;
+type GetValueInt64 = unsafe extern "C" fn(Env, Value, *mut i64) -> Status;
+type CreateInt64 = unsafe extern "C" fn(Env, i64, *mut Value) -> Status;
+type GetValueStringUtf8 =
+    unsafe extern "C" fn(Env, Value, *mut c_char, usize, *mut usize) -> Status;
+type GetUvEventLoop = unsafe extern "C" fn(Env, *mut *mut c_void) -> Status;
+type ThrowError = unsafe extern "C" fn(Env, *const c_char, *const c_char) -> Status;
+type UvLoopFork = unsafe extern "C" fn(*mut c_void) -> c_int;
+
 /// The few N-API and libuv entry points the addon uses.
 struct Api {
-    create_function:
-        unsafe extern "C" fn(Env, *const c_char, usize, Callback, *mut c_void, *mut Value) -> Status,
-    set_named_property: unsafe extern "C" fn(Env, Value, *const c_char, Value) -> Status,
-    get_cb_info: unsafe extern "C" fn(
-        Env,
-        CallbackInfo,
-        *mut usize,
-        *mut Value,
-        *mut Value,
-        *mut *mut c_void,
-    ) -> Status,
-    get_value_int64: unsafe extern "C" fn(Env, Value, *mut i64) -> Status,
-    create_int64: unsafe extern "C" fn(Env, i64, *mut Value) -> Status,
-    get_value_string_utf8: unsafe extern "C" fn(Env, Value, *mut c_char, usize, *mut usize) -> Status,
-    get_uv_event_loop: unsafe extern "C" fn(Env, *mut *mut c_void) -> Status,
-    throw_error: unsafe extern "C" fn(Env, *const c_char, *const c_char) -> Status,
-    uv_loop_fork: unsafe extern "C" fn(*mut c_void) -> c_int,
+    create_function: CreateFunction,
+    set_named_property: SetNamedProperty,
+    get_cb_info: GetCbInfo,
+    get_value_int64: GetValueInt64,
+    create_int64: CreateInt64,
+    get_value_string_utf8: GetValueStringUtf8,
+    get_uv_event_loop: GetUvEventLoop,
+    throw_error: ThrowError,
+    uv_loop_fork: UvLoopFork,
 }
 
 static API: OnceLock<Option<Api>> = OnceLock::new();
@@ -45,26 +56,26 @@ fn lookup(name: &CStr) -> Option<*mut c_void> {
 }
 
 macro_rules! resolve {
-    ($name:literal) => {{
+    ($name:literal, $ty:ty) => {{
         let address = lookup($name)?;
         // SAFETY: node exports this symbol with the documented N-API / libuv
-        // C signature that the field it is stored in declares.
-        unsafe { std::mem::transmute::<*mut c_void, _>(address) }
+        // C signature that `$ty` declares.
+        unsafe { std::mem::transmute::<*mut c_void, $ty>(address) }
     }};
 }
 
 fn api() -> Option<&'static Api> {
     API.get_or_init(|| {
         Some(Api {
-            create_function: resolve!(c"napi_create_function"),
-            set_named_property: resolve!(c"napi_set_named_property"),
-            get_cb_info: resolve!(c"napi_get_cb_info"),
-            get_value_int64: resolve!(c"napi_get_value_int64"),
-            create_int64: resolve!(c"napi_create_int64"),
-            get_value_string_utf8: resolve!(c"napi_get_value_string_utf8"),
-            get_uv_event_loop: resolve!(c"napi_get_uv_event_loop"),
-            throw_error: resolve!(c"napi_throw_error"),
-            uv_loop_fork: resolve!(c"uv_loop_fork"),
+            create_function: resolve!(c"napi_create_function", CreateFunction),
+            set_named_property: resolve!(c"napi_set_named_property", SetNamedProperty),
+            get_cb_info: resolve!(c"napi_get_cb_info", GetCbInfo),
+            get_value_int64: resolve!(c"napi_get_value_int64", GetValueInt64),
+            create_int64: resolve!(c"napi_create_int64", CreateInt64),
+            get_value_string_utf8: resolve!(c"napi_get_value_string_utf8", GetValueStringUtf8),
+            get_uv_event_loop: resolve!(c"napi_get_uv_event_loop", GetUvEventLoop),
+            throw_error: resolve!(c"napi_throw_error", ThrowError),
+            uv_loop_fork: resolve!(c"uv_loop_fork", UvLoopFork),
         })
     })
     .as_ref()
@@ -79,7 +90,14 @@ unsafe fn args<const N: usize>(api: &Api, env: Env, info: CallbackInfo) -> [Valu
     let mut argc = N;
     // SAFETY: argv has room for argc values; the other outputs may be null.
     unsafe {
-        (api.get_cb_info)(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut())
+        (api.get_cb_info)(
+            env,
+            info,
+            &mut argc,
+            argv.as_mut_ptr(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
     };
     argv
 }
@@ -172,10 +190,17 @@ unsafe extern "C" fn init_failed(env: Env, info: CallbackInfo) -> Value {
     let (control, json) = unsafe { (int64(api, env, control), utf8(api, env, json)) };
     let (Some(control), Some(json)) = (control, json) else {
         // SAFETY: env is this callback's.
-        return unsafe { throw(api, env, c"initFailed(controlFd, json) takes an integer and a string") };
+        return unsafe {
+            throw(
+                api,
+                env,
+                c"initFailed(controlFd, json) takes an integer and a string",
+            )
+        };
     };
     // SAFETY: json is a live buffer of json.len() bytes.
-    let sent = unsafe { crate::fnhost_zygote_init_failed(control as c_int, json.as_ptr(), json.len()) };
+    let sent =
+        unsafe { crate::fnhost_zygote_init_failed(control as c_int, json.as_ptr(), json.len()) };
     // SAFETY: env is this callback's.
     unsafe { int_value(api, env, i64::from(sent)) }
 }
@@ -213,10 +238,21 @@ pub unsafe extern "C" fn napi_register_module_v1(env: Env, exports: Value) -> Va
         // SAFETY: env is node's; the name is NUL-terminated (length
         // NAPI_AUTO_LENGTH = usize::MAX); function is writable.
         let created = unsafe {
-            (api.create_function)(env, name.as_ptr(), usize::MAX, callback, ptr::null_mut(), &mut function)
+            (api.create_function)(
+                env,
+                name.as_ptr(),
+                usize::MAX,
+                callback,
+                ptr::null_mut(),
+                &mut function,
+            )
         };
+        if created != 0 {
+            return ptr::null_mut();
+        }
         // SAFETY: exports and function are live values of env.
-        if created != 0 || unsafe { (api.set_named_property)(env, exports, name.as_ptr(), function) } != 0 {
+        let set = unsafe { (api.set_named_property)(env, exports, name.as_ptr(), function) };
+        if set != 0 {
             return ptr::null_mut();
         }
     }

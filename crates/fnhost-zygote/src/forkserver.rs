@@ -77,7 +77,11 @@ fn check_threads(defaults: &CloneDefaults) -> Result<(), InitFailure> {
                 threads - allowed
             )
         };
-        return Err(InitFailure::new("import", "ZygoteNotSingleThreaded", message));
+        return Err(InitFailure::new(
+            "import",
+            "ZygoteNotSingleThreaded",
+            message,
+        ));
     }
     if allowed > 1 {
         let me = sys::current_tid();

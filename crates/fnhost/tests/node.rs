@@ -194,17 +194,54 @@ fn node_handlers_that_cannot_load_are_init_errors_named_like_lambdas() {
     }
     let code = node_code();
     let cases = [
-        ("missing", "nofile.handler", "Runtime.InitError.ImportModuleError", "nofile"),
-        ("unexported", "probe.nothere", "Runtime.InitError.HandlerNotFound", "probe.nothere is undefined or not exported"),
-        ("notfn", "probe.notAFunction", "Runtime.InitError.HandlerNotFound", "probe.notAFunction"),
-        ("syntax", "broken/syntax.handler", "Runtime.InitError.UserCodeSyntaxError", "SyntaxError"),
-        ("throws", "broken/throws.handler", "Runtime.InitError.Error", "import-time failure"),
-        ("tla", "broken/tla.handler", "Runtime.InitError.ImportModuleError", "top-level await"),
-        ("threadpool", "broken/threadpool.handler", "Runtime.InitError.ZygoteNotSingleThreaded", "libuv's threadpool"),
+        (
+            "missing",
+            "nofile.handler",
+            "Runtime.InitError.ImportModuleError",
+            "nofile",
+        ),
+        (
+            "unexported",
+            "probe.nothere",
+            "Runtime.InitError.HandlerNotFound",
+            "probe.nothere is undefined or not exported",
+        ),
+        (
+            "notfn",
+            "probe.notAFunction",
+            "Runtime.InitError.HandlerNotFound",
+            "probe.notAFunction",
+        ),
+        (
+            "syntax",
+            "broken/syntax.handler",
+            "Runtime.InitError.UserCodeSyntaxError",
+            "SyntaxError",
+        ),
+        (
+            "throws",
+            "broken/throws.handler",
+            "Runtime.InitError.Error",
+            "import-time failure",
+        ),
+        (
+            "tla",
+            "broken/tla.handler",
+            "Runtime.InitError.ImportModuleError",
+            "top-level await",
+        ),
+        (
+            "threadpool",
+            "broken/threadpool.handler",
+            "Runtime.InitError.ZygoteNotSingleThreaded",
+            "libuv's threadpool",
+        ),
     ];
     let functions: String = cases
         .iter()
-        .map(|(name, handler, _, _)| node_function(name, &code, handler, "zygotes = 0\nready_clones = 0"))
+        .map(|(name, handler, _, _)| {
+            node_function(name, &code, handler, "zygotes = 0\nready_clones = 0")
+        })
         .collect();
     let daemon = Daemon::start(&functions);
     for (name, _, error_type, needle) in cases {
@@ -255,7 +292,7 @@ fn every_node_invocation_is_a_fresh_sandbox() {
 
 /// Many invocations, concurrently, each using timers, promises, GC
 /// pressure and libuv's threadpool (fs, crypto, zlib) inside its clone:
-/// none may hang, crash or see another's state. CI runs `count` = 600;
+/// none may hang, crash or see another's state. CI runs `count` = 300;
 /// the full run (100,000) is
 /// `FNHOST_NODE_SAFETY_COUNT=100000 cargo test -p fnhost --test node -- --ignored node_fork_safety_full`.
 fn fork_safety_run(count: usize) {
@@ -276,8 +313,12 @@ fn fork_safety_run(count: usize) {
                     if seq >= count {
                         return;
                     }
-                    let garbage = if seq % 10 == 0 { 50_000 } else { 500 };
-                    let payload = format!(r#"{{"seq": {seq}, "garbage": {garbage}}}"#);
+                    // Every 10th uses libuv's threadpool; every 50th
+                    // allocates enough to force several collections.
+                    let pool = seq % 10 == 0;
+                    let garbage = if seq % 50 == 0 { 50_000 } else { 500 };
+                    let payload =
+                        format!(r#"{{"seq": {seq}, "garbage": {garbage}, "pool": {pool}}}"#);
                     let r = daemon.invoke("busy", &payload);
                     assert_eq!(r.status, 200, "invocation {seq}: {}", r.text());
                     let body = r.json();
@@ -285,8 +326,10 @@ fn fork_safety_run(count: usize) {
                     assert_eq!(body["counter"], 1, "state carried over: {body}");
                     assert_eq!(body["chained"], 6, "{body}");
                     assert_eq!(body["garbage"], garbage, "{body}");
-                    assert_eq!(body["hash"].as_str().map(str::len), Some(64), "{body}");
-                    assert!(body["file_bytes"].as_u64().unwrap_or(0) > 0, "{body}");
+                    if pool {
+                        assert_eq!(body["hash"].as_str().map(str::len), Some(64), "{body}");
+                        assert!(body["file_bytes"].as_u64().unwrap_or(0) > 0, "{body}");
+                    }
                 })
             })
             .collect();
@@ -301,7 +344,7 @@ fn node_forks_stay_safe_under_threadpool_timers_and_gc() {
     if !require_root("node_forks_stay_safe_under_threadpool_timers_and_gc") {
         return;
     }
-    fork_safety_run(600);
+    fork_safety_run(300);
 }
 
 #[test]

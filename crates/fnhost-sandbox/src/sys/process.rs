@@ -248,13 +248,19 @@ pub fn undo_dontfork() -> io::Result<usize> {
             .split_whitespace()
             .next()
             .and_then(|range| range.split_once('-'))
-            .and_then(|(a, b)| Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?)))
+            .and_then(|(a, b)| {
+                Some((
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                ))
+            })
         else {
             continue;
         };
         // SAFETY: MADV_DOFORK changes only whether a child inherits the
         // range, never its contents or protection.
-        let ret = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DOFORK) };
+        let ret =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DOFORK) };
         if ret == 0 {
             set += 1;
         }
@@ -319,7 +325,14 @@ mod tests {
         let len = 4096 * 4;
         // SAFETY: a fresh anonymous private mapping, unmapped below.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED);
         // SAFETY: addr..addr+len is the mapping made above.
@@ -328,11 +341,22 @@ mod tests {
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
             let start = format!("{:x}-", addr as usize);
             let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
-            lines.find(|l| l.starts_with("VmFlags:")).unwrap().to_string()
+            lines
+                .find(|l| l.starts_with("VmFlags:"))
+                .unwrap()
+                .to_string()
         };
-        assert!(flags_of().split_whitespace().any(|f| f == "dc"), "{}", flags_of());
+        assert!(
+            flags_of().split_whitespace().any(|f| f == "dc"),
+            "{}",
+            flags_of()
+        );
         assert!(undo_dontfork().unwrap() > 0);
-        assert!(!flags_of().split_whitespace().any(|f| f == "dc"), "{}", flags_of());
+        assert!(
+            !flags_of().split_whitespace().any(|f| f == "dc"),
+            "{}",
+            flags_of()
+        );
         // SAFETY: unmaps the mapping made above, used by nothing else.
         unsafe { libc::munmap(addr, len) };
     }

@@ -84,25 +84,29 @@ exports.nested = { deeper: { handler: async () => ({ nested: true }) } };
 
 exports.notAFunction = 42;
 
-// Uses libuv's threadpool (async fs, crypto, zlib), timers, promises
-// and allocation inside the clone.
+// Timers, promises and allocation in every clone; with `pool`, libuv's
+// threadpool too (async fs, crypto, zlib), started inside the clone.
 exports.busy = async (event) => {
-  const zlib = require('zlib');
-  const crypto = require('crypto');
   const garbage = [];
-  for (let i = 0; i < (event.garbage || 2000); i++) garbage.push({ i, s: 'x'.repeat(64), a: new Array(16).fill(i) });
-  const [file, hash, packed] = await Promise.all([
-    fs.promises.readFile('/var/task/probe.js', 'utf8'),
-    new Promise((resolve, reject) =>
-      crypto.pbkdf2('secret', 'salt', 1000, 32, 'sha256', (err, key) => (err ? reject(err) : resolve(key.toString('hex')))),
-    ),
-    new Promise((resolve, reject) => zlib.gzip(Buffer.alloc(64 * 1024, 7), (err, out) => (err ? reject(err) : resolve(out.length)))),
-  ]);
+  for (let i = 0; i < (event.garbage || 500); i++) garbage.push({ i, s: 'x'.repeat(64), a: new Array(16).fill(i) });
+  const out = { seq: event.seq, garbage: garbage.length };
+  if (event.pool) {
+    const zlib = require('zlib');
+    const crypto = require('crypto');
+    const [file, hash, packed] = await Promise.all([
+      fs.promises.readFile('/var/task/probe.js', 'utf8'),
+      new Promise((resolve, reject) =>
+        crypto.pbkdf2('secret', 'salt', 100, 32, 'sha256', (err, key) => (err ? reject(err) : resolve(key.toString('hex')))),
+      ),
+      new Promise((resolve, reject) => zlib.gzip(Buffer.alloc(16 * 1024, 7), (err, out) => (err ? reject(err) : resolve(out.length)))),
+    ]);
+    Object.assign(out, { file_bytes: file.length, hash, packed });
+  }
   await new Promise((resolve) => setTimeout(resolve, 1));
-  const chained = await [1, 2, 3].reduce((p, n) => p.then((acc) => acc + n), Promise.resolve(0));
-  if (typeof globalThis.gc === 'function') globalThis.gc();
+  out.chained = await [1, 2, 3].reduce((p, n) => p.then((acc) => acc + n), Promise.resolve(0));
   counter += 1;
-  return { counter, file_bytes: file.length, hash, packed, chained, garbage: garbage.length, seq: event.seq };
+  out.counter = counter;
+  return out;
 };
 
 // process.exit inside a handler: a function error, as on Lambda.
