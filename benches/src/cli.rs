@@ -170,6 +170,10 @@ pub enum Suite {
     Floor,
     /// Everything above.
     All,
+    /// Node.js functions (no-op and import-heavy): warm, on-demand, cold,
+    /// throughput and ready-sandbox memory beside `node -e` start-to-exit
+    /// and the Python no-op's throughput (not part of `all`).
+    Node,
 }
 
 impl Args {
