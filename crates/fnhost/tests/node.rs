@@ -359,3 +359,48 @@ fn node_fork_safety_full() {
         .unwrap_or(100_000);
     fork_safety_run(count);
 }
+
+/// A node zygote (with node's parked threads) hibernates and wakes like a
+/// Python one, and its clones still start from the loaded module.
+#[test]
+fn node_zygotes_hibernate_and_wake() {
+    if !require_root("node_zygotes_hibernate_and_wake") {
+        return;
+    }
+    let daemon = Daemon::start(&node_function(
+        "probe",
+        &node_code(),
+        "probe.handler",
+        "zygotes = 1\nready_clones = 1\nhibernate_after_ms = 500",
+    ));
+    let hibernated = || {
+        daemon
+            .admin("GET", "/admin/functions/probe", "", None)
+            .json()["status"]["hibernated"]
+            .as_u64()
+            == Some(1)
+    };
+    let first = daemon.invoke("probe", "{}");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let loaded_at = first.json()["loaded_at"].clone();
+    for cycle in 0..2 {
+        assert!(
+            eventually(std::time::Duration::from_secs(30), hibernated),
+            "cycle {cycle}: never hibernated\n{}",
+            daemon.stderr()
+        );
+        let r = daemon.invoke("probe", "{}");
+        assert_eq!(
+            r.status,
+            200,
+            "cycle {cycle}: {}\n{}",
+            r.text(),
+            daemon.stderr()
+        );
+        assert_eq!(r.header("x-fnhost-start"), Some("wake"), "cycle {cycle}");
+        let body = r.json();
+        assert_eq!(body["counter"], 1, "{body}");
+        // The same zygote, woken: its module was loaded once.
+        assert_eq!(body["loaded_at"], loaded_at, "{body}");
+    }
+}
