@@ -404,3 +404,26 @@ fn node_zygotes_hibernate_and_wake() {
         assert_eq!(body["loaded_at"], loaded_at, "{body}");
     }
 }
+
+/// Memory and time limits hold for node sandboxes, and the pool serves on.
+#[test]
+fn node_sandboxes_are_held_to_their_limits() {
+    if !require_root("node_sandboxes_are_held_to_their_limits") {
+        return;
+    }
+    let code = node_code();
+    let daemon = Daemon::start(
+        &(node_function("hog", &code, "probe.hog", "memory_mb = 128")
+            + &node_function("spin", &code, "probe.spin", "timeout_ms = 1000")
+            + &node_function("probe", &code, "probe.handler", "")),
+    );
+    let r = daemon.invoke("hog", "{}");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "MemoryLimitExceeded", "{}", r.text());
+    let r = daemon.invoke("spin", "{}");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "Timeout", "{}", r.text());
+    let r = daemon.invoke("probe", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["counter"], 1);
+}

@@ -113,3 +113,15 @@ exports.busy = async (event) => {
 exports.exits = () => {
   process.exit(3);
 };
+
+// Past the memory limit: the cgroup kills the sandbox.
+exports.hog = async () => {
+  const chunks = [];
+  for (let i = 0; i < 64; i++) chunks.push(Buffer.alloc(8 << 20, i));
+  return { chunks: chunks.length };
+};
+
+// Past the deadline: the sandbox is killed.
+exports.spin = async () => {
+  for (;;) {}
+};
