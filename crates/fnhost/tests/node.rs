@@ -326,6 +326,9 @@ fn fork_safety_run(count: usize) {
                     assert_eq!(body["counter"], 1, "state carried over: {body}");
                     assert_eq!(body["chained"], 6, "{body}");
                     assert_eq!(body["garbage"], garbage, "{body}");
+                    if seq % 5000 == 4999 {
+                        eprintln!("node fork safety: {} invocations done", seq + 1);
+                    }
                     if pool {
                         assert_eq!(body["hash"].as_str().map(str::len), Some(64), "{body}");
                         assert!(body["file_bytes"].as_u64().unwrap_or(0) > 0, "{body}");
