@@ -292,7 +292,7 @@ fn every_node_invocation_is_a_fresh_sandbox() {
 
 /// Many invocations, concurrently, each using timers, promises, GC
 /// pressure and libuv's threadpool (fs, crypto, zlib) inside its clone:
-/// none may hang, crash or see another's state. CI runs `count` = 300;
+/// none may hang, crash or see another's state. CI runs `count` = 1000;
 /// the full run (100,000) is
 /// `FNHOST_NODE_SAFETY_COUNT=100000 cargo test -p fnhost --test node -- --ignored node_fork_safety_full`.
 fn fork_safety_run(count: usize) {
@@ -347,7 +347,7 @@ fn node_forks_stay_safe_under_threadpool_timers_and_gc() {
     if !require_root("node_forks_stay_safe_under_threadpool_timers_and_gc") {
         return;
     }
-    fork_safety_run(300);
+    fork_safety_run(1000);
 }
 
 #[test]
