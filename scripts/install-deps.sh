@@ -11,6 +11,9 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 # Runtime of the default `hello` function (the built-in host layer binds the
 # host's /usr, so functions use the host's Debian python3).
 [ -x /usr/bin/python3 ] || need+=(python3)
+# Runtime of nodejs functions (Debian's node >= 20.19: synchronous require of
+# ES modules), the example greet-node and the node tests.
+[ -x /usr/bin/node ] || need+=(nodejs)
 # Building: a C toolchain for -sys crates, pkg-config.
 have cc || need+=(gcc libc6-dev)
 have pkg-config || need+=(pkg-config)

@@ -213,6 +213,10 @@ pub enum Suite {
     /// every function answering once, a heavy-tailed trace replay, host
     /// memory, processes, cgroups and descriptors, return to baseline.
     Scale,
+    /// Node.js functions (no-op and import-heavy): warm, on-demand, cold,
+    /// throughput and ready-sandbox memory beside `node -e` start-to-exit
+    /// and the Python no-op's throughput (not part of `all`).
+    Node,
 }
 
 impl Args {

@@ -20,6 +20,7 @@ mod http;
 mod load;
 mod memory;
 mod metrics;
+mod node;
 mod report;
 mod scale;
 mod scenario;
@@ -212,6 +213,22 @@ async fn run(args: &Args) -> Result<()> {
         let mut result = floor::run(&exe, &settings).await?;
         result.ratios = floor::ratios(&result, &report.scenarios, report.throughput.as_deref());
         report.floor = Some(result);
+    }
+
+    // Not part of `all`: its own daemon with node functions.
+    if args.suites.contains(&Suite::Node) {
+        daemon::check_fnhost_binary(&fnhost)?;
+        let clients = args.concurrency.iter().copied().max().unwrap_or(4);
+        let result = node::run(
+            &fnhost,
+            args.warm,
+            args.baseline_runs,
+            clients,
+            Duration::from_secs_f64(args.duration.max(0.1)),
+            args.request_timeout(),
+        )
+        .await?;
+        println!("{}", node::markdown(&result));
     }
 
     if args.wants(Suite::Density) && args.density_clones > 0 {

@@ -193,7 +193,7 @@ pub(crate) fn function(
 ) -> Result<FunctionSpec, Invalid> {
     let required = |key: &str, value: &Option<String>| {
         value.clone().ok_or_else(|| {
-            invalid(path.key(key), format!("missing required key `{key}`; every [[functions]] entry needs name, runtime and code, plus handler (python3) or command (exec, rust)"))
+            invalid(path.key(key), format!("missing required key `{key}`; every [[functions]] entry needs name, runtime and code, plus handler (python3, nodejs) or command (exec, rust)"))
         })
     };
     let name = required("name", &raw.name)?;
@@ -254,11 +254,24 @@ fn entry_point(
             check_python_handler(&handler, &path.key("handler"))?;
             Ok((handler, Vec::new()))
         }
+        Runtime::Nodejs => {
+            if raw.command.is_some() {
+                return Err(invalid(
+                    path.key("command"),
+                    "`command` is for exec and rust functions; a nodejs function names its entry point with handler = \"file.function\"",
+                ));
+            }
+            let handler = raw.handler.clone().ok_or_else(|| {
+                invalid(path.key("handler"), "missing required key `handler`; a nodejs function needs handler = \"file.function\" (e.g. \"index.handler\" for exports.handler in index.js)")
+            })?;
+            check_node_handler(&handler, &path.key("handler"))?;
+            Ok((handler, Vec::new()))
+        }
         Runtime::Exec | Runtime::Rust => {
             if raw.handler.is_some() {
                 return Err(invalid(
                     path.key("handler"),
-                    format!("`handler` is for python3 functions; a {rt} function names its program with command = [\"/var/task/<program>\", ...]"),
+                    format!("`handler` is for python3 and nodejs functions; a {rt} function names its program with command = [\"/var/task/<program>\", ...]"),
                 ));
             }
             let command = raw.command.clone().ok_or_else(|| {
@@ -317,6 +330,31 @@ fn check_python_handler(handler: &str, path: &KeyPath) -> Result<(), Invalid> {
         Ok(())
     } else {
         Err(invalid(path.clone(), format!("{handler:?} is not a python handler; write module.function (e.g. \"handler.handler\" or \"pkg.mod.fn\") using python identifiers")))
+    }
+}
+
+/// Lambda's Node spelling: the file (relative to the code directory, `/`
+/// segments allowed, no extension) up to the first `.` after its last `/`,
+/// then the exported function, possibly nested (`index.api.get`).
+fn check_node_handler(handler: &str, path: &KeyPath) -> Result<(), Invalid> {
+    let dir_end = handler.rfind('/').map_or(0, |i| i + 1);
+    let split = handler[dir_end..].find('.').map(|i| dir_end + i);
+    let ok = split.is_some_and(|at| {
+        let (file, function) = (&handler[..at], &handler[at + 1..]);
+        !file.starts_with('/')
+            && file
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\0'))
+            && function.split('.').all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+            })
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(path.clone(), format!("{handler:?} is not a nodejs handler; write file.function relative to the code directory, without the file's extension (e.g. \"index.handler\" or \"src/app.handler\")")))
     }
 }
 
@@ -416,6 +454,46 @@ mod tests {
     use crate::validate::test_support::{assert_invalid, base, parse, FUNCTION};
     use crate::{ConfigError, NetworkMode};
     use std::path::Path;
+
+    #[test]
+    fn nodejs_handlers_use_lambdas_file_dot_function_spelling() {
+        let dir = base();
+        let node = |handler: &str| {
+            format!("[[functions]]\nname = \"n\"\nruntime = \"nodejs\"\ncode = \"fn\"\nhandler = \"{handler}\"\n")
+        };
+        for good in [
+            "index.handler",
+            "src/app.handler",
+            "lib/v1.2/api.routes.get",
+            "a-b.$h",
+        ] {
+            let config = parse(&node(good), dir.path()).expect(good);
+            assert_eq!(config.functions[0].runtime, crate::Runtime::Nodejs);
+            assert_eq!(config.functions[0].handler, good);
+        }
+        for bad in [
+            "index",
+            "src/index",
+            "/abs/index.handler",
+            "../up.handler",
+            "a//b.h",
+            "index.",
+            "index.a-b",
+        ] {
+            assert_invalid(
+                &node(bad),
+                5,
+                "functions[0].handler",
+                "is not a nodejs handler",
+            );
+        }
+        assert_invalid(
+            "[[functions]]\nname = \"n\"\nruntime = \"nodejs\"\ncode = \"fn\"\n",
+            1,
+            "functions[0].handler",
+            "a nodejs function needs handler = \"file.function\"",
+        );
+    }
 
     #[test]
     fn defaults_apply_and_functions_override_them() {
@@ -589,7 +667,7 @@ mod tests {
             &with("runtime", "\"node18\""),
             3,
             "functions[0].runtime",
-            "supported: \"python3\", \"exec\", \"rust\"",
+            "supported: \"python3\", \"exec\", \"rust\", \"nodejs\"",
         );
         assert_invalid(
             &with("handler", "\"handler\""),
@@ -665,7 +743,7 @@ mod tests {
             &exec("command = [\"/var/task/fn\"]\nhandler = \"m.h\""),
             6,
             "functions[0].handler",
-            "`handler` is for python3",
+            "`handler` is for python3 and nodejs",
         );
         assert_invalid(
             &exec("command = []"),

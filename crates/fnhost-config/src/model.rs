@@ -147,8 +147,9 @@ pub struct FunctionSpec {
     pub runtime: Runtime,
     /// Absolute, canonical path of an existing directory, mounted at `/var/task`.
     pub code: PathBuf,
-    /// `module.function` (module may be dotted) inside the code directory;
-    /// python3 only (empty for the other runtimes).
+    /// python3: `module.function` (module may be dotted); nodejs:
+    /// `file.function` (file may have `/` segments, no extension) inside the
+    /// code directory; empty for the other runtimes.
     pub handler: String,
     /// exec and rust: the program (absolute path inside the root, e.g.
     /// `/var/task/fn`) and its arguments; empty for python3.
@@ -168,6 +169,9 @@ pub struct FunctionSpec {
     /// Extra environment of the handler process.
     pub env: BTreeMap<String, String>,
 }
+
+/// The node interpreter inside the sandbox root (nodejs functions).
+pub const DEFAULT_NODE: &str = "/usr/bin/node";
 
 /// Default interpreter inside the sandbox root (key `python`).
 pub const DEFAULT_PYTHON: &str = "/usr/bin/python3";
@@ -300,11 +304,19 @@ pub enum Runtime {
     /// `"rust"`: a native binary built with fnhost-sdk; its `main` becomes
     /// the zygote.
     Rust,
+    /// `"nodejs"`: the Lambda Node.js handler contract,
+    /// `exports.handler = async (event, context)` (CommonJS or ESM).
+    Nodejs,
 }
 
 impl Runtime {
     /// Every runtime, for error messages.
-    pub const ALL: &'static [Runtime] = &[Runtime::Python3, Runtime::Exec, Runtime::Rust];
+    pub const ALL: &'static [Runtime] = &[
+        Runtime::Python3,
+        Runtime::Exec,
+        Runtime::Rust,
+        Runtime::Nodejs,
+    ];
 
     /// The TOML spelling.
     pub fn as_str(self) -> &'static str {
@@ -312,6 +324,7 @@ impl Runtime {
             Runtime::Python3 => "python3",
             Runtime::Exec => "exec",
             Runtime::Rust => "rust",
+            Runtime::Nodejs => "nodejs",
         }
     }
 

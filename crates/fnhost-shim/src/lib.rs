@@ -1,6 +1,7 @@
 //! The native library a zygote's language runtime loads (Python: through
-//! ctypes) to become a fork server. It only exposes a C ABI over
-//! `fnhost_zygote::forkserver`; all sandbox logic lives in Rust there.
+//! ctypes; Node.js: as an N-API addon, see [`node`]) to become a fork
+//! server. It only exposes a C ABI over `fnhost_zygote::forkserver`; all
+//! sandbox logic lives in Rust there.
 
 use std::os::fd::BorrowedFd;
 use std::os::raw::{c_int, c_void};
@@ -8,6 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fnhost_zygote::protocol::InitFailure;
 use fnhost_zygote::{arenas, forkserver};
+
+pub mod node;
 
 /// Serves clone requests on `control_fd`. Returns only in a new, isolated
 /// clone: the descriptor of its invocation socket. The zygote itself never

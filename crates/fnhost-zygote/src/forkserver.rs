@@ -5,8 +5,8 @@
 //! The fork server runs unprivileged: init dropped every privilege and
 //! installed the zygote stage of the seccomp filter before the runtime (and
 //! with it the function's import-time code) started. The zygote is
-//! single-threaded, so the child of `clone3` may allocate and use std
-//! freely. The child starts in a user namespace of its own, maps its one
+//! single-threaded (node: only node's own parked threads besides the
+//! forking one), so the child of `clone3` may allocate and use std freely. The child starts in a user namespace of its own, maps its one
 //! id, mounts its private writable root, drops the namespace's
 //! capabilities, completes the seccomp filter inherited from the zygote,
 //! reports `Ready` on its invocation socket, and returns to the runtime,
@@ -51,6 +51,72 @@ struct CloneDefaults {
     own_network: bool,
     /// This zygote's uid and gid, which each clone's function id maps to.
     outside_ids: (u32, u32),
+    /// Threads the runtime itself has (1, or node's own idle ones).
+    runtime_threads: u64,
+}
+
+/// Refuses to serve from a zygote with more threads than its runtime's
+/// own, or whose other threads are not all parked: a thread running (or
+/// holding a lock) at the fork leaves that lock held forever in the clone.
+fn check_threads(defaults: &CloneDefaults) -> Result<(), InitFailure> {
+    let allowed = defaults.runtime_threads.max(1);
+    let threads = thread_count().unwrap_or(u64::MAX);
+    if threads > allowed {
+        let message = if allowed == 1 {
+            format!(
+                "the function started {} extra thread(s) while being imported; a zygote must be \
+                 single-threaded when it forks: start threads inside the handler instead",
+                threads - 1
+            )
+        } else {
+            format!(
+                "the function started {} extra thread(s) while being imported (the runtime's own \
+                 {allowed} are allowed); a zygote must not fork other threads: start them inside \
+                 the handler instead (in node: async fs, crypto, zlib or dns calls at import time \
+                 start libuv's threadpool; use their *Sync forms or move them into the handler)",
+                threads - allowed
+            )
+        };
+        return Err(InitFailure::new(
+            "import",
+            "ZygoteNotSingleThreaded",
+            message,
+        ));
+    }
+    if allowed > 1 {
+        let me = sys::current_tid();
+        let busy = || -> Vec<String> {
+            sys::task_states(std::process::id() as i32)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&(tid, state)| tid != me && state != 'S')
+                .map(|(tid, state)| format!("{tid} ({state})"))
+                .collect()
+        };
+        // A runtime thread may still be finishing start-up work: give it
+        // up to ~200 ms to park.
+        let mut busy_now = busy();
+        for _ in 0..100 {
+            if busy_now.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            busy_now = busy();
+        }
+        let busy = busy_now;
+        if !busy.is_empty() {
+            return Err(InitFailure::new(
+                "import",
+                "ZygoteNotSingleThreaded",
+                format!(
+                    "the runtime's own threads must be parked when the zygote forks; thread(s) {} \
+                     are not: something still runs in the background after the import",
+                    busy.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Asks the daemon for this zygote's settings and compiles the seccomp
@@ -89,6 +155,7 @@ fn receive_settings(control: BorrowedFd<'_>) -> Result<CloneDefaults, InitFailur
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         ),
+        runtime_threads: settings.runtime_threads,
     })
 }
 
@@ -105,28 +172,26 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
     // SAFETY: the runtime shim passes the control descriptor it inherited,
     // which stays open for the life of the zygote.
     let control = unsafe { BorrowedFd::borrow_raw(control_fd) };
-    if let Some(threads) = thread_count().filter(|&n| n > 1) {
-        let message = format!(
-            "the function started {} extra thread(s) while being imported; a zygote must be \
-             single-threaded when it forks: start threads inside the handler instead",
-            threads - 1
-        );
-        let _ = report_init_failure(
-            control,
-            InitFailure::new("import", "ZygoteNotSingleThreaded", message),
-        );
-        sys::exit_immediately(1);
-    }
     // Compiled once. The zygote stage (installed by init before the
     // runtime started) is inherited by every clone, which only adds the
     // small clone stage (see fnhost_sandbox::seccomp).
-    let defaults = match receive_settings(control) {
+    let defaults = match receive_settings(control).and_then(|d| check_threads(&d).map(|()| d)) {
         Ok(defaults) => defaults,
         Err(failure) => {
             let _ = report_init_failure(control, failure);
             sys::exit_immediately(1);
         }
     };
+    // Every region must reach the clones: node's V8 heap is MADV_DONTFORK.
+    if let Err(e) = sys::undo_dontfork() {
+        let failure = InitFailure::new(
+            "sandbox",
+            "ZygoteMemoryNotForkable",
+            format!("cannot mark the zygote's memory as inherited by its clones: {e}"),
+        );
+        let _ = report_init_failure(control, failure);
+        sys::exit_immediately(1);
+    }
     // Clones are reaped by the kernel; the daemon follows them by pidfd.
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe {
@@ -171,8 +236,9 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
             }
         };
         let started = Instant::now();
-        // SAFETY: the zygote is single-threaded (checked above), so the child
-        // may allocate; it never returns into the serve loop.
+        // SAFETY: the zygote's other threads, if any, are its runtime's own,
+        // parked holding no lock (checked above), so the child may allocate;
+        // it never returns into the serve loop.
         let forked = unsafe {
             sys::clone3(CloneSpec {
                 flags: CLONE_NAMESPACES

@@ -1,7 +1,7 @@
 //! fnhost zygotes: the container init (PID 1), the fork server that runs
 //! inside a zygote's language runtime, the per-clone sandbox setup, and the
 //! wire protocol between the daemon, zygotes and clones. Also carries the
-//! runtime shims (`python/fnhost_shim.py`) the daemon installs in the
+//! runtime shims (`python/fnhost_shim.py`, `node/fnhost_shim.js`) the daemon installs in the
 //! runtime layer. With feature `daemon`: the daemon's handles on zygotes
 //! and clones ([`daemon`]) and the runtimes ([`runtime`]).
 

@@ -73,10 +73,19 @@ pub struct ZygoteSettings {
     /// `false` (`network = "shared-loopback"`): clones share the zygote's.
     #[serde(default = "own_network_by_default")]
     pub own_network: bool,
+    /// Threads the runtime itself may have when it forks: 1, except node,
+    /// whose own idle threads are allowed (see `runtime::node`). Checked
+    /// by the fork server and again by the daemon at `Ready`.
+    #[serde(default = "one_thread")]
+    pub runtime_threads: u64,
 }
 
 fn own_network_by_default() -> bool {
     true
+}
+
+fn one_thread() -> u64 {
+    1
 }
 
 impl Default for ZygoteSettings {
@@ -85,6 +94,7 @@ impl Default for ZygoteSettings {
             seccomp: SeccompChoice::Default,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             own_network: true,
+            runtime_threads: 1,
         }
     }
 }
@@ -154,6 +164,7 @@ mod tests {
             seccomp: SeccompChoice::Profile("/p.json".into()),
             max_response_bytes: 1024,
             own_network: false,
+            runtime_threads: 4,
         };
         let json = serde_json::to_string(&settings).unwrap();
         assert_eq!(

@@ -318,10 +318,16 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
     let exec = exec_probe_code();
     let functions = rust_function("rust", rust.path())
         + &exec_function("exec", exec.path(), "[\"/var/task/procs.sh\"]", "")
-        + &python_function("python");
+        + &python_function("python")
+        + &format!(
+            "\n[[functions]]\nname = \"node\"\nruntime = \"nodejs\"\ncode = \"{}\"\nhandler = \"index.handler\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/functions/greet-node")
+                .display()
+        );
     let daemon = Daemon::start(&functions);
     let mut uids = Vec::new();
-    for function in ["rust", "exec", "python"] {
+    for function in ["rust", "exec", "python", "node"] {
         let r = daemon.invoke(function, "{}");
         assert_eq!(r.status, 200, "{function}: {}", r.text());
         // Init (pid 1 of the zygote's namespace, root there, never running
@@ -367,5 +373,5 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
     // No two functions share a host uid.
     uids.sort_unstable();
     uids.dedup();
-    assert_eq!(uids.len(), 3, "{uids:?}");
+    assert_eq!(uids.len(), 4, "{uids:?}");
 }

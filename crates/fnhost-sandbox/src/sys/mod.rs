@@ -12,7 +12,7 @@ pub mod uffd;
 pub use fd::{close_from, dup_to, poll_readable, read_byte_raw, write_all_raw};
 pub use ids::{capset_all, map_own_ids, prctl, set_ids_raw};
 pub use process::{
-    children_of, clone3, execve, exit_immediately, pidfd_nspids, pidfd_open, pidfd_send_signal,
-    process_state, thread_count_of, waitid_pidfd, CStringArray, CloneSpec, ExitStatus, Forked,
-    CLONE_INTO_CGROUP, CLONE_PIDFD,
+    children_of, clone3, current_tid, execve, exit_immediately, pidfd_nspids, pidfd_open,
+    pidfd_send_signal, process_state, task_states, thread_count_of, undo_dontfork, waitid_pidfd,
+    CStringArray, CloneSpec, ExitStatus, Forked, CLONE_INTO_CGROUP, CLONE_PIDFD,
 };

@@ -150,6 +150,33 @@ pub fn process_state(pid: i32) -> io::Result<char> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "stat has no state field"))
 }
 
+/// The calling thread's id (`gettid`).
+pub fn current_tid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Every thread of process `pid` with its scheduler state (`R`, `S`, `D`…),
+/// from `/proc/<pid>/task/*/stat`. A thread that exits meanwhile is skipped.
+pub fn task_states(pid: i32) -> io::Result<Vec<(i32, char)>> {
+    let mut states = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue;
+        };
+        if let Some(state) = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        {
+            states.push((tid, state));
+        }
+    }
+    Ok(states)
+}
+
 /// Number of threads of process `pid` (`Threads:` of its status).
 pub fn thread_count_of(pid: i32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -208,6 +235,39 @@ pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Ex
     }))
 }
 
+/// `madvise(MADV_DOFORK)` on every mapping of the calling process: a
+/// region marked `MADV_DONTFORK` (V8 marks its heap so) would be missing
+/// from every child, which then faults on its first access. Returns how
+/// many regions were set. Mappings the kernel refuses ([vvar], device
+/// memory) are skipped: they are never marked.
+pub fn undo_dontfork() -> io::Result<usize> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut set = 0;
+    for line in maps.lines() {
+        let Some((start, end)) = line
+            .split_whitespace()
+            .next()
+            .and_then(|range| range.split_once('-'))
+            .and_then(|(a, b)| {
+                Some((
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                ))
+            })
+        else {
+            continue;
+        };
+        // SAFETY: MADV_DOFORK changes only whether a child inherits the
+        // range, never its contents or protection.
+        let ret =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DOFORK) };
+        if ret == 0 {
+            set += 1;
+        }
+    }
+    Ok(set)
+}
+
 /// `_exit(code)`: ends a forked child without running destructors, atexit
 /// handlers or unwinding.
 pub fn exit_immediately(code: i32) -> ! {
@@ -259,6 +319,65 @@ pub fn execve(exe: &CStr, argv: &CStringArray, envp: &CStringArray) -> io::Error
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn undo_dontfork_makes_a_dontfork_region_inherited_again() {
+        let len = 4096 * 4;
+        // SAFETY: a fresh anonymous private mapping, unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: addr..addr+len is the mapping made above.
+        assert_eq!(unsafe { libc::madvise(addr, len, libc::MADV_DONTFORK) }, 0);
+        let flags_of = || {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let start = format!("{:x}-", addr as usize);
+            let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+            lines
+                .find(|l| l.starts_with("VmFlags:"))
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            flags_of().split_whitespace().any(|f| f == "dc"),
+            "{}",
+            flags_of()
+        );
+        assert!(undo_dontfork().unwrap() > 0);
+        assert!(
+            !flags_of().split_whitespace().any(|f| f == "dc"),
+            "{}",
+            flags_of()
+        );
+        // SAFETY: unmaps the mapping made above, used by nothing else.
+        unsafe { libc::munmap(addr, len) };
+    }
+
+    #[test]
+    fn task_states_list_a_parked_thread_beside_the_caller() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || rx.recv());
+        let me = std::process::id() as i32;
+        let states = (0..500)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                task_states(me).unwrap()
+            })
+            .find(|states| states.iter().filter(|(_, s)| *s == 'S').count() >= 1)
+            .unwrap();
+        assert!(states.iter().any(|&(tid, _)| tid == current_tid()));
+        assert!(states.len() >= 2, "{states:?}");
+        drop(tx);
+        let _ = parked.join();
+    }
 
     #[test]
     fn procfs_readers_see_this_process_and_a_zombie_child() {

@@ -230,7 +230,7 @@ impl ZygoteHandle {
                 Ok(Received::Message(ZygoteMessage::Ready { import_us }, _)) => {
                     // Checked here, not trusted to the zygote: its own
                     // check runs in a process the function's code had.
-                    if let Err(message) = check_alone(pid) {
+                    if let Err(message) = check_alone(pid, spec.settings.runtime_threads) {
                         kill(&pidfd);
                         return Err(StartError::Init(InitFailure::new(
                             "import",
@@ -367,12 +367,13 @@ impl ZygoteHandle {
 }
 
 /// Checks that a zygote whose runtime just reported `Ready` is exactly its
-/// init and one single-threaded runtime: a process or thread its import
+/// init and one runtime with no threads beyond its own: a process or thread its import
 /// left behind would outlive the import in a process that serves clones
 /// (and see every clone request). `init` is init's pid in the daemon's pid
 /// namespace. Orphans are reparented to init, so two passes over init's
 /// and the runtime's children see any process that is alive throughout.
-fn check_alone(init: i32) -> Result<(), String> {
+/// `allowed_threads` is the runtime's own (1, node: its idle ones).
+fn check_alone(init: i32, allowed_threads: u64) -> Result<(), String> {
     let refuse = |what: String| {
         Err(format!(
             "the function {what} while being imported; a zygote must be alone when it forks: \
@@ -405,8 +406,9 @@ fn check_alone(init: i32) -> Result<(), String> {
         }
         let threads = sys::thread_count_of(runtime)
             .map_err(|e| format!("cannot count the runtime's threads: {e}"))?;
-        if threads != 1 {
-            return refuse(format!("started {} extra thread(s)", threads - 1));
+        let allowed = allowed_threads.max(1);
+        if threads > allowed {
+            return refuse(format!("started {} extra thread(s)", threads - allowed));
         }
     }
     Ok(())

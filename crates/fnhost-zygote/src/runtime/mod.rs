@@ -14,9 +14,11 @@ use fnhost_sandbox::mount::Bind;
 use crate::spec::{RuntimeEntry, ZygoteSpec};
 
 mod exec;
+mod node;
 mod python;
 mod rust;
 
+pub use node::{NODE_SHIM, NODE_SHIM_PATH, NODE_THREADS};
 pub use python::{PYTHON_SHIM, PYTHON_SHIM_PATH};
 
 /// Size of a zygote's own /tmp (import-time scratch).
@@ -36,6 +38,11 @@ pub trait ZygoteRuntime: Sync {
     /// Files it needs in the runtime layer shared by every function.
     fn files(&self) -> &'static [RuntimeFile] {
         &[]
+    }
+    /// Threads the runtime itself has when it forks (see
+    /// [`ZygoteSettings::runtime_threads`]).
+    fn threads(&self) -> u64 {
+        1
     }
 }
 
@@ -64,13 +71,14 @@ pub fn of(runtime: Runtime) -> &'static dyn ZygoteRuntime {
         Runtime::Python3 => &python::Python,
         Runtime::Exec => &exec::Exec,
         Runtime::Rust => &rust::Rust,
+        Runtime::Nodejs => &node::Node,
     }
 }
 
 /// Every file of the runtime layer, each once, in a stable order.
 pub fn layer_files() -> Vec<RuntimeFile> {
     let mut files: Vec<RuntimeFile> = Vec::new();
-    for runtime in [Runtime::Python3, Runtime::Exec, Runtime::Rust] {
+    for runtime in Runtime::ALL.iter().copied() {
         for file in of(runtime).files() {
             if !files.iter().any(|f| f.path == file.path) {
                 files.push(*file);
@@ -140,6 +148,7 @@ pub fn zygote_spec(
             seccomp: SeccompChoice::from_config(&spec.seccomp),
             max_response_bytes,
             own_network: spec.network == NetworkMode::None,
+            runtime_threads: runtime.threads(),
         },
     }
 }
@@ -223,6 +232,7 @@ mod tests {
                 seccomp: SeccompChoice::Unconfined,
                 max_response_bytes: 4096,
                 own_network: true,
+                runtime_threads: 1,
             }
         );
         assert!(
@@ -236,7 +246,30 @@ mod tests {
     fn runtime_layer_holds_each_shim_file_once() {
         let files = layer_files();
         let paths: Vec<&str> = files.iter().map(|f| f.path).collect();
-        assert_eq!(paths, [PYTHON_SHIM_PATH, crate::SHIM_LIB_PATH]);
+        assert_eq!(
+            paths,
+            [PYTHON_SHIM_PATH, crate::SHIM_LIB_PATH, NODE_SHIM_PATH]
+        );
         assert_eq!(files[1].contents, FileContents::ShimLib);
+    }
+
+    #[test]
+    fn node_runs_its_shim_single_threaded_with_its_threads_allowed() {
+        let spec = zygote_spec(
+            &function("nodejs", "handler = \"src/app.handler\""),
+            root(),
+            100,
+            (1000, 1000),
+        );
+        assert_eq!(spec.entry, RuntimeEntry::Exec);
+        assert_eq!(spec.argv[0], "/usr/bin/node");
+        assert!(spec.argv.contains(&"--single-threaded".to_string()));
+        assert!(spec.argv.contains(&"--v8-pool-size=1".to_string()));
+        assert_eq!(spec.argv.last().map(String::as_str), Some(NODE_SHIM_PATH));
+        assert_eq!(spec.settings.runtime_threads, NODE_THREADS);
+        let env = env_of(&spec);
+        assert_eq!(env["FNHOST_HANDLER"], "src/app.handler");
+        assert_eq!(env["FNHOST_SHIM_LIB"], crate::SHIM_LIB_PATH);
+        assert!(!env.contains_key("NODE_OPTIONS"));
     }
 }
