@@ -235,23 +235,22 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 continue;
             }
         };
+        let spec = CloneSpec {
+            flags: CLONE_NAMESPACES
+                | if defaults.own_network {
+                    CLONE_NETWORK
+                } else {
+                    0
+                },
+            // Never a cgroup fd here: the daemon attaches the clone.
+            cgroup: None,
+            exit_signal: libc::SIGCHLD,
+        };
         let started = Instant::now();
         // SAFETY: the zygote's other threads, if any, are its runtime's own,
         // parked holding no lock (checked above), so the child may allocate;
         // it never returns into the serve loop.
-        let forked = unsafe {
-            sys::clone3(CloneSpec {
-                flags: CLONE_NAMESPACES
-                    | if defaults.own_network {
-                        CLONE_NETWORK
-                    } else {
-                        0
-                    },
-                // Never a cgroup fd here: the daemon attaches the clone.
-                cgroup: None,
-                exit_signal: libc::SIGCHLD,
-            })
-        };
+        let forked = unsafe { sys::clone3(spec) };
         match forked {
             Ok(Forked::Child) => {
                 return setup_clone(control_fd, request, invocation, &defaults);

@@ -146,11 +146,23 @@ pub unsafe fn madvise_dontneed(addr: u64, len: u64) -> io::Result<()> {
 
 /// `madvise(addr, len, MADV_HUGEPAGE)`: lets the kernel back a private
 /// anonymous range with transparent huge pages (when THP is not `never`).
-/// Contents are unchanged, so this is safe to ask of any range.
 pub fn madvise_hugepage(addr: u64, len: u64) -> io::Result<()> {
-    let args = [addr, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0];
-    // SAFETY: MADV_HUGEPAGE only changes how the kernel may back the range;
-    // no byte of it changes and no memory is freed.
+    madvise_keeping_contents(addr, len, libc::MADV_HUGEPAGE)
+}
+
+/// `madvise(addr, len, MADV_DOFORK)`: undoes `MADV_DONTFORK`, so children
+/// inherit the range again.
+pub fn madvise_dofork(addr: u64, len: u64) -> io::Result<()> {
+    madvise_keeping_contents(addr, len, libc::MADV_DOFORK)
+}
+
+/// madvise(2) with an advice that leaves every byte and protection of the
+/// range as it is (how it is backed, whether children inherit it), so it is
+/// safe to ask of any range.
+fn madvise_keeping_contents(addr: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
+    let args = [addr, len, advice as u64, 0, 0, 0];
+    // SAFETY: callers pass only advice that frees no memory and changes no
+    // byte of the range.
     unsafe { bare_syscall(libc::SYS_madvise, args) }.map(drop)
 }
 

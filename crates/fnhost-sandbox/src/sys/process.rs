@@ -250,18 +250,14 @@ pub fn undo_dontfork() -> io::Result<usize> {
             .and_then(|range| range.split_once('-'))
             .and_then(|(a, b)| {
                 Some((
-                    usize::from_str_radix(a, 16).ok()?,
-                    usize::from_str_radix(b, 16).ok()?,
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
                 ))
             })
         else {
             continue;
         };
-        // SAFETY: MADV_DOFORK changes only whether a child inherits the
-        // range, never its contents or protection.
-        let ret =
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DOFORK) };
-        if ret == 0 {
+        if super::bare::madvise_dofork(start, end - start).is_ok() {
             set += 1;
         }
     }
