@@ -274,7 +274,10 @@ fn canonical_query(query: &str) -> String {
         .join("&")
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (query strings here; the dispatcher's path
+/// segments, where clients escape ARNs' colons); malformed escapes are kept
+/// as they are.
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,6 +1,7 @@
 //! Request routing and the invoke handler: admission of the body (size,
 //! JSON), invocation through the host, and per-request metrics.
 
+pub(crate) use fnhost_control::sigv4::percent_decode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -178,27 +179,6 @@ pub async fn handle(
         ),
     };
     Ok(response)
-}
-
-/// Decodes `%XX` escapes of a path segment (clients escape ARNs' colons);
-/// malformed escapes are kept as they are.
-pub(crate) fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
