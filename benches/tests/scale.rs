@@ -6,38 +6,19 @@
 //! root and `fnhost` (with its shim) next to the harness binary.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fnhost_testkit::{require_root, skip};
+mod support;
 
 const TEST: &str = "many_functions_answer_and_leave_nothing_behind";
 /// Above server.function_metrics_max (50): the summed metrics are exercised.
 const FUNCTIONS: u64 = 150;
 
-fn fnhost_binary() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_fnhost-bench"))
-        .parent()
-        .expect("the harness binary lives in a directory")
-        .join("fnhost")
-}
-
 #[test]
 fn many_functions_answer_and_leave_nothing_behind() {
-    if !require_root(TEST) {
+    let Some(fnhost) = support::fnhost_beside_harness(TEST) else {
         return;
-    }
-    let fnhost = fnhost_binary();
-    if !fnhost.is_file() {
-        skip(
-            TEST,
-            &format!(
-                "{} not built: run cargo build --workspace --all-targets",
-                fnhost.display()
-            ),
-        );
-        return;
-    }
+    };
     let out = tempfile::tempdir().expect("tempdir");
     let child = Command::new(env!("CARGO_BIN_EXE_fnhost-bench"))
         .arg("scale")

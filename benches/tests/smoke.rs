@@ -6,37 +6,19 @@
 //! the harness binary (`cargo build --workspace --all-targets`).
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fnhost_testkit::{cgroup_dirs, in_ci, require_root, skip};
+mod support;
+
+use fnhost_testkit::{cgroup_dirs, in_ci};
 
 const TEST: &str = "every_suite_runs_with_tiny_counts";
 
-fn fnhost_binary() -> PathBuf {
-    let bench = Path::new(env!("CARGO_BIN_EXE_fnhost-bench"));
-    bench
-        .parent()
-        .expect("the harness binary lives in a directory")
-        .join("fnhost")
-}
-
 #[test]
 fn every_suite_runs_with_tiny_counts() {
-    if !require_root(TEST) {
+    let Some(fnhost) = support::fnhost_beside_harness(TEST) else {
         return;
-    }
-    let fnhost = fnhost_binary();
-    if !fnhost.is_file() {
-        skip(
-            TEST,
-            &format!(
-                "{} not built: run cargo build --workspace --all-targets",
-                fnhost.display()
-            ),
-        );
-        return;
-    }
+    };
     let out = tempfile::tempdir().expect("tempdir");
     let json = out.path().join("bench.json");
     let child = Command::new(env!("CARGO_BIN_EXE_fnhost-bench"))
