@@ -11,6 +11,7 @@ use fnhost_zygote::protocol::InitFailure;
 use fnhost_zygote::{arenas, forkserver};
 
 pub mod node;
+pub mod uv_signal_lock;
 
 /// Serves clone requests on `control_fd`. Returns only in a new, isolated
 /// clone: the descriptor of its invocation socket. The zygote itself never

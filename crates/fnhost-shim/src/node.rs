@@ -161,7 +161,19 @@ unsafe extern "C" fn serve(env: Env, info: CallbackInfo) -> Value {
         // SAFETY: env is this callback's.
         return unsafe { throw(api, env, c"serve(controlFd, importUs) takes two integers") };
     };
+    // Found once, in the zygote, while it is idle and the lock free.
+    let signal_lock = crate::uv_signal_lock::find();
+    if let Err(why) = &signal_lock {
+        eprintln!("fnhost: libuv's signal lock is not renewed per clone: {why}");
+    }
     let fd = crate::fnhost_zygote_serve(control as c_int, import_us.max(0) as u64);
+    // In the clone now: a signal lock of its own (see uv_signal_lock).
+    if let Ok(lock) = signal_lock {
+        if let Err(e) = crate::uv_signal_lock::renew(lock) {
+            eprintln!("fnhost: cannot give the clone a signal lock of its own: {e}");
+            fnhost_sandbox::sys::exit_immediately(1);
+        }
+    }
     // In the clone now. libuv's epoll instance, its wake-up eventfd and
     // signal pipe are the zygote's (and every sibling clone's): without
     // new ones a clone would see other clones' events and lose its own

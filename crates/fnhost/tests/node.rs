@@ -430,3 +430,44 @@ fn node_sandboxes_are_held_to_their_limits() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["counter"], 1);
 }
+
+/// A clone that dies holding libuv's signal lock (its byte taken) leaves
+/// the next clones a lock of their own: signal watchers and child
+/// processes still work. Without a lock per clone, all of them would share
+/// one pipe, and the next `process.on('SIGx')` would block until its
+/// deadline.
+#[test]
+fn a_clone_dying_with_the_signal_lock_held_blocks_no_other() {
+    if !require_root("a_clone_dying_with_the_signal_lock_held_blocks_no_other") {
+        return;
+    }
+    let daemon = Daemon::start(&node_function(
+        "signals",
+        &node_code(),
+        "probe.signalLock",
+        "zygotes = 1\nready_clones = 2\ntimeout_ms = 5000",
+    ));
+    for round in 0..3 {
+        let r = daemon.invoke("signals", "{}");
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["got"], "SIGUSR2", "{}", r.text());
+        assert_eq!(body["child"], "child", "{body}");
+        assert_eq!(body["counter"], 1, "{body}");
+        // The handler ends the process: an error for the caller, but the
+        // lock's byte is gone from the pipe this clone had.
+        let r = daemon.invoke("signals", r#"{"take": true}"#);
+        assert_ne!(
+            r.status,
+            200,
+            "round {round}: the lock was not found: {}",
+            r.text()
+        );
+    }
+    // The zygote found the lock (no warning in the daemon's log).
+    assert!(
+        !daemon.stderr().contains("signal lock is not renewed"),
+        "{}",
+        daemon.stderr()
+    );
+}

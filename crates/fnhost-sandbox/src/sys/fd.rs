@@ -1,9 +1,9 @@
-//! Plain descriptor I/O with raw syscalls: dup, one-byte read, write-all,
+//! Plain descriptor I/O with raw syscalls: pipe, dup, one-byte read, write-all,
 //! positioned read/write, seek, fadvise and poll. The read/write/dup ones
 //! are async-signal-safe (usable between clone and exec).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `dup2(fd, target)` that also clears `FD_CLOEXEC` when `fd == target`
 /// (dup2 is a no-op then and would leave the flag set).
@@ -22,6 +22,38 @@ pub fn dup_to(fd: RawFd, target: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A pipe whose two ends close on exec: `(read end, write end)`.
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `dup3(fd, target, O_CLOEXEC)`: makes descriptor number `target` refer to
+/// what `fd` refers to (closing what `target` was), close-on-exec.
+pub fn dup_onto_cloexec(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup3 on descriptor numbers; errors are reported. The caller
+    // owns `target`'s old meaning (it is replaced, not leaked).
+    if unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes waiting to be read on a pipe or socket (`FIONREAD`).
+pub fn readable_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Closes every descriptor from `first` up (`close_range(2)`), so that
@@ -260,6 +292,19 @@ mod tests {
         assert_eq!(back[..3], words);
         assert_eq!(lseek(file.as_fd(), 0, libc::SEEK_END).expect("seek"), 32);
         fadvise_dontneed(file.as_fd()).expect("fadvise");
+    }
+
+    #[test]
+    fn a_pipe_duplicated_onto_another_number_carries_its_bytes() {
+        let (r, w) = pipe_cloexec().expect("pipe");
+        write_all_raw(w.as_raw_fd(), b"ab").expect("write");
+        assert_eq!(readable_bytes(r.as_fd()).expect("fionread"), 2);
+        let spare = tempfile::tempfile().expect("tempfile");
+        dup_onto_cloexec(r.as_fd(), spare.as_raw_fd()).expect("dup3");
+        assert_eq!(readable_bytes(spare.as_fd()).expect("fionread"), 2);
+        let flags =
+            nix::fcntl::fcntl(spare.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).expect("getfd");
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 
     #[test]

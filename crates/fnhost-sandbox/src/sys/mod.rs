@@ -9,7 +9,10 @@ pub mod ids;
 pub mod process;
 pub mod uffd;
 
-pub use fd::{close_from, dup_to, poll_readable, read_byte_raw, write_all_raw};
+pub use fd::{
+    close_from, dup_onto_cloexec, dup_to, pipe_cloexec, poll_readable, read_byte_raw,
+    readable_bytes, write_all_raw,
+};
 pub use ids::{capset_all, map_own_ids, prctl, set_ids_raw};
 pub use process::{
     children_of, clone3, current_tid, execve, exit_immediately, pidfd_nspids, pidfd_open,

@@ -125,3 +125,44 @@ exports.hog = async () => {
 exports.spin = async () => {
   for (;;) {}
 };
+
+// libuv's signal lock (see crates/fnhost-shim/src/uv_signal_lock.rs): the
+// one blocking pipe this process holds both ends of. Taking its byte and
+// exiting is what a clone killed while holding the lock leaves behind.
+function signalLockFds() {
+  const pipes = {};
+  for (const name of fs.readdirSync('/proc/self/fd')) {
+    let link;
+    try { link = fs.readlinkSync('/proc/self/fd/' + name); } catch (_) { continue; }
+    if (!link.startsWith('pipe:[')) continue;
+    const flags = parseInt(fs.readFileSync('/proc/self/fdinfo/' + name, 'utf8').match(/flags:\s*(\d+)/)[1], 8);
+    if (flags & 0o4000) continue; // O_NONBLOCK
+    const ends = (pipes[link] = pipes[link] || {});
+    if ((flags & 3) === 0) ends.read = Number(name);
+    if ((flags & 3) === 1) ends.write = Number(name);
+  }
+  return Object.values(pipes).filter((e) => e.read !== undefined && e.write !== undefined);
+}
+
+function takeSignalLock() {
+  const locks = signalLockFds();
+  if (locks.length !== 1) return { taken: false, candidates: locks.length };
+  fs.readSync(locks[0].read, Buffer.alloc(1), 0, 1, null);
+  process.exit(0); // dies holding it
+}
+
+// Needs the signal lock: a signal watcher, a signal delivered to it, and a
+// child process (libuv watches SIGCHLD for it).
+async function useSignals() {
+  // Signal watchers do not keep the loop alive; the timer does meanwhile.
+  const alive = setTimeout(() => {}, 60000);
+  const got = await new Promise((resolve) => {
+    process.once('SIGUSR2', () => resolve('SIGUSR2'));
+    process.kill(process.pid, 'SIGUSR2');
+  });
+  clearTimeout(alive);
+  const child = require('child_process').spawnSync('/bin/sh', ['-c', 'echo child'], { encoding: 'utf8' });
+  return { got, child: child.stdout.trim(), counter: ++counter };
+}
+
+exports.signalLock = async (event) => (event.take ? takeSignalLock() : useSignals());
