@@ -373,9 +373,13 @@ fn check_env_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks that the handler's module is in the code (Lambda would fail every
-/// invocation with `Runtime.ImportModuleError`; fnhost says so at once).
-pub fn check_handler_module(handler: &str, code: &Path) -> Result<(), ApiError> {
+/// Checks that the handler's module is in the code for fnhost runtime
+/// `runtime` (Lambda would fail every invocation with
+/// `Runtime.ImportModuleError`; fnhost says so at once).
+pub fn check_handler_module(runtime: &str, handler: &str, code: &Path) -> Result<(), ApiError> {
+    if runtime == "nodejs" {
+        return check_node_module(handler, code);
+    }
     let module = handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler);
     let rel = module.replace('.', "/");
     let found = code.join(format!("{rel}.py")).is_file()
@@ -386,6 +390,28 @@ pub fn check_handler_module(handler: &str, code: &Path) -> Result<(), ApiError> 
     } else {
         Err(ApiError::invalid(format!(
             "Runtime.ImportModuleError: Unable to import module '{module}': the code has no {rel}.py (handler {handler:?}); check the handler or the zip's layout (files at the zip's root)"
+        )))
+    }
+}
+
+/// A node handler is `path/file.function.path`: the file is what comes
+/// before the first dot of the last path segment, loaded as file.js,
+/// file.mjs, file.cjs, or a directory (its package.json or index.js).
+fn check_node_module(handler: &str, code: &Path) -> Result<(), ApiError> {
+    let dir_end = handler.rfind('/').map_or(0, |i| i + 1);
+    let file = match handler[dir_end..].find('.') {
+        Some(at) => &handler[..dir_end + at],
+        None => handler,
+    };
+    let found = ["js", "mjs", "cjs"]
+        .iter()
+        .any(|ext| code.join(format!("{file}.{ext}")).is_file())
+        || code.join(file).is_dir();
+    if found {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "Runtime.ImportModuleError: Error: Cannot find module '{file}': the code has no {file}.js, {file}.mjs or {file}.cjs (handler {handler:?}); check the handler or the zip's layout (files at the zip's root)"
         )))
     }
 }

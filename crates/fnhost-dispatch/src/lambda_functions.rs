@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use fnhost_config::{FunctionSpec, Runtime};
+use fnhost_config::FunctionSpec;
 use fnhost_control::model::{self, arn, check_handler_module, check_name, ConfigChange};
 use fnhost_control::{ApiError, FunctionRecord};
 use hyper::StatusCode;
@@ -186,9 +186,12 @@ fn control_error(e: ControlError) -> ApiError {
 }
 
 /// Extracts a zip into the store (off the async threads) and checks the handler.
+/// Stores the zip's code and checks that `handler` of Lambda runtime
+/// `runtime` is in it.
 async fn put_code(
     lc: &Arc<LambdaControl>,
     zip: Vec<u8>,
+    runtime: &str,
     handler: &str,
     in_use: &std::collections::BTreeMap<String, FunctionRecord>,
 ) -> Result<fnhost_control::store::CodeRef, ApiError> {
@@ -213,7 +216,8 @@ async fn put_code(
             }
             other => ApiError::service(other.to_string()),
         })?;
-    if let Err(e) = check_handler_module(handler, &code.dir) {
+    let runtime = lc.runtimes.resolve(runtime)?;
+    if let Err(e) = check_handler_module(runtime, handler, &code.dir) {
         // Nothing half-created: code extracted just now that no function
         // uses goes again (callers hold the records lock).
         let used = in_use.values().any(|r| r.code_sha256 == code.sha256);
@@ -278,7 +282,7 @@ async fn create(lc: &Arc<LambdaControl>, body: Map<String, Value>) -> Outcome {
     if lc.control.source_defines(&name).await {
         return Err(ApiError::conflict(format!("Function already exist: {name} (defined in the config file, read-only through the Lambda API)")));
     }
-    let code = put_code(lc, zip, &handler, &records).await?;
+    let code = put_code(lc, zip, &runtime, &handler, &records).await?;
     let mut record = FunctionRecord {
         name: name.clone(),
         runtime,
@@ -325,11 +329,13 @@ async fn modify_record(
     }
     let mut record = current.clone();
     if let Some(zip) = f(&mut record, ())? {
-        let code = put_code(lc, zip, &record.handler, &records).await?;
+        let code = put_code(lc, zip, &record.runtime, &record.handler, &records).await?;
         record.code_sha256 = code.sha256;
         record.code_size = code.zip_size;
-    } else if record.handler != current.handler {
-        check_handler_module(&record.handler, &lc.store.code_dir(&record.code_sha256))?;
+    } else if record.handler != current.handler || record.runtime != current.runtime {
+        let runtime = lc.runtimes.resolve(&record.runtime)?;
+        let code = lc.store.code_dir(&record.code_sha256);
+        check_handler_module(runtime, &record.handler, &code)?;
     }
     record.touch(now_secs());
     apply(lc, &record).await?;
@@ -385,15 +391,10 @@ async fn configuration(lc: &Arc<LambdaControl>, name: &str) -> Result<Value, Api
 }
 
 fn file_configuration(lc: &LambdaControl, spec: &FunctionSpec) -> Value {
-    let runtime = match spec.runtime {
-        Runtime::Python3 => lc
-            .runtimes
-            .available()
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "python3".into()),
-        other => format!("fnhost-{}", other.as_str()),
-    };
+    let runtime = lc
+        .runtimes
+        .lambda_name(spec.runtime.as_str())
+        .unwrap_or_else(|| format!("fnhost-{}", spec.runtime.as_str()));
     json!({
         "FunctionName": spec.name,
         "FunctionArn": arn(&spec.name),

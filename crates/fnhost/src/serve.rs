@@ -157,8 +157,10 @@ async fn serve(
     // Functions created through the Lambda API join the config before any
     // pool starts.
     let store = Arc::new(fnhost_control::Store::open(&config.server.state_dir)?);
-    let runtimes =
-        fnhost_control::runtime::Runtimes::detect(Path::new(fnhost_config::DEFAULT_PYTHON));
+    let runtimes = fnhost_control::runtime::Runtimes::detect(
+        Path::new(fnhost_config::DEFAULT_PYTHON),
+        Path::new(fnhost_config::DEFAULT_NODE),
+    );
     let (records, api) = api_functions(&config, &store, &runtimes)?;
     if !api.is_empty() {
         let merged = fnhost_dispatch::control::merge(&text, &api)?;

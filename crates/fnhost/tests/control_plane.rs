@@ -210,6 +210,37 @@ fn lambda_control_plane_with_boto3_and_the_aws_cli() {
     assert_eq!(stored, 2, "code directories after the bad inputs");
     assert_eq!(b["still_v2"]["version"], 2);
 
+    // Node.js through the same API: the host's node version, an ES module
+    // in a subdirectory, a fresh sandbox per invocation, code updates.
+    let n = run("node", &first, base.path());
+    assert_eq!(n["created_runtime"], n["runtime"], "{n}");
+    assert_eq!(n["state"], "Active", "{n}");
+    for (key, echo) in [("first", "a"), ("second", "b")] {
+        let payload = &n[key]["payload"];
+        assert!(n[key]["error"].is_null(), "{key}: {n}");
+        assert_eq!(payload["version"], 1, "{key}: {n}");
+        assert_eq!(payload["count"], 1, "{key}: module state carried over: {n}");
+        assert_eq!(payload["name"], "node-fn", "{n}");
+        assert_eq!(payload["greeting"], "hej", "{n}");
+        assert_eq!(payload["echo"], echo, "{n}");
+    }
+    assert_eq!(n["updated"]["payload"]["version"], 2, "{n}");
+    assert_eq!(code(&n, "missing"), "InvalidParameterValueException");
+    assert!(
+        n["missing"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Cannot find module 'index'"),
+        "{n}"
+    );
+    // Switching node code to a python runtime: its handler module is missing.
+    assert_eq!(
+        code(&n, "python_for_node_code"),
+        "InvalidParameterValueException",
+        "{n}"
+    );
+    assert_eq!(n["names"], b["after_bad"], "{n}");
+
     // SigV4: accepted and refused as AWS does.
     let a = run("auth", &first, base.path());
     assert_eq!(code(&a, "wrong_secret"), "InvalidSignatureException", "{a}");

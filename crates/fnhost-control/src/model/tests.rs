@@ -3,6 +3,7 @@ use super::*;
 fn runtimes() -> Runtimes {
     Runtimes {
         python: Some("3.11".into()),
+        node: Some("20".into()),
     }
 }
 
@@ -85,11 +86,29 @@ fn handler_module_lookup() {
     std::fs::create_dir_all(dir.path().join("pkg")).expect("mkdir");
     std::fs::write(dir.path().join("app.py"), "").expect("write");
     std::fs::write(dir.path().join("pkg/__init__.py"), "").expect("write");
-    assert!(check_handler_module("app.handler", dir.path()).is_ok());
-    assert!(check_handler_module("pkg.handler", dir.path()).is_ok());
-    let e = check_handler_module("missing.handler", dir.path()).unwrap_err();
+    assert!(check_handler_module("python3", "app.handler", dir.path()).is_ok());
+    assert!(check_handler_module("python3", "pkg.handler", dir.path()).is_ok());
+    let e = check_handler_module("python3", "missing.handler", dir.path()).unwrap_err();
     assert!(
         e.message.contains("Runtime.ImportModuleError") && e.message.contains("missing.py"),
+        "{e}"
+    );
+}
+
+#[test]
+fn node_handler_module_lookup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("src/lib")).expect("mkdir");
+    std::fs::write(dir.path().join("index.js"), "").expect("write");
+    std::fs::write(dir.path().join("src/app.mjs"), "").expect("write");
+    std::fs::write(dir.path().join("a.py"), "").expect("write");
+    assert!(check_handler_module("nodejs", "index.handler", dir.path()).is_ok());
+    assert!(check_handler_module("nodejs", "index.nested.fn", dir.path()).is_ok());
+    assert!(check_handler_module("nodejs", "src/app.handler", dir.path()).is_ok());
+    assert!(check_handler_module("nodejs", "src/lib.handler", dir.path()).is_ok());
+    let e = check_handler_module("nodejs", "a.handler", dir.path()).unwrap_err();
+    assert!(
+        e.message.contains("Cannot find module 'a'") && e.message.contains("a.mjs"),
         "{e}"
     );
 }

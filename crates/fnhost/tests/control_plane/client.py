@@ -187,7 +187,7 @@ def bad_inputs():
         "too_large_unzipped": create(zipdata=unzipped.getvalue()),
         "missing_module": create(handler="nomodule.handler", zipdata=code(1, [("other.py", "x = 1")])),
         "runtime_other_python": create(runtime="python3.99"),
-        "runtime_node": create(runtime="nodejs20.x"),
+        "runtime_node": create(runtime="nodejs99.x"),
         "duplicate": create(name="api-fn"),
         "file_name": create(name="hello"),
         "bad_name": create(name="bad name!"),
@@ -281,8 +281,44 @@ def update_v3():
         pass
 
 
+def node():
+    """A Node.js function through the same API: the host's node version."""
+    c = client()
+    major = subprocess.run(["/usr/bin/node", "--version"], capture_output=True, text=True,
+                           check=True).stdout.strip().lstrip("v").split(".")[0]
+    runtime = f"nodejs{major}.x"
+
+    def js(version):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("src/index.mjs", "let count = 0;\n"
+                       f"export const handler = async (event, context) => ({{ version: {version}, "
+                       "count: ++count, name: context.functionName, greeting: process.env.GREETING, "
+                       "echo: event.echo });\n")
+        return buf.getvalue()
+
+    created = c.create_function(FunctionName="node-fn", Runtime=runtime, Role="r", Handler="src/index.handler",
+                                Code={"ZipFile": js(1)}, Environment={"Variables": {"GREETING": "hej"}})
+    c.get_waiter("function_active_v2").wait(FunctionName="node-fn")
+    first = invoke(c, "node-fn", {"echo": "a"})
+    second = invoke(c, "node-fn", {"echo": "b"})
+    c.update_function_code(FunctionName="node-fn", ZipFile=js(2))
+    c.get_waiter("function_updated_v2").wait(FunctionName="node-fn")
+    updated = invoke(c, "node-fn")
+    cfg = c.get_function_configuration(FunctionName="node-fn")
+    missing = error_of(lambda: c.create_function(FunctionName="node-missing", Runtime=runtime, Role="r",
+                                                 Handler="index.handler", Code={"ZipFile": js(1)}))
+    python_handler_for_node = error_of(lambda: c.update_function_configuration(
+        FunctionName="node-fn", Runtime=RUNTIME))
+    c.delete_function(FunctionName="node-fn")
+    return {"runtime": runtime, "created_runtime": created["Runtime"], "state": cfg["State"],
+            "first": first, "second": second, "updated": updated, "missing": missing,
+            "python_for_node_code": python_handler_for_node,
+            "names": sorted(f["FunctionName"] for f in c.list_functions()["Functions"])}
+
+
 if PHASE == "update-v3":
     update_v3()
 else:
     print(json.dumps({"deploy": deploy, "bad": bad_inputs, "auth": auth, "awscli": awscli,
-                      "after-restart": after_restart, "shadow": shadow}[PHASE]()))
+                      "after-restart": after_restart, "shadow": shadow, "node": node}[PHASE]()))
