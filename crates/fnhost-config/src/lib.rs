@@ -20,8 +20,8 @@ use toml_edit::ImDocument;
 
 pub use control_plane::{ControlPlaneConfig, InvokeAuth};
 pub use model::{
-    AdminListen, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode, PoolSettings,
-    Runtime, ServerConfig, DEFAULT_NODE, DEFAULT_PYTHON, DEFAULT_USERNS_HOST_BASE,
+    AdminListen, FavorDynmodsMode, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode,
+    PoolSettings, Runtime, ServerConfig, DEFAULT_NODE, DEFAULT_PYTHON, DEFAULT_USERNS_HOST_BASE,
     DEFAULT_USERNS_RANGES, USERNS_SIZE,
 };
 

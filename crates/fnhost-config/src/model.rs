@@ -47,6 +47,40 @@ pub struct ServerConfig {
     /// most this many functions; beyond it only `fnhost_invocations_total`
     /// does and the rest is summed over functions (bounded `/metrics`).
     pub function_metrics_max: usize,
+    /// Whether fnhost sets the cgroup2 `favordynmods` option at start
+    /// (cheap cgroup migrations; a global kernel setting).
+    pub cgroup_favordynmods: FavorDynmodsMode,
+}
+
+/// `server.cgroup_favordynmods`: may fnhost remount the host's cgroup2
+/// filesystem with `favordynmods`, which spares every cold start, on-demand
+/// clone and wake-up a wait for an RCU grace period in the kernel's cgroup
+/// migration lock (see docs/operations.md)?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FavorDynmodsMode {
+    /// Set it; if the remount is refused (e.g. a read-only cgroupfs in a
+    /// container), log a warning and go on without it.
+    Auto,
+    /// Set it, or refuse to start.
+    On,
+    /// Never touch the host's setting.
+    Keep,
+}
+
+impl FavorDynmodsMode {
+    pub const ALL: [FavorDynmodsMode; 3] = [Self::Auto, Self::On, Self::Keep];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Keep => "keep",
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == text)
+    }
 }
 
 /// Default of `server.function_metrics_max`.
@@ -135,6 +169,7 @@ impl Default for ServerConfig {
             http: HttpLimits::default(),
             control_plane: Default::default(),
             function_metrics_max: DEFAULT_FUNCTION_METRICS_MAX,
+            cgroup_favordynmods: FavorDynmodsMode::Auto,
         }
     }
 }

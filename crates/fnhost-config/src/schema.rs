@@ -37,6 +37,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "max_code_zip_bytes",
     "max_code_unzipped_bytes",
     "function_metrics_max",
+    "cgroup_favordynmods",
 ];
 
 /// Keys of `[defaults]`: everything a function may override.
@@ -105,6 +106,7 @@ pub(crate) struct RawServer {
     pub(crate) max_code_zip_bytes: Option<i64>,
     pub(crate) max_code_unzipped_bytes: Option<i64>,
     pub(crate) function_metrics_max: Option<i64>,
+    pub(crate) cgroup_favordynmods: Option<String>,
 }
 
 /// The per-function keys, as found in `[defaults]` or in one `[[functions]]` entry.

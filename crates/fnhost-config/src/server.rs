@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::model::{AdminListen, HttpLimits, ServerConfig};
+use crate::model::{AdminListen, FavorDynmodsMode, HttpLimits, ServerConfig};
 use crate::schema::RawServer;
 use crate::span::KeyPath;
 use crate::validate::{bounded, invalid, to_u64, to_usize, Invalid};
@@ -172,6 +172,14 @@ pub(crate) fn server(
             " functions",
         )?);
     }
+    if let Some(mode) = &raw.cgroup_favordynmods {
+        server.cgroup_favordynmods = FavorDynmodsMode::from_toml(mode).ok_or_else(|| {
+            invalid(
+                path.key("cgroup_favordynmods"),
+                format!("{mode:?} is not a mode; use \"auto\" (set it, warn if refused), \"on\" (set it or refuse to start) or \"keep\" (leave the host's setting alone)"),
+            )
+        })?;
+    }
     if (server.http.max_payload_memory_mb << 20) < server.max_payload_bytes as u64 {
         return Err(invalid(
             path.key("max_payload_memory_mb"),
@@ -298,6 +306,12 @@ mod tests {
             2,
             "server.max_response_bytes",
             "got 1073741825",
+        );
+        assert_invalid(
+            "[server]\ncgroup_favordynmods = \"yes\"\n",
+            2,
+            "server.cgroup_favordynmods",
+            "use \"auto\"",
         );
         assert_invalid(
             "[server]\nfunction_metrics_max = -1\n",
@@ -447,5 +461,20 @@ mod tests {
         .expect("valid");
         assert_eq!(config.server.state_dir, dir.path().join("run/state"));
         assert!(config.server.listen.is_ipv6());
+    }
+
+    #[test]
+    fn favordynmods_mode_defaults_to_auto_and_parses_each_mode() {
+        let parse = |text: &str| {
+            crate::Config::parse(text, "t.toml", std::path::Path::new("/etc/fnhost"))
+                .expect("valid")
+                .server
+                .cgroup_favordynmods
+        };
+        assert_eq!(parse("[server]\n"), crate::FavorDynmodsMode::Auto);
+        for mode in crate::FavorDynmodsMode::ALL {
+            let text = format!("[server]\ncgroup_favordynmods = \"{}\"\n", mode.as_str());
+            assert_eq!(parse(&text), mode);
+        }
     }
 }

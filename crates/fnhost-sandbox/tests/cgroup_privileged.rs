@@ -283,3 +283,89 @@ fn memory_limit_is_enforced() {
     });
     cg.remove().expect("remove");
 }
+
+/// `favordynmods` on the real cgroup2 mount: set by a remount that keeps
+/// the mount's other options, then found set. The mount's previous state
+/// is put back afterwards, even on failure.
+#[test]
+fn favordynmods_is_set_by_a_remount_that_keeps_other_options() {
+    use fnhost_sandbox::cgroup::favordynmods::{favor_dynmods, is_set, FavorDynmods};
+    use fnhost_sandbox::syscall::{LinuxSyscall, Syscall};
+    use nix::mount::MsFlags;
+
+    if !can_run(
+        "favordynmods_is_set_by_a_remount_that_keeps_other_options",
+        &[],
+    ) {
+        return;
+    }
+    let layout = CgroupLayout::detect().expect("detect cgroup layout");
+    let Some(mount) = layout.cgroup2_mount().map(Path::to_path_buf) else {
+        eprintln!("no cgroup2 mount: favor_dynmods has nothing to do here");
+        return;
+    };
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let options = |text: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == Some(mount.to_str().expect("utf8")))
+            .expect("the cgroup2 mount's line")
+            .to_owned();
+        let post = line.split_once(" - ").expect("separator").1.to_owned();
+        post.split(' ')
+            .nth(2)
+            .unwrap_or("")
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let remount_with = |opts: &[String]| {
+        let data: Vec<&str> = opts
+            .iter()
+            .map(String::as_str)
+            .filter(|o| *o != "rw" && *o != "ro" && !o.is_empty())
+            .collect();
+        LinuxSyscall
+            .mount(
+                None,
+                &mount,
+                Some("cgroup2"),
+                MsFlags::MS_REMOUNT,
+                Some(&data.join(",")),
+            )
+            .expect("remount cgroup2");
+    };
+    /// Puts the mount's options back as they were, on every exit.
+    struct Restore<F: Fn()>(F);
+    impl<F: Fn()> Drop for Restore<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let before = options(&mountinfo());
+    let _restore = Restore(|| remount_with(&before));
+    let without: Vec<String> = before
+        .iter()
+        .filter(|o| *o != "favordynmods")
+        .cloned()
+        .collect();
+    remount_with(&without);
+    let cleared = mountinfo();
+    assert!(!is_set(&cleared, &mount), "{:?}", options(&cleared));
+
+    let done = favor_dynmods(&layout, &cleared, &LinuxSyscall).expect("remount with favordynmods");
+    assert_eq!(done, FavorDynmods::Enabled);
+    let after = mountinfo();
+    assert!(is_set(&after, &mount), "{:?}", options(&after));
+    // Every other option of the mount survived.
+    let kept: Vec<String> = options(&after)
+        .into_iter()
+        .filter(|o| o != "favordynmods")
+        .collect();
+    assert_eq!(kept, without);
+    assert_eq!(
+        favor_dynmods(&layout, &after, &LinuxSyscall).expect("nothing to do"),
+        FavorDynmods::AlreadySet
+    );
+}

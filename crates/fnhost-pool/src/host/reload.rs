@@ -132,7 +132,7 @@ fn same_except_pool(a: &FunctionSpec, b: &FunctionSpec) -> bool {
 /// `[server]` keys that changed but need a restart.
 fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     let mut keys = Vec::new();
-    let checks: [(&str, bool); 7] = [
+    let checks: [(&str, bool); 8] = [
         ("server.listen", old.listen != new.listen),
         ("server.state_dir", old.state_dir != new.state_dir),
         ("server.cgroup_root", old.cgroup_root != new.cgroup_root),
@@ -146,6 +146,10 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         ),
         ("server.admin_listen", old.admin_listen != new.admin_listen),
         ("server.admin_token", old.admin_token != new.admin_token),
+        (
+            "server.cgroup_favordynmods",
+            old.cgroup_favordynmods != new.cgroup_favordynmods,
+        ),
     ];
     for (key, changed) in checks {
         if changed {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use fnhost_config::{Config, FunctionSpec, ServerConfig};
+use fnhost_config::{Config, FavorDynmodsMode, FunctionSpec, ServerConfig};
 use fnhost_layers::{HostLayer, Layer, LayerFile, LayerStore};
 use fnhost_sandbox::cgroup::{CgroupLayout, CgroupLimits, CgroupTree};
 use fnhost_sandbox::mount::Bind;
@@ -35,6 +35,8 @@ const ZYGOTE_PIDS: u64 = 4096;
 pub enum HostError {
     #[error("cannot detect the cgroup layout: {0}")]
     CgroupDetect(#[source] fnhost_sandbox::cgroup::CgroupError),
+    #[error("{0}")]
+    FavorDynmods(#[source] fnhost_sandbox::cgroup::CgroupError),
     #[error("cannot clean up fnhost cgroups left by a previous run: {0}")]
     CgroupCleanup(#[source] fnhost_sandbox::cgroup::CgroupError),
     #[error("cannot create state directory {path}: {source} (set server.state_dir to a writable directory)")]
@@ -181,6 +183,39 @@ fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, Hos
     store.import_files(&files).map_err(HostError::RuntimeLayer)
 }
 
+/// Applies `server.cgroup_favordynmods` (see
+/// [`fnhost_sandbox::cgroup::favordynmods`]).
+fn favor_dynmods(layout: &CgroupLayout, mode: FavorDynmodsMode) -> Result<(), HostError> {
+    use fnhost_sandbox::cgroup::favordynmods::{favor_dynmods, FavorDynmods};
+    if mode == FavorDynmodsMode::Keep {
+        return Ok(());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
+        HostError::CgroupDetect(fnhost_sandbox::cgroup::CgroupError::ReadMountinfo { source })
+    })?;
+    match favor_dynmods(layout, &mountinfo, &fnhost_sandbox::syscall::LinuxSyscall) {
+        Ok(FavorDynmods::Enabled) => {
+            tracing::info!(
+                "remounted the cgroup2 filesystem with favordynmods: cgroup migrations no longer \
+                 wait for an RCU grace period (server.cgroup_favordynmods = \"keep\" leaves it alone)"
+            );
+            Ok(())
+        }
+        Ok(FavorDynmods::AlreadySet) => Ok(()),
+        Ok(FavorDynmods::NoCgroup2) => {
+            if mode == FavorDynmodsMode::On {
+                tracing::warn!("server.cgroup_favordynmods = \"on\", but the host has no cgroup2 filesystem; going on without it");
+            }
+            Ok(())
+        }
+        Err(e) if mode == FavorDynmodsMode::Auto => {
+            tracing::warn!(error = %e, "cold starts, on-demand clones and wake-ups may each wait for an RCU grace period");
+            Ok(())
+        }
+        Err(e) => Err(HostError::FavorDynmods(e)),
+    }
+}
+
 impl Host {
     /// Builds everything and prewarms every pool (waiting for the first
     /// refill pass, so a started host serves its first request warm).
@@ -188,6 +223,7 @@ impl Host {
         let started = std::time::Instant::now();
         let layout = CgroupLayout::detect().map_err(HostError::CgroupDetect)?;
         let layout_text = layout.describe();
+        favor_dynmods(&layout, config.server.cgroup_favordynmods)?;
         let tree = Arc::new(CgroupTree::new(layout, &config.server.cgroup_root));
         let stale = tree.remove_stale().map_err(HostError::CgroupCleanup)?;
         if stale.cgroups_removed > 0 {

@@ -109,6 +109,15 @@ impl CgroupLayout {
         }
     }
 
+    /// The cgroup2 filesystem's mount point, if the host has one.
+    pub fn cgroup2_mount(&self) -> Option<&Path> {
+        match self {
+            CgroupLayout::V2 { mount } => Some(mount),
+            CgroupLayout::Hybrid { unified, .. } => Some(unified),
+            CgroupLayout::V1 { .. } => None,
+        }
+    }
+
     /// A one-line summary for logs and `fnhost check-config`.
     pub fn describe(&self) -> String {
         match self {
@@ -224,6 +233,18 @@ impl CgroupLayout {
 }
 
 /// Parses one mountinfo line (proc(5)); `None` unless it is a cgroup mount.
+/// The filesystem options (mountinfo's last field) of the cgroup or
+/// cgroup2 filesystem mounted at `mount_point`.
+pub(super) fn super_options_of(mountinfo: &str, mount_point: &Path) -> Option<Vec<String>> {
+    // The last mount at a point is the one in effect.
+    mountinfo
+        .lines()
+        .rev()
+        .filter_map(parse_line)
+        .find(|m| m.mount_point == mount_point)
+        .map(|m| m.options)
+}
+
 fn parse_line(line: &str) -> Option<CgroupMount> {
     let (pre, post) = line.split_once(" - ")?;
     let pre: Vec<&str> = pre.split(' ').collect();

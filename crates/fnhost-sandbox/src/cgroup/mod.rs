@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod detect;
+pub mod favordynmods;
 mod fs;
 mod group;
 mod tree;
@@ -65,6 +66,12 @@ impl CgroupLimits {
 pub enum CgroupError {
     #[error("cannot read /proc/self/mountinfo: {source}")]
     ReadMountinfo { source: io::Error },
+    #[error(
+        "cannot remount the cgroup2 filesystem at {path} with favordynmods: {source} \
+         (set server.cgroup_favordynmods = \"keep\" to leave the host's setting alone, or \
+         \"auto\" to go on without it)"
+    )]
+    FavorDynmods { path: PathBuf, source: io::Error },
     #[error("unsupported cgroup layout: {reason}")]
     UnsupportedLayout { reason: String },
     #[error("invalid cgroup name {name:?}: {reason}")]
