@@ -7,7 +7,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    FunctionSpec, HibernateMode, Limits, NetworkMode, PoolSettings, Runtime, DEFAULT_PYTHON,
+    FunctionSpec, HibernateMode, Limits, NetworkMode, PoolSettings, Runtime, DEFAULT_NODE,
+    DEFAULT_PYTHON,
 };
 use crate::schema::{RawFunction, RawOverrides};
 use crate::span::KeyPath;
@@ -20,6 +21,7 @@ pub(crate) struct Settings {
     pool: PoolSettings,
     network: NetworkMode,
     python: PathBuf,
+    node: PathBuf,
     seccomp: String,
     env: BTreeMap<String, String>,
 }
@@ -31,6 +33,7 @@ impl Settings {
             pool: PoolSettings::default(),
             network: NetworkMode::default(),
             python: PathBuf::from(DEFAULT_PYTHON),
+            node: PathBuf::from(DEFAULT_NODE),
             seccomp: "default".to_owned(),
             env: BTreeMap::new(),
         }
@@ -156,13 +159,10 @@ pub(crate) fn overrides(
         s.pool.hibernate_prefetch = v;
     }
     if let Some(python) = &raw.python {
-        if !python.starts_with('/') || python.contains('\0') {
-            return Err(invalid(
-                path.key("python"),
-                format!("{python:?} is not an absolute path; give the interpreter's path inside the sandbox root, e.g. \"{DEFAULT_PYTHON}\""),
-            ));
-        }
-        s.python = PathBuf::from(python);
+        s.python = interpreter(python, &path.key("python"), DEFAULT_PYTHON)?;
+    }
+    if let Some(node) = &raw.node {
+        s.node = interpreter(node, &path.key("node"), DEFAULT_NODE)?;
     }
     if let Some(seccomp) = &raw.seccomp {
         let valid = seccomp == "default"
@@ -183,6 +183,17 @@ pub(crate) fn overrides(
         }
     }
     Ok(s)
+}
+
+/// An interpreter's path inside the sandbox root (`python`, `node`).
+fn interpreter(value: &str, key: &KeyPath, example: &str) -> Result<PathBuf, Invalid> {
+    if !value.starts_with('/') || value.contains('\0') {
+        return Err(invalid(
+            key.clone(),
+            format!("{value:?} is not an absolute path; give the interpreter's path inside the sandbox root, e.g. \"{example}\""),
+        ));
+    }
+    Ok(PathBuf::from(value))
 }
 
 pub(crate) fn function(
@@ -224,6 +235,7 @@ pub(crate) fn function(
         command,
         image,
         python: settings.python,
+        node: settings.node,
         seccomp: settings.seccomp,
         limits: settings.limits,
         pool: settings.pool,

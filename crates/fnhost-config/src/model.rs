@@ -193,8 +193,11 @@ pub struct FunctionSpec {
     /// make the root; `None` = the built-in host layer. Only the syntax is
     /// checked here: the host reports an image missing from the store.
     pub image: Option<String>,
-    /// Interpreter path inside the sandbox root; absolute.
+    /// The python3 runtime's interpreter inside the sandbox root; absolute.
     pub python: PathBuf,
+    /// The nodejs runtime's interpreter inside the sandbox root; absolute
+    /// (an image from the official node images has `/usr/local/bin/node`).
+    pub node: PathBuf,
     /// Seccomp profile: "default", "unconfined", or an absolute path of a
     /// profile file inside the sandbox root.
     pub seccomp: String,
@@ -205,7 +208,7 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
 }
 
-/// The node interpreter inside the sandbox root (nodejs functions).
+/// Default node interpreter inside the sandbox root (key `node`).
 pub const DEFAULT_NODE: &str = "/usr/bin/node";
 
 /// Default interpreter inside the sandbox root (key `python`).

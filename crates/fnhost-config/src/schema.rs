@@ -61,6 +61,7 @@ pub(crate) const OVERRIDE_KEYS: &[&str] = &[
     "hibernate_prefetch",
     "seccomp",
     "python",
+    "node",
     "env",
 ];
 
@@ -132,6 +133,7 @@ pub(crate) struct RawOverrides {
     pub(crate) hibernate_prefetch: Option<bool>,
     pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
+    pub(crate) node: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
 }
 
@@ -166,6 +168,7 @@ pub(crate) struct RawFunction {
     pub(crate) hibernate_prefetch: Option<bool>,
     pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
+    pub(crate) node: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
 }
 
@@ -192,6 +195,7 @@ impl RawFunction {
             hibernate_prefetch: self.hibernate_prefetch,
             seccomp: self.seccomp.clone(),
             python: self.python.clone(),
+            node: self.node.clone(),
             env: self.env.clone(),
         }
     }
@@ -313,7 +317,9 @@ mod tests {
         let overrides: String = OVERRIDE_KEYS
             .iter()
             .map(|key| match *key {
-                "network" | "python" | "seccomp" | "hibernate_mode" => format!("{key} = \"x\"\n"),
+                "network" | "python" | "node" | "seccomp" | "hibernate_mode" => {
+                    format!("{key} = \"x\"\n")
+                }
                 "env" => "env = { A = \"b\" }\n".to_owned(),
                 "cpu" => "cpu = 0.5\n".to_owned(),
                 "prewarm" | "hibernate_prefetch" => format!("{key} = true\n"),

@@ -91,6 +91,29 @@ impl Layer {
         }
     }
 
+    /// The host's merged-/usr symlinks, and every library `binaries` and
+    /// the native zygote shim load, with the loader cache.
+    fn system_base(&mut self, binaries: &[PathBuf]) {
+        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            if let Ok(target) = fs::read_link(Path::new("/").join(top)) {
+                self.entries.insert(top.into(), Entry::Symlink(target));
+            }
+        }
+        let shim = Path::new(env!("CARGO_BIN_EXE_fnhost"))
+            .parent()
+            .expect("bin dir")
+            .join("libfnhost_shim.so");
+        let libs: BTreeSet<PathBuf> = binaries
+            .iter()
+            .chain(std::iter::once(&shim))
+            .flat_map(|b| ldd(b))
+            .collect();
+        for lib in libs {
+            self.host_path(&lib);
+        }
+        self.host_path(Path::new("/etc/ld.so.cache"));
+    }
+
     fn tar(&self) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         for (path, entry) in &self.entries {
@@ -148,29 +171,16 @@ fn ldd(binary: &Path) -> Vec<PathBuf> {
 /// /opt/data/{a,b}.
 fn python_layer() -> Layer {
     let mut layer = Layer::default();
-    for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-        if let Ok(target) = fs::read_link(Path::new("/").join(top)) {
-            layer.entries.insert(top.into(), Entry::Symlink(target));
-        }
-    }
     layer
         .entries
         .insert("usr/bin/python3".into(), Entry::File(PYTHON.into()));
     layer.host_tree(Path::new(STDLIB), STDLIB_SKIP);
-    let shim = Path::new(env!("CARGO_BIN_EXE_fnhost"))
-        .parent()
-        .expect("bin dir")
-        .join("libfnhost_shim.so");
-    let mut binaries = vec![PathBuf::from(PYTHON), shim];
+    let mut binaries = vec![PathBuf::from(PYTHON)];
     let dynload = Path::new(STDLIB).join("lib-dynload");
     for entry in fs::read_dir(dynload).expect("lib-dynload") {
         binaries.push(entry.expect("entry").path());
     }
-    let libs: BTreeSet<PathBuf> = binaries.iter().flat_map(|b| ldd(b)).collect();
-    for lib in libs {
-        layer.host_path(&lib);
-    }
-    layer.host_path(Path::new("/etc/ld.so.cache"));
+    layer.system_base(&binaries);
     if Path::new("/etc/python3.11").is_dir() {
         layer.host_tree(Path::new("/etc/python3.11"), &[]);
     }
@@ -346,5 +356,82 @@ fn function_runs_on_an_imported_multi_layer_image() {
     assert_eq!(
         body["host_usr_share"], false,
         "the host's /usr must not be bound into an image root: {body}"
+    );
+}
+
+/// Where the official node images keep node (not the host's /usr/bin).
+const IMAGE_NODE: &str = "usr/local/bin/node";
+
+const NODE_HANDLER: &str = "const fs = require('fs');\n\
+exports.handler = async () => ({ execPath: process.execPath, version: process.version,\n\
+  hostNode: fs.existsSync('/usr/bin/node'), imageVar: process.env.IMAGE_VAR });\n";
+
+/// A node function on an image whose node is at /usr/local/bin/node, as in
+/// the official node images: the `node` key names it.
+#[test]
+fn node_function_runs_on_an_image_with_its_own_node() {
+    if !require_root("node_function_runs_on_an_image_with_its_own_node") {
+        return;
+    }
+    let host_node = Path::new("/usr/bin/node");
+    assert!(
+        host_node.is_file(),
+        "/usr/bin/node is needed to build the test image (scripts/install-deps.sh installs nodejs)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = dir.path().join("code");
+    fs::create_dir(&code).expect("mkdir");
+    fs::write(code.join("index.js"), NODE_HANDLER).expect("write handler");
+    let mut layer = Layer::default();
+    layer
+        .entries
+        .insert(IMAGE_NODE.into(), Entry::File(host_node.into()));
+    layer.system_base(&[host_node.to_path_buf()]);
+    let image_tar = dir.path().join("nodeimg.tar");
+    fs::write(&image_tar, oci_archive(&[layer.tar()])).expect("write image");
+
+    let cgroup_root = unique_cgroup_root();
+    let functions = format!(
+        "[[functions]]\nname = \"onnode\"\nruntime = \"nodejs\"\ncode = \"{}\"\nhandler = \"index.handler\"\nimage = \"nodeimg:1\"\nnode = \"/{IMAGE_NODE}\"\n",
+        code.display()
+    );
+    let config = write_config(dir.path(), &cgroup_root, "", &functions);
+    let import = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .args(["image", "import"])
+        .arg(&image_tar)
+        .args(["--name", "nodeimg:1", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run fnhost image import");
+    assert!(
+        import.status.success(),
+        "import failed: {}{}",
+        String::from_utf8_lossy(&import.stdout),
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let daemon = Daemon::start_config(dir, config, cgroup_root);
+    let response = daemon.invoke("onnode", "{}");
+    assert_eq!(
+        response.status,
+        200,
+        "{}\nstderr:\n{}",
+        response.text(),
+        daemon.stderr()
+    );
+    let body = response.json();
+    assert_eq!(body["execPath"], format!("/{IMAGE_NODE}"), "{body}");
+    assert_eq!(
+        body["hostNode"], false,
+        "the host's /usr is not in an image root: {body}"
+    );
+    assert_eq!(body["imageVar"], "from-image", "{body}");
+    let host_version = Command::new(host_node)
+        .arg("--version")
+        .output()
+        .expect("node --version");
+    assert_eq!(
+        body["version"],
+        String::from_utf8_lossy(&host_version.stdout).trim(),
+        "{body}"
     );
 }

@@ -45,6 +45,38 @@ fn nodejs_handlers_use_lambdas_file_dot_function_spelling() {
 }
 
 #[test]
+fn the_node_interpreter_is_configurable_like_pythons() {
+    let dir = base();
+    let text = "[defaults]\nnode = \"/usr/local/bin/node\"\n\
+                [[functions]]\nname = \"n\"\nruntime = \"nodejs\"\ncode = \"fn\"\nhandler = \"index.handler\"\n\
+                [[functions]]\nname = \"m\"\nruntime = \"nodejs\"\ncode = \"fn\"\nhandler = \"index.handler\"\nnode = \"/opt/node/bin/node\"\n";
+    let config = parse(text, dir.path()).expect("valid config");
+    assert_eq!(
+        config.function("n").expect("n").node,
+        Path::new("/usr/local/bin/node")
+    );
+    assert_eq!(
+        config.function("m").expect("m").node,
+        Path::new("/opt/node/bin/node")
+    );
+    let plain = parse(
+        "[[functions]]\nname = \"n\"\nruntime = \"nodejs\"\ncode = \"fn\"\nhandler = \"index.handler\"\n",
+        dir.path(),
+    )
+    .expect("valid config");
+    assert_eq!(
+        plain.function("n").expect("n").node,
+        Path::new(crate::DEFAULT_NODE)
+    );
+    assert_invalid(
+        "[defaults]\nnode = \"node\"\n",
+        2,
+        "defaults.node",
+        "is not an absolute path; give the interpreter's path inside the sandbox root, e.g. \"/usr/bin/node\"",
+    );
+}
+
+#[test]
 fn defaults_apply_and_functions_override_them() {
     let dir = base();
     let text = format!(

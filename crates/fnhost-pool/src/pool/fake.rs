@@ -381,6 +381,7 @@ pub fn spec(name: &str, pool: PoolSettings) -> FunctionSpec {
         command: Vec::new(),
         image: None,
         python: "/usr/bin/python3".into(),
+        node: "/usr/bin/node".into(),
         seccomp: "default".into(),
         limits: fnhost_config::Limits::default(),
         pool,

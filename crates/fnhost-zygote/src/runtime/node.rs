@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use fnhost_config::{FunctionSpec, DEFAULT_NODE};
+use fnhost_config::FunctionSpec;
 
 use super::{FileContents, RuntimeFile, ZygoteRuntime};
 use crate::spec::RuntimeEntry;
@@ -56,9 +56,9 @@ impl ZygoteRuntime for Node {
         RuntimeEntry::Exec
     }
 
-    fn argv(&self, _spec: &FunctionSpec) -> Vec<String> {
+    fn argv(&self, spec: &FunctionSpec) -> Vec<String> {
         vec![
-            DEFAULT_NODE.into(),
+            spec.node.display().to_string(),
             // No V8 background threads: a clone has none to hand work to.
             "--single-threaded".into(),
             "--v8-pool-size=1".into(),
