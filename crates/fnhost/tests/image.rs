@@ -266,6 +266,25 @@ fn oci_archive(layers: &[Vec<u8>]) -> Vec<u8> {
     builder.into_inner().expect("finish")
 }
 
+/// `fnhost image import TAR --name NAME --config CONFIG`, which must
+/// succeed; returns its stdout.
+fn import_image(tar: &Path, name: &str, config: &Path) -> String {
+    let import = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .args(["image", "import"])
+        .arg(tar)
+        .args(["--name", name, "--config"])
+        .arg(config)
+        .output()
+        .expect("run fnhost image import");
+    let stdout = String::from_utf8_lossy(&import.stdout).into_owned();
+    assert!(
+        import.status.success(),
+        "import of {name} failed: {stdout}{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    stdout
+}
+
 const HANDLER: &str = r#"
 import os, platform
 
@@ -306,19 +325,7 @@ fn function_runs_on_an_imported_multi_layer_image() {
     );
     let config = write_config(dir.path(), &cgroup_root, "", &functions);
 
-    let import = Command::new(env!("CARGO_BIN_EXE_fnhost"))
-        .args(["image", "import"])
-        .arg(&image_tar)
-        .args(["--name", "pyimg:1", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run fnhost image import");
-    let stdout = String::from_utf8_lossy(&import.stdout);
-    assert!(
-        import.status.success(),
-        "import failed: {stdout}{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    let stdout = import_image(&image_tar, "pyimg:1", &config);
     assert!(stdout.contains("imported pyimg:1"), "{stdout}");
     let list = Command::new(env!("CARGO_BIN_EXE_fnhost"))
         .args(["image", "list", "--config"])
@@ -396,19 +403,7 @@ fn node_function_runs_on_an_image_with_its_own_node() {
         code.display()
     );
     let config = write_config(dir.path(), &cgroup_root, "", &functions);
-    let import = Command::new(env!("CARGO_BIN_EXE_fnhost"))
-        .args(["image", "import"])
-        .arg(&image_tar)
-        .args(["--name", "nodeimg:1", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run fnhost image import");
-    assert!(
-        import.status.success(),
-        "import failed: {}{}",
-        String::from_utf8_lossy(&import.stdout),
-        String::from_utf8_lossy(&import.stderr)
-    );
+    import_image(&image_tar, "nodeimg:1", &config);
     let daemon = Daemon::start_config(dir, config, cgroup_root);
     let response = daemon.invoke("onnode", "{}");
     assert_eq!(
