@@ -1,8 +1,8 @@
 //! The baselines: start-to-exit time of `crun run`, `runc run`,
-//! `bwrap --unshare-all` and plain host exec of the same Python work (import
-//! the no-op handler, call it once) over a root filesystem that mirrors
-//! fnhost's: the skeleton (merged-/usr symlinks, an /etc subset, the handler
-//! at /var/task) plus a read-only bind of the host's /usr.
+//! `bwrap --unshare-all` and plain host exec of the same work — the Python
+//! no-op or a Node function, see [`work`] — over a root filesystem that
+//! mirrors fnhost's: the skeleton (merged-/usr symlinks, an /etc subset, the
+//! function's code at /var/task) plus a read-only bind of the host's /usr.
 //!
 //! The harness re-executes itself as a worker in a private mount namespace:
 //! the /usr bind and the unmounted `/sys/fs/cgroup/unified` (crun 1.8 refuses
@@ -26,30 +26,44 @@ use serde::{Deserialize, Serialize};
 use crate::daemon::NOOP_HANDLER;
 use crate::stats::{LatencyHistogram, Percentiles};
 
-/// The baselines, in report order: name, program, Debian package.
+pub mod work;
+
+pub use work::{Language, Work, PYTHON};
+
+/// The host exec baseline's program: the work's interpreter.
+const INTERPRETER: &str = "(interpreter)";
+
+/// The baselines, in report order: name, program, Debian package (the
+/// host exec's are the work's).
 pub const BASELINES: &[(&str, &str, &str)] = &[
-    ("crun run", "crun", "crun"),
+    (CRUN_RUN, "crun", "crun"),
     ("runc run", "runc", "runc"),
     ("bwrap --unshare-all", "bwrap", "bubblewrap"),
-    ("host exec", "python3", "python3"),
+    (HOST_EXEC, INTERPRETER, INTERPRETER),
 ];
 
-/// The interpreter every baseline runs (and fnhost's zygotes use).
-pub const PYTHON: &str = "/usr/bin/python3";
+/// The name of the `crun run` baseline.
+pub const CRUN_RUN: &str = "crun run";
+
+/// The name of the host exec baseline (the interpreter, no sandbox).
+pub const HOST_EXEC: &str = "host exec";
+
+/// The environment of every run (and inside every container): the base
+/// environment fnhost's zygotes start with (`fnhost_zygote`'s
+/// `zygote_spec`), nothing inherited from the harness. An inherited
+/// variable can change the work: `NODE_EXTRA_CA_CERTS` alone makes `node`
+/// parse a CA bundle at start-up (tens of milliseconds).
+const WORK_ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("LANG", "C.UTF-8"),
+    ("HOME", "/tmp"),
+];
 
 /// Untimed runs of each baseline before the timed ones.
 const WARMUP_RUNS: u64 = 2;
 
 /// A baseline gives up after this many consecutive failures.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
-
-/// The work: import the handler from /var/task and call it once.
-fn python_script(task_dir: &str) -> String {
-    format!(
-        "import sys; sys.path.insert(0, {task_dir:?}); import handler; \
-         handler.handler({{'bench': True}}, None)"
-    )
-}
 
 /// How a baseline fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,15 +97,16 @@ pub struct BaselineSummary {
     pub cdf_ms: Vec<f64>,
 }
 
-/// Runs every baseline `runs` times (interleaved) in a re-executed worker;
-/// `exe` is this program.
-pub fn run(exe: &Path, runs: u64) -> Result<Vec<BaselineSummary>> {
+/// Runs every baseline of `work` `runs` times (interleaved) in a
+/// re-executed worker; `exe` is this program.
+pub fn run(exe: &Path, runs: u64, work: &Work) -> Result<Vec<BaselineSummary>> {
     let dir = tempfile::Builder::new()
         .prefix("fnhost-bench-baseline-")
         .tempdir()
         .context("creating the baseline directory")?;
     eprintln!(
-        "fnhost-bench: baselines: {runs} runs each of {}",
+        "fnhost-bench: baselines ({}): {runs} runs each of {}",
+        work.describe(),
         BASELINES.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
     );
     let mut cmd = Command::new(exe);
@@ -99,6 +114,7 @@ pub fn run(exe: &Path, runs: u64) -> Result<Vec<BaselineSummary>> {
         .arg(dir.path())
         .arg("--baseline-runs")
         .arg(runs.to_string())
+        .args(work.cli_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -197,11 +213,11 @@ fn rmdir_tree(dir: &Path) -> io::Result<()> {
     fs::remove_dir(dir)
 }
 
-/// The worker: builds the root and bundle under `dir`, measures, prints the
-/// results as JSON on stdout. Runs in its own mount namespace.
-pub fn worker_main(dir: &Path, runs: u64) -> Result<()> {
+/// The worker: builds the root and bundle of `work` under `dir`, measures,
+/// prints the results as JSON on stdout. Runs in its own mount namespace.
+pub fn worker_main(dir: &Path, runs: u64, work: &Work) -> Result<()> {
     let rootfs = dir.join("rootfs");
-    let binds = build_rootfs(&rootfs)?;
+    let binds = build_rootfs(&rootfs, work)?;
     for (source, target) in &binds {
         bind_readonly(source, target)?;
     }
@@ -211,13 +227,13 @@ pub fn worker_main(dir: &Path, runs: u64) -> Result<()> {
     fs::create_dir_all(&bundle).with_context(|| format!("creating {}", bundle.display()))?;
     fs::write(
         bundle.join("config.json"),
-        serde_json::to_vec_pretty(&oci_config(&rootfs, &cgroup_parent()))?,
+        serde_json::to_vec_pretty(&oci_config(&rootfs, &cgroup_parent(), work))?,
     )
     .context("writing the OCI bundle's config.json")?;
 
     let mut runners: Vec<Runner> = BASELINES
         .iter()
-        .map(|(name, program, package)| Runner::new(name, program, package, dir, &rootfs))
+        .map(|(name, program, package)| Runner::new(name, program, package, dir, &rootfs, work))
         .collect();
     for _ in 0..WARMUP_RUNS {
         for runner in &mut runners {
@@ -240,9 +256,10 @@ pub fn worker_main(dir: &Path, runs: u64) -> Result<()> {
 
 /// Builds the root under `rootfs` from fnhost's own built-in host layer
 /// (its skeleton copied, its binds returned), so the baselines run on the
-/// same root filesystem as fnhost's sandboxes; returns the (host dir, mount
-/// point) pairs still to bind read-only.
-fn build_rootfs(rootfs: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+/// same root filesystem as fnhost's sandboxes, with the code of `work` at
+/// /var/task; returns the (host dir, mount point) pairs still to bind
+/// read-only.
+fn build_rootfs(rootfs: &Path, work: &Work) -> Result<Vec<(PathBuf, PathBuf)>> {
     let store_dir = rootfs.with_file_name("layers");
     let store =
         LayerStore::open(&store_dir).context("opening a layer store for the baseline root")?;
@@ -255,7 +272,22 @@ fn build_rootfs(rootfs: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         .iter()
         .map(|b| (b.source.clone(), rootfs.join(&b.target)))
         .collect();
-    fs::write(rootfs.join("var/task/handler.py"), NOOP_HANDLER)?;
+    let task = rootfs.join("var/task");
+    match work {
+        Work::Python => fs::write(task.join("handler.py"), NOOP_HANDLER)
+            .with_context(|| format!("writing {}", task.join("handler.py").display()))?,
+        Work::Node { code } => {
+            if !code.join("index.js").is_file() {
+                bail!("{} has no index.js to run", code.display());
+            }
+            for entry in fs::read_dir(code)
+                .with_context(|| format!("reading {}", code.display()))?
+                .flatten()
+            {
+                copy_tree(&entry.path(), &task.join(entry.file_name()))?;
+            }
+        }
+    }
     Ok(binds)
 }
 
@@ -318,10 +350,10 @@ fn umount(target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A minimal OCI runtime config: the Python work as uid 0 in new
+/// A minimal OCI runtime config: the work as uid 0 in new
 /// pid/mount/ipc/uts/network namespaces (no user namespace) on a read-only
 /// root, with /proc, a /dev tmpfs and a /tmp tmpfs.
-fn oci_config(rootfs: &Path, cgroup: &str) -> serde_json::Value {
+fn oci_config(rootfs: &Path, cgroup: &str, work: &Work) -> serde_json::Value {
     let caps = [
         "CAP_CHOWN",
         "CAP_DAC_OVERRIDE",
@@ -333,13 +365,16 @@ fn oci_config(rootfs: &Path, cgroup: &str) -> serde_json::Value {
         "CAP_NET_BIND_SERVICE",
         "CAP_KILL",
     ];
+    let mut args = vec![work.interpreter().to_owned()];
+    args.extend(work.args("/var/task"));
+    let env: Vec<String> = WORK_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
-            "args": [PYTHON, "-B", "-c", python_script("/var/task")],
-            "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"],
+            "args": args,
+            "env": env,
             "cwd": "/var/task",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": true
@@ -377,6 +412,50 @@ fn which(program: &str) -> Option<PathBuf> {
     found
 }
 
+/// The arguments of one run of `program` (after the program itself), and
+/// the OCI runtime's state directory when it is one. Anything but an OCI
+/// runtime or bwrap is the work's interpreter, run on the host.
+fn command_args(
+    program: &str,
+    dir: &Path,
+    rootfs: &Path,
+    work: &Work,
+) -> (Vec<String>, Option<PathBuf>) {
+    match program {
+        "crun" | "runc" => {
+            let root = dir.join(format!("state-{program}"));
+            let args = vec![
+                "--root".to_owned(),
+                root.display().to_string(),
+                "run".to_owned(),
+                "--bundle".to_owned(),
+                dir.join("bundle").display().to_string(),
+            ];
+            (args, Some(root))
+        }
+        "bwrap" => {
+            let mut args: Vec<String> = [
+                "--unshare-all",
+                "--ro-bind",
+                &rootfs.display().to_string(),
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--chdir",
+                "/var/task",
+                work.interpreter(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            args.extend(work.args("/var/task"));
+            (args, None)
+        }
+        _ => (work.args(&format!("{}/var/task", rootfs.display())), None),
+    }
+}
+
 /// Runs one baseline repeatedly and collects its timings.
 struct Runner {
     raw: RawBaseline,
@@ -389,12 +468,20 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(name: &str, program: &str, package: &str, dir: &Path, rootfs: &Path) -> Self {
-        let binary = if program == "python3" {
-            which(PYTHON)
+    fn new(
+        name: &str,
+        program: &str,
+        package: &str,
+        dir: &Path,
+        rootfs: &Path,
+        work: &Work,
+    ) -> Self {
+        let (program, package) = if program == INTERPRETER {
+            (work.interpreter(), work.package())
         } else {
-            which(program)
+            (program, package)
         };
+        let binary = which(program);
         let mut raw = RawBaseline {
             name: name.to_owned(),
             status: Status::Ok,
@@ -415,45 +502,7 @@ impl Runner {
                 consecutive_failures: 0,
             };
         };
-        let rootfs_s = rootfs.display().to_string();
-        let mut runtime_root = None;
-        let args: Vec<String> = match program {
-            "crun" | "runc" => {
-                let root = dir.join(format!("state-{program}"));
-                let args = vec![
-                    "--root".to_owned(),
-                    root.display().to_string(),
-                    "run".to_owned(),
-                    "--bundle".to_owned(),
-                    dir.join("bundle").display().to_string(),
-                ];
-                runtime_root = Some(root);
-                args
-            }
-            "bwrap" => [
-                "--unshare-all",
-                "--ro-bind",
-                &rootfs_s,
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--chdir",
-                "/var/task",
-                PYTHON,
-                "-B",
-                "-c",
-                &python_script("/var/task"),
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            _ => vec![
-                "-B".to_owned(),
-                "-c".to_owned(),
-                python_script(&format!("{rootfs_s}/var/task")),
-            ],
-        };
+        let (args, runtime_root) = command_args(program, dir, rootfs, work);
         Self {
             raw,
             command: Some((binary, args)),
@@ -474,6 +523,8 @@ impl Runner {
         let id = format!("fnhost-bench-{}-{}", parent_pid(), self.runs);
         let mut cmd = Command::new(binary);
         cmd.args(args)
+            .env_clear()
+            .envs(WORK_ENV.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -531,9 +582,19 @@ impl Runner {
 mod tests {
     use super::*;
 
+    fn node_work(code: &Path) -> Work {
+        Work::Node {
+            code: code.to_owned(),
+        }
+    }
+
     #[test]
     fn oci_config_is_minimal_and_readonly() {
-        let cfg = oci_config(Path::new("/tmp/r"), "fnhost-bench-baseline-1");
+        let cfg = oci_config(
+            Path::new("/tmp/r"),
+            "fnhost-bench-baseline-1",
+            &Work::Python,
+        );
         assert_eq!(cfg["root"]["readonly"], true);
         assert_eq!(cfg["root"]["path"], "/tmp/r");
         let ns: Vec<&str> = cfg["linux"]["namespaces"]
@@ -544,21 +605,83 @@ mod tests {
             .collect();
         assert_eq!(ns, ["pid", "mount", "ipc", "uts", "network"]);
         assert_eq!(cfg["process"]["args"][0], PYTHON);
+        assert_eq!(cfg["process"]["args"][1], "-B");
         assert_eq!(cfg["linux"]["cgroupsPath"], "/fnhost-bench-baseline-1/ct");
     }
 
     #[test]
-    fn script_imports_from_the_task_dir() {
-        let s = python_script("/var/task");
-        assert!(s.contains("sys.path.insert(0, \"/var/task\")"), "{s}");
-        assert!(s.contains("handler.handler("), "{s}");
+    fn oci_config_runs_node_on_the_task_dir() {
+        let work = node_work(Path::new("/tmp/fn"));
+        let cfg = oci_config(Path::new("/tmp/r"), "fnhost-bench-baseline-1", &work);
+        let args: Vec<&str> = cfg["process"]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| a.as_str().expect("string"))
+            .collect();
+        assert_eq!(
+            args,
+            [work::NODE, "-e", work::node_script("/var/task").as_str()]
+        );
+        assert_eq!(cfg["process"]["cwd"], "/var/task");
+        // The environment fnhost's zygotes start with, and nothing else.
+        assert_eq!(
+            cfg["process"]["env"],
+            serde_json::json!([
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "LANG=C.UTF-8",
+                "HOME=/tmp"
+            ])
+        );
+        assert_eq!(cfg["root"]["readonly"], true);
+    }
+
+    #[test]
+    fn runners_run_the_work_in_the_root_or_on_the_host() {
+        let (dir, rootfs) = (Path::new("/tmp/d"), Path::new("/tmp/d/rootfs"));
+        let work = node_work(Path::new("/tmp/fn"));
+        let (crun, state) = command_args("crun", dir, rootfs, &work);
+        assert_eq!(
+            crun,
+            [
+                "--root",
+                "/tmp/d/state-crun",
+                "run",
+                "--bundle",
+                "/tmp/d/bundle"
+            ]
+        );
+        assert_eq!(state, Some(PathBuf::from("/tmp/d/state-crun")));
+        let (bwrap, state) = command_args("bwrap", dir, rootfs, &work);
+        assert_eq!(state, None);
+        assert_eq!(
+            bwrap[..4],
+            ["--unshare-all", "--ro-bind", "/tmp/d/rootfs", "/"]
+        );
+        assert_eq!(
+            bwrap[10..],
+            [
+                work::NODE.to_owned(),
+                "-e".to_owned(),
+                work::node_script("/var/task")
+            ]
+        );
+        // On the host the interpreter loads the root's copy of the code.
+        let (host, _) = command_args(work::NODE, dir, rootfs, &work);
+        assert_eq!(
+            host,
+            ["-e".to_owned(), work::node_script("/tmp/d/rootfs/var/task")]
+        );
+        let (host, _) = command_args(PYTHON, dir, rootfs, &Work::Python);
+        assert_eq!(host[..2], ["-B", "-c"]);
+        assert!(host[2].contains("\"/tmp/d/rootfs/var/task\""), "{host:?}");
     }
 
     #[test]
     fn rootfs_mirrors_the_skeleton_without_root() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rootfs = dir.path().join("rootfs");
-        let binds = build_rootfs(&rootfs).expect("rootfs builds");
+        let binds = build_rootfs(&rootfs, &Work::Python).expect("rootfs builds");
         assert_eq!(binds[0], (PathBuf::from("/usr"), rootfs.join("usr")));
         assert!(rootfs.join("var/task/handler.py").is_file());
         assert!(rootfs.join("etc/hosts").is_file());
@@ -572,9 +695,37 @@ mod tests {
     }
 
     #[test]
+    fn node_rootfs_holds_the_code_tree_at_var_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let code = dir.path().join("fn");
+        fs::create_dir_all(code.join("node_modules/dep0")).expect("mkdir");
+        fs::write(code.join("index.js"), "require('dep0');").expect("write");
+        fs::write(code.join("node_modules/dep0/index.js"), "").expect("write");
+        let rootfs = dir.path().join("rootfs");
+        build_rootfs(&rootfs, &node_work(&code)).expect("rootfs builds");
+        let task = rootfs.join("var/task");
+        assert!(task.join("index.js").is_file());
+        assert!(task.join("node_modules/dep0/index.js").is_file());
+        assert!(!task.join("handler.py").exists());
+        // No index.js: nothing to run, said before any run starts.
+        let empty = dir.path().join("empty");
+        fs::create_dir_all(&empty).expect("mkdir");
+        let err =
+            build_rootfs(&dir.path().join("rootfs2"), &node_work(&empty)).expect_err("no index.js");
+        assert!(err.to_string().contains("no index.js"), "{err}");
+    }
+
+    #[test]
     fn missing_program_is_reported_with_install_hint() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut runner = Runner::new("nope", "no-such-runtime-x", "pkg", dir.path(), dir.path());
+        let mut runner = Runner::new(
+            "nope",
+            "no-such-runtime-x",
+            "pkg",
+            dir.path(),
+            dir.path(),
+            &Work::Python,
+        );
         runner.run_once(true);
         let raw = runner.finish();
         assert_eq!(raw.status, Status::NotInstalled);

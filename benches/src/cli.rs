@@ -15,7 +15,8 @@ use crate::scenario::Scenario;
 /// churn; closed-loop throughput; memory density; hibernation of idle
 /// zygotes (memory saved, wake-up latency); the floor (a bare
 /// fork-per-request server of the same handler) and the kernel primitives
-/// that bound an isolated invocation.
+/// that bound an isolated invocation; Node.js functions beside `node` started
+/// on the host and under the same runtimes.
 ///
 /// By default it starts `fnhost serve` with a generated config (no-op Python
 /// functions, and an import-heavy one beside them), runs every suite, prints Markdown, writes SVG charts and a
@@ -128,6 +129,22 @@ pub struct Args {
     #[arg(long, value_name = "DIR", hide = true)]
     pub baseline_worker: Option<PathBuf>,
 
+    /// The language of the baseline worker's work (internal, with
+    /// --baseline-worker).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LANGUAGE",
+        hide = true,
+        default_value_t
+    )]
+    pub baseline_work: crate::baseline::Language,
+
+    /// The directory of the node work's code, copied to /var/task
+    /// (internal, with --baseline-worker).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub baseline_code: Option<PathBuf>,
+
     /// Benchmark an already-running daemon at this URL (e.g.
     /// http://127.0.0.1:8080) instead of starting one.
     #[arg(long, value_name = "URL")]
@@ -207,16 +224,18 @@ pub enum Suite {
     /// exit, clone3 with its namespaces, overlay mount, cgroup attach);
     /// with latency and throughput, fnhost's numbers as ratios to it.
     Floor,
+    /// Node.js functions (no-op and import-heavy): warm, on-demand, cold,
+    /// throughput and ready-sandbox memory beside start-to-exit of the same
+    /// work under `crun run`, `runc run`, `bwrap --unshare-all` and `node -e`
+    /// on the host, and the Python no-op's throughput (skipped by `all`
+    /// when /usr/bin/node is missing).
+    Node,
     /// Everything above.
     All,
     /// Many distinct functions on one host (not part of `all`): start-up,
     /// every function answering once, a heavy-tailed trace replay, host
     /// memory, processes, cgroups and descriptors, return to baseline.
     Scale,
-    /// Node.js functions (no-op and import-heavy): warm, on-demand, cold,
-    /// throughput and ready-sandbox memory beside `node -e` start-to-exit
-    /// and the Python no-op's throughput (not part of `all`).
-    Node,
 }
 
 impl Args {
@@ -323,6 +342,7 @@ mod tests {
         assert!(args.wants(Suite::Density) && args.wants(Suite::Baselines));
         assert_eq!(args.concurrency, [1, 2, 4, 8, 16]);
         assert!(args.wants(Suite::Hibernation) && args.wants(Suite::Floor));
+        assert!(args.wants(Suite::Node) && !args.wants(Suite::Scale));
         assert_eq!(args.primitive_runs, 100);
         assert_eq!(
             (
@@ -362,7 +382,30 @@ mod tests {
         ])
         .expect("valid");
         assert!(args.wants(Suite::Churn) && !args.wants(Suite::Latency));
+        assert!(!args.wants(Suite::Node));
         assert_eq!(args.churn_clients, [1, 3]);
+    }
+
+    #[test]
+    fn baseline_worker_args_name_the_work() {
+        use crate::baseline::{Language, Work};
+        let args =
+            Args::try_parse_from(["fnhost-bench", "--baseline-worker", "/d"]).expect("valid");
+        assert_eq!(args.baseline_work, Language::Python);
+        let work = Work::Node {
+            code: PathBuf::from("/c"),
+        };
+        let mut argv = vec![
+            "fnhost-bench".into(),
+            "--baseline-worker".into(),
+            "/d".into(),
+        ];
+        argv.extend(work.cli_args());
+        let args = Args::try_parse_from(argv).expect("valid");
+        assert_eq!(
+            Work::from_cli(args.baseline_work, args.baseline_code.as_deref()).expect("valid"),
+            work
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! throughput, zygote RSS); the daemon's phase histograms; churn;
 //! throughput; density;
 //! hibernation of idle zygotes; the floor (a bare fork-per-request server)
-//! and the kernel primitives that bound an isolated invocation.
+//! and the kernel primitives that bound an isolated invocation; Node.js
+//! functions beside `node` on the host and under the same runtimes.
 //! Prints Markdown, writes JSON and SVG charts. The logic lives in the
 //! modules; this file only wires them together.
 
@@ -40,7 +41,8 @@ use crate::report::{Machine, Report};
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.baseline_worker {
-        return baseline::worker_main(dir, args.baseline_runs);
+        let work = baseline::Work::from_cli(args.baseline_work, args.baseline_code.as_deref())?;
+        return baseline::worker_main(dir, args.baseline_runs, &work);
     }
     if let Some(root) = &args.floor_worker {
         return floor::worker_main(root, args.primitive_runs, args.floor_heap_kib);
@@ -94,7 +96,9 @@ async fn run(args: &Args) -> Result<()> {
     if args.wants(Suite::Baselines) && args.baseline_runs > 0 {
         let exe = std::env::current_exe().context("locating the fnhost-bench executable")?;
         let runs = args.baseline_runs;
-        let baselines = tokio::task::spawn_blocking(move || baseline::run(&exe, runs)).await??;
+        let baselines =
+            tokio::task::spawn_blocking(move || baseline::run(&exe, runs, &baseline::Work::Python))
+                .await??;
         report.baselines = Some(baselines);
     }
 
@@ -215,20 +219,27 @@ async fn run(args: &Args) -> Result<()> {
         report.floor = Some(result);
     }
 
-    // Not part of `all`: its own daemon with node functions.
-    if args.suites.contains(&Suite::Node) {
+    // Its own daemon with node functions, after its baselines. `all` skips
+    // it on a host without node; asked for by name, it fails there.
+    if args.wants(Suite::Node) && args.url.is_some() {
+        eprintln!("fnhost-bench: node needs its own daemon; skipped with --url");
+    } else if args.wants(Suite::Node) && !args.suites.contains(&Suite::Node) && !node::available() {
+        eprintln!(
+            "fnhost-bench: node suite skipped: {} is missing (install Debian's nodejs; \
+             scripts/install-deps.sh does)",
+            node::NODE
+        );
+    } else if args.wants(Suite::Node) {
         daemon::check_fnhost_binary(&fnhost)?;
-        let clients = args.concurrency.iter().copied().max().unwrap_or(4);
-        let result = node::run(
-            &fnhost,
-            args.warm,
-            args.baseline_runs,
-            clients,
-            Duration::from_secs_f64(args.duration.max(0.1)),
-            args.request_timeout(),
-        )
-        .await?;
-        println!("{}", node::markdown(&result));
+        let settings = node::Settings {
+            requests: args.warm,
+            baseline_runs: args.baseline_runs,
+            clients: args.concurrency.iter().copied().max().unwrap_or(4),
+            duration: Duration::from_secs_f64(args.duration.max(0.1)),
+            timeout: args.request_timeout(),
+        };
+        let exe = std::env::current_exe().context("locating the fnhost-bench executable")?;
+        report.node = Some(node::run(&fnhost, &exe, &settings).await?);
     }
 
     if args.wants(Suite::Density) && args.density_clones > 0 {

@@ -14,6 +14,7 @@ use crate::heavy::{self, Heavy};
 use crate::hibernation::{self, Hibernation};
 use crate::load::{self, LoadLevel};
 use crate::metrics::{PhaseMetrics, ZYGOTE_PHASE};
+use crate::node::{self, NodeBench};
 use crate::stats::{Ordered, Percentiles, ScenarioSummary};
 
 /// /metrics phases in report order, with what they stand for.
@@ -146,12 +147,17 @@ pub struct Report {
     /// `heavy-warm`, `heavy-ondemand`, `heavy-cold`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heavy: Option<Heavy>,
+    /// Node.js functions beside `node` started on the host and under the
+    /// runtimes (`fnhost-bench node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeBench>,
 }
 
 impl Report {
-    /// Total failed requests over all scenarios and the floor's sequential
-    /// requests, plus the hibernation suite's failed wake-ups and zygotes
-    /// that never slept.
+    /// Total failed requests over all scenarios, the floor's sequential
+    /// requests and the node suite's requests (latency and throughput),
+    /// plus the hibernation suite's failed wake-ups and zygotes that never
+    /// slept.
     pub fn error_count(&self) -> u64 {
         self.scenarios
             .0
@@ -163,6 +169,7 @@ impl Report {
                 .as_ref()
                 .map_or(0, Hibernation::error_count)
             + self.floor.as_ref().map_or(0, Floor::error_count)
+            + self.node.as_ref().map_or(0, NodeBench::error_count)
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
@@ -187,6 +194,7 @@ impl Report {
             hibernation: None,
             floor: None,
             heavy: None,
+            node: None,
         }
     }
 
@@ -223,7 +231,8 @@ impl Report {
         out
     }
 
-    /// Phases from /metrics, churn, throughput, density, machine, command.
+    /// Phases from /metrics, churn, throughput, density, hibernation, the
+    /// floor, node, machine, command.
     fn rest_markdown(&self) -> String {
         let mut out = String::new();
         if let Some(phases) = &self.phase_metrics {
@@ -262,6 +271,9 @@ impl Report {
         }
         if let Some(f) = &self.floor {
             out.push_str(&floor::markdown(f));
+        }
+        if let Some(n) = &self.node {
+            out.push_str(&node::markdown(n));
         }
         let _ = write!(
             out,
@@ -318,26 +330,7 @@ pub fn side_by_side(scenarios: &Ordered<ScenarioSummary>, baselines: &[BaselineS
         );
     }
     for b in baselines {
-        match (&b.latency, b.status) {
-            (Some(l), Status::Ok) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    b.name,
-                    l.n,
-                    ms(l.p50_ms),
-                    ms(l.p90_ms),
-                    ms(l.p99_ms),
-                    ms(l.max_ms)
-                );
-            }
-            (_, Status::NotInstalled) => {
-                let _ = writeln!(out, "| {} | not installed | - | - | - | - |", b.name);
-            }
-            _ => {
-                let _ = writeln!(out, "| {} | failed | - | - | - | - |", b.name);
-            }
-        }
+        out.push_str(&baseline_row(&b.name, b));
     }
     let usable: Vec<(&BaselineSummary, f64, f64)> = baselines
         .iter()
@@ -374,6 +367,23 @@ pub fn side_by_side(scenarios: &Ordered<ScenarioSummary>, baselines: &[BaselineS
     }
     out.push('\n');
     out
+}
+
+/// One baseline as a `| what | n | p50 | p90 | p99 | max |` row labelled
+/// `label`: its numbers, or "not installed" / "failed".
+pub fn baseline_row(label: &str, b: &BaselineSummary) -> String {
+    match (&b.latency, b.status) {
+        (Some(l), Status::Ok) => format!(
+            "| {label} | {} | {} | {} | {} | {} |\n",
+            l.n,
+            ms(l.p50_ms),
+            ms(l.p90_ms),
+            ms(l.p99_ms),
+            ms(l.max_ms)
+        ),
+        (_, Status::NotInstalled) => format!("| {label} | not installed | - | - | - | - |\n"),
+        _ => format!("| {label} | failed | - | - | - | - |\n"),
+    }
 }
 
 /// `a ÷ b`, or `None` when `b` is not positive or `a` not finite.
@@ -500,7 +510,7 @@ pub fn phase_table(summary: &ScenarioSummary) -> String {
 
 /// Everything that makes a scenario's numbers mean something other than
 /// what its name says.
-fn notes(scenarios: &Ordered<ScenarioSummary>) -> Vec<String> {
+pub fn notes(scenarios: &Ordered<ScenarioSummary>) -> Vec<String> {
     let mut notes = Vec::new();
     for (label, s) in &scenarios.0 {
         let unexpected = s.unexpected_starts();

@@ -1,4 +1,5 @@
-//! Hand-written SVG charts of a report: latency CDFs (log time axis),
+//! Hand-written SVG charts of a report: latency CDFs (log time axis; one
+//! for the Python no-op and its baselines, one for the Node functions),
 //! where the server-side time goes (100% stacked bars per start kind),
 //! throughput per concurrency, memory per clone against the target, and
 //! hibernation (memory of an idle function, wake-up latency).
@@ -117,7 +118,22 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if !series.is_empty() {
-        charts.push(("latency-cdf.svg", latency_cdf(&series)));
+        charts.push((
+            "latency-cdf.svg",
+            latency_cdf("Latency CDF (log time axis)", &series),
+        ));
+    }
+    if let Some(node) = &report.node {
+        let series = node.cdf_series();
+        if !series.is_empty() {
+            charts.push((
+                "node-latency-cdf.svg",
+                latency_cdf(
+                    "Node.js: fnhost vs crun run and node -e start-to-exit (log time axis)",
+                    &series,
+                ),
+            ));
+        }
     }
     if let Some(phases) = &report.phase_metrics {
         let bars: Vec<(String, Vec<f64>)> = report
@@ -294,7 +310,7 @@ fn hibernation_charts(h: &Hibernation) -> Vec<(&'static str, String)> {
 }
 
 /// Latency CDFs on a log time axis; each series is 101 quantile points.
-fn latency_cdf(series: &[(String, &[f64])]) -> String {
+fn latency_cdf(title: &str, series: &[(String, &[f64])]) -> String {
     let (w, h) = (860.0, 420.0);
     let (left, right, top, bottom) = (60.0, 260.0, 40.0, 50.0);
     let positive = series
@@ -311,7 +327,7 @@ fn latency_cdf(series: &[(String, &[f64])]) -> String {
             * plot_w
     };
     let y = |q: f64| top + (1.0 - q) * plot_h;
-    let mut svg = Svg::new(w as u32, h as u32, "Latency CDF (log time axis)");
+    let mut svg = Svg::new(w as u32, h as u32, title);
     for decade in lo_decade as i32..=hi_decade as i32 {
         let v = 10f64.powi(decade);
         svg.line((x(v), top), (x(v), top + plot_h), "#ddd", false);
@@ -491,7 +507,7 @@ mod tests {
     #[test]
     fn charts_are_well_formed() {
         let cdf: Vec<f64> = (0..=100).map(|i| 0.5 + f64::from(i) * 0.01).collect();
-        let svg = latency_cdf(&[("fnhost <warm>".to_owned(), &cdf)]);
+        let svg = latency_cdf("CDF", &[("fnhost <warm>".to_owned(), &cdf)]);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("fnhost &lt;warm&gt;"));
         assert_eq!(svg.matches("<polyline").count(), 1);
@@ -499,6 +515,22 @@ mod tests {
         assert_eq!(bars.matches("<rect").count(), 1 + 2 * STACKED_PHASES.len());
         let chart = bar_chart("t", &[("a".to_owned(), 1.0, "1".to_owned())], &[(2.0, "x")]);
         assert!(chart.contains("stroke-dasharray"));
+    }
+
+    #[test]
+    fn node_suite_gets_its_own_cdf_chart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut report = Report::new(
+            "x".to_owned(),
+            crate::report::Machine::detect(),
+            "t".to_owned(),
+        );
+        report.node = Some(crate::node::tests::bench());
+        let written = write_all(&report, dir.path()).expect("charts written");
+        assert_eq!(written, [dir.path().join("node-latency-cdf.svg")]);
+        let svg = fs::read_to_string(&written[0]).expect("readable");
+        assert_eq!(svg.matches("<polyline").count(), 8, "{svg}");
+        assert!(svg.contains("crun run, heavy"), "{svg}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Smoke test of the harness: every suite with tiny counts against a real
-//! daemon, baselines, hibernation, the floor and a small import-heavy
-//! function included. Asserts that the run completes, that its
+//! Smoke test of the harness: `all` (every suite but scale) with tiny
+//! counts against a real daemon, baselines, hibernation, the floor, a small
+//! import-heavy function and the node suite included. Asserts that the run
+//! completes, that its
 //! JSON and charts parse, and that it leaves no cgroup or mount behind;
 //! never asserts on time. Needs root and `fnhost` (with its shim) next to
 //! the harness binary (`cargo build --workspace --all-targets`).
@@ -22,15 +23,7 @@ fn every_suite_runs_with_tiny_counts() {
     let out = tempfile::tempdir().expect("tempdir");
     let json = out.path().join("bench.json");
     let child = Command::new(env!("CARGO_BIN_EXE_fnhost-bench"))
-        .args([
-            "latency",
-            "baselines",
-            "churn",
-            "throughput",
-            "density",
-            "hibernation",
-            "floor",
-        ])
+        .arg("all")
         .args([
             "--warm",
             "5",
@@ -114,6 +107,14 @@ fn every_suite_runs_with_tiny_counts() {
     assert!(stdout.contains("## Hibernation"), "{stdout}");
     check_floor(&report["floor"]);
     assert!(stdout.contains("## The floor"), "{stdout}");
+    // CI installs nodejs; elsewhere `all` may skip the suite, and says so.
+    let node_ran = !report["node"].is_null();
+    if in_ci || node_ran {
+        check_node(&report["node"], in_ci);
+        assert!(stdout.contains("## Node.js"), "{stdout}");
+    } else {
+        assert!(stderr.contains("node suite skipped"), "{stderr}");
+    }
     for chart in [
         "latency-cdf.svg",
         "phases.svg",
@@ -121,7 +122,11 @@ fn every_suite_runs_with_tiny_counts() {
         "density.svg",
         "hibernation-memory.svg",
         "hibernation-wake.svg",
+        "node-latency-cdf.svg",
     ] {
+        if chart.starts_with("node") && !node_ran {
+            continue;
+        }
         let svg = fs::read_to_string(out.path().join(chart)).expect("chart written");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
@@ -133,6 +138,7 @@ fn every_suite_runs_with_tiny_counts() {
         format!("fnhost-bench-{pid}"),
         format!("fnhost-bench-baseline-{pid}"),
         format!("fnhost-bench-floor-{pid}"),
+        format!("fnhost-bench-node-{pid}"),
     ] {
         let left = cgroup_dirs(&name);
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
@@ -168,6 +174,64 @@ fn check_heavy(h: &serde_json::Value) {
             "{r}"
         );
     }
+}
+
+/// The node suite ran its baselines for both functions (`crun run` at
+/// least, or said how to install it), its six scenarios and its three
+/// throughput runs, and computed the ratios against the targets.
+fn check_node(n: &serde_json::Value, in_ci: bool) {
+    for key in ["baselines", "heavy_baselines"] {
+        let baselines = n[key].as_array().expect("node baselines listed");
+        let names: Vec<&str> = baselines
+            .iter()
+            .map(|b| b["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(
+            names,
+            ["crun run", "runc run", "bwrap --unshare-all", "host exec"],
+            "{n}"
+        );
+        for b in baselines {
+            let status = b["status"].as_str().expect("status");
+            if in_ci || status != "not_installed" || b["name"] == "host exec" {
+                assert_eq!(status, "ok", "{b}");
+                assert_eq!(b["n"], 2, "{b}");
+            } else {
+                assert!(b["detail"].as_str().is_some(), "{b}");
+            }
+        }
+    }
+    let scenarios = &n["scenarios"];
+    for label in [
+        "node warm",
+        "node on-demand",
+        "node cold",
+        "node heavy warm",
+        "node heavy on-demand",
+        "node heavy cold",
+    ] {
+        let s = &scenarios[label];
+        assert!(s["n"].as_u64() > Some(0), "{label}: {n}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{label}: {s}");
+    }
+    assert_eq!(scenarios["node warm"]["n"], 5, "{n}");
+    for key in ["node_tput", "node_heavy_tput", "python_tput"] {
+        assert_eq!(n[key]["clients"], 4, "{key}: {n}");
+        assert!(n[key]["ok"].as_u64() > Some(0), "{key}: {n}");
+    }
+    let ratios = &n["ratios"];
+    for key in [
+        "warm_p50_over_node_e_p50",
+        "warm_p50_over_crun_p50",
+        "heavy_warm_p50_over_node_e_p50",
+        "tput_over_python_tput",
+    ] {
+        if key.contains("crun") && n["baselines"][0]["status"] != "ok" {
+            continue;
+        }
+        assert!(ratios[key]["value"].is_number(), "{key}: {ratios}");
+    }
+    assert!(n["ready_pss_kib"][0].is_number(), "{n}");
 }
 
 /// The hibernation suite ran every function: two timed wake-ups each (a

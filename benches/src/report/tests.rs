@@ -174,3 +174,29 @@ fn parses_meminfo_and_quotes_arguments() {
     assert_eq!(shell_quote("it's"), r"'it'\''s'");
     assert_eq!(shell_quote(""), "''");
 }
+
+#[test]
+fn node_section_counts_its_errors_and_serializes() {
+    let mut report = Report::new(
+        "x".to_owned(),
+        Machine {
+            nproc: 1,
+            kernel: "k".to_owned(),
+            mem_total_kib: None,
+            loadavg_1m: None,
+        },
+        "t".to_owned(),
+    );
+    assert_eq!(report.error_count(), 0);
+    report.node = Some(crate::node::tests::bench());
+    assert_eq!(report.error_count(), 3);
+    let md = report.to_markdown();
+    assert!(md.contains("## Node.js"), "{md}");
+    let v = serde_json::to_value(&report).expect("serializable");
+    let node = &v["node"];
+    assert_eq!(node["baselines"][0]["name"], "crun run");
+    assert_eq!(node["baselines"][0]["status"], "ok");
+    assert_eq!(node["scenarios"]["node warm"]["n"], 4);
+    assert_eq!(node["ratios"]["warm_p50_over_node_e_p50"]["met"], true);
+    assert_eq!(node["python_tput"]["rps"], 100.0);
+}
