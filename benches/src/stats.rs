@@ -167,6 +167,8 @@ pub struct ScenarioStats {
     pub latency: LatencyHistogram,
     /// `x-fnhost-start` values of successful requests (`(none)` when absent).
     pub start_kinds: BTreeMap<String, u64>,
+    /// Latency of the successful requests of each start kind.
+    pub latency_by_start: BTreeMap<String, LatencyHistogram>,
     pub phases: Ordered<LatencyHistogram>,
     /// Failed requests by kind (`503 PoolExhausted`, `timeout`, ...).
     pub errors: BTreeMap<String, u64>,
@@ -187,6 +189,10 @@ impl ScenarioStats {
         self.latency.record(elapsed);
         let kind = start_kind.unwrap_or(NO_START_HEADER);
         *self.start_kinds.entry(kind.to_owned()).or_default() += 1;
+        self.latency_by_start
+            .entry(kind.to_owned())
+            .or_default()
+            .record(elapsed);
         for phase in server_timing.map(parse_server_timing).unwrap_or_default() {
             self.phases
                 .entry_or_default(&phase.name)
@@ -218,6 +224,11 @@ impl ScenarioStats {
             latency: self.latency.summary(),
             expected_start: expected_start.to_owned(),
             start_kinds: self.start_kinds.clone(),
+            latency_by_start: self
+                .latency_by_start
+                .iter()
+                .map(|(kind, hist)| (kind.clone(), hist.summary()))
+                .collect(),
             phases: Ordered(phases),
             errors: self.errors.clone(),
             reconnects: self.reconnects,
@@ -245,6 +256,9 @@ pub struct ScenarioSummary {
     /// The `x-fnhost-start` value this scenario is meant to measure.
     pub expected_start: String,
     pub start_kinds: BTreeMap<String, u64>,
+    /// Latency of the requests of each start kind (a sequential client
+    /// can outrun the refill: then some "warm" requests are on-demand).
+    pub latency_by_start: BTreeMap<String, Percentiles>,
     pub phases: Ordered<PhaseSummary>,
     pub errors: BTreeMap<String, u64>,
     pub reconnects: u64,
@@ -265,6 +279,13 @@ impl ScenarioSummary {
 
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Latency of the requests served the way the scenario intends.
+    pub fn expected_latency(&self) -> Option<&Percentiles> {
+        self.latency_by_start
+            .get(&self.expected_start)
+            .filter(|p| p.n > 0)
     }
 }
 
@@ -344,6 +365,11 @@ mod tests {
         assert_eq!(summary.start_kinds[NO_START_HEADER], 1);
         assert_eq!(summary.unexpected_starts(), 2);
         assert_eq!(summary.error_count(), 1);
+        // Each kind's own latency: the ready clone's alone is the 900 µs.
+        let ready = summary.expected_latency().expect("ready-clone latency");
+        assert_eq!((ready.n, ready.max_ms), (1, 0.9));
+        assert_eq!(summary.latency_by_start["on-demand-clone"].max_ms, 1.9);
+        assert!(stats.summarize("cold-start").expected_latency().is_none());
         let names: Vec<&str> = summary.phases.0.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["queue", "clone", "total"]);
         let clone = summary.phases.get("clone").expect("clone phase recorded");

@@ -18,6 +18,7 @@ fn summary(n: u64, kinds: &[(&str, u64)]) -> ScenarioSummary {
         },
         expected_start: "ready-clone".to_owned(),
         start_kinds: kinds.iter().map(|(k, c)| ((*k).to_owned(), *c)).collect(),
+        latency_by_start: Default::default(),
         phases: Ordered(vec![
             (
                 "queue".to_owned(),
@@ -196,7 +197,14 @@ fn node_section_counts_its_errors_and_serializes() {
     let node = &v["node"];
     assert_eq!(node["baselines"][0]["name"], "crun run");
     assert_eq!(node["baselines"][0]["status"], "ok");
-    assert_eq!(node["scenarios"]["node warm"]["n"], 4);
-    assert_eq!(node["ratios"]["warm_p50_over_node_e_p50"]["met"], true);
+    assert_eq!(node["scenarios"]["node warm"]["n"], 6);
+    assert_eq!(
+        node["scenarios"]["node warm"]["latency_by_start"]["ready-clone"]["n"],
+        2
+    );
+    assert_eq!(
+        node["ratios"]["warm_ready_p50_over_node_e_p50"]["met"],
+        true
+    );
     assert_eq!(node["python_tput"]["rps"], 100.0);
 }
