@@ -381,6 +381,11 @@ function main() {
     // No /proc: keep the zygote's.
   }
   reseedMathRandom();
+  // Again, in the ready clone while it waits for its request: the first
+  // run of each path writes V8's feedback and inline caches, pages the
+  // clone would otherwise copy from the zygote inside the request
+  // (handler phase p50 0.63 -> 0.31 ms; +0.2 MiB per idle ready sandbox).
+  warmUp();
   serveOne(fd, handler, shim);
 }
 
