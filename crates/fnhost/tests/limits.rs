@@ -159,3 +159,52 @@ fn captured_output_is_capped() {
     assert!(logged < 20000, "all {logged} lines reached the log");
     assert_eq!(daemon.invoke("chatty", r#"{"lines": 1}"#).status, 200);
 }
+
+/// The CPU weight of `dir` as cgroup v2 counts it: `cpu.weight`, or v1's
+/// `cpu.shares` scaled (1024 = 100); `None` where neither file exists.
+fn cpu_weight(dir: &std::path::Path) -> Option<u64> {
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    read("cpu.weight").or_else(|| read("cpu.shares").map(|s| s * 100 / 1024))
+}
+
+/// The refill yields the CPU to running invocations: a zygote's cgroup
+/// weighs a tenth of the default, its sandboxes' the default.
+#[test]
+fn zygotes_weigh_less_than_the_sandboxes_they_fork() {
+    if !require_root("zygotes_weigh_less_than_the_sandboxes_they_fork") {
+        return;
+    }
+    let daemon = Daemon::start(&config());
+    let r = daemon.invoke("chatty", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dirs = daemon.cgroup_dirs();
+    let weights = |suffix: &str| -> Vec<u64> {
+        dirs.iter()
+            .filter(|d| {
+                d.parent().is_some_and(|p| p.ends_with("chatty"))
+                    && d.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        if suffix == "zygote" {
+                            n == "zygote"
+                        } else {
+                            n.starts_with('s') && n[1..].parse::<u64>().is_ok()
+                        }
+                    })
+            })
+            .filter_map(|d| cpu_weight(d))
+            .collect()
+    };
+    let zygote = weights("zygote");
+    assert!(
+        !zygote.is_empty(),
+        "no zygote cgroup with a cpu controller in {dirs:?}"
+    );
+    // v1 stores 102 shares for weight 10: 9 after scaling back.
+    assert!(zygote.iter().all(|w| (9..=10).contains(w)), "{zygote:?}");
+    let sandboxes = weights("sandbox");
+    assert!(!sandboxes.is_empty(), "no sandbox cgroup in {dirs:?}");
+    assert!(sandboxes.iter().all(|w| *w == 100), "{sandboxes:?}");
+}

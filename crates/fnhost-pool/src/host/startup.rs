@@ -29,6 +29,12 @@ const PREPARE_THREADS: usize = 8;
 /// Process limit of a zygote cgroup (clones are born there on v1 before
 /// they move to their own cgroup).
 const ZYGOTE_PIDS: u64 = 4096;
+/// CPU weight of a zygote cgroup (a tenth of the default 100): where the
+/// refill forks the next ready clone while an invocation runs, the
+/// invocation gets the CPU first. On 2 cores this took a sequential
+/// client's ready-clone p50 from 2.2–2.5 to 1.3–1.7 ms (node no-op, v1
+/// cpu.shares 1024 vs 64). An idle host gives the zygote all the CPU.
+const ZYGOTE_CPU_WEIGHT: u16 = 10;
 
 /// Why the host could not start. Each names what to change.
 #[derive(Debug, thiserror::Error)]
@@ -354,11 +360,14 @@ impl Host {
         spec: &FunctionSpec,
         zspec: ZygoteSpec,
     ) -> Result<Arc<FunctionPool>, HostError> {
-        let zygote_limits = CgroupLimits::from_cpus(
-            spec.limits.memory_bytes() + ZYGOTE_MEMORY_HEADROOM,
-            spec.limits.cpu.max(1.0),
-            ZYGOTE_PIDS,
-        );
+        let zygote_limits = CgroupLimits {
+            cpu_weight: Some(ZYGOTE_CPU_WEIGHT),
+            ..CgroupLimits::from_cpus(
+                spec.limits.memory_bytes() + ZYGOTE_MEMORY_HEADROOM,
+                spec.limits.cpu.max(1.0),
+                ZYGOTE_PIDS,
+            )
+        };
         let shared = PoolShared {
             tree: self.tree.clone(),
             ids: self.ids.clone(),

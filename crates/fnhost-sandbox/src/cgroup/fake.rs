@@ -182,7 +182,10 @@ impl CgroupFs for FakeCgroupFs {
                                     .to_string(),
                             ),
                         ]),
-                        "cpu" => files.push(("cpu.max", "max 100000\n".to_string())),
+                        "cpu" => files.extend([
+                            ("cpu.max", "max 100000\n".to_string()),
+                            ("cpu.weight", "100\n".to_string()),
+                        ]),
                         "pids" => files.push(("pids.max", "max\n".to_string())),
                         _ => {}
                     }
@@ -207,6 +210,7 @@ impl CgroupFs for FakeCgroupFs {
                     files.extend([
                         ("cpu.cfs_period_us", "100000\n".to_string()),
                         ("cpu.cfs_quota_us", "-1\n".to_string()),
+                        ("cpu.shares", "1024\n".to_string()),
                     ]);
                 }
                 if pids {

@@ -35,6 +35,10 @@ pub struct CgroupLimits {
     pub cpu_period_us: u64,
     /// Maximum number of tasks ([`CgroupLimits::UNLIMITED`] for "max").
     pub pids_max: u64,
+    /// Share of the CPU under contention, relative to siblings: cgroup v2
+    /// `cpu.weight` (1..=10000, the kernel's default 100), on v1
+    /// `cpu.shares` = weight × 1024 / 100. `None`: the kernel's default.
+    pub cpu_weight: Option<u16>,
 }
 
 impl CgroupLimits {
@@ -44,6 +48,12 @@ impl CgroupLimits {
     pub const DEFAULT_PERIOD_US: u64 = 100_000;
     /// Smallest quota the kernel accepts.
     pub const MIN_QUOTA_US: u64 = 1_000;
+
+    /// v1 `cpu.shares` for a v2 `cpu.weight` (the kernel's defaults, 1024
+    /// and 100, correspond); at least 2, the v1 minimum.
+    pub fn v1_shares(weight: u16) -> u64 {
+        (u64::from(weight) * 1024 / 100).max(2)
+    }
 
     /// Limits with a 100 ms period and `cpus * period` of quota. A `cpus`
     /// that is not a positive finite number means no CPU limit; tiny
@@ -57,6 +67,7 @@ impl CgroupLimits {
             cpu_quota_us,
             cpu_period_us: period,
             pids_max,
+            cpu_weight: None,
         }
     }
 }

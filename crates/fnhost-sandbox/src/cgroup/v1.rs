@@ -64,7 +64,7 @@ pub(crate) fn set_memory(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
 }
 
 /// Sets and verifies `cpu.cfs_period_us`, then `cpu.cfs_quota_us` (-1 for
-/// no limit).
+/// no limit), and `cpu.shares` when a weight is given.
 pub(crate) fn set_cpu(dir: &Path, limits: &CgroupLimits) -> Result<(), CgroupError> {
     let ctl = CpuController::new(dir.to_path_buf(), false);
 
@@ -83,7 +83,18 @@ pub(crate) fn set_cpu(dir: &Path, limits: &CgroupLimits) -> Result<(), CgroupErr
     };
     ctl.set_cfs_quota(quota)
         .map_err(|e| write_error(&quota_path, quota, e))?;
-    fs::verify(&quota_path, &quota.to_string(), |a| a.parse() == Ok(quota))
+    fs::verify(&quota_path, &quota.to_string(), |a| a.parse() == Ok(quota))?;
+
+    if let Some(weight) = limits.cpu_weight {
+        let shares_path = dir.join("cpu.shares");
+        let shares = CgroupLimits::v1_shares(weight);
+        ctl.set_shares(shares)
+            .map_err(|e| write_error(&shares_path, shares, e))?;
+        fs::verify(&shares_path, &shares.to_string(), |a| {
+            a.parse() == Ok(shares)
+        })?;
+    }
+    Ok(())
 }
 
 /// Sets and verifies `pids.max`.
@@ -159,6 +170,7 @@ mod tests {
             ("memory.memsw.limit_in_bytes", "9223372036854771712"),
             ("cpu.cfs_period_us", "100000"),
             ("cpu.cfs_quota_us", "-1"),
+            ("cpu.shares", "1024"),
             ("pids.max", "max"),
         ] {
             std::fs::write(dir.path().join(file), value).unwrap();
@@ -182,8 +194,18 @@ mod tests {
         assert_eq!(read(dir.path(), "cpu.cfs_quota_us"), "25000");
         assert_eq!(read(dir.path(), "pids.max"), "32");
 
-        set_cpu(dir.path(), &CgroupLimits::from_cpus(0, 0.0, 0)).unwrap();
+        assert_eq!(
+            read(dir.path(), "cpu.shares"),
+            "1024",
+            "no weight: untouched"
+        );
+        let weighted = CgroupLimits {
+            cpu_weight: Some(10),
+            ..CgroupLimits::from_cpus(0, 0.0, 0)
+        };
+        set_cpu(dir.path(), &weighted).unwrap();
         set_pids(dir.path(), CgroupLimits::UNLIMITED).unwrap();
+        assert_eq!(read(dir.path(), "cpu.shares"), "102");
         assert_eq!(read(dir.path(), "cpu.cfs_quota_us"), "-1");
         assert_eq!(read(dir.path(), "pids.max"), "max");
     }

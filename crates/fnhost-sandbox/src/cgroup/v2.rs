@@ -71,7 +71,7 @@ pub(crate) fn cpu_max_value(limits: &CgroupLimits) -> String {
 }
 
 /// Writes and verifies memory.max, memory.swap.max (0, when swap is
-/// accounted), cpu.max and pids.max.
+/// accounted), cpu.max, cpu.weight (when given) and pids.max.
 pub(crate) fn set_limits(
     fs: &dyn CgroupFs,
     dir: &Path,
@@ -99,6 +99,13 @@ pub(crate) fn set_limits(
     fs::verify(&cpu, &value, |a| {
         a.split_whitespace().eq(value.split_whitespace())
     })?;
+
+    if let Some(weight) = limits.cpu_weight {
+        let path = dir.join("cpu.weight");
+        let value = weight.to_string();
+        fs::write_limit(fs, &path, &value)?;
+        fs::verify(&path, &value, |a| a == value)?;
+    }
 
     let pids = dir.join("pids.max");
     let value = fs::pids_value(limits.pids_max);

@@ -85,11 +85,13 @@ fn v2_create_enables_controllers_and_writes_limits() {
         cpu_quota_us: None,
         cpu_period_us: 100_000,
         pids_max: CgroupLimits::UNLIMITED,
+        cpu_weight: Some(10),
     };
     tree(&fake).create("hello/s1", &unlimited).unwrap();
     assert_eq!(read(leaf.join("memory.max")), "max");
     assert_eq!(read(leaf.join("cpu.max")), "max 100000");
     assert_eq!(read(leaf.join("pids.max")), "max");
+    assert_eq!(read(leaf.join("cpu.weight")), "10");
     tree(&fake).create("hello/zygote", &limits()).unwrap();
     assert_eq!(read(root.join("hello/zygote/pids.max")), "32");
 }
