@@ -25,6 +25,10 @@ const PAYLOAD: &[u8] = br#"{"bench":true}"#;
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
 /// Longest wait for a woken pool to have its ready clone again.
 const REFILL_LIMIT: Duration = Duration::from_secs(5);
+/// How long a cycle waits, once every zygote sleeps, for their snapshots
+/// to be back in the page cache (the daemon reads a snapshot back in the
+/// background after hibernating; a wake-up meanwhile faults from disk).
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Deadline of one admin API request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -261,6 +265,24 @@ impl Bench {
                 last
             }
         };
+        // An idle function's steady state: asleep, its snapshot read back.
+        // (Only the first ~100 ms after hibernating lack it; a request
+        // then faults from disk.) Bounded: the kernel may evict the cache.
+        let settled = self
+            .wait_for(SETTLE_LIMIT, |st| {
+                sleepers.iter().all(|f| {
+                    let s = status_of(st, f);
+                    s.hibernated == 0 || s.snapshot_cached_bytes >= s.snapshot_bytes
+                })
+            })
+            .await;
+        if settled.is_err() && timed {
+            self.note(format!(
+                "in some cycles not every snapshot was back in the page cache within {} s; \
+                 their wake-ups may have read from disk",
+                SETTLE_LIMIT.as_secs()
+            ));
+        }
         let first = index % subjects.len().max(1);
         for subject in subjects[first..].iter().chain(&subjects[..first]) {
             let f = subject.name;

@@ -32,8 +32,10 @@ pub fn markdown(h: &Hibernation, others: &[(String, Percentiles)]) -> String {
         "Four copies of the no-op Python function in one daemon, each `zygotes = 1`, \
          `ready_clones = 1`; three hibernate after {} ms idle (`snapshot` with and without \
          prefetch, `reclaim`), `{WARM_FN}` never does. A cycle waits until the admin API reports \
-         every hibernating zygote asleep, then invokes each function once (the order rotates \
-         from cycle to cycle); one untimed cycle, then {} timed.{}\n\n",
+         every hibernating zygote asleep and its snapshot back in the page cache (the daemon \
+         reads it back after hibernating: the state of a function idle for longer than a \
+         moment), then invokes each function once (the order rotates from cycle to cycle); one \
+         untimed cycle, then {} timed.{}\n\n",
         h.hibernate_after_ms,
         h.cycles,
         h.functions
