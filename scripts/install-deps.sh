@@ -38,6 +38,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# nodejs functions need node >= 20.19 (synchronous require() of ES modules,
+# --disable-warning); Debian 12's own nodejs package is 18.
+if [ -x /usr/bin/node ]; then
+  node_version=$(/usr/bin/node -p 'process.versions.node' 2>/dev/null || echo 0.0.0)
+  IFS=. read -r node_major node_minor _ <<<"$node_version"
+  if [ "${node_major:-0}" -lt 20 ] || { [ "$node_major" -eq 20 ] && [ "${node_minor:-0}" -lt 19 ]; }; then
+    echo "install-deps: /usr/bin/node is $node_version; nodejs functions (and their tests) need" \
+         ">= 20.19: install node 20.19+ or 22 (e.g. from NodeSource) as /usr/bin/node" >&2
+  fi
+fi
+
 # A Python environment with boto3 for the Lambda-compatibility tests (a real
 # AWS client against the /2015-03-31 API). Kept in .venv/ (git-ignored).
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import boto3" 2>/dev/null; then
