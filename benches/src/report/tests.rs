@@ -142,9 +142,9 @@ fn side_by_side_has_ratios_and_missing_baselines() {
     assert_eq!(ratio(1.0, 0.0), "-");
 }
 
-#[test]
-fn json_has_the_documented_shape() {
-    let mut report = Report::new(
+/// A report of a one-core machine with nothing measured yet.
+fn empty_report() -> Report {
+    Report::new(
         "x".to_owned(),
         Machine {
             nproc: 1,
@@ -153,7 +153,12 @@ fn json_has_the_documented_shape() {
             loadavg_1m: None,
         },
         "t".to_owned(),
-    );
+    )
+}
+
+#[test]
+fn json_has_the_documented_shape() {
+    let mut report = empty_report();
     report.scenarios = Ordered(vec![("warm".to_owned(), summary(5, &[("ready-clone", 5)]))]);
     let v = serde_json::to_value(&report).expect("serializable");
     let warm = &v["scenarios"]["warm"];
@@ -178,16 +183,7 @@ fn parses_meminfo_and_quotes_arguments() {
 
 #[test]
 fn node_section_counts_its_errors_and_serializes() {
-    let mut report = Report::new(
-        "x".to_owned(),
-        Machine {
-            nproc: 1,
-            kernel: "k".to_owned(),
-            mem_total_kib: None,
-            loadavg_1m: None,
-        },
-        "t".to_owned(),
-    );
+    let mut report = empty_report();
     assert_eq!(report.error_count(), 0);
     report.node = Some(crate::node::tests::bench());
     assert_eq!(report.error_count(), 3);

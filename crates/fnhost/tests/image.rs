@@ -285,6 +285,19 @@ fn import_image(tar: &Path, name: &str, config: &Path) -> String {
     stdout
 }
 
+/// Invokes `function` with `{}`, which must answer 200; its JSON body.
+fn invoke_ok(daemon: &Daemon, function: &str) -> serde_json::Value {
+    let response = daemon.invoke(function, "{}");
+    assert_eq!(
+        response.status,
+        200,
+        "{}\nstderr:\n{}",
+        response.text(),
+        daemon.stderr()
+    );
+    response.json()
+}
+
 const HANDLER: &str = r#"
 import os, platform
 
@@ -339,15 +352,7 @@ fn function_runs_on_an_imported_multi_layer_image() {
     );
 
     let daemon = Daemon::start_config(dir, config, cgroup_root);
-    let response = daemon.invoke("onimage", "{}");
-    assert_eq!(
-        response.status,
-        200,
-        "{}\nstderr:\n{}",
-        response.text(),
-        daemon.stderr()
-    );
-    let body: serde_json::Value = serde_json::from_slice(&response.body).expect("json body");
+    let body = invoke_ok(&daemon, "onimage");
     let host_version = Command::new(PYTHON)
         .args(["-c", "import platform; print(platform.python_version())"])
         .output()
@@ -405,15 +410,7 @@ fn node_function_runs_on_an_image_with_its_own_node() {
     let config = write_config(dir.path(), &cgroup_root, "", &functions);
     import_image(&image_tar, "nodeimg:1", &config);
     let daemon = Daemon::start_config(dir, config, cgroup_root);
-    let response = daemon.invoke("onnode", "{}");
-    assert_eq!(
-        response.status,
-        200,
-        "{}\nstderr:\n{}",
-        response.text(),
-        daemon.stderr()
-    );
-    let body = response.json();
+    let body = invoke_ok(&daemon, "onnode");
     assert_eq!(body["execPath"], format!("/{IMAGE_NODE}"), "{body}");
     assert_eq!(
         body["hostNode"], false,
