@@ -74,14 +74,7 @@ fn every_suite_runs_with_tiny_counts() {
         );
     }
     let baselines = report["baselines"].as_array().expect("baselines listed");
-    let names: Vec<&str> = baselines
-        .iter()
-        .map(|b| b["name"].as_str().expect("name"))
-        .collect();
-    assert_eq!(
-        names,
-        ["crun run", "runc run", "bwrap --unshare-all", "host exec"]
-    );
+    assert_eq!(names(baselines), BASELINES);
     let in_ci = in_ci();
     for b in baselines {
         let status = b["status"].as_str().expect("status");
@@ -176,21 +169,24 @@ fn check_heavy(h: &serde_json::Value) {
     }
 }
 
+/// Every baseline, in report order.
+const BASELINES: [&str; 4] = ["crun run", "runc run", "bwrap --unshare-all", "host exec"];
+
+/// The `name`s of a report's baseline list.
+fn names(baselines: &[serde_json::Value]) -> Vec<&str> {
+    baselines
+        .iter()
+        .map(|b| b["name"].as_str().expect("name"))
+        .collect()
+}
+
 /// The node suite ran its baselines for both functions (`crun run` at
 /// least, or said how to install it), its six scenarios and its three
 /// throughput runs, and computed the ratios against the targets.
 fn check_node(n: &serde_json::Value, in_ci: bool) {
     for key in ["baselines", "heavy_baselines"] {
         let baselines = n[key].as_array().expect("node baselines listed");
-        let names: Vec<&str> = baselines
-            .iter()
-            .map(|b| b["name"].as_str().expect("name"))
-            .collect();
-        assert_eq!(
-            names,
-            ["crun run", "runc run", "bwrap --unshare-all", "host exec"],
-            "{n}"
-        );
+        assert_eq!(names(baselines), BASELINES, "{n}");
         for b in baselines {
             let status = b["status"].as_str().expect("status");
             if in_ci || status != "not_installed" || b["name"] == "host exec" {

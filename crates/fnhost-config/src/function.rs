@@ -348,11 +348,17 @@ fn check_python_handler(handler: &str, path: &KeyPath) -> Result<(), Invalid> {
 /// Lambda's Node spelling: the file (relative to the code directory, `/`
 /// segments allowed, no extension) up to the first `.` after its last `/`,
 /// then the exported function, possibly nested (`index.api.get`).
-fn check_node_handler(handler: &str, path: &KeyPath) -> Result<(), Invalid> {
+/// A nodejs handler `path/file.export.path` split into its file (relative
+/// to the code directory, without extension) and the export path: the file
+/// ends at the first dot of the last path segment.
+pub fn split_node_handler(handler: &str) -> Option<(&str, &str)> {
     let dir_end = handler.rfind('/').map_or(0, |i| i + 1);
-    let split = handler[dir_end..].find('.').map(|i| dir_end + i);
-    let ok = split.is_some_and(|at| {
-        let (file, function) = (&handler[..at], &handler[at + 1..]);
+    let at = dir_end + handler[dir_end..].find('.')?;
+    Some((&handler[..at], &handler[at + 1..]))
+}
+
+fn check_node_handler(handler: &str, path: &KeyPath) -> Result<(), Invalid> {
+    let ok = split_node_handler(handler).is_some_and(|(file, function)| {
         !file.starts_with('/')
             && file
                 .split('/')

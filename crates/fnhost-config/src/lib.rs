@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::ImDocument;
 
 pub use control_plane::{ControlPlaneConfig, InvokeAuth};
+pub use function::split_node_handler;
 pub use model::{
     AdminListen, FavorDynmodsMode, FunctionSpec, HibernateMode, HttpLimits, Limits, NetworkMode,
     PoolSettings, Runtime, ServerConfig, DEFAULT_NODE, DEFAULT_PYTHON, DEFAULT_USERNS_HOST_BASE,

@@ -398,11 +398,7 @@ pub fn check_handler_module(runtime: &str, handler: &str, code: &Path) -> Result
 /// before the first dot of the last path segment, loaded as file.js,
 /// file.mjs, file.cjs, or a directory (its package.json or index.js).
 fn check_node_module(handler: &str, code: &Path) -> Result<(), ApiError> {
-    let dir_end = handler.rfind('/').map_or(0, |i| i + 1);
-    let file = match handler[dir_end..].find('.') {
-        Some(at) => &handler[..dir_end + at],
-        None => handler,
-    };
+    let file = fnhost_config::split_node_handler(handler).map_or(handler, |(file, _)| file);
     let found = ["js", "mjs", "cjs"]
         .iter()
         .any(|ext| code.join(format!("{file}.{ext}")).is_file())

@@ -289,7 +289,9 @@ fn memory_limit_is_enforced() {
 /// is put back afterwards, even on failure.
 #[test]
 fn favordynmods_is_set_by_a_remount_that_keeps_other_options() {
-    use fnhost_sandbox::cgroup::favordynmods::{favor_dynmods, is_set, FavorDynmods};
+    use fnhost_sandbox::cgroup::favordynmods::{
+        favor_dynmods, is_set, mount_options, FavorDynmods,
+    };
     use fnhost_sandbox::syscall::{LinuxSyscall, Syscall};
     use nix::mount::MsFlags;
 
@@ -305,21 +307,7 @@ fn favordynmods_is_set_by_a_remount_that_keeps_other_options() {
         return;
     };
     let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let options = |text: &str| -> Vec<String> {
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.split(' ').nth(4) == Some(mount.to_str().expect("utf8")))
-            .expect("the cgroup2 mount's line")
-            .to_owned();
-        let post = line.split_once(" - ").expect("separator").1.to_owned();
-        post.split(' ')
-            .nth(2)
-            .unwrap_or("")
-            .split(',')
-            .map(str::to_owned)
-            .collect()
-    };
+    let options = |text: &str| mount_options(text, &mount).expect("the cgroup2 mount's line");
     let remount_with = |opts: &[String]| {
         let data: Vec<&str> = opts
             .iter()

@@ -191,15 +191,16 @@ fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, Hos
 
 /// Applies `server.cgroup_favordynmods` (see
 /// [`fnhost_sandbox::cgroup::favordynmods`]).
-fn favor_dynmods(layout: &CgroupLayout, mode: FavorDynmodsMode) -> Result<(), HostError> {
+fn favor_dynmods(
+    layout: &CgroupLayout,
+    mountinfo: &str,
+    mode: FavorDynmodsMode,
+) -> Result<(), HostError> {
     use fnhost_sandbox::cgroup::favordynmods::{favor_dynmods, FavorDynmods};
     if mode == FavorDynmodsMode::Keep {
         return Ok(());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
-        HostError::CgroupDetect(fnhost_sandbox::cgroup::CgroupError::ReadMountinfo { source })
-    })?;
-    match favor_dynmods(layout, &mountinfo, &fnhost_sandbox::syscall::LinuxSyscall) {
+    match favor_dynmods(layout, mountinfo, &fnhost_sandbox::syscall::LinuxSyscall) {
         Ok(FavorDynmods::Enabled) => {
             tracing::info!(
                 "remounted the cgroup2 filesystem with favordynmods: cgroup migrations no longer \
@@ -227,9 +228,13 @@ impl Host {
     /// refill pass, so a started host serves its first request warm).
     pub async fn start(config: &Config, options: &HostOptions) -> Result<Host, HostError> {
         let started = std::time::Instant::now();
-        let layout = CgroupLayout::detect().map_err(HostError::CgroupDetect)?;
+        // Read once: the layout and the cgroup2 mount's options.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
+            HostError::CgroupDetect(fnhost_sandbox::cgroup::CgroupError::ReadMountinfo { source })
+        })?;
+        let layout = CgroupLayout::from_mountinfo(&mountinfo).map_err(HostError::CgroupDetect)?;
         let layout_text = layout.describe();
-        favor_dynmods(&layout, config.server.cgroup_favordynmods)?;
+        favor_dynmods(&layout, &mountinfo, config.server.cgroup_favordynmods)?;
         let tree = Arc::new(CgroupTree::new(layout, &config.server.cgroup_root));
         let stale = tree.remove_stale().map_err(HostError::CgroupCleanup)?;
         if stale.cgroups_removed > 0 {

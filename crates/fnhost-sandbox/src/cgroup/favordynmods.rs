@@ -81,7 +81,12 @@ fn remount_data(options: &[String]) -> String {
 
 /// Whether the cgroup2 filesystem at `mount` has the option, per `mountinfo`.
 pub fn is_set(mountinfo: &str, mount: &Path) -> bool {
-    super_options_of(mountinfo, mount).is_some_and(|o| o.iter().any(|o| o == OPTION))
+    mount_options(mountinfo, mount).is_some_and(|o| o.iter().any(|o| o == OPTION))
+}
+
+/// The filesystem options of the cgroup filesystem at `mount`, per `mountinfo`.
+pub fn mount_options(mountinfo: &str, mount: &Path) -> Option<Vec<String>> {
+    super_options_of(mountinfo, mount)
 }
 
 #[cfg(test)]
