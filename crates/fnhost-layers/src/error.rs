@@ -41,6 +41,8 @@ pub enum LayerError {
         to: PathBuf,
         source: io::Error,
     },
+    #[error("cannot take the build lock {path} of the layer store: {source}")]
+    Lock { path: PathBuf, source: io::Error },
     #[error("cannot list layers in {path}: {source}")]
     List { path: PathBuf, source: io::Error },
     #[error("cannot inspect host path {path} for the host layer: {source}")]

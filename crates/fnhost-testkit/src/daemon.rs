@@ -260,7 +260,13 @@ impl Drop for Daemon {
         // Remove them so one failure does not leak into the machine.
         remove_cgroups(&leftovers);
         if *policy == Leftovers::Fail && !thread::panicking() {
-            panic!("daemon left cgroups behind after stop ({status:?}): {leftovers:?}");
+            // The log says why: a daemon that failed to start is dropped
+            // here before its start error is printed.
+            panic!(
+                "daemon left cgroups behind after stop ({}): {leftovers:?}{}",
+                describe_exit(status),
+                self.log.context()
+            );
         }
     }
 }

@@ -38,6 +38,51 @@ fn invalid_config_refuses_to_start_naming_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
 }
 
+/// A start that fails after fnhost made its cgroups (the memory budget's
+/// limit on the root comes first) removes them, names what failed, and
+/// exits non-zero.
+#[test]
+fn a_failed_start_names_the_cause_and_leaves_no_cgroups() {
+    if !require_root("a_failed_start_names_the_cause_and_leaves_no_cgroups") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("code");
+    std::fs::create_dir(&code).unwrap();
+    std::fs::write(
+        code.join("handler.py"),
+        "def handler(event, context):\n    return 1\n",
+    )
+    .unwrap();
+    nix::unistd::mkfifo(
+        &code.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let functions = format!(
+        "{}{}",
+        python_function("hello", &hello_code(), "handler.handler", ""),
+        python_function("piped", &code, "handler.handler", "")
+    );
+    let root = unique_cgroup_root();
+    let config = write_config(dir.path(), &root, "", &functions);
+    let out = Command::new(env!("CARGO_BIN_EXE_fnhost"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("FNHOST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left = cgroup_dirs(&root);
+    fnhost_testkit::remove_cgroups(&left);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("function 'piped'") && stderr.contains("pipe"),
+        "{stderr}"
+    );
+    assert!(left.is_empty(), "left behind: {left:?}\n{stderr}");
+}
+
 #[test]
 fn embedded_default_config_is_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");

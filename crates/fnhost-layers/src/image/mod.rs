@@ -359,11 +359,12 @@ impl LayerStore {
         }
         let (digest, entries) = extraction.finish()?;
         let layer = self.layer_for(&digest);
-        if self.trusted(&layer) {
+        let held = self.lock_digest(&digest)?;
+        if self.trusted(&layer, &held) {
             tracing::debug!(digest = %layer.digest, blob = %what, "layer already present");
             return Ok(layer);
         }
-        self.commit(build, layer, entries)
+        self.commit(build, layer, entries, &held)
     }
 }
 

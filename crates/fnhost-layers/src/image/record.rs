@@ -12,7 +12,7 @@ use super::error::ImageError;
 use super::reference::ImageRef;
 use super::{Image, ImageConfig, ImageFormat};
 use crate::error::LayerError;
-use crate::store::LayerStore;
+use crate::store::{Layer, LayerStore};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -112,8 +112,11 @@ impl LayerStore {
                 h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             });
             let layer = valid.then(|| self.layer_for(digest));
+            let trusted = |layer: &Layer| -> Result<bool, LayerError> {
+                Ok(self.trusted(layer, &self.lock_digest(&layer.digest)?))
+            };
             match layer {
-                Some(layer) if self.trusted(&layer) => layers.push(layer),
+                Some(layer) if trusted(&layer)? => layers.push(layer),
                 _ => {
                     return Err(ImageError::MissingLayer {
                         reference: reference.to_string(),

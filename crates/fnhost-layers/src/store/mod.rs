@@ -1,6 +1,9 @@
 //! The content-addressed store: `<root>/sha256/<hex>/` holds finished,
 //! read-only layers; `<root>/tmp/` holds builds in progress, each renamed
-//! into place in one step once complete.
+//! into place in one step once complete; `<root>/locks/` serializes
+//! builders of the same digest (see [`digest_lock`]).
+
+mod digest_lock;
 
 use std::borrow::Cow;
 use std::fs::{self, DirBuilder, File, Permissions};
@@ -15,6 +18,7 @@ use crate::plan::{normalize_relative, FileData, Node, Plan, DIR_MODE_MASK, FILE_
 use crate::seal;
 use crate::source::{scan_children, ScanOptions, SourceDir};
 use crate::write::{remove_tree, write_plan};
+pub(crate) use digest_lock::DigestLock;
 
 /// Numbers the builds of this process, so concurrent builds never share a
 /// temporary directory.
@@ -59,7 +63,11 @@ impl LayerStore {
         // unprivileged host ids and must reach their layers' paths.
         fs::set_permissions(root, Permissions::from_mode(0o711)).map_err(create_err(root))?;
         let root = fs::canonicalize(root).map_err(create_err(root))?;
-        for (sub, mode) in [("sha256", 0o711), ("tmp", 0o700)] {
+        for (sub, mode) in [
+            ("sha256", 0o711),
+            ("tmp", 0o700),
+            (digest_lock::LOCK_DIR, 0o700),
+        ] {
             let path = root.join(sub);
             match DirBuilder::new().mode(mode).create(&path) {
                 Ok(()) => {}
@@ -159,26 +167,36 @@ impl LayerStore {
             path: self.root.join("sha256").join(hex),
             digest: digest.clone(),
         };
-        if self.trusted(&layer) {
+        // Held while writing too: a second builder of this digest waits
+        // and then finds the layer built, instead of building it again.
+        let held = self.lock_digest(&layer.digest)?;
+        if self.trusted(&layer, &held) {
             tracing::debug!(digest = %layer.digest, "layer already present");
             return Ok(layer);
         }
-        self.write_and_commit(plan, layer)
+        self.write_and_commit(plan, layer, &held)
     }
 
     /// Writes `plan` into a temporary directory and renames it to
     /// `layer.path`; if another builder got there first, keeps theirs.
-    fn write_and_commit(&self, plan: &Plan<'_>, layer: Layer) -> Result<Layer, LayerError> {
+    fn write_and_commit(
+        &self,
+        plan: &Plan<'_>,
+        layer: Layer,
+        held: &DigestLock,
+    ) -> Result<Layer, LayerError> {
         let hex = &layer.digest["sha256:".len()..];
         let tmp = self.new_build(hex)?;
         write_plan(plan, &tmp.path)?;
-        self.commit(tmp, layer, plan.nodes.len())
+        self.commit(tmp, layer, plan.nodes.len(), held)
     }
 
     /// Whether `layer` is present and may be used: its directory matches the
     /// seal written when it was committed. A present layer that does not is
-    /// moved out of the way (and removed), so that it is built again.
-    pub(crate) fn trusted(&self, layer: &Layer) -> bool {
+    /// moved out of the way (and removed), so that it is built again. Only
+    /// under the digest's lock: a layer committed but not yet sealed by
+    /// another builder would look tampered with.
+    pub(crate) fn trusted(&self, layer: &Layer, _held: &DigestLock) -> bool {
         if !layer.path.is_dir() {
             return false;
         }
@@ -237,6 +255,7 @@ impl LayerStore {
         tmp: TmpBuild,
         layer: Layer,
         entries: usize,
+        _held: &DigestLock,
     ) -> Result<Layer, LayerError> {
         match fs::rename(&tmp.path, &layer.path) {
             Ok(()) => {

@@ -105,15 +105,15 @@ fn a_layer_changed_after_its_commit_is_built_again() {
         original,
         "rebuilt from the source"
     );
-    assert!(store.trusted(&again));
+    assert!(trusted(&store, &again));
     // A layer without a seal (an older fnhost's) is not trusted either.
     fs::remove_file(seal::path_of(&again.path)).expect("unseal");
-    assert!(!store.trusted(&again));
+    assert!(!trusted(&store, &again));
     assert!(!again.path.exists(), "moved out of the way");
     let rebuilt = store
         .import_dir(src.path(), Path::new("var/task"))
         .expect("import");
-    assert!(store.trusted(&rebuilt));
+    assert!(trusted(&store, &rebuilt));
     assert_eq!(store.list().expect("list"), vec![rebuilt]);
 }
 
@@ -377,8 +377,9 @@ fn losing_the_rename_race_keeps_the_existing_layer() {
     plan.insert("x".into(), Node::File { mode: 0o644, data })
         .expect("insert");
     // As a second builder would see it: the target appeared after our check.
+    let held = store.lock_digest(&layer.digest).expect("lock");
     let again = store
-        .write_and_commit(&plan, layer.clone())
+        .write_and_commit(&plan, layer.clone(), &held)
         .expect("lost race is fine");
     assert_eq!(again, layer);
     let inode_again = fs::metadata(layer.path.join("var/task/handler.py"))
@@ -408,4 +409,83 @@ fn open_removes_builds_of_dead_processes_only() {
     assert!(ours.exists(), "a build of a running process must survive");
     assert!(reopened.list().expect("list").is_empty());
     remove_tree(&ours).expect("cleanup");
+}
+
+/// [`LayerStore::trusted`] under the digest's lock.
+fn trusted(store: &LayerStore, layer: &Layer) -> bool {
+    let held = store.lock_digest(&layer.digest).expect("lock");
+    store.trusted(layer, &held)
+}
+
+/// Functions sharing their code are imported on parallel threads at start:
+/// every builder of the one digest gets the sealed layer, and none breaks
+/// another's commit (the second used to take the first's committed but
+/// not yet sealed layer for a tampered one and move it aside).
+#[test]
+fn concurrent_builders_of_one_digest_all_get_the_sealed_layer() {
+    const BUILDERS: usize = 8;
+    const ROUNDS: usize = 25;
+    let src = tempfile::tempdir().expect("tempdir");
+    code_tree(src.path());
+    for round in 0..ROUNDS {
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = LayerStore::open(state.path()).expect("open");
+        let start = std::sync::Barrier::new(BUILDERS);
+        let layers: Vec<Result<Layer, LayerError>> = std::thread::scope(|scope| {
+            let builders: Vec<_> = (0..BUILDERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        store.import_dir(src.path(), Path::new("var/task"))
+                    })
+                })
+                .collect();
+            builders
+                .into_iter()
+                .map(|b| b.join().expect("builder thread"))
+                .collect()
+        });
+        let first = layers[0].as_ref().expect("import").clone();
+        for layer in &layers {
+            let layer = layer
+                .as_ref()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(*layer, first, "round {round}");
+        }
+        assert!(trusted(&store, &first), "round {round}");
+        assert_eq!(store.list().expect("list"), vec![first], "round {round}");
+        assert_eq!(tmp_entries(&store), 0, "round {round}");
+    }
+}
+
+/// The window the lock closes, held open: a layer renamed into place whose
+/// seal is not written yet. A second builder waits for the lock, then finds
+/// the layer sealed and keeps it (same inode) instead of taking it for a
+/// tampered one and rebuilding it under the first builder's feet.
+#[test]
+fn a_builder_waits_for_a_commit_in_progress_instead_of_undoing_it() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let src = tempfile::tempdir().expect("tempdir");
+    code_tree(src.path());
+    let store = LayerStore::open(state.path()).expect("open");
+    let layer = store
+        .import_dir(src.path(), Path::new("var/task"))
+        .expect("import");
+    let inode = || fs::metadata(layer.path.join("var/task/handler.py")).map(|m| m.ino());
+    let before = inode().expect("stat");
+    // The first builder, between its rename and its seal.
+    let held = store.lock_digest(&layer.digest).expect("lock");
+    fs::remove_file(seal::path_of(&layer.path)).expect("unseal");
+    let second = std::thread::scope(|scope| {
+        let second = scope.spawn(|| store.import_dir(src.path(), Path::new("var/task")));
+        // Without the lock the second builder would already have moved the
+        // unsealed layer aside by now.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        seal::write(&layer.path).expect("seal: the layer is still in place");
+        drop(held);
+        second.join().expect("second builder")
+    });
+    assert_eq!(second.expect("second import"), layer);
+    assert_eq!(inode().expect("stat"), before, "kept, not rebuilt");
+    assert!(trusted(&store, &layer));
 }

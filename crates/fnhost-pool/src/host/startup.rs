@@ -244,6 +244,26 @@ impl Host {
                 "removed cgroups left by a previous run"
             );
         }
+        // From here on cgroups exist (the memory budget's limit on the
+        // root, zygotes of pools already built): a start that fails removes
+        // them, as a shutdown would.
+        let result = Self::start_in(config, options, tree.clone(), layout_text, started).await;
+        if result.is_err() {
+            if let Err(e) = tree.remove_all() {
+                tracing::warn!(error = %e, "could not remove every cgroup of the failed start");
+            }
+        }
+        result
+    }
+
+    /// [`Self::start`] once the cgroup tree is known and clean.
+    async fn start_in(
+        config: &Config,
+        options: &HostOptions,
+        tree: Arc<CgroupTree>,
+        layout_text: String,
+        started: std::time::Instant,
+    ) -> Result<Host, HostError> {
         let state = &config.server.state_dir;
         let staging = state.join("run").join("root");
         std::fs::create_dir_all(&staging).map_err(|source| HostError::StateDir {
