@@ -158,6 +158,15 @@ pub(crate) fn overrides(
     if let Some(v) = raw.hibernate_prefetch {
         s.pool.hibernate_prefetch = v;
     }
+    if let Some(v) = raw.hibernate_ready_clones {
+        s.pool.hibernate_ready_clones = to_u32(bounded(
+            v,
+            &path.key("hibernate_ready_clones"),
+            0,
+            1024,
+            "",
+        )?);
+    }
     if let Some(python) = &raw.python {
         s.python = interpreter(python, &path.key("python"), DEFAULT_PYTHON)?;
     }

@@ -284,6 +284,11 @@ pub struct PoolSettings {
     /// (`POSIX_FADV_WILLNEED`), for when the kernel reclaimed its page
     /// cache. Off by default: measured slower while the cache is there.
     pub hibernate_prefetch: bool,
+    /// Ready clones a hibernated function keeps (at most `ready_clones`),
+    /// forked from its zygote once the snapshot is mapped back: its next
+    /// request is served at warm speed. 0: the zygote sleeps until a
+    /// request wakes it and makes its clone (snapshot mode only).
+    pub hibernate_ready_clones: u32,
 }
 
 /// How an idle zygote gives its memory back (TOML `hibernate_mode`).
@@ -313,6 +318,17 @@ impl HibernateMode {
     }
 }
 
+impl PoolSettings {
+    /// Ready clones kept while hibernated: `hibernate_ready_clones`, at most
+    /// `ready_clones`, none in reclaim mode (its zygote keeps its memory).
+    pub fn ready_clones_asleep(&self) -> u32 {
+        match self.hibernate_mode {
+            HibernateMode::Snapshot => self.hibernate_ready_clones.min(self.ready_clones),
+            HibernateMode::Reclaim => 0,
+        }
+    }
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
@@ -327,6 +343,7 @@ impl Default for PoolSettings {
             hibernate_after_ms: 0,
             hibernate_mode: HibernateMode::Snapshot,
             hibernate_prefetch: false,
+            hibernate_ready_clones: 1,
         }
     }
 }

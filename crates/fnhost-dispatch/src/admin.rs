@@ -38,6 +38,7 @@ fn describe(spec: &FunctionSpec, status: Option<fnhost_pool::PoolStatus>) -> ser
         "queue_timeout_ms": p.queue_timeout_ms, "idle_ttl_ms": p.idle_ttl_ms, "prewarm": p.prewarm, "burst": p.burst,
         "hibernate_after_ms": p.hibernate_after_ms, "hibernate_mode": p.hibernate_mode.as_str(),
         "hibernate_prefetch": p.hibernate_prefetch,
+        "hibernate_ready_clones": p.hibernate_ready_clones,
         "env": spec.env,
         "status": status,
     })

@@ -146,6 +146,16 @@ impl MemoryBudget {
         pools.push(pool);
     }
 
+    /// Whether `need` fits as things stand, without hibernating or
+    /// evicting anything (for what is nice to have, not needed).
+    pub fn has_room(&self, need: Need) -> bool {
+        let bytes = match need {
+            Need::Zygote(b) => b,
+            Need::Clone => CLONE_ESTIMATE,
+        };
+        self.used().saturating_add(bytes) <= self.limit()
+    }
+
     /// Makes room for `need` on behalf of `requester`, evicting idle zygotes
     /// of other functions (least recently used first) if necessary.
     pub async fn reserve(&self, requester: &str, need: Need) -> Result<(), OverBudget> {

@@ -14,12 +14,23 @@ fn memory_code() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/memory")
 }
 
+/// A function of the memory fixture that sleeps until a request wakes it
+/// (`hibernate_ready_clones = 0`: the wake-up and its failures happen on
+/// the request's path, where these tests look for them).
 fn function(name: &str, extra: &str) -> String {
+    function_keeping(name, 0, extra)
+}
+
+/// Same, keeping `asleep` ready clones while it hibernates.
+fn function_keeping(name: &str, asleep: u32, extra: &str) -> String {
     python_function(
         name,
         &memory_code(),
         "handler.handler",
-        &format!("zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n{extra}"),
+        &format!(
+            "zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n\
+             hibernate_ready_clones = {asleep}\n{extra}"
+        ),
     )
 }
 
@@ -300,6 +311,94 @@ fn a_woken_zygote_is_intact_after_its_snapshot_page_cache_is_dropped() {
     );
 }
 
+/// The snapshot of function `snap` (the wake-up unlinked its name; the
+/// daemon keeps a descriptor of it to report its page cache), reopened
+/// through the daemon's `/proc/<pid>/fd`.
+fn mapped_snapshot(daemon: &Daemon) -> Option<std::fs::File> {
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("/snap.z"))
+        })
+        .and_then(|fd| std::fs::File::open(fd.path()).ok())
+}
+
+/// The default: a hibernated function keeps a ready clone forked from its
+/// zygote once the snapshot is mapped back. The next request is served by
+/// that clone (no clone on its path) and sees the zygote's memory intact,
+/// also when the snapshot's page cache was dropped meanwhile; the function
+/// still holds at most 25% of its warm memory.
+#[test]
+fn a_hibernated_function_keeps_a_ready_clone_on_its_mapped_snapshot() {
+    if !require_root("a_hibernated_function_keeps_a_ready_clone_on_its_mapped_snapshot") {
+        return;
+    }
+    let daemon = Daemon::start(&function_keeping("snap", 1, "hibernate_after_ms = 300"));
+    let digest = invoke_intact(&daemon, "snap").json()["digest"].clone();
+    let warm = status(&daemon, "snap")["memory_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(warm > 24 << 20, "warm function memory {warm}");
+    for cycle in 0..2 {
+        let kept = |st: &serde_json::Value| st["hibernated"] == 1 && st["ready_clones"] == 1;
+        assert!(
+            eventually(Duration::from_secs(30), || kept(&status(&daemon, "snap"))),
+            "cycle {cycle}: no ready clone kept asleep: {}\n{}",
+            status(&daemon, "snap"),
+            daemon.stderr()
+        );
+        let asleep = status(&daemon, "snap");
+        assert!(
+            asleep["snapshot_bytes"].as_u64().unwrap_or(0) > 24 << 20,
+            "{asleep}"
+        );
+        // The zygote and its clone run on the snapshot's page cache,
+        // charged to the daemon: the function's cgroup holds what cannot be
+        // reclaimed without I/O, the ready clone included.
+        let memory = asleep["memory_bytes"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            memory * 4 <= warm,
+            "cycle {cycle}: hibernated memory {memory} with a ready clone is over 25% of warm {warm}"
+        );
+        assert!(snapshot_files(&daemon).is_empty(), "mapped back: unlinked");
+        let file = mapped_snapshot(&daemon).expect("the daemon holds the snapshot open");
+        if cycle == 1 {
+            // Only pages no process has touched can go: most of them.
+            drop_page_cache(&file);
+            let data = asleep["snapshot_bytes"].as_u64().unwrap_or(0);
+            let cached = status(&daemon, "snap")["snapshot_cached_bytes"]
+                .as_u64()
+                .unwrap_or(u64::MAX);
+            assert!(
+                cached < data / 2,
+                "page cache still held: {cached} of {data}"
+            );
+        }
+        let r = invoke_intact(&daemon, "snap");
+        assert_eq!(r.header("x-fnhost-start"), Some("wake"), "cycle {cycle}");
+        let timing = r.header("server-timing").unwrap_or("").to_owned();
+        assert!(
+            timing.contains("wake;dur=") && !timing.contains("clone;dur="),
+            "served by the kept clone: {timing}"
+        );
+        assert_eq!(r.json()["digest"], digest);
+        // Clones forked afterwards, with the cache dropped under them.
+        for _ in 0..3 {
+            drop_page_cache(&file);
+            assert_eq!(invoke_intact(&daemon, "snap").json()["digest"], digest);
+        }
+    }
+    assert_eq!(
+        metric(
+            &daemon,
+            "fnhost_wakes_total{function=\"snap\",result=\"failed\"}"
+        ),
+        0.0
+    );
+}
+
 #[test]
 fn a_failed_hibernation_keeps_the_pool_warm() {
     if !require_root("a_failed_hibernation_keeps_the_pool_warm") {
@@ -376,7 +475,7 @@ fn a_seccomp_profile_without_userfaultfd_keeps_the_pool_warm() {
         code.path(),
         "handler.handler",
         "zygotes = 1\nready_clones = 1\ntimeout_ms = 10000\nmemory_mb = 256\n\
-         hibernate_after_ms = 300\nseccomp = \"/var/task/seccomp.json\"",
+         hibernate_after_ms = 300\nhibernate_ready_clones = 0\nseccomp = \"/var/task/seccomp.json\"",
     ));
     let digest = invoke_intact(&daemon, "snap").json()["digest"].clone();
     assert!(

@@ -133,8 +133,34 @@ fn hibernation_keys_default_override_and_validate() {
         (f.pool.hibernate_prefetch, g.pool.hibernate_prefetch),
         (true, false)
     );
+    // Reclaim keeps no ready clone asleep; snapshot keeps the default one.
+    assert_eq!(
+        (f.pool.ready_clones_asleep(), g.pool.ready_clones_asleep()),
+        (0, 1)
+    );
     let plain = parse(FUNCTION, dir.path()).expect("valid config");
     assert_eq!(plain.function("f").expect("f").pool.hibernate_after_ms, 0);
+    let none = parse(
+        &format!("{FUNCTION}hibernate_ready_clones = 0\n"),
+        dir.path(),
+    )
+    .expect("valid config");
+    assert_eq!(none.function("f").expect("f").pool.ready_clones_asleep(), 0);
+    let capped = parse(
+        &format!("{FUNCTION}ready_clones = 1\nhibernate_ready_clones = 3\n"),
+        dir.path(),
+    )
+    .expect("valid config");
+    assert_eq!(
+        capped.function("f").expect("f").pool.ready_clones_asleep(),
+        1
+    );
+    assert_invalid(
+        &format!("{FUNCTION}hibernate_ready_clones = 2000\n"),
+        6,
+        "functions[0].hibernate_ready_clones",
+        "between 0 and 1024",
+    );
     assert_invalid(
         &format!("{FUNCTION}hibernate_mode = \"swap\"\n"),
         6,

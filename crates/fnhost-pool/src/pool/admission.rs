@@ -51,6 +51,9 @@ impl<B: Backend> FunctionPool<B> {
         if self.dormant.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
+        // The first request to a hibernated function is its wake-up, even
+        // when a ready clone kept while it slept serves it.
+        let woke_pool = self.sleeping.swap(false, Ordering::SeqCst);
         let started = Instant::now();
         let settings = self.settings();
         let queue_timeout = Duration::from_millis(settings.queue_timeout_ms);
@@ -70,7 +73,7 @@ impl<B: Backend> FunctionPool<B> {
             let _permit = permit;
             let result = {
                 let _in_flight = Counted::enter(&pool.in_flight);
-                pool.execute(&payload, request_id, started, caller_gone)
+                pool.execute(&payload, request_id, started, woke_pool, caller_gone)
                     .await
             };
             pool.after_invocation(&settings, &result);

@@ -61,6 +61,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Asks the kernel to reclaim the memory of the zygote cgroup.
     fn reclaim_zygotes(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// Maps a hibernated zygote's snapshot back ahead of any request, so
+    /// that ready clones can be forked from it while its memory stays in
+    /// the page cache; `Ok(None)`: it was not asleep. A failure stops it.
+    fn settle(
+        &self,
+        zygote: &Self::Zygote,
+    ) -> impl Future<Output = Result<Option<Wake>, BackendError>> + Send;
+
     /// Hibernates `zygote` into a snapshot; `Ok(None)`: it already sleeps.
     fn hibernate_snapshot(
         &self,

@@ -35,6 +35,7 @@ impl<B: Backend> FunctionPool<B> {
     /// refill) until its next request.
     pub async fn evict_idle(&self) {
         self.dormant.store(true, Ordering::SeqCst);
+        self.sleeping.store(false, Ordering::SeqCst);
         self.evictions.fetch_add(1, Ordering::Relaxed);
         self.metrics.evictions.increment(1);
         let (ready, zygotes) = self.take_all();

@@ -213,6 +213,16 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
+    async fn settle(&self, zygote: &FakeZygote) -> Result<Option<Wake>, BackendError> {
+        if !zygote.is_alive() {
+            return Err("the zygote has exited".into());
+        }
+        Ok(zygote
+            .asleep
+            .swap(false, Ordering::SeqCst)
+            .then(Wake::default))
+    }
+
     async fn hibernate_snapshot(
         &self,
         zygote: &FakeZygote,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use fnhost_config::HibernateMode;
 use tokio::time::Instant;
 
-use super::backend::{Backend, Slept, Wake, ZygoteHandle};
+use super::backend::{Backend, CloneHandle, Slept, Wake, ZygoteHandle};
 use super::{now_ms, secs, FunctionPool};
+use crate::budget::Need;
 
 /// Pause before hibernating again after a hibernation failed.
 const HIBERNATE_RETRY_MS: u64 = 60_000;
@@ -21,6 +22,7 @@ impl<B: Backend> FunctionPool<B> {
         let after = self.settings().hibernate_after_ms;
         if after > 0 && now_ms().saturating_sub(self.last_used_ms()) >= after {
             self.hibernate().await;
+            self.keep_ready_while_asleep().await;
         }
     }
 
@@ -30,6 +32,7 @@ impl<B: Backend> FunctionPool<B> {
     pub fn can_hibernate(&self) -> bool {
         self.settings().hibernate_after_ms > 0
             && self.quiet()
+            && !self.sleeping.load(Ordering::SeqCst)
             && self.live_zygotes().iter().any(|z| !z.is_asleep())
     }
 
@@ -49,7 +52,10 @@ impl<B: Backend> FunctionPool<B> {
     /// sleep.
     pub async fn hibernate(&self) -> usize {
         let settings = self.settings();
-        if settings.hibernate_after_ms == 0 || !self.quiet() {
+        // A sleeping pool's memory is in its snapshots already, even where
+        // a zygote was mapped back to keep ready clones.
+        if settings.hibernate_after_ms == 0 || !self.quiet() || self.sleeping.load(Ordering::SeqCst)
+        {
             return 0;
         }
         // After a failure, wait before trying again (a full disk must not
@@ -84,6 +90,7 @@ impl<B: Backend> FunctionPool<B> {
             HibernateMode::Snapshot => None,
         };
         let mut slept = 0;
+        let mut failed = false;
         for zygote in sleepy {
             // A request that arrived meanwhile keeps the pool awake.
             if !self.dormant.load(Ordering::SeqCst) {
@@ -129,12 +136,94 @@ impl<B: Backend> FunctionPool<B> {
                         .store(now_ms().max(1), Ordering::Relaxed);
                     self.dormant.store(false, Ordering::SeqCst);
                     self.wake.notify_one();
+                    failed = true;
                     break;
                 }
             }
         }
+        // Every zygote sleeps and no request came meanwhile (one clears
+        // `dormant`, and its own `sleeping` check must not see a stale true).
+        if slept > 0 && !failed {
+            self.sleeping.store(true, Ordering::SeqCst);
+            if !self.dormant.load(Ordering::SeqCst) {
+                self.sleeping.store(false, Ordering::SeqCst);
+            }
+        }
         self.publish_gauges();
         slept
+    }
+
+    /// Keeps `hibernate_ready_clones` ready clones of a sleeping pool (see
+    /// [`fnhost_config::PoolSettings::ready_clones_asleep`]): maps each
+    /// zygote's snapshot back once it is in the page cache, then forks the
+    /// clones from it. Their memory is that page cache plus their own few
+    /// pages, so the next request is served at warm speed. Run from the
+    /// refill loop only: the memory budget hibernates pools to make room,
+    /// not to fork clones. Stops as soon as a request arrives (its own
+    /// checkout and the refill take over).
+    pub(super) async fn keep_ready_while_asleep(&self) {
+        let keep = self.settings().ready_clones_asleep() as usize;
+        let asleep = || self.sleeping.load(Ordering::SeqCst) && self.dormant.load(Ordering::SeqCst);
+        if !asleep() || self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(_one_pass) = self.refilling.try_lock() else {
+            return;
+        };
+        let surplus: Vec<B::Clone> = {
+            let mut ready = self.ready.lock().expect("ready lock");
+            let alive = ready.drain(..).filter(|c| c.is_alive()).collect();
+            *ready = alive;
+            let n = ready.len().saturating_sub(keep);
+            ready.drain(..n).collect()
+        };
+        for sandbox in surplus {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+        }
+        if self.ready.lock().expect("ready lock").len() >= keep {
+            return;
+        }
+        let mut zygotes = Vec::new();
+        for zygote in self.live_zygotes() {
+            if !asleep() {
+                return;
+            }
+            match self.backend.settle(&zygote).await {
+                Ok(Some(woke)) => {
+                    self.record_wake(&woke);
+                    zygotes.push(zygote);
+                }
+                Ok(None) => zygotes.push(zygote),
+                // It was stopped; a request cold-starts a new one.
+                Err(e) => {
+                    self.metrics.wakes_failed.increment(1);
+                    tracing::warn!(function = %self.name, zygote = zygote.id(), error = %e,
+                        "cannot map a hibernated zygote back for its ready clones");
+                }
+            }
+        }
+        let mut next = 0;
+        // Only while the budget has room as it is: a ready clone of a
+        // sleeping function must never push another function out.
+        while !zygotes.is_empty()
+            && asleep()
+            && self.ready.lock().expect("ready lock").len() < keep
+            && self.budget.has_room(Need::Clone)
+        {
+            let zygote = zygotes[next % zygotes.len()].clone();
+            next += 1;
+            match self.create_sandbox(zygote).await {
+                Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
+                Err(e) => {
+                    tracing::warn!(function = %self.name, error = %e,
+                        "cannot keep a ready clone of the hibernated function; its next request makes one");
+                    break;
+                }
+            }
+        }
+        // A request that arrived meanwhile finds the clone in `ready`.
+        self.publish_gauges();
     }
 
     pub(super) fn record_wake(&self, woke: &Wake) {
@@ -160,17 +249,77 @@ mod tests {
 
     use fnhost_config::PoolSettings;
 
+    use super::super::backend::ZygoteHandle;
     use super::super::fake::{self, spawn_invoke, until};
     use super::super::StartKind;
 
+    /// Hibernates after 1 s and keeps no ready clone asleep: a request
+    /// wakes the zygote itself.
     fn sleepy() -> PoolSettings {
         PoolSettings {
             zygotes: 1,
             ready_clones: 1,
             prewarm: true,
             hibernate_after_ms: 1000,
+            hibernate_ready_clones: 0,
             ..fake::settings()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hibernated_pool_keeps_a_ready_clone_and_its_next_request_is_a_wake() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            ready_clones: 2,
+            hibernate_ready_clones: 1,
+            ..sleepy()
+        });
+        pool.refill_once().await.expect("refill");
+        assert_eq!(pool.status().ready_clones, 2);
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        pool.hibernate_if_idle().await;
+        let status = pool.status();
+        assert_eq!(
+            (status.hibernated, status.ready_clones),
+            (1, 1),
+            "asleep with one clone forked from the mapped snapshot"
+        );
+        assert!(
+            pool.live_zygotes().iter().all(|z| !z.is_asleep()),
+            "mapped back for the clone"
+        );
+        // Its memory is in the snapshot already: nothing to hibernate again,
+        // by the refill loop or by the budget.
+        assert!(!pool.can_hibernate());
+        assert_eq!(pool.hibernate().await, 0);
+        let clones = fake.clones();
+        pool.hibernate_if_idle().await;
+        assert_eq!(fake.clones(), clones, "kept, not forked again");
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        assert_eq!(done.start, StartKind::Wake, "served by the kept clone");
+        assert_eq!(fake.clones(), clones, "no clone on the request's path");
+        assert_eq!(pool.status().hibernated, 0);
+        let done = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        assert_ne!(done.start, StartKind::Wake, "awake now");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reclaim_mode_keeps_no_ready_clone_asleep() {
+        let (pool, _fake) = fake::pool(PoolSettings {
+            hibernate_ready_clones: 1,
+            hibernate_mode: fnhost_config::HibernateMode::Reclaim,
+            ..sleepy()
+        });
+        pool.refill_once().await.expect("refill");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        pool.hibernate_if_idle().await;
+        let status = pool.status();
+        assert_eq!((status.hibernated, status.ready_clones), (1, 0));
     }
 
     #[tokio::test(start_paused = true)]

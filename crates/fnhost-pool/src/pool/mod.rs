@@ -124,6 +124,9 @@ pub struct FunctionPool<B: Backend = RealBackend> {
     /// Set by a budget eviction (or prewarm = false): do not refill until
     /// the next request.
     dormant: AtomicBool,
+    /// Hibernated since its last request: every zygote's memory is in its
+    /// snapshot, asleep or mapped back to keep `hibernate_ready_clones`.
+    sleeping: AtomicBool,
     last_used_ms: AtomicU64,
     zygote_bytes: AtomicU64,
     evictions: AtomicU64,
@@ -161,6 +164,7 @@ impl<B: Backend> FunctionPool<B> {
             concurrency: Arc::new(Semaphore::new(spec.pool.max_concurrency as usize)),
             permits: AtomicU32::new(spec.pool.max_concurrency),
             dormant: AtomicBool::new(!spec.pool.prewarm),
+            sleeping: AtomicBool::new(false),
             metrics: PoolMetrics::new(&spec.name, labels),
             spec,
             backend,
@@ -222,11 +226,18 @@ impl<B: Backend> FunctionPool<B> {
     }
 
     pub fn status(&self) -> PoolStatus {
-        let zygotes = self.live_zygotes();
+        // A sleeping pool's zygotes may be mapped back (awake, to keep
+        // ready clones): their memory is still the snapshot's.
+        let sleeping = self.sleeping.load(Ordering::SeqCst);
+        let hibernated: Vec<_> = self
+            .live_zygotes()
+            .into_iter()
+            .filter(|z| sleeping || z.is_asleep())
+            .collect();
         PoolStatus {
-            hibernated: zygotes.iter().filter(|z| z.is_asleep()).count(),
-            snapshot_bytes: zygotes.iter().map(|z| z.snapshot_bytes()).sum(),
-            snapshot_cached_bytes: zygotes.iter().map(|z| z.snapshot_cached_bytes()).sum(),
+            hibernated: hibernated.len(),
+            snapshot_bytes: hibernated.iter().map(|z| z.snapshot_bytes()).sum(),
+            snapshot_cached_bytes: hibernated.iter().map(|z| z.snapshot_cached_bytes()).sum(),
             zygotes: self.live_zygotes().len(),
             ready_clones: self.ready.lock().expect("ready lock").len(),
             free_cgroups: self.free_slots.lock().expect("slots lock").len(),

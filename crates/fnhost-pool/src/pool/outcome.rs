@@ -41,13 +41,16 @@ pub struct Invocation {
 
 impl<B: Backend> FunctionPool<B> {
     /// Checks a sandbox out, runs the invocation in it, hands it to teardown.
-    /// `caller_gone` resolves when the caller stopped waiting: the sandbox
-    /// is then killed (or, if it had not started, given back unused).
+    /// `woke_pool`: the request found the function hibernated (its start
+    /// is reported as `wake`). `caller_gone` resolves when the caller
+    /// stopped waiting: the sandbox is then killed (or, if it had not
+    /// started, given back unused).
     pub(super) async fn execute(
         &self,
         payload: &[u8],
         request_id: String,
         started: Instant,
+        woke_pool: bool,
         mut caller_gone: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Invocation, InvokeError> {
         let queue_deadline = started + Duration::from_millis(self.settings().queue_timeout_ms);
@@ -137,9 +140,13 @@ impl<B: Backend> FunctionPool<B> {
         phase.handler.record(secs(timings.handler_us));
         phase.exchange.record(secs(timings.exchange_us));
         phase.invoke_total.record(secs(timings.total_us));
+        let start = match kind {
+            StartKind::ReadyClone | StartKind::OnDemandClone if woke_pool => StartKind::Wake,
+            kind => kind,
+        };
         Ok(Invocation {
             body,
-            start: kind,
+            start,
             sandbox_id,
             timings,
         })

@@ -254,6 +254,14 @@ impl Backend for RealBackend {
         }
     }
 
+    async fn settle(&self, zygote: &RealZygote) -> Result<Option<Wake>, BackendError> {
+        let woken = zygote.settle().await?;
+        Ok(woken.map(|w| Wake {
+            wake_us: w.wake_us,
+            restore: w.restore,
+        }))
+    }
+
     async fn hibernate_snapshot(
         &self,
         zygote: &RealZygote,

@@ -106,12 +106,17 @@ impl<B: Backend> FunctionPool<B> {
             && self.queued.load(Ordering::SeqCst) == 0
     }
 
-    /// True when every zygote hibernates and nothing runs.
+    /// True when the pool hibernates (every zygote asleep, or mapped back
+    /// for the ready clones a sleeping pool keeps) and nothing runs.
     fn asleep(&self) -> bool {
         let zygotes = self.live_zygotes();
+        let sleeping = self.sleeping.load(Ordering::SeqCst)
+            && self.ready.lock().expect("ready lock").len()
+                >= self.settings().ready_clones_asleep() as usize;
         !zygotes.is_empty()
-            && zygotes.iter().all(|z| z.is_asleep())
-            && self.ready.lock().expect("ready lock").is_empty()
+            && (sleeping
+                || (zygotes.iter().all(|z| z.is_asleep())
+                    && self.ready.lock().expect("ready lock").is_empty()))
             && self.in_flight.load(Ordering::SeqCst) == 0
     }
 

@@ -208,13 +208,15 @@ impl ZygoteHandle {
         self.asleep.load(Ordering::SeqCst)
     }
 
-    /// Data bytes of the zygote's snapshot while it hibernates.
+    /// Data bytes of the snapshot the zygote's memory is in: while it
+    /// hibernates, and after a wake-up maps it back (until it hibernates
+    /// again).
     pub fn snapshot_bytes(&self) -> u64 {
         self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
-    /// Bytes of the sleeping zygote's snapshot in the page cache now
-    /// (reclaimable; charged to the daemon, see `fnhost_snapshot::snapshot`).
+    /// Bytes of that snapshot in the page cache now (reclaimable; charged
+    /// to the daemon, see `fnhost_snapshot::snapshot`).
     pub fn snapshot_cached_bytes(&self) -> u64 {
         let held = self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner());
         let Some((file, layout)) = held.as_ref() else {
@@ -337,11 +339,12 @@ impl ZygoteHandle {
             .store(stats.data_bytes, Ordering::Relaxed);
         if let Some(read_back) = snapshot.read_back() {
             let (function, id) = (self.function.clone(), self.id);
-            tokio::task::spawn_blocking(move || {
+            let task = tokio::task::spawn_blocking(move || {
                 if let Err(e) = read_back.run() {
                     tracing::warn!(function = %function, zygote = id, error = %e, "cannot read a snapshot back into the page cache; its wake-up will read from disk");
                 }
             });
+            *self.read_back.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
         let layout = fnhost_snapshot::asleep::layout_len(snapshot.regions());
         if let Ok(file) = snapshot.file().try_clone_to_owned() {
@@ -374,6 +377,25 @@ impl ZygoteHandle {
         true
     }
 
+    /// Maps a sleeping zygote's snapshot back ahead of any request, once
+    /// the background read has put it in the page cache: its memory stays
+    /// that clean page cache (charged to the daemon), and clones fork from
+    /// it with no wake-up on their path. `Ok(None)`: it was not asleep. A
+    /// failure kills the zygote, as for any wake-up.
+    pub async fn settle(&self) -> Result<Option<Woken>, WakeError> {
+        let read_back = self
+            .read_back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = read_back {
+            // A read-back that failed only means pages come from disk.
+            let _ = task.await;
+        }
+        let mut channel = self.control.lock().await;
+        self.wake_locked(&mut channel).await
+    }
+
     /// Wakes the zygote if it sleeps (the channel is locked by the caller).
     /// A failed wake-up kills the zygote: its memory cannot be trusted.
     pub(super) async fn wake_locked(
@@ -385,14 +407,13 @@ impl ZygoteHandle {
         };
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
-        self.snapshot_bytes.store(0, Ordering::Relaxed);
-        *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let (snapshot, server, stop, prefetch) = match sleep {
             Sleep::Reclaimed => {
+                self.snapshot_bytes.store(0, Ordering::Relaxed);
                 return Ok(Some(Woken {
                     wake_us: 0,
                     restore: None,
-                }))
+                }));
             }
             Sleep::Snapshot {
                 snapshot,

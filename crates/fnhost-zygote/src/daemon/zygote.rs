@@ -134,10 +134,13 @@ pub struct ZygoteHandle {
     alive: Arc<AtomicBool>,
     /// Mirrors `Channel::sleep.is_some()` for lock-free status reads.
     pub(super) asleep: AtomicBool,
-    /// Data bytes of the current snapshot (0 when awake).
+    /// Data bytes of the snapshot its memory is in (0 before the first).
     pub(super) snapshot_bytes: AtomicU64,
-    /// The sleeping zygote's snapshot file, to sample its page cache.
+    /// That snapshot file and its layout length, to sample its page cache.
     pub(super) snapshot_file: std::sync::Mutex<Option<(std::fs::File, u64)>>,
+    /// The background read of the snapshot back into the page cache, while
+    /// it runs (see `settle`).
+    pub(super) read_back: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     carry: Vec<String>,
 }
 
@@ -270,6 +273,7 @@ impl ZygoteHandle {
             asleep: AtomicBool::new(false),
             snapshot_bytes: AtomicU64::new(0),
             snapshot_file: std::sync::Mutex::new(None),
+            read_back: std::sync::Mutex::new(None),
             carry: spec.clone_carry(),
         }))
     }
