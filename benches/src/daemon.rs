@@ -66,6 +66,8 @@ pub struct Hibernate {
     pub mode: &'static str,
     /// `hibernate_prefetch`.
     pub prefetch: bool,
+    /// `hibernate_ready_clones`: ready clones kept while hibernated.
+    pub ready_asleep: u32,
 }
 
 /// The functions of the latency, churn and throughput suites.
@@ -185,10 +187,12 @@ pub fn config_toml(
             };
             let hibernate = f.hibernate.map_or(String::new(), |h| {
                 format!(
-                    "hibernate_after_ms = {}\nhibernate_mode = {}\nhibernate_prefetch = {}\n",
+                    "hibernate_after_ms = {}\nhibernate_mode = {}\nhibernate_prefetch = {}\n\
+                     hibernate_ready_clones = {}\n",
                     h.after_ms,
                     toml_string(h.mode),
-                    h.prefetch
+                    h.prefetch,
+                    h.ready_asleep
                 )
             });
             format!(
@@ -376,6 +380,7 @@ mod tests {
                 after_ms: 300,
                 mode: "reclaim",
                 prefetch: false,
+                ready_asleep: 0,
             }),
             heap_mib: 0,
         }];
@@ -384,7 +389,7 @@ mod tests {
         assert!(
             toml.ends_with(
                 "ready_clones = 1\nhibernate_after_ms = 300\nhibernate_mode = \"reclaim\"\n\
-                 hibernate_prefetch = false\n"
+                 hibernate_prefetch = false\nhibernate_ready_clones = 0\n"
             ),
             "{toml}"
         );

@@ -26,6 +26,7 @@ pub use markdown::markdown;
 pub use sharing::Sharing;
 
 /// The suite's functions.
+pub const KEPT_FN: &str = "hib-kept";
 pub const SNAP_FN: &str = "hib-snap";
 pub const NOPREFETCH_FN: &str = "hib-snap-noprefetch";
 pub const RECLAIM_FN: &str = "hib-reclaim";
@@ -73,6 +74,15 @@ impl Subject {
         self.hibernate.after_ms > 0
     }
 
+    /// Ready clones its pool keeps while hibernated (reclaim keeps none).
+    fn ready_asleep(&self) -> u64 {
+        if self.hibernate.mode == "snapshot" {
+            u64::from(self.hibernate.ready_asleep)
+        } else {
+            0
+        }
+    }
+
     fn expected_start(&self) -> &'static str {
         if self.hibernates() {
             WAKE_START
@@ -83,10 +93,13 @@ impl Subject {
 }
 
 fn subjects(after_ms: u64, heavy_mib: u64) -> Vec<Subject> {
-    let h = |after_ms, mode, prefetch| Hibernate {
+    // `ready_asleep`: 1 keeps a ready clone on the mapped snapshot (the
+    // default), 0 leaves the wake-up and the clone to the request.
+    let h = |after_ms, mode, prefetch, ready_asleep| Hibernate {
         after_ms,
         mode,
         prefetch,
+        ready_asleep,
     };
     let subject = |name, label, hibernate, heap_mib| Subject {
         name,
@@ -96,36 +109,42 @@ fn subjects(after_ms: u64, heavy_mib: u64) -> Vec<Subject> {
     };
     let mut out = vec![
         subject(
+            KEPT_FN,
+            "snapshot, ready clone kept asleep (default)",
+            h(after_ms, "snapshot", false, 1),
+            0,
+        ),
+        subject(
             SNAP_FN,
-            "snapshot + prefetch",
-            h(after_ms, "snapshot", true),
+            "snapshot + prefetch, woken by the request",
+            h(after_ms, "snapshot", true, 0),
             0,
         ),
         subject(
             NOPREFETCH_FN,
-            "snapshot, no prefetch",
-            h(after_ms, "snapshot", false),
+            "snapshot, woken by the request",
+            h(after_ms, "snapshot", false, 0),
             0,
         ),
-        subject(RECLAIM_FN, "reclaim", h(after_ms, "reclaim", true), 0),
+        subject(RECLAIM_FN, "reclaim", h(after_ms, "reclaim", true, 0), 0),
         subject(
             WARM_FN,
             "warm reference, never hibernates",
-            h(0, "snapshot", true),
+            h(0, "snapshot", true, 0),
             0,
         ),
     ];
     if heavy_mib > 0 {
         out.push(subject(
             HEAVY_SNAP_FN,
-            "heavy, snapshot, no prefetch",
-            h(after_ms, "snapshot", false),
+            "heavy, snapshot, ready clone kept asleep",
+            h(after_ms, "snapshot", false, 1),
             heavy_mib,
         ));
         out.push(subject(
             HEAVY_WARM_FN,
             "heavy warm reference, never hibernates",
-            h(0, "snapshot", true),
+            h(0, "snapshot", true, 0),
             heavy_mib,
         ));
     }
@@ -437,20 +456,21 @@ pub mod tests {
     use crate::stats::ScenarioStats;
 
     #[test]
-    fn config_has_the_four_functions() {
+    fn config_has_the_five_functions() {
         let s = subjects(300, 0);
         let toml =
             crate::daemon::config_toml(Path::new("/s"), Path::new("/c"), "r", &pools(&s), true);
-        for name in [SNAP_FN, NOPREFETCH_FN, RECLAIM_FN, WARM_FN] {
+        for name in [KEPT_FN, SNAP_FN, NOPREFETCH_FN, RECLAIM_FN, WARM_FN] {
             assert!(toml.contains(&format!("name = \"{name}\"")), "{toml}");
         }
-        assert_eq!(toml.matches("hibernate_after_ms = 300").count(), 3);
+        assert_eq!(toml.matches("hibernate_after_ms = 300").count(), 4);
         assert_eq!(toml.matches("hibernate_after_ms = 0").count(), 1);
         assert_eq!(toml.matches("hibernate_mode = \"reclaim\"").count(), 1);
-        assert_eq!(toml.matches("hibernate_prefetch = false").count(), 1);
-        assert_eq!(toml.matches("ready_clones = 1\n").count(), 4);
+        assert_eq!(toml.matches("hibernate_prefetch = false").count(), 2);
+        assert_eq!(toml.matches("hibernate_ready_clones = 1").count(), 1);
+        assert_eq!(toml.matches("\nready_clones = 1\n").count(), 5);
         let with_heavy = subjects(300, 64);
-        assert_eq!(with_heavy.len(), 6);
+        assert_eq!(with_heavy.len(), 7);
         assert!(with_heavy
             .iter()
             .any(|s| s.name == HEAVY_SNAP_FN && s.heap_mib == 64 && s.hibernates()));

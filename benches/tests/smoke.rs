@@ -257,6 +257,7 @@ fn check_hibernation(h: &serde_json::Value) {
     assert_eq!(
         names,
         [
+            "hib-kept",
             "hib-snap",
             "hib-snap-noprefetch",
             "hib-reclaim",
@@ -282,8 +283,8 @@ fn check_hibernation(h: &serde_json::Value) {
         assert_eq!(f["hibernated"]["hibernated"], 1, "{f}");
         assert!(f["daemon"]["wakes_ok"].as_u64() >= Some(3), "{f}");
     }
-    // Two bases for each of the four hibernating functions (heavy included).
-    assert_eq!(h["budget"].as_array().map(Vec::len), Some(8), "{h}");
+    // Two bases for each of the five hibernating functions (heavy included).
+    assert_eq!(h["budget"].as_array().map(Vec::len), Some(10), "{h}");
 }
 
 /// The floor ran with 1 and 2 workers (5 sequential requests each, the

@@ -238,6 +238,11 @@ impl Bench {
             .filter(|s| s.hibernates() && !self.given_up.contains(&s.name))
             .map(|s| s.name)
             .collect();
+        let kept: Vec<(&'static str, u64)> = subjects
+            .iter()
+            .filter(|s| sleepers.contains(&s.name))
+            .map(|s| (s.name, s.ready_asleep()))
+            .collect();
         let asleep = match self
             .wait_for(WAIT_LIMIT, |st| {
                 sleepers.iter().all(|f| status_of(st, f).hibernated >= 1)
@@ -265,21 +270,23 @@ impl Bench {
                 last
             }
         };
-        // An idle function's steady state: asleep, its snapshot read back.
-        // (Only the first ~100 ms after hibernating lack it; a request
-        // then faults from disk.) Bounded: the kernel may evict the cache.
+        // An idle function's steady state: asleep, its snapshot read back
+        // and the ready clones it keeps asleep forked. (Only the first
+        // ~100 ms after hibernating lack it; a request then faults from
+        // disk or makes its clone.) Bounded: the kernel may evict the cache.
         let settled = self
             .wait_for(SETTLE_LIMIT, |st| {
-                sleepers.iter().all(|f| {
+                kept.iter().all(|(f, ready)| {
                     let s = status_of(st, f);
-                    s.hibernated == 0 || s.snapshot_cached_bytes >= s.snapshot_bytes
+                    s.hibernated == 0
+                        || (s.snapshot_cached_bytes >= s.snapshot_bytes && s.ready_clones >= *ready)
                 })
             })
             .await;
         if settled.is_err() && timed {
             self.note(format!(
-                "in some cycles not every snapshot was back in the page cache within {} s; \
-                 their wake-ups may have read from disk",
+                "in some cycles not every snapshot was back in the page cache (or the ready \
+                 clone kept asleep forked) within {} s; their wake-ups may have read from disk",
                 SETTLE_LIMIT.as_secs()
             ));
         }
@@ -319,8 +326,12 @@ impl Bench {
         }
         let mut hibernated = None;
         for _ in 0..WARM_ATTEMPTS {
+            let ready = subject.ready_asleep();
             let asleep = match self
-                .wait_for(WAIT_LIMIT, |st| status_of(st, f).hibernated >= 1)
+                .wait_for(WAIT_LIMIT, |st| {
+                    let s = status_of(st, f);
+                    s.hibernated >= 1 && s.ready_clones >= ready
+                })
                 .await
             {
                 Ok(st) => st,

@@ -29,13 +29,15 @@ fn warm_to_hibernated(warm: Option<u64>, hibernated: Option<u64>) -> String {
 /// same run (fnhost warm and cold, crun), shown beside the wake-ups.
 pub fn markdown(h: &Hibernation, others: &[(String, Percentiles)]) -> String {
     let mut out = format!(
-        "Four copies of the no-op Python function in one daemon, each `zygotes = 1`, \
-         `ready_clones = 1`; three hibernate after {} ms idle (`snapshot` with and without \
-         prefetch, `reclaim`), `{WARM_FN}` never does. A cycle waits until the admin API reports \
-         every hibernating zygote asleep and its snapshot back in the page cache (the daemon \
-         reads it back after hibernating: the state of a function idle for longer than a \
-         moment), then invokes each function once (the order rotates from cycle to cycle); one \
-         untimed cycle, then {} timed.{}\n\n",
+        "Five copies of the no-op Python function in one daemon, each `zygotes = 1`, \
+         `ready_clones = 1`; four hibernate after {} ms idle (`snapshot` keeping a ready clone \
+         asleep, the default; `snapshot` woken by the request, with and without prefetch, \
+         `hibernate_ready_clones = 0`; `reclaim`), `{WARM_FN}` never does. A cycle waits until \
+         the admin API reports every hibernating zygote asleep, its snapshot back in the page \
+         cache (the daemon reads it back after hibernating: the state of a function idle for \
+         longer than a moment) and the ready clone it keeps asleep forked, then invokes each \
+         function once (the order rotates from cycle to cycle); one untimed cycle, then {} \
+         timed.{}\n\n",
         h.hibernate_after_ms,
         h.cycles,
         h.functions
@@ -43,7 +45,8 @@ pub fn markdown(h: &Hibernation, others: &[(String, Percentiles)]) -> String {
             .find(|f| f.heap_mib > 0)
             .map_or(String::new(), |f| format!(
                 " Two copies of the import-heavy function ({} MiB built at import) join them: \
-                 one hibernates (`snapshot`), one is its warm reference.",
+                 one hibernates (`snapshot`, a ready clone kept asleep), one is its warm \
+                 reference.",
                 f.heap_mib
             ))
     );

@@ -53,6 +53,7 @@ pub async fn run(fnhost: &Path, copies: u32, after_ms: u64, timeout: Duration) -
                 after_ms,
                 mode: "snapshot",
                 prefetch: false,
+                ready_asleep: 0,
             },
             heap_mib: 0,
         })
