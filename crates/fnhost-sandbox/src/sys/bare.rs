@@ -156,6 +156,12 @@ pub fn madvise_dofork(addr: u64, len: u64) -> io::Result<()> {
     madvise_keeping_contents(addr, len, libc::MADV_DOFORK)
 }
 
+/// `madvise(addr, len, MADV_RANDOM)`: a page fault in a file mapping of
+/// the range reads only its own page, no readahead around it.
+pub fn madvise_random(addr: u64, len: u64) -> io::Result<()> {
+    madvise_keeping_contents(addr, len, libc::MADV_RANDOM)
+}
+
 /// madvise(2) with an advice that leaves every byte and protection of the
 /// range as it is (how it is backed, whether children inherit it), so it is
 /// safe to ask of any range.
