@@ -61,6 +61,31 @@ fn metric(daemon: &Daemon, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The never-hibernating copy of the fixture that each test's daemon also
+/// serves: the warm reference. (A hibernating function's own memory right
+/// after its first request is no reference: on a slow machine it may have
+/// hibernated, and been woken, before that request.)
+const WARM: &str = "warm";
+
+fn warm_function() -> String {
+    function(WARM, "")
+}
+
+/// The warm reference's memory, bytes, once it has its ready clone again.
+fn warm_memory(daemon: &Daemon) -> u64 {
+    invoke_intact(daemon, WARM);
+    assert!(
+        eventually(Duration::from_secs(20), || status(daemon, WARM)
+            ["ready_clones"]
+            == 1),
+        "the warm reference has no ready clone: {}",
+        status(daemon, WARM)
+    );
+    let warm = status(daemon, WARM)["memory_bytes"].as_u64().unwrap_or(0);
+    assert!(warm > 24 << 20, "warm function memory {warm}");
+    warm
+}
+
 /// Invokes `name` and checks the clone saw the zygote's state intact.
 fn invoke_intact(daemon: &Daemon, name: &str) -> Response {
     let r = daemon.invoke(name, "{}");
@@ -80,14 +105,12 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
             + &function(
                 "reclaimed",
                 "hibernate_after_ms = 500\nhibernate_mode = \"reclaim\"",
-            )),
+            )
+            + &warm_function()),
     );
     let first = invoke_intact(&daemon, "snap");
     let digest = first.json()["digest"].clone();
-    let warm = status(&daemon, "snap")["memory_bytes"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(warm > 24 << 20, "warm function memory {warm}");
+    let warm = warm_memory(&daemon);
     let fds = fd_count(daemon.pid());
 
     for cycle in 0..3 {
@@ -244,11 +267,9 @@ fn a_woken_zygote_is_intact_after_its_snapshot_page_cache_is_dropped() {
     if !require_root("a_woken_zygote_is_intact_after_its_snapshot_page_cache_is_dropped") {
         return;
     }
-    let daemon = Daemon::start(&function("snap", "hibernate_after_ms = 300"));
+    let daemon = Daemon::start(&(function("snap", "hibernate_after_ms = 300") + &warm_function()));
     let digest = invoke_intact(&daemon, "snap").json()["digest"].clone();
-    let warm = status(&daemon, "snap")["memory_bytes"]
-        .as_u64()
-        .unwrap_or(0);
+    let warm = warm_memory(&daemon);
     for cycle in 0..2 {
         assert!(
             eventually(Duration::from_secs(30), || hibernated(&daemon, "snap")),
@@ -335,12 +356,11 @@ fn a_hibernated_function_keeps_a_ready_clone_on_its_mapped_snapshot() {
     if !require_root("a_hibernated_function_keeps_a_ready_clone_on_its_mapped_snapshot") {
         return;
     }
-    let daemon = Daemon::start(&function_keeping("snap", 1, "hibernate_after_ms = 300"));
+    let daemon = Daemon::start(
+        &(function_keeping("snap", 1, "hibernate_after_ms = 300") + &warm_function()),
+    );
     let digest = invoke_intact(&daemon, "snap").json()["digest"].clone();
-    let warm = status(&daemon, "snap")["memory_bytes"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(warm > 24 << 20, "warm function memory {warm}");
+    let warm = warm_memory(&daemon);
     for cycle in 0..2 {
         let kept = |st: &serde_json::Value| st["hibernated"] == 1 && st["ready_clones"] == 1;
         assert!(
