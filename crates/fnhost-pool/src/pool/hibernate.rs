@@ -2,6 +2,7 @@
 //! what it records when one is woken; the per-zygote mechanics are the
 //! backend's.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -170,14 +171,18 @@ impl<B: Backend> FunctionPool<B> {
         let Ok(_one_pass) = self.refilling.try_lock() else {
             return;
         };
-        let surplus: Vec<B::Clone> = {
+        // Dead clones and any beyond `keep` (the setting was lowered) go,
+        // through teardown like any other (their slots come back).
+        let gone: Vec<B::Clone> = {
             let mut ready = self.ready.lock().expect("ready lock");
-            let alive = ready.drain(..).filter(|c| c.is_alive()).collect();
+            let (alive, mut gone): (VecDeque<B::Clone>, VecDeque<B::Clone>) =
+                ready.drain(..).partition(|c| c.is_alive());
             *ready = alive;
             let n = ready.len().saturating_sub(keep);
-            ready.drain(..n).collect()
+            gone.extend(ready.drain(..n));
+            gone.into()
         };
-        for sandbox in surplus {
+        for sandbox in gone {
             sandbox.kill();
             self.spawn_teardown(sandbox);
         }
@@ -249,7 +254,7 @@ mod tests {
 
     use fnhost_config::PoolSettings;
 
-    use super::super::backend::ZygoteHandle;
+    use super::super::backend::{CloneHandle, ZygoteHandle};
     use super::super::fake::{self, spawn_invoke, until};
     use super::super::StartKind;
 
@@ -306,6 +311,32 @@ mod tests {
             .await
             .expect("invoke");
         assert_ne!(done.start, StartKind::Wake, "awake now");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_clone_that_died_is_torn_down_and_replaced_while_asleep() {
+        let (pool, fake) = fake::pool(PoolSettings {
+            hibernate_ready_clones: 1,
+            ..sleepy()
+        });
+        pool.refill_once().await.expect("refill");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        pool.hibernate_if_idle().await;
+        assert_eq!(pool.status().ready_clones, 1);
+        let clones = fake.clones();
+        pool.ready.lock().expect("ready lock")[0].kill();
+        pool.hibernate_if_idle().await;
+        let status = pool.status();
+        assert_eq!((status.hibernated, status.ready_clones), (1, 1), "replaced");
+        assert_eq!(fake.clones(), clones + 1);
+        // The dead clone's slot came back (free, or reused by its
+        // replacement): every slot made is accounted for.
+        until(|| {
+            let s = pool.status();
+            (s.free_cgroups + s.ready_clones) as u64
+                == fake.slots_created.load(std::sync::atomic::Ordering::SeqCst)
+        })
+        .await;
     }
 
     #[tokio::test(start_paused = true)]
