@@ -383,17 +383,24 @@ impl ZygoteHandle {
     /// it with no wake-up on their path. `Ok(None)`: it was not asleep. A
     /// failure kills the zygote, as for any wake-up.
     pub async fn settle(&self) -> Result<Option<Woken>, WakeError> {
+        // Before taking the control lock: a request meanwhile may wake it.
+        self.await_read_back().await;
+        let mut channel = self.control.lock().await;
+        self.wake_locked(&mut channel).await
+    }
+
+    /// Waits for the background read of the snapshot back into the page
+    /// cache, if it still runs. A failed read only means pages come from
+    /// disk.
+    async fn await_read_back(&self) {
         let read_back = self
             .read_back
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(task) = read_back {
-            // A read-back that failed only means pages come from disk.
             let _ = task.await;
         }
-        let mut channel = self.control.lock().await;
-        self.wake_locked(&mut channel).await
     }
 
     /// Wakes the zygote if it sleeps (the channel is locked by the caller).
@@ -425,6 +432,10 @@ impl ZygoteHandle {
         if let Err(e) = snapshot.check_intact() {
             return Err(self.wake_failed(WakeError::Restore(e)));
         }
+        // Woken right after hibernating: the rest of the data is read in
+        // one sequential pass (tens of ms for 50 MiB) rather than faulted
+        // in from disk page by page (the mapping is MADV_RANDOM).
+        self.await_read_back().await;
         // Readahead of the data the kernel may have reclaimed since.
         let page = fnhost_snapshot::page_size();
         let read = Instant::now();
