@@ -180,6 +180,7 @@ mod tests {
             teardowns_per_s: None,
             latency: LatencyHistogram::default().summary(),
             start_kinds: Default::default(),
+            first_error: None,
         }
     }
 

@@ -33,6 +33,10 @@ pub struct LoadLevel {
     #[serde(flatten)]
     pub latency: Percentiles,
     pub start_kinds: BTreeMap<String, u64>,
+    /// What the first failed request got (status and body, or the
+    /// transport error), so a failed run says why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 struct ClientResult {
@@ -40,6 +44,7 @@ struct ClientResult {
     ok: u64,
     errors: u64,
     start_kinds: BTreeMap<String, u64>,
+    first_error: Option<String>,
 }
 
 async fn client(
@@ -54,6 +59,7 @@ async fn client(
         ok: 0,
         errors: 0,
         start_kinds: BTreeMap::new(),
+        first_error: None,
     };
     while Instant::now() < deadline {
         match conn
@@ -66,7 +72,20 @@ async fn client(
                 let kind = reply.header(START_HEADER).unwrap_or(NO_START_HEADER);
                 *out.start_kinds.entry(kind.to_owned()).or_default() += 1;
             }
-            _ => out.errors += 1,
+            failed => {
+                out.errors += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(match failed {
+                        Ok(reply) => format!(
+                            "HTTP {} after {:.1} ms: {}",
+                            reply.status,
+                            reply.elapsed.as_secs_f64() * 1e3,
+                            String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)])
+                        ),
+                        Err(e) => format!("{e:#}"),
+                    });
+                }
+            }
         }
     }
     out
@@ -102,8 +121,10 @@ pub async fn run_level(
     let mut latency = LatencyHistogram::default();
     let (mut ok, mut errors) = (0, 0);
     let mut start_kinds = BTreeMap::new();
+    let mut first_error = None;
     for task in tasks {
         let r = task.await?;
+        first_error = first_error.or(r.first_error);
         latency.add(&r.latency);
         ok += r.ok;
         errors += r.errors;
@@ -114,6 +135,9 @@ pub async fn run_level(
     let seconds = started.elapsed().as_secs_f64();
     // Teardown runs after the response; give the last ones a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(e) = &first_error {
+        eprintln!("fnhost-bench: {function}, {clients} clients: {errors} failed request(s); the first: {e}");
+    }
     let torn_down_after = teardowns(endpoint, function).await;
     let teardowns_per_s = match (torn_down_before, torn_down_after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / seconds),
@@ -128,6 +152,7 @@ pub async fn run_level(
         teardowns_per_s,
         latency: latency.summary(),
         start_kinds,
+        first_error,
     })
 }
 
@@ -207,6 +232,7 @@ mod tests {
             teardowns_per_s: Some(99.0),
             latency: LatencyHistogram::default().summary(),
             start_kinds: [("on-demand-clone".to_owned(), 100)].into_iter().collect(),
+            first_error: Some("HTTP 429".to_owned()),
         };
         let md = markdown(&[level], true);
         assert!(

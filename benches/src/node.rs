@@ -516,6 +516,7 @@ pub(crate) mod tests {
                 mean_ms: 1.0,
             },
             start_kinds: Default::default(),
+            first_error: None,
         }
     }
 

@@ -231,6 +231,7 @@ mod tests {
             teardowns_per_s: None,
             latency: pct(1.0, p99),
             start_kinds: BTreeMap::new(),
+            first_error: None,
         }
     }
 
