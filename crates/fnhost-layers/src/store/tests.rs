@@ -49,6 +49,31 @@ fn digest_of(store: &LayerStore, src: &Path) -> String {
         .digest
 }
 
+/// A store in a temporary directory holding the code layer of
+/// [`code_tree`], imported once below `var/task`.
+struct Imported {
+    _state: tempfile::TempDir,
+    src: tempfile::TempDir,
+    store: LayerStore,
+    layer: Layer,
+}
+
+fn imported() -> Imported {
+    let state = tempfile::tempdir().expect("tempdir");
+    let src = tempfile::tempdir().expect("tempdir");
+    code_tree(src.path());
+    let store = LayerStore::open(state.path()).expect("open");
+    let layer = store
+        .import_dir(src.path(), Path::new("var/task"))
+        .expect("import");
+    Imported {
+        _state: state,
+        src,
+        store,
+        layer,
+    }
+}
+
 #[test]
 fn same_tree_gives_same_layer_without_copying_again() {
     let state = tempfile::tempdir().expect("tempdir");
@@ -85,13 +110,12 @@ fn same_tree_gives_same_layer_without_copying_again() {
 
 #[test]
 fn a_layer_changed_after_its_commit_is_built_again() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let src = tempfile::tempdir().expect("tempdir");
-    code_tree(src.path());
-    let store = LayerStore::open(state.path()).expect("open");
-    let first = store
-        .import_dir(src.path(), Path::new("var/task"))
-        .expect("import");
+    let Imported {
+        _state,
+        src,
+        store,
+        layer: first,
+    } = imported();
     let handler = first.path.join("var/task/handler.py");
     let original = fs::read(&handler).expect("read");
     // What a sandbox could once do: write into a shared layer.
@@ -362,13 +386,12 @@ fn concurrent_imports_of_one_tree_make_one_layer() {
 
 #[test]
 fn losing_the_rename_race_keeps_the_existing_layer() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let src = tempfile::tempdir().expect("tempdir");
-    code_tree(src.path());
-    let store = LayerStore::open(state.path()).expect("open");
-    let layer = store
-        .import_dir(src.path(), Path::new("var/task"))
-        .expect("import");
+    let Imported {
+        _state,
+        store,
+        layer,
+        ..
+    } = imported();
     let inode = fs::metadata(layer.path.join("var/task/handler.py"))
         .expect("stat")
         .ino();
@@ -464,13 +487,12 @@ fn concurrent_builders_of_one_digest_all_get_the_sealed_layer() {
 /// tampered one and rebuilding it under the first builder's feet.
 #[test]
 fn a_builder_waits_for_a_commit_in_progress_instead_of_undoing_it() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let src = tempfile::tempdir().expect("tempdir");
-    code_tree(src.path());
-    let store = LayerStore::open(state.path()).expect("open");
-    let layer = store
-        .import_dir(src.path(), Path::new("var/task"))
-        .expect("import");
+    let Imported {
+        _state,
+        src,
+        store,
+        layer,
+    } = imported();
     let inode = || fs::metadata(layer.path.join("var/task/handler.py")).map(|m| m.ino());
     let before = inode().expect("stat");
     // The first builder, between its rename and its seal.
