@@ -41,6 +41,13 @@ fn status(daemon: &Daemon, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The page cache `name`'s snapshots hold now (`u64::MAX` if unreported).
+fn cached_bytes(daemon: &Daemon, name: &str) -> u64 {
+    status(daemon, name)["snapshot_cached_bytes"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
 fn hibernated(daemon: &Daemon, name: &str) -> bool {
     status(daemon, name)["hibernated"].as_u64() == Some(1)
 }
@@ -303,9 +310,7 @@ fn a_woken_zygote_is_intact_after_its_snapshot_page_cache_is_dropped() {
         // Kept open past the wake-up, which unlinks it but keeps it mapped.
         let file = std::fs::File::open(&files[0]).expect("open snapshot");
         drop_page_cache(&file);
-        let dropped = status(&daemon, "snap")["snapshot_cached_bytes"]
-            .as_u64()
-            .unwrap_or(u64::MAX);
+        let dropped = cached_bytes(&daemon, "snap");
         assert!(
             dropped < data / 4,
             "page cache still held: {dropped} of {data}"
@@ -388,9 +393,7 @@ fn a_hibernated_function_keeps_a_ready_clone_on_its_mapped_snapshot() {
             // Only pages no process has touched can go: most of them.
             drop_page_cache(&file);
             let data = asleep["snapshot_bytes"].as_u64().unwrap_or(0);
-            let cached = status(&daemon, "snap")["snapshot_cached_bytes"]
-                .as_u64()
-                .unwrap_or(u64::MAX);
+            let cached = cached_bytes(&daemon, "snap");
             assert!(
                 cached < data / 2,
                 "page cache still held: {cached} of {data}"
