@@ -483,7 +483,8 @@ impl Runner {
 mod tests {
     use super::*;
 
-    fn node_work(code: &Path) -> Work {
+    /// The node work running `code` (also the rootfs module's tests').
+    pub(super) fn node_work(code: &Path) -> Work {
         Work::Node {
             code: code.to_owned(),
         }

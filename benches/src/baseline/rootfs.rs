@@ -113,13 +113,8 @@ pub(super) fn umount(target: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::node_work;
     use super::*;
-
-    fn node_work(code: &Path) -> Work {
-        Work::Node {
-            code: code.to_owned(),
-        }
-    }
 
     #[test]
     fn rootfs_mirrors_the_skeleton_without_root() {
