@@ -2,14 +2,13 @@
 //! what it records when one is woken; the per-zygote mechanics are the
 //! backend's.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fnhost_config::HibernateMode;
 use tokio::time::Instant;
 
-use super::backend::{Backend, CloneHandle, Slept, Wake, ZygoteHandle};
+use super::backend::{Backend, Slept, Wake, ZygoteHandle};
 use super::{now_ms, secs, FunctionPool};
 use crate::budget::Need;
 
@@ -171,21 +170,7 @@ impl<B: Backend> FunctionPool<B> {
         let Ok(_one_pass) = self.refilling.try_lock() else {
             return;
         };
-        // Dead clones and any beyond `keep` (the setting was lowered) go,
-        // through teardown like any other (their slots come back).
-        let gone: Vec<B::Clone> = {
-            let mut ready = self.ready.lock().expect("ready lock");
-            let (alive, mut gone): (VecDeque<B::Clone>, VecDeque<B::Clone>) =
-                ready.drain(..).partition(|c| c.is_alive());
-            *ready = alive;
-            let n = ready.len().saturating_sub(keep);
-            gone.extend(ready.drain(..n));
-            gone.into()
-        };
-        for sandbox in gone {
-            sandbox.kill();
-            self.spawn_teardown(sandbox);
-        }
+        self.trim_ready_clones(keep);
         if self.ready.lock().expect("ready lock").len() >= keep {
             return;
         }

@@ -110,14 +110,31 @@ impl<B: Backend> FunctionPool<B> {
     /// for the ready clones a sleeping pool keeps) and nothing runs.
     fn asleep(&self) -> bool {
         let zygotes = self.live_zygotes();
+        let ready = self.ready.lock().expect("ready lock").len();
         let sleeping = self.sleeping.load(Ordering::SeqCst)
-            && self.ready.lock().expect("ready lock").len()
-                >= self.settings().ready_clones_asleep() as usize;
+            && ready >= self.settings().ready_clones_asleep() as usize;
         !zygotes.is_empty()
-            && (sleeping
-                || (zygotes.iter().all(|z| z.is_asleep())
-                    && self.ready.lock().expect("ready lock").is_empty()))
+            && (sleeping || (ready == 0 && zygotes.iter().all(|z| z.is_asleep())))
             && self.in_flight.load(Ordering::SeqCst) == 0
+    }
+
+    /// Stops dead ready clones and those beyond `keep` (a lowered
+    /// setting); their slots come back through teardown.
+    pub(super) fn trim_ready_clones(&self, keep: usize) {
+        let gone: Vec<B::Clone> = {
+            let mut ready = self.ready.lock().expect("ready lock");
+            let (alive, mut gone): (VecDeque<B::Clone>, VecDeque<B::Clone>) =
+                ready.drain(..).partition(|s| s.is_alive());
+            *ready = alive;
+            if ready.len() > keep {
+                gone.extend(ready.drain(keep..));
+            }
+            gone.into()
+        };
+        for sandbox in gone {
+            sandbox.kill();
+            self.spawn_teardown(sandbox);
+        }
     }
 
     /// One pass: start missing zygotes, drop dead ready clones, pre-fork
@@ -134,23 +151,7 @@ impl<B: Backend> FunctionPool<B> {
             }
             self.start_zygote(true).await?;
         }
-        let (dead, surplus): (Vec<B::Clone>, Vec<B::Clone>) = {
-            let mut ready = self.ready.lock().expect("ready lock");
-            let (alive, dead): (VecDeque<B::Clone>, VecDeque<B::Clone>) =
-                ready.drain(..).partition(|s| s.is_alive());
-            *ready = alive;
-            let keep = settings.ready_clones as usize;
-            let surplus = if ready.len() > keep {
-                ready.drain(keep..).collect()
-            } else {
-                Vec::new()
-            };
-            (dead.into_iter().collect(), surplus)
-        };
-        for sandbox in dead.into_iter().chain(surplus) {
-            sandbox.kill();
-            self.spawn_teardown(sandbox);
-        }
+        self.trim_ready_clones(settings.ready_clones as usize);
         // Scale out: requests keep finding the ready clones used up, so
         // the live zygotes (each forks one clone at a time) do not keep up.
         let live = self.live_zygotes().len();
