@@ -66,6 +66,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use fnhost_sandbox::sys::{bare, fd, uffd};
 
+use crate::maps_text::MapsText;
 use crate::regions::{self, Region, RegionError, RegionTable};
 use crate::remap::FileId;
 use crate::{anonymize, resident};
@@ -157,12 +158,13 @@ fn refused_hint(err: &io::Error) -> &'static str {
 
 /// Create the uffd and read the memory map. Written private file mappings are first made anonymous (see
 /// [`anonymize`](mod@crate::anonymize)), and so are those of `previous`, the
-/// snapshot this zygote was last woken from (see [`remap`](mod@crate::remap)),
+/// files this zygote's memory was last mapped from on wake-up (its snapshot
+/// and any shared base; see [`remap`](mod@crate::remap)),
 /// so the caller must already be
 /// single-threaded with signals blocked. Call it as late as possible before [`hibernate`]: mappings
 /// created afterwards simply stay resident, but one removed in between
 /// makes the window fail.
-pub fn prepare(previous: Option<FileId>) -> Result<Prepared, HibernateError> {
+pub fn prepare(previous: &[FileId]) -> Result<Prepared, HibernateError> {
     let page = regions::page_size();
     let uffd =
         uffd::new_user_mode_only().map_err(|source| HibernateError::CreateUffd { source })?;
@@ -170,23 +172,26 @@ pub fn prepare(previous: Option<FileId>) -> Result<Prepared, HibernateError> {
     // Optional: without it every page is read to find the zero ones.
     let pagemap = File::open("/proc/self/pagemap").ok().map(OwnedFd::from);
 
-    let read_smaps =
-        || std::fs::read_to_string("/proc/self/smaps").map_err(HibernateError::ReadMaps);
+    let read_smaps = || MapsText::read().map_err(HibernateError::ReadMaps);
     let mut smaps = read_smaps()?;
-    let file_data = anonymize::file_data_mappings(&smaps, |path, dev, inode| {
-        match previous {
+    let file_data = anonymize::file_data_mappings(smaps.as_str(), |path, dev, inode| {
+        if previous.iter().any(|id| id.matches(dev, inode)) {
             // Sized by the daemon to cover every region it maps.
-            Some(id) if id.matches(dev, inode) => Some(u64::MAX),
-            _ => std::fs::metadata(path).ok().map(|m| m.len()),
+            Some(u64::MAX)
+        } else {
+            std::fs::metadata(path).ok().map(|m| m.len())
         }
     });
     if anonymize::anonymize(&file_data) > 0 {
+        drop(smaps);
         smaps = read_smaps()?;
     }
     let mut keep = resident::keep_ranges(page);
-    keep.extend(regions::special_ranges(&smaps));
+    keep.extend(regions::special_ranges(smaps.as_str()));
+    // Unmapped when this returns.
+    keep.push(smaps.range());
     keep.sort_by_key(|r| r.start);
-    let regions = regions::subtract(&regions::parse_maps(&smaps), &keep);
+    let regions = regions::subtract(&regions::parse_maps(smaps.as_str()), &keep);
     let sp = std::ptr::addr_of!(page) as u64;
     if regions.iter().any(|r| r.contains(sp)) {
         return Err(HibernateError::StackNotExcluded { sp });

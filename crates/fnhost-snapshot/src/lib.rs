@@ -14,10 +14,12 @@
 pub mod anonymize;
 pub mod asleep;
 pub mod hibernate;
+mod maps_text;
 pub mod regions;
 pub mod remap;
 mod resident;
 pub mod restore;
+pub mod shared;
 pub mod snapshot;
 pub mod working_set;
 
@@ -25,7 +27,8 @@ pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};
 pub use regions::{
     layout, layout_offset, page_size, parse_maps, Region, RegionError, RegionTable, MAX_REGIONS,
 };
-pub use remap::{remap, FileId, GROWTH_TAIL};
+pub use remap::{remap, remap_shared, FileId, GROWTH_TAIL};
 pub use restore::{wake, RestoreError, Sleeper, WakeStats};
+pub use shared::{SharedBase, SharedRun, Sharing, MAX_SHARED_RUNS};
 pub use snapshot::{ReadBack, SealStats, Snapshot};
 pub use working_set::WorkingSet;

@@ -37,6 +37,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use fnhost_sandbox::sys::bare;
 
 use crate::regions::{self, RegionTable};
+use crate::shared::SharedRun;
 
 /// Sparse bytes past the last region in a snapshot file, so that `mremap`
 /// growth of a remapped region reads zeros rather than past the end of the
@@ -97,6 +98,30 @@ pub fn remap(table: &RegionTable, snapshot: BorrowedFd<'_>) -> io::Result<u64> {
         // zygote's cgroup once a clone had run. Inherited by clones.
         bare::madvise_random(region.start, region.len)?;
         mapped += region.len;
+    }
+    Ok(mapped)
+}
+
+/// After [`remap`], for a zygote of a sharing group (see
+/// [`shared`](mod@crate::shared)): maps each run from the group's base
+/// over the zygote's own mapping of the same bytes, so that identical pages
+/// are one page cache page for the group; returns the bytes mapped. The
+/// caller checked the runs with [`shared::runs_within`](crate::shared::runs_within).
+/// Stack and bare system calls only, like [`remap`]. On `Err` part of the
+/// memory maps the base and part the snapshot, all of it the right bytes.
+pub fn remap_shared(
+    runs: impl Iterator<Item = SharedRun>,
+    base: BorrowedFd<'_>,
+) -> io::Result<u64> {
+    let mut mapped = 0;
+    for run in runs {
+        // SAFETY: the run lies inside a region just mapped from the
+        // snapshot, whose bytes there equal the base's at `base_offset`
+        // (the daemon compared them); the base never changes once filled.
+        unsafe { bare::mmap_file_fixed(run.addr, run.len, base, run.base_offset) }?;
+        // As in `remap`: no readahead of the base's holes.
+        bare::madvise_random(run.addr, run.len)?;
+        mapped += run.len;
     }
     Ok(mapped)
 }

@@ -26,6 +26,7 @@ use fnhost_sandbox::sys::fd as sys;
 use crate::regions::{self, page_ceil, page_floor, Region};
 use crate::remap::GROWTH_TAIL;
 use crate::restore::RestoreError;
+use crate::shared::SharedRun;
 
 /// A run of data pages: where it goes in the zygote and where it is in the
 /// file.
@@ -56,6 +57,10 @@ pub struct Snapshot {
     file: File,
     regions: Vec<Region>,
     extents: Vec<Extent>,
+    /// The extents whose pages the zygote maps from this file (all of them
+    /// unless some are shared with a base): what is read back and
+    /// prefetched.
+    own: Vec<Extent>,
     sealed: Option<SealStats>,
 }
 
@@ -81,6 +86,7 @@ impl Snapshot {
             file,
             regions: Vec::new(),
             extents: Vec::new(),
+            own: Vec::new(),
             sealed: None,
         })
     }
@@ -136,6 +142,7 @@ impl Snapshot {
             file_bytes,
         };
         self.regions = regions;
+        self.own = extents.clone();
         self.extents = extents;
         self.sealed = Some(stats);
         Ok(stats)
@@ -148,7 +155,7 @@ impl Snapshot {
         self.sealed?;
         Some(ReadBack {
             file: self.file.try_clone().ok()?,
-            extents: self.extents.clone(),
+            extents: self.own.clone(),
         })
     }
 
@@ -170,7 +177,7 @@ impl Snapshot {
     /// own.
     pub fn prefetch(&self) -> u64 {
         let mut asked = 0;
-        for e in &self.extents {
+        for e in &self.own {
             if sys::fadvise_willneed(self.file.as_fd(), e.offset, e.len).is_ok() {
                 asked += e.len;
             }
@@ -206,6 +213,19 @@ impl Snapshot {
         Ok(())
     }
 
+    /// After sharing with a base (`shared::SharedBase::share`): the pages
+    /// of `runs` come from the base, so the read-back and the prefetch
+    /// cover only the rest, and the page cache the comparison read is
+    /// dropped. The file keeps every page (a sleeping zygote's faults are
+    /// served from it).
+    pub(crate) fn keep_own(&mut self, runs: &[SharedRun]) {
+        self.own = without_runs(&self.extents, runs);
+        if let Err(e) = sys::fadvise_dontneed(self.file.as_fd()) {
+            let errno = e.raw_os_error().unwrap_or(0);
+            tracing::warn!(path = %self.path.display(), errno, "drop snapshot page cache");
+        }
+    }
+
     /// Bytes of saved (non-zero) pages; 0 before [`Snapshot::seal`].
     pub fn data_bytes(&self) -> u64 {
         self.sealed.map_or(0, |s| s.data_bytes)
@@ -219,8 +239,15 @@ impl Snapshot {
         self.sealed
     }
 
+    /// Every data extent of the file (shared or not).
     pub(crate) fn extents(&self) -> &[Extent] {
         &self.extents
+    }
+
+    /// The extents not shared with a base.
+    #[cfg(test)]
+    pub(crate) fn own_extents(&self) -> &[Extent] {
+        &self.own
     }
 
     pub(crate) fn file_ref(&self) -> &File {
@@ -346,6 +373,35 @@ pub(crate) fn extents(regions: &[Region], data: &[(u64, u64)]) -> Vec<Extent> {
     out
 }
 
+/// `extents` less the addresses `runs` cover; both sorted by address.
+fn without_runs(extents: &[Extent], runs: &[SharedRun]) -> Vec<Extent> {
+    let mut out = Vec::new();
+    for e in extents {
+        let mut at = e.addr;
+        for r in runs
+            .iter()
+            .filter(|r| r.addr < e.end() && e.addr < r.addr + r.len)
+        {
+            if r.addr > at {
+                out.push(Extent {
+                    addr: at,
+                    offset: e.offset + (at - e.addr),
+                    len: r.addr - at,
+                });
+            }
+            at = at.max(r.addr + r.len);
+        }
+        if at < e.end() {
+            out.push(Extent {
+                addr: at,
+                offset: e.offset + (at - e.addr),
+                len: e.end() - at,
+            });
+        }
+    }
+    out
+}
+
 pub(crate) fn data_offset(extents: &[Extent], addr: u64) -> Option<u64> {
     let i = extents.partition_point(|e| e.end() <= addr);
     extents
@@ -403,6 +459,24 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn shared_runs_are_cut_out_of_the_extents() {
+        let ext = |addr, offset, len| Extent { addr, offset, len };
+        let run = |addr, len| SharedRun {
+            addr,
+            base_offset: 0,
+            len,
+        };
+        // Extent 0x10000..0x15000 at file 0; extent 0x80000..0x81000.
+        let extents = [ext(0x10000, 0, 5 * P), ext(0x80000, 8 * P, P)];
+        let runs = [run(0x10000, P), run(0x12000, 2 * P), run(0x80000, P)];
+        assert_eq!(
+            without_runs(&extents, &runs),
+            vec![ext(0x11000, P, P), ext(0x14000, 4 * P, P)]
+        );
+        assert_eq!(without_runs(&extents, &[]), extents.to_vec());
     }
 
     #[test]

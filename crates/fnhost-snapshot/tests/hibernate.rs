@@ -304,7 +304,7 @@ mod child {
         let probe = probe.then(|| UnixStream::pair().expect("probe socketpair"));
         let target = mem.big.as_mut_ptr().cast::<u8>();
         let previous = *WOKEN_FROM.lock().expect("woken-from lock");
-        let prepared = match prepare(previous) {
+        let prepared = match prepare(previous.as_slice()) {
             Ok(p) => p,
             Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
         };

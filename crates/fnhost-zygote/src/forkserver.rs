@@ -293,14 +293,16 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     let failed = |message: String| {
         let _ = control::send(control, &ZygoteMessage::HibernateFailed { message }, &[]);
     };
-    if fds.len() != 1 {
+    if fds.is_empty() || fds.len() > 2 {
         return failed(format!(
-            "hibernate request carried {} descriptors, expected 1",
+            "hibernate request carried {} descriptors, expected the snapshot and at most a shared base",
             fds.len()
         ));
     }
     let mut fds = fds.into_iter();
-    let snapshot = fds.next().expect("checked: one descriptor");
+    let snapshot = fds.next().expect("checked: at least one descriptor");
+    // Read-only: runs of it are mapped on wake-up (see `fnhost_snapshot::shared`).
+    let base = fds.next();
     // Blocked from here until the zygote is awake again: a handler running
     // after the snapshot was written would write memory that is then lost.
     let mut blocked = nix::sys::signal::SigSet::empty();
@@ -322,8 +324,14 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     // SAFETY: malloc_trim only releases free memory of this (single-
     // threaded) process's allocator.
     unsafe { libc::malloc_trim(0) };
-    let previous = *WOKEN_FROM.lock().unwrap_or_else(|e| e.into_inner());
-    let prepared = match fnhost_snapshot::prepare(previous) {
+    let previous: Vec<fnhost_snapshot::FileId> = WOKEN_FROM
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    let prepared = match fnhost_snapshot::prepare(&previous) {
         Ok(prepared) => prepared,
         Err(e) => {
             restore_signals();
@@ -347,16 +355,34 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
             if sys::bare::send_bare(control, &buf[..len]).is_err() {
                 sys::exit_immediately(0);
             }
-            let mut wake = [0u8; 64];
-            loop {
+            // The wake-up message, then the runs to map from the shared
+            // base (`fnhost_snapshot::SharedRun`, binary): on the stack.
+            let mut wake = [0u8; WAKE_BUFFER];
+            let received = loop {
                 match sys::bare::recv_bare(control, &mut wake) {
                     // The daemon is gone.
                     Ok(0) | Err(_) => sys::exit_immediately(0),
-                    Ok(n) if wake[..n] == *WAKE_MESSAGE => break,
+                    Ok(n) if wake[..n].starts_with(WAKE_MESSAGE) => break n,
                     // Nothing else is valid while hibernated; the daemon
                     // sends only the wake-up.
                     Ok(_) => continue,
                 }
+            };
+            let run_bytes = &wake[WAKE_MESSAGE.len()..received];
+            let runs = || {
+                run_bytes
+                    .chunks_exact(fnhost_snapshot::shared::RUN_BYTES)
+                    .filter_map(|c| c.try_into().ok())
+                    .map(fnhost_snapshot::SharedRun::decode)
+            };
+            // Runs that do not fit the hibernated regions (or runs with no
+            // base to map them from) are a broken wake-up: exit before
+            // mapping anything, the daemon replaces the zygote.
+            let runs_fit = run_bytes.len() % fnhost_snapshot::shared::RUN_BYTES == 0
+                && (run_bytes.is_empty() || base.is_some())
+                && fnhost_snapshot::shared::runs_within(runs(), table.as_slice());
+            if !runs_fit {
+                sys::exit_immediately(3)
             }
             // Part of the memory may be mapped back and part still missing:
             // nothing can be trusted, the daemon sees the channel close and
@@ -364,14 +390,20 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
             let Ok(mapped) = fnhost_snapshot::remap(&table, snapshot.as_fd()) else {
                 sys::exit_immediately(3)
             };
+            if let Some(base) = &base {
+                if fnhost_snapshot::remap_shared(runs(), base.as_fd()).is_err() {
+                    sys::exit_immediately(3)
+                }
+            }
             let len = encode_woken(&mut buf, mapped);
             if sys::bare::send_bare(control, &buf[..len]).is_err() {
                 sys::exit_immediately(0);
             }
             restore_signals();
             // The memory is whole again: statics may be written. The next
-            // hibernation makes this snapshot's mappings anonymous first.
-            let woken_from = fnhost_snapshot::FileId::of(snapshot.as_fd()).ok();
+            // hibernation makes these files' mappings anonymous first.
+            let id_of = |fd: &OwnedFd| fnhost_snapshot::FileId::of(fd.as_fd()).ok();
+            let woken_from = [id_of(&snapshot), base.as_ref().and_then(id_of)];
             *WOKEN_FROM.lock().unwrap_or_else(|e| e.into_inner()) = woken_from;
         }
         Err(e) => {
@@ -383,11 +415,17 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     // Closed before any clone is forked: a clone must not be able to write
     // the file its zygote's memory is mapped from.
     drop(snapshot);
-    drop(fds);
+    drop(base);
 }
 
-/// The snapshot this zygote was last woken from (its memory maps it).
-static WOKEN_FROM: std::sync::Mutex<Option<fnhost_snapshot::FileId>> = std::sync::Mutex::new(None);
+/// The wake-up message and the most shared runs it may carry.
+const WAKE_BUFFER: usize =
+    64 + fnhost_snapshot::MAX_SHARED_RUNS * fnhost_snapshot::shared::RUN_BYTES;
+
+/// The files this zygote's memory was last mapped from on wake-up: its
+/// snapshot and, in a sharing group, the group's base.
+static WOKEN_FROM: std::sync::Mutex<[Option<fnhost_snapshot::FileId>; 2]> =
+    std::sync::Mutex::new([None, None]);
 
 /// In the clone: isolate, report `Ready`, hand the invocation socket to the
 /// runtime. On any failure, reports `SetupFailed` and exits.
