@@ -167,6 +167,9 @@ pub(crate) fn overrides(
             "",
         )?);
     }
+    if let Some(v) = raw.hibernate_share_pages {
+        s.pool.hibernate_share_pages = v;
+    }
     if let Some(python) = &raw.python {
         s.python = interpreter(python, &path.key("python"), DEFAULT_PYTHON)?;
     }

@@ -289,6 +289,13 @@ pub struct PoolSettings {
     /// request is served at warm speed. 0: the zygote sleeps until a
     /// request wakes it and makes its clone (snapshot mode only).
     pub hibernate_ready_clones: u32,
+    /// Zygotes of identical code share the identical pages of their
+    /// snapshots (one page cache page for the group) instead of each
+    /// holding its own copy. For that they start with the same address
+    /// layout (no ASLR between them) and, for Python, the same hash seed
+    /// (random per daemon start): a security trade-off, off by default.
+    /// Snapshot mode only.
+    pub hibernate_share_pages: bool,
 }
 
 /// How an idle zygote gives its memory back (TOML `hibernate_mode`).
@@ -327,6 +334,12 @@ impl PoolSettings {
             HibernateMode::Reclaim => 0,
         }
     }
+
+    /// Whether zygotes share snapshot pages with others of identical code:
+    /// `hibernate_share_pages`, in snapshot mode only.
+    pub fn shares_snapshot_pages(&self) -> bool {
+        self.hibernate_share_pages && self.hibernate_mode == HibernateMode::Snapshot
+    }
 }
 
 impl Default for PoolSettings {
@@ -344,6 +357,7 @@ impl Default for PoolSettings {
             hibernate_mode: HibernateMode::Snapshot,
             hibernate_prefetch: false,
             hibernate_ready_clones: 1,
+            hibernate_share_pages: false,
         }
     }
 }

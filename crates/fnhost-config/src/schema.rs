@@ -60,6 +60,7 @@ pub(crate) const OVERRIDE_KEYS: &[&str] = &[
     "hibernate_mode",
     "hibernate_prefetch",
     "hibernate_ready_clones",
+    "hibernate_share_pages",
     "seccomp",
     "python",
     "node",
@@ -133,6 +134,7 @@ pub(crate) struct RawOverrides {
     pub(crate) hibernate_mode: Option<String>,
     pub(crate) hibernate_prefetch: Option<bool>,
     pub(crate) hibernate_ready_clones: Option<i64>,
+    pub(crate) hibernate_share_pages: Option<bool>,
     pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
     pub(crate) node: Option<String>,
@@ -169,6 +171,7 @@ pub(crate) struct RawFunction {
     pub(crate) hibernate_mode: Option<String>,
     pub(crate) hibernate_prefetch: Option<bool>,
     pub(crate) hibernate_ready_clones: Option<i64>,
+    pub(crate) hibernate_share_pages: Option<bool>,
     pub(crate) seccomp: Option<String>,
     pub(crate) python: Option<String>,
     pub(crate) node: Option<String>,
@@ -197,6 +200,7 @@ impl RawFunction {
             hibernate_mode: self.hibernate_mode.clone(),
             hibernate_prefetch: self.hibernate_prefetch,
             hibernate_ready_clones: self.hibernate_ready_clones,
+            hibernate_share_pages: self.hibernate_share_pages,
             seccomp: self.seccomp.clone(),
             python: self.python.clone(),
             node: self.node.clone(),
@@ -326,7 +330,9 @@ mod tests {
                 }
                 "env" => "env = { A = \"b\" }\n".to_owned(),
                 "cpu" => "cpu = 0.5\n".to_owned(),
-                "prewarm" | "hibernate_prefetch" => format!("{key} = true\n"),
+                "prewarm" | "hibernate_prefetch" | "hibernate_share_pages" => {
+                    format!("{key} = true\n")
+                }
                 _ => format!("{key} = 1\n"),
             })
             .collect();

@@ -39,6 +39,7 @@ fn describe(spec: &FunctionSpec, status: Option<fnhost_pool::PoolStatus>) -> ser
         "hibernate_after_ms": p.hibernate_after_ms, "hibernate_mode": p.hibernate_mode.as_str(),
         "hibernate_prefetch": p.hibernate_prefetch,
         "hibernate_ready_clones": p.hibernate_ready_clones,
+        "hibernate_share_pages": p.hibernate_share_pages,
         "env": spec.env,
         "status": status,
     })

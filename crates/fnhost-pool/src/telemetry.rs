@@ -79,6 +79,7 @@ pub struct PoolMetrics {
     pub hibernated: Gauge,
     pub snapshot_bytes: Gauge,
     pub snapshot_cached_bytes: Gauge,
+    pub snapshot_shared_bytes: Gauge,
 }
 
 /// Builds handles with or without the `function` label.
@@ -163,6 +164,7 @@ impl PoolMetrics {
             hibernated: r.gauge("fnhost_pool_hibernated_zygotes"),
             snapshot_bytes: r.gauge("fnhost_pool_snapshot_bytes"),
             snapshot_cached_bytes: r.gauge("fnhost_pool_snapshot_cached_bytes"),
+            snapshot_shared_bytes: r.gauge("fnhost_pool_snapshot_shared_bytes"),
         }
     }
 }

@@ -17,7 +17,13 @@ pub const MAX_CONTROL_FDS: usize = 16;
 /// Sends `msg` as JSON with `fds` attached.
 pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
     let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let iov = [IoSlice::new(&bytes)];
+    send_bytes(sock, &bytes, fds)
+}
+
+/// Sends one message as it is given (a hibernated zygote's wake-up, which
+/// it reads without deserializing), with `fds` attached.
+pub fn send_bytes(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
     loop {

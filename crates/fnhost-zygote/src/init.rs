@@ -118,6 +118,16 @@ fn start_runtime(spec: &ZygoteSpec) -> Pid {
     // SAFETY: init is single-threaded, so the child may do anything.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            // Before the seccomp filter, which refuses this personality.
+            if spec.share_group.is_some() {
+                if let Err(e) = sys::disable_aslr() {
+                    fail(
+                        "runtime",
+                        "RuntimeStartFailed",
+                        format!("cannot fix the address layout for hibernate_share_pages: {e}"),
+                    );
+                }
+            }
             become_unprivileged(spec);
             if spec.entry == RuntimeEntry::CommandPerInvocation {
                 crate::exec::serve_command(spec)

@@ -46,6 +46,12 @@ pub struct ZygoteSpec {
     /// before it starts: the function's import-time code never runs as
     /// root, with capabilities, or without seccomp.
     pub runtime_ids: (u32, u32),
+    /// Set when the function shares snapshot pages with zygotes of
+    /// identical code (`hibernate_share_pages`): the group, named by a hash
+    /// of what determines the runtime's memory (command, layers, binds,
+    /// working directory). Init then starts the runtime without ASLR.
+    #[serde(default)]
+    pub share_group: Option<u64>,
     /// fnhost's settings (seccomp, response limit): typed, never in `env`.
     #[serde(default)]
     pub settings: ZygoteSettings,
@@ -86,6 +92,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             runtime_ids: (1000, 1000),
+            share_group: None,
             settings: ZygoteSettings::default(),
         };
         assert_eq!(

@@ -586,3 +586,123 @@ fn the_memory_budget_hibernates_before_it_evicts() {
     assert_eq!(r.header("x-fnhost-start"), Some("wake"));
     assert_eq!(r.json()["digest"], digest);
 }
+
+/// `hibernate_share_pages`: two functions of identical code hibernate
+/// against one shared base; each maps the pages it has in common with the
+/// base from it, and both wake intact, also after the page cache of every
+/// snapshot file (the base included) was dropped, and over a second cycle
+/// (a woken zygote hibernates again from memory that maps two files).
+#[test]
+fn copies_of_identical_code_share_their_snapshot_pages() {
+    if !require_root("copies_of_identical_code_share_their_snapshot_pages") {
+        return;
+    }
+    let share = "hibernate_after_ms = 300\nhibernate_share_pages = true";
+    let daemon = Daemon::start(&(function("copy-a", share) + &function("copy-b", share)));
+    let copies = ["copy-a", "copy-b"];
+    let digest = invoke_intact(&daemon, "copy-a").json()["digest"].clone();
+    assert_eq!(invoke_intact(&daemon, "copy-b").json()["digest"], digest);
+    for cycle in 0..2 {
+        let shared_in_full = |name: &str| {
+            let st = status(&daemon, name);
+            let data = st["snapshot_bytes"].as_u64().unwrap_or(0);
+            let shared = st["snapshot_shared_bytes"].as_u64().unwrap_or(0);
+            st["hibernated"] == 1 && data > 24 << 20 && shared * 2 >= data
+        };
+        for name in copies {
+            assert!(
+                eventually(Duration::from_secs(30), || shared_in_full(name)),
+                "cycle {cycle}: {name} never hibernated sharing most of its pages: {}\n{}",
+                status(&daemon, name),
+                daemon.stderr()
+            );
+        }
+        // The shared pages are not read back into each snapshot's own
+        // page cache.
+        for name in copies {
+            let st = status(&daemon, name);
+            let data = st["snapshot_bytes"].as_u64().unwrap_or(0);
+            let own = st["snapshot_cached_bytes"].as_u64().unwrap_or(u64::MAX);
+            assert!(
+                own * 2 < data,
+                "cycle {cycle}: {name} caches {own} of {data}: {st}"
+            );
+        }
+        let files = snapshot_files(&daemon);
+        let bases = files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "base"))
+            .count();
+        assert_eq!(bases, 1, "one base for the group: {files:?}");
+        // Every page from disk: the woken zygotes map both files.
+        let opened: Vec<std::fs::File> = files
+            .iter()
+            .map(|f| std::fs::File::open(f).expect("open snapshot file"))
+            .collect();
+        opened.iter().for_each(drop_page_cache);
+        for name in copies {
+            let r = invoke_intact(&daemon, name);
+            assert_eq!(r.header("x-fnhost-start"), Some("wake"), "cycle {cycle}");
+            assert_eq!(r.json()["digest"], digest);
+        }
+        opened.iter().for_each(drop_page_cache);
+        for name in copies {
+            assert_eq!(invoke_intact(&daemon, name).json()["digest"], digest);
+        }
+    }
+    for name in copies {
+        for result in ["failed"] {
+            for counter in ["fnhost_wakes_total", "fnhost_hibernations_total"] {
+                let line = format!("{counter}{{function=\"{name}\",result=\"{result}\"}}");
+                assert_eq!(metric(&daemon, &line), 0.0, "{line}\n{}", daemon.stderr());
+            }
+        }
+    }
+}
+
+/// A shared base that became unusable (truncated) fails the wake-up of a
+/// copy that maps it: the request is served cold by a fresh zygote, as for
+/// a damaged snapshot, and nothing hangs.
+#[test]
+fn a_damaged_shared_base_turns_the_wake_up_into_a_cold_start() {
+    if !require_root("a_damaged_shared_base_turns_the_wake_up_into_a_cold_start") {
+        return;
+    }
+    let share = "hibernate_after_ms = 300\nhibernate_share_pages = true";
+    let daemon = Daemon::start(&function("copy", share));
+    let digest = invoke_intact(&daemon, "copy").json()["digest"].clone();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let st = status(&daemon, "copy");
+            st["hibernated"] == 1 && st["snapshot_shared_bytes"].as_u64().unwrap_or(0) > 0
+        }),
+        "never hibernated sharing pages: {}\n{}",
+        status(&daemon, "copy"),
+        daemon.stderr()
+    );
+    let base = snapshot_files(&daemon)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "base"))
+        .expect("a shared base");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&base)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the base");
+
+    let r = invoke_intact(&daemon, "copy");
+    assert_eq!(r.json()["digest"], digest);
+    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
+    assert_eq!(
+        metric(
+            &daemon,
+            "fnhost_wakes_total{function=\"copy\",result=\"failed\"}"
+        ),
+        1.0
+    );
+    assert!(
+        daemon.stderr().contains("shared snapshot base"),
+        "{}",
+        daemon.stderr()
+    );
+}

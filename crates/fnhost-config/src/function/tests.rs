@@ -161,6 +161,34 @@ fn hibernation_keys_default_override_and_validate() {
         "functions[0].hibernate_ready_clones",
         "between 0 and 1024",
     );
+    // Sharing snapshot pages: off by default, per function or in
+    // [defaults], snapshot mode only.
+    assert!(!plain.function("f").expect("f").pool.shares_snapshot_pages());
+    let shared = parse(
+        &format!(
+            "[defaults]\nhibernate_share_pages = true\n{FUNCTION}\
+             [[functions]]\nname = \"g\"\nruntime = \"python3\"\ncode = \"fn\"\nhandler = \"m.h\"\n\
+             hibernate_mode = \"reclaim\"\n"
+        ),
+        dir.path(),
+    )
+    .expect("valid config");
+    assert!(shared
+        .function("f")
+        .expect("f")
+        .pool
+        .shares_snapshot_pages());
+    assert!(!shared
+        .function("g")
+        .expect("g")
+        .pool
+        .shares_snapshot_pages());
+    assert_invalid(
+        &format!("{FUNCTION}hibernate_share_pages = 1\n"),
+        6,
+        "functions[0].hibernate_share_pages",
+        "",
+    );
     assert_invalid(
         &format!("{FUNCTION}hibernate_mode = \"swap\"\n"),
         6,

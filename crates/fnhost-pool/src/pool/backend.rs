@@ -89,6 +89,10 @@ pub trait ZygoteHandle: Send + Sync + 'static {
     fn snapshot_cached_bytes(&self) -> u64 {
         0
     }
+    /// Of its snapshot's bytes, those mapped from its sharing group's base.
+    fn snapshot_shared_bytes(&self) -> u64 {
+        0
+    }
     fn kill(&self);
     /// Marks it hibernated after its cgroup's memory was reclaimed;
     /// `false`: it already sleeps.

@@ -84,6 +84,9 @@ pub struct PoolStatus {
     /// (a wake-up then reads it back), charged to the daemon's cgroup, not
     /// to `memory_bytes`.
     pub snapshot_cached_bytes: u64,
+    /// Of `snapshot_bytes`, bytes mapped from the sharing group's base
+    /// (`hibernate_share_pages`): one page cache copy for the group.
+    pub snapshot_shared_bytes: u64,
 }
 
 /// What a pool needs besides its backend.
@@ -238,6 +241,7 @@ impl<B: Backend> FunctionPool<B> {
             hibernated: hibernated.len(),
             snapshot_bytes: hibernated.iter().map(|z| z.snapshot_bytes()).sum(),
             snapshot_cached_bytes: hibernated.iter().map(|z| z.snapshot_cached_bytes()).sum(),
+            snapshot_shared_bytes: hibernated.iter().map(|z| z.snapshot_shared_bytes()).sum(),
             zygotes: self.live_zygotes().len(),
             ready_clones: self.ready.lock().expect("ready lock").len(),
             free_cgroups: self.free_slots.lock().expect("slots lock").len(),
@@ -267,6 +271,8 @@ impl<B: Backend> FunctionPool<B> {
         m.snapshot_bytes.set(status.snapshot_bytes as f64);
         m.snapshot_cached_bytes
             .set(status.snapshot_cached_bytes as f64);
+        m.snapshot_shared_bytes
+            .set(status.snapshot_shared_bytes as f64);
     }
 }
 

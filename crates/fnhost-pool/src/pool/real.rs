@@ -268,7 +268,12 @@ impl Backend for RealBackend {
         prefetch: bool,
     ) -> Result<Option<Slept>, BackendError> {
         let path = self.snapshots.path(&self.name, zygote.id);
-        let slept = zygote.hibernate_snapshot(path, prefetch).await?;
+        let base = match self.zygote_spec.share_group {
+            // The error names the base file.
+            Some(group) => Some(self.snapshots.shared_base(group)?),
+            None => None,
+        };
+        let slept = zygote.hibernate_snapshot(path, prefetch, base).await?;
         Ok(slept.map(|h| Slept {
             snapshot_bytes: h.snapshot_bytes,
             dropped_bytes: h.dropped_bytes,
@@ -295,6 +300,10 @@ impl ZygoteHandle for RealZygote {
 
     fn snapshot_cached_bytes(&self) -> u64 {
         RealZygote::snapshot_cached_bytes(self)
+    }
+
+    fn snapshot_shared_bytes(&self) -> u64 {
+        RealZygote::snapshot_shared_bytes(self)
     }
 
     fn kill(&self) {

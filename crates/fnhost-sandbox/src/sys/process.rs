@@ -264,6 +264,26 @@ pub fn undo_dontfork() -> io::Result<usize> {
     Ok(set)
 }
 
+/// `personality(ADDR_NO_RANDOMIZE)`: the next `execve` lays the process
+/// out at fixed addresses (no ASLR), so that zygotes started alike from
+/// identical code have byte-identical memory where their contents agree.
+pub fn disable_aslr() -> io::Result<()> {
+    // SAFETY: personality only sets flags of this process; the query value
+    // is not used.
+    let current = unsafe { libc::personality(0xffff_ffff) };
+    if current < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::personality((current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `_exit(code)`: ends a forked child without running destructors, atexit
 /// handlers or unwinding.
 pub fn exit_immediately(code: i32) -> ! {

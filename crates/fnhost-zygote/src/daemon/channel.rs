@@ -39,6 +39,17 @@ pub(super) async fn send_msg(
     }
 }
 
+/// Sends `bytes` as one message, as they are (see `control::send_bytes`).
+pub(super) async fn send_bytes(fd: &AsyncFd<OwnedFd>, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|inner| control::send_bytes(inner.as_fd(), bytes, &[])) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
 /// Receives the zygote's next message.
 pub(super) async fn recv_msg(fd: &AsyncFd<OwnedFd>) -> io::Result<Received<ZygoteMessage>> {
     loop {

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::sys;
-use fnhost_snapshot::{RestoreError, Snapshot, WakeStats};
+use fnhost_snapshot::{RestoreError, SharedBase, SharedRun, Snapshot, WakeStats};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinError;
 
 use crate::control::Received;
 use crate::protocol::{DaemonMessage, ZygoteMessage};
 
-use super::channel::{recv_msg, send_msg, Channel};
+use super::channel::{recv_msg, send_bytes, send_msg, Channel};
 use super::fd;
 use super::zygote::ZygoteHandle;
 
@@ -93,6 +93,8 @@ pub enum WakeError {
     Unreachable(#[source] std::io::Error),
     #[error("restoring the zygote's memory failed: {0}")]
     Restore(#[source] RestoreError),
+    #[error("cannot map the shared snapshot base: {0}")]
+    Base(#[source] std::io::Error),
     #[error("the zygote did not map its snapshot back: {0}")]
     Remap(String),
     #[error("the zygote did not map its snapshot back within {} s", .0.as_secs())]
@@ -130,6 +132,9 @@ pub(super) enum Sleep {
         server: tokio::task::JoinHandle<Result<OwnedFd, FaultError>>,
         stop: tokio::sync::oneshot::Sender<()>,
         prefetch: bool,
+        /// The sharing group's base and the runs of identical pages the
+        /// wake-up maps from it (see `fnhost_snapshot::shared`).
+        shared: Option<(Arc<SharedBase>, Vec<SharedRun>)>,
     },
     /// The kernel was asked to reclaim its cgroup's memory; pages fault
     /// back in by themselves.
@@ -226,13 +231,22 @@ impl ZygoteHandle {
             .map_or(0, |pages| pages * fnhost_snapshot::page_size())
     }
 
+    /// Bytes of its memory mapped from its sharing group's base rather
+    /// than its own snapshot (0 outside a group).
+    pub fn snapshot_shared_bytes(&self) -> u64 {
+        self.snapshot_shared_bytes.load(Ordering::Relaxed)
+    }
+
     /// Hibernates the zygote with a snapshot at `path`: it creates its own
     /// (user-mode-only) userfaultfd and hands it over, writes its private
-    /// memory to the file and drops it. `Ok(None)`: it already sleeps.
+    /// memory to the file and drops it. With `base` (its sharing group's),
+    /// pages identical to the base's are mapped from the base on wake-up.
+    /// `Ok(None)`: it already sleeps.
     pub async fn hibernate_snapshot(
         &self,
         path: PathBuf,
         prefetch: bool,
+        base: Option<Arc<SharedBase>>,
     ) -> Result<Option<Hibernation>, HibernateError> {
         let mut channel = self.control.lock().await;
         if channel.sleep.is_some() {
@@ -246,7 +260,16 @@ impl ZygoteHandle {
                 path: path.clone(),
                 source,
             })?;
-        let fds = [snapshot.file().as_raw_fd()];
+        // The zygote gets the base read-only: it maps it, never writes it.
+        let base_fd = match &base {
+            Some(base) => Some(base.read_only().map_err(|source| HibernateError::Reopen {
+                path: base.path().to_path_buf(),
+                source,
+            })?),
+            None => None,
+        };
+        let mut fds = vec![snapshot.file().as_raw_fd()];
+        fds.extend(base_fd.as_ref().map(AsRawFd::as_raw_fd));
         let file = snapshot
             .file()
             .try_clone_to_owned()
@@ -315,17 +338,30 @@ impl ZygoteHandle {
                     return Err(HibernateError::Timeout(HIBERNATION_TIMEOUT));
                 }
             };
+        drop(base_fd);
         // fdatasync and dropping the file's page cache block: off the runtime.
+        let (function, id) = (self.function.clone(), self.id);
         let sealed = tokio::task::spawn_blocking(move || {
             // The data is read back into the page cache below, once the
             // control lock is free: a wake-up meanwhile reads from disk.
             let sealed = snapshot.seal(regions, false);
-            (snapshot, sealed)
+            let shared = match (&sealed, base) {
+                (Ok(_), Some(base)) => match base.share(&mut snapshot) {
+                    Ok(sharing) => Some((base, sharing.runs)),
+                    Err(e) => {
+                        // The snapshot keeps every page: nothing shared.
+                        tracing::warn!(function = %function, zygote = id, error = %e, "cannot share snapshot pages; this zygote keeps its own");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            (snapshot, sealed, shared)
         })
         .await;
-        let (snapshot, stats) = match sealed {
-            Ok((snapshot, Ok(stats))) => (snapshot, stats),
-            Ok((_, Err(e))) => {
+        let (snapshot, stats, shared) = match sealed {
+            Ok((snapshot, Ok(stats), shared)) => (snapshot, stats, shared),
+            Ok((_, Err(e), _)) => {
                 // Its memory is gone and the snapshot unusable.
                 self.kill();
                 return Err(HibernateError::Seal { path, source: e });
@@ -337,6 +373,11 @@ impl ZygoteHandle {
         };
         self.snapshot_bytes
             .store(stats.data_bytes, Ordering::Relaxed);
+        let shared_bytes = shared
+            .as_ref()
+            .map_or(0, |(_, runs)| runs.iter().map(|r| r.len).sum());
+        self.snapshot_shared_bytes
+            .store(shared_bytes, Ordering::Relaxed);
         if let Some(read_back) = snapshot.read_back() {
             let (function, id) = (self.function.clone(), self.id);
             let task = tokio::task::spawn_blocking(move || {
@@ -356,6 +397,7 @@ impl ZygoteHandle {
             server,
             stop,
             prefetch,
+            shared,
         });
         self.asleep.store(true, Ordering::SeqCst);
         Ok(Some(Hibernation {
@@ -414,9 +456,10 @@ impl ZygoteHandle {
         };
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
-        let (snapshot, server, stop, prefetch) = match sleep {
+        let (snapshot, server, stop, prefetch, shared) = match sleep {
             Sleep::Reclaimed => {
                 self.snapshot_bytes.store(0, Ordering::Relaxed);
+                self.snapshot_shared_bytes.store(0, Ordering::Relaxed);
                 return Ok(Some(Woken {
                     wake_us: 0,
                     restore: None,
@@ -427,10 +470,16 @@ impl ZygoteHandle {
                 server,
                 stop,
                 prefetch,
-            } => (snapshot, server, stop, prefetch),
+                shared,
+            } => (snapshot, server, stop, prefetch, shared),
         };
         if let Err(e) = snapshot.check_intact() {
             return Err(self.wake_failed(WakeError::Restore(e)));
+        }
+        if let Some((base, _)) = &shared {
+            if let Err(e) = base.check_intact() {
+                return Err(self.wake_failed(WakeError::Base(e)));
+            }
         }
         // Woken right after hibernating: the rest of the data is read in
         // one sequential pass (tens of ms for 50 MiB) rather than faulted
@@ -439,11 +488,21 @@ impl ZygoteHandle {
         // Readahead of the data the kernel may have reclaimed since.
         let page = fnhost_snapshot::page_size();
         let read = Instant::now();
-        let prefetched = if prefetch { snapshot.prefetch() } else { 0 };
+        let prefetched = match (&shared, prefetch) {
+            (_, false) => 0,
+            (None, true) => snapshot.prefetch(),
+            (Some((base, runs)), true) => snapshot.prefetch() + base.prefetch(runs),
+        };
         let read = read.elapsed();
         // The zygote maps the snapshot back and answers; until then the
         // fault server still answers any page it touches.
-        if let Err(e) = send_msg(&channel.fd, &DaemonMessage::Wake, &[]).await {
+        // The wake-up, then the shared runs, binary (the zygote reads them
+        // on its stack; see `forkserver`).
+        let mut wake = crate::protocol::WAKE_MESSAGE.to_vec();
+        for run in shared.iter().flat_map(|(_, runs)| runs) {
+            wake.extend_from_slice(&run.encode());
+        }
+        if let Err(e) = send_bytes(&channel.fd, &wake).await {
             return Err(self.wake_failed(WakeError::Unreachable(e)));
         }
         let woken = tokio::time::timeout(HIBERNATION_TIMEOUT, recv_msg(&channel.fd)).await;
@@ -466,6 +525,8 @@ impl ZygoteHandle {
             Ok(Err(e)) => return Err(self.wake_failed(WakeError::Faults(e))),
             Err(e) => return Err(self.wake_failed(WakeError::FaultServerDied(e))),
         }
+        // Its next hibernation compares with the base it maps.
+        *self.mapped_base.lock().unwrap_or_else(|e| e.into_inner()) = shared.map(|(base, _)| base);
         // The zygote's mapping keeps the file's data; its name goes, off
         // the request's path.
         tokio::task::spawn_blocking(move || drop(snapshot));

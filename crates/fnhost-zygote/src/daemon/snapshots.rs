@@ -1,11 +1,18 @@
 //! What every pool of a host shares to hibernate zygotes: the directory
 //! their snapshots go to (under the state directory, emptied at start so a
-//! crashed run leaves nothing behind). Nothing else: each zygote creates
-//! its own user-mode-only userfaultfd (see `fnhost_snapshot`).
+//! crashed run leaves nothing behind), and the shared bases of sharing
+//! groups (`hibernate_share_pages`, see `fnhost_snapshot::shared`). Nothing
+//! else: each zygote creates its own user-mode-only userfaultfd (see
+//! `fnhost_snapshot`).
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use fnhost_snapshot::SharedBase;
 
 /// `statfs` magic of tmpfs: snapshots there would stay in memory.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -13,6 +20,12 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// The snapshot directory shared by every pool.
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// Each sharing group's base while a zygote of the group sleeps on it
+    /// or maps it; a new one is made when none is held.
+    bases: Mutex<HashMap<u64, Weak<SharedBase>>>,
+    /// Names new bases apart (a dropped base's file may still be in use
+    /// under its name until its last holder goes).
+    next_base: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -39,7 +52,38 @@ impl SnapshotStore {
             tracing::warn!(dir = %dir.display(),
                 "snapshots are on tmpfs: hibernate_mode = \"snapshot\" saves no memory there; put server.state_dir on a disk");
         }
-        Ok(SnapshotStore { dir })
+        Ok(SnapshotStore {
+            dir,
+            bases: Mutex::new(HashMap::new()),
+            next_base: AtomicU64::new(0),
+        })
+    }
+
+    /// The shared base of sharing group `group`: the one held now, or a
+    /// new, empty one (filled by the first snapshot sealed with it).
+    pub fn shared_base(&self, group: u64) -> io::Result<Arc<SharedBase>> {
+        let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(base) = bases.get(&group).and_then(Weak::upgrade) {
+            return Ok(base);
+        }
+        bases.retain(|_, base| base.strong_count() > 0);
+        let n = self.next_base.fetch_add(1, Ordering::Relaxed);
+        let base = Arc::new(SharedBase::create(
+            self.dir.join(format!("shared-{group:016x}-{n}.base")),
+        )?);
+        bases.insert(group, Arc::downgrade(&base));
+        Ok(base)
+    }
+
+    /// Bytes of the shared bases' data in the page cache now, summed (the
+    /// pages every sleeping zygote of a group maps from one copy).
+    pub fn shared_cached_bytes(&self) -> u64 {
+        let bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+        bases
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|b| b.cached_bytes())
+            .sum()
     }
 
     /// Where the snapshot of zygote `zygote` of `function` goes.

@@ -136,6 +136,11 @@ pub struct ZygoteHandle {
     pub(super) asleep: AtomicBool,
     /// Data bytes of the snapshot its memory is in (0 before the first).
     pub(super) snapshot_bytes: AtomicU64,
+    /// Of those, bytes mapped from its sharing group's base instead.
+    pub(super) snapshot_shared_bytes: AtomicU64,
+    /// The sharing group's base its memory maps since its last wake-up:
+    /// held so that its next hibernation compares with the same base.
+    pub(super) mapped_base: std::sync::Mutex<Option<Arc<fnhost_snapshot::SharedBase>>>,
     /// That snapshot file and its layout length, to sample its page cache.
     pub(super) snapshot_file: std::sync::Mutex<Option<(std::fs::File, u64)>>,
     /// The background read of the snapshot back into the page cache, while
@@ -272,6 +277,8 @@ impl ZygoteHandle {
             alive,
             asleep: AtomicBool::new(false),
             snapshot_bytes: AtomicU64::new(0),
+            snapshot_shared_bytes: AtomicU64::new(0),
+            mapped_base: std::sync::Mutex::new(None),
             snapshot_file: std::sync::Mutex::new(None),
             read_back: std::sync::Mutex::new(None),
             carry: spec.clone_carry(),

@@ -132,6 +132,18 @@ pub fn zygote_spec(
     // FNHOST_* names in `env`; the runtimes remove them before function
     // code runs).
     runtime.add_env(spec, &mut env);
+    let argv = runtime.argv(spec);
+    let share_group = spec
+        .pool
+        .shares_snapshot_pages()
+        .then(|| share_group(&argv, &root.layers, &root.binds));
+    if let (Some(group), Runtime::Python3) = (share_group, spec.runtime) {
+        // Dicts and sets are laid out by string hashes: one seed per group
+        // (random per daemon start) keeps copies' heaps identical. A
+        // function's own PYTHONHASHSEED wins.
+        env.entry("PYTHONHASHSEED".into())
+            .or_insert_with(|| group_hash_seed(group).to_string());
+    }
     ZygoteSpec {
         function: spec.name.clone(),
         staging: root.staging,
@@ -139,11 +151,12 @@ pub fn zygote_spec(
         binds: root.binds,
         tmp_bytes: ZYGOTE_TMP_BYTES,
         hostname: spec.name.clone(),
-        argv: runtime.argv(spec),
+        argv,
         entry: runtime.entry(),
         env: env.into_iter().collect(),
         cwd: PathBuf::from(TASK_ROOT),
         runtime_ids,
+        share_group,
         settings: ZygoteSettings {
             seccomp: SeccompChoice::from_config(&spec.seccomp),
             max_response_bytes,
@@ -151,6 +164,31 @@ pub fn zygote_spec(
             runtime_threads: runtime.threads(),
         },
     }
+}
+
+/// The sharing group of zygotes started from `argv` on `layers` with
+/// `binds`: equal for copies of identical code (the code layer is named by
+/// its digest), so that their snapshots are compared with one base.
+fn share_group(argv: &[String], layers: &[PathBuf], binds: &[Bind]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (argv, layers).hash(&mut h);
+    for bind in binds {
+        (&bind.source, &bind.target).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// `PYTHONHASHSEED` for a sharing group: keyed by a secret drawn once per
+/// daemon start, so it cannot be guessed from the code (valid seeds are
+/// 0..=4294967295; 0 would disable hashing randomisation altogether).
+fn group_hash_seed(group: u64) -> u64 {
+    use std::hash::BuildHasher;
+    static SECRET: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let hash = SECRET
+        .get_or_init(std::hash::RandomState::new)
+        .hash_one(group);
+    (hash % 0xffff_ffff) + 1
 }
 
 #[cfg(test)]
@@ -178,6 +216,30 @@ mod tests {
 
     fn env_of(spec: &ZygoteSpec) -> BTreeMap<String, String> {
         spec.env.iter().cloned().collect()
+    }
+
+    #[test]
+    fn sharing_snapshot_pages_groups_identical_code_with_one_hash_seed() {
+        let shared = "handler = \"h.handler\"\nhibernate_share_pages = true";
+        let spec = |entry: &str, layers: &[&str]| {
+            let mut parts = root();
+            parts.layers = layers.iter().map(PathBuf::from).collect();
+            zygote_spec(&function("python3", entry), parts, 100, (1000, 1000))
+        };
+        let a = spec(shared, &["/code", "/runtime"]);
+        let b = spec(shared, &["/code", "/runtime"]);
+        let other_code = spec(shared, &["/other", "/runtime"]);
+        let plain = spec("handler = \"h.handler\"", &["/code", "/runtime"]);
+        assert!(a.share_group.is_some());
+        assert_eq!(a.share_group, b.share_group);
+        assert_ne!(a.share_group, other_code.share_group);
+        assert_eq!(plain.share_group, None);
+        let seed = |s: &ZygoteSpec| env_of(s).get("PYTHONHASHSEED").cloned();
+        assert_eq!(seed(&a), seed(&b));
+        assert_ne!(seed(&a), seed(&other_code));
+        let value: u64 = seed(&a).expect("seeded").parse().expect("a number");
+        assert!((1..=0xffff_ffff).contains(&value), "{value}");
+        assert_eq!(seed(&plain), None, "hash randomisation stays per process");
     }
 
     #[test]
