@@ -68,6 +68,9 @@ pub struct Hibernate {
     pub prefetch: bool,
     /// `hibernate_ready_clones`: ready clones kept while hibernated.
     pub ready_asleep: u32,
+    /// `hibernate_share_pages`: share identical snapshot pages with copies
+    /// of the same code.
+    pub share_pages: bool,
 }
 
 /// The functions of the latency, churn and throughput suites.
@@ -188,11 +191,12 @@ pub fn config_toml(
             let hibernate = f.hibernate.map_or(String::new(), |h| {
                 format!(
                     "hibernate_after_ms = {}\nhibernate_mode = {}\nhibernate_prefetch = {}\n\
-                     hibernate_ready_clones = {}\n",
+                     hibernate_ready_clones = {}\nhibernate_share_pages = {}\n",
                     h.after_ms,
                     toml_string(h.mode),
                     h.prefetch,
-                    h.ready_asleep
+                    h.ready_asleep,
+                    h.share_pages
                 )
             });
             format!(
@@ -381,6 +385,7 @@ mod tests {
                 mode: "reclaim",
                 prefetch: false,
                 ready_asleep: 0,
+                share_pages: false,
             }),
             heap_mib: 0,
         }];

@@ -96,6 +96,7 @@ fn subjects(after_ms: u64, heavy_mib: u64) -> Vec<Subject> {
     // `ready_asleep`: 1 keeps a ready clone on the mapped snapshot (the
     // default), 0 leaves the wake-up and the clone to the request.
     let h = |after_ms, mode, prefetch, ready_asleep| Hibernate {
+        share_pages: false,
         after_ms,
         mode,
         prefetch,

@@ -249,6 +249,15 @@ fn check_hibernation(h: &serde_json::Value) {
         sharing["distinct_pages"].as_u64() <= sharing["data_pages"].as_u64(),
         "{sharing}"
     );
+    // They slept against one shared base and mapped pages from it.
+    assert_eq!(sharing["bases"], 1, "{sharing}");
+    assert!(
+        sharing["shared_bytes"].as_u64().unwrap_or(0) > 0,
+        "{sharing}"
+    );
+    // And each woke intact from pages of both files.
+    assert_eq!(sharing["wake"]["n"], 3, "{sharing}");
+    assert_eq!(sharing["wake_failures"], serde_json::json!([]), "{sharing}");
     let functions = h["functions"].as_array().expect("functions listed");
     let names: Vec<&str> = functions
         .iter()

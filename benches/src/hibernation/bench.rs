@@ -18,7 +18,7 @@ use crate::http::{Connection, Endpoint};
 use crate::memory::{self, ProcMem};
 use crate::metrics::{self, HIBERNATE_PHASE, WAKE_PHASE};
 use crate::scenario::{describe_failure, root_cause, SERVER_TIMING_HEADER, START_HEADER};
-use crate::stats::{ScenarioStats, NO_START_HEADER};
+use crate::stats::{LatencyHistogram, ScenarioStats, NO_START_HEADER};
 
 const PAYLOAD: &[u8] = br#"{"bench":true}"#;
 /// Longest wait for a zygote to hibernate or a pool to start.
@@ -47,6 +47,7 @@ pub(super) struct PoolStatus {
     pub(super) hibernated: u64,
     pub(super) snapshot_bytes: u64,
     pub(super) snapshot_cached_bytes: u64,
+    pub(super) snapshot_shared_bytes: u64,
     pub(super) memory_bytes: u64,
 }
 
@@ -478,6 +479,31 @@ impl Bench {
         }
     }
 
+    /// Invokes each of `subjects` once, in order, while they sleep: the
+    /// latency of each answer served as `wake`, and the failures (any other
+    /// answer) described.
+    pub(super) async fn wake_each(
+        &mut self,
+        subjects: &[Subject],
+    ) -> (LatencyHistogram, Vec<String>) {
+        let mut woken = LatencyHistogram::default();
+        let mut failures = Vec::new();
+        for subject in subjects {
+            match self.invoke(subject.name).await {
+                Outcome::Ok { elapsed, start, .. } if start.as_deref() == Some(WAKE_START) => {
+                    woken.record(elapsed)
+                }
+                Outcome::Ok { start, .. } => failures.push(format!(
+                    "{}: {START_HEADER}: {}",
+                    subject.name,
+                    start.as_deref().unwrap_or(NO_START_HEADER)
+                )),
+                Outcome::Failed(kind) => failures.push(format!("{}: {kind}", subject.name)),
+            }
+        }
+        (woken, failures)
+    }
+
     /// Records an invocation. A hibernating function's answer must say
     /// `x-fnhost-start: wake` (it was asleep when it was sent); anything
     /// else is an error, never a latency. The warm reference's start kind
@@ -593,6 +619,7 @@ mod tests {
                 hibernated: 1,
                 snapshot_bytes: 4096,
                 snapshot_cached_bytes: 0,
+                snapshot_shared_bytes: 0,
                 memory_bytes: 8192
             }
         );

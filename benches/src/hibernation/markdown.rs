@@ -232,25 +232,65 @@ pub fn markdown(h: &Hibernation, others: &[(String, Percentiles)]) -> String {
                 n as f64 * 100.0 / s.data_pages as f64
             }
         };
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let data = s.data_pages * 4096;
+        let held = s.cached_bytes + s.base_cached_bytes;
         let _ = writeln!(
             out,
-            "\n### Sharing across {} copies of the no-op (page contents of their snapshots)\n\n\
-             {} snapshots, {} data pages ({:.1} MiB); distinct contents {} ({:.0}%: what \
-             page-level dedup would keep); pages whose contents occur in ≥ 2 snapshots {} \
-             ({:.0}%); contents found in every snapshot {}. Page cache held by the sleeping \
-             copies: {:.1} MiB. Each snapshot is its own file, so today only a zygote and \
-             its clones share pages (copy-on-write from one page cache), not copies.",
+            "\n### Sharing across {} copies of the no-op (`hibernate_share_pages = true`)\n\n\
+             Saved by the sleeping copies: {:.1} MiB of data; mapped from their group's \
+             shared base ({} file): {:.1} MiB ({:.0}%). Page cache held: own snapshots \
+             {:.1} MiB + base {:.1} MiB = {:.1} MiB, **{:.1}% of the {:.1} MiB unshared \
+             snapshots would hold**.",
             s.copies,
+            mib(data),
+            s.bases,
+            mib(s.shared_bytes),
+            if data == 0 {
+                0.0
+            } else {
+                s.shared_bytes as f64 * 100.0 / data as f64
+            },
+            mib(s.cached_bytes),
+            mib(s.base_cached_bytes),
+            mib(held),
+            if data == 0 {
+                0.0
+            } else {
+                held as f64 * 100.0 / data as f64
+            },
+            mib(data),
+        );
+        let _ = writeln!(
+            out,
+            "\nPage contents of the {} snapshot files: {} data pages; distinct contents {} \
+             ({:.0}%: what content-addressed dedup would keep, at any address); pages whose \
+             contents occur in ≥ 2 snapshots {} ({:.0}%); contents found in every snapshot {}. \
+             The copies start with one address layout and hash seed (see \
+             docs/hibernation.md), so most of their pages are identical at the same address.",
             s.snapshots,
             s.data_pages,
-            s.data_pages as f64 * 4096.0 / 1048576.0,
             s.distinct_pages,
             pct(s.distinct_pages),
             s.shared_pages,
             pct(s.shared_pages),
             s.in_every_copy,
-            s.cached_bytes as f64 / 1048576.0,
         );
+        if let Some(w) = &s.wake {
+            let _ = writeln!(
+                out,
+                "\nEach copy then woken by a request (no kept clone, no prefetch: as \
+                 `hib-snap-noprefetch` above, which shares nothing): wake-up + invoke p50 \
+                 {:.3} ms, p99 {:.3} ms over {} copies; {} failed or not served as `wake`.",
+                w.p50_ms,
+                w.p99_ms,
+                w.n,
+                s.wake_failures.len()
+            );
+        }
+        if let Some(first) = s.wake_failures.first() {
+            let _ = writeln!(out, "\nFirst failed wake-up of a copy: {first}");
+        }
     }
 
     out.push_str(

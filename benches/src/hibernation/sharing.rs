@@ -1,9 +1,10 @@
-//! Sharing across copies: N copies of the no-op function (identical code)
-//! hibernate in one daemon, and their snapshot files are compared page by
-//! page while they sleep. Reports how many of the saved pages are distinct,
-//! how many are byte-identical in every copy, and so what page-level dedup
-//! across copies could save; ASLR places each zygote's heap and libraries
-//! at different addresses, so pages holding pointers differ.
+//! Sharing across copies: N copies of the no-op function (identical code,
+//! `hibernate_share_pages = true`) hibernate in one daemon. While they
+//! sleep, reports what the daemon shares (bytes each copy maps from the
+//! group's base, the page cache of the copies' own snapshots and of the
+//! base) against what unshared snapshots would hold (every data page), and
+//! compares the snapshot files page by page: how many of the saved pages
+//! are distinct, how many byte-identical in every copy.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use super::bench::{status_of, Bench};
 use super::Subject;
 use crate::daemon::{Daemon, FunctionPool, Hibernate};
+use crate::stats::Percentiles;
 
 /// How long the copies get to start and fall asleep.
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
@@ -37,8 +39,19 @@ pub struct Sharing {
     pub shared_pages: u64,
     /// Distinct contents found in every snapshot.
     pub in_every_copy: u64,
-    /// Page cache the sleeping copies' snapshots held, summed.
+    /// Page cache the sleeping copies' own snapshots held, summed.
     pub cached_bytes: u64,
+    /// Bytes the copies map from their group's shared base, summed
+    /// (admin API `status.snapshot_shared_bytes`).
+    pub shared_bytes: u64,
+    /// Shared base files, and the page cache they held.
+    pub bases: u64,
+    pub base_cached_bytes: u64,
+    /// Afterwards each copy invoked once, asleep (woken by the request, no
+    /// prefetch): wake-up + invoke latency, and failed or non-`wake`
+    /// answers.
+    pub wake: Option<Percentiles>,
+    pub wake_failures: Vec<String>,
 }
 
 /// Starts `copies` copies hibernating after `after_ms`, waits until all
@@ -54,6 +67,7 @@ pub async fn run(fnhost: &Path, copies: u32, after_ms: u64, timeout: Duration) -
                 mode: "snapshot",
                 prefetch: false,
                 ready_asleep: 0,
+                share_pages: true,
             },
             heap_mib: 0,
         })
@@ -79,9 +93,8 @@ pub async fn run(fnhost: &Path, copies: u32, after_ms: u64, timeout: Duration) -
                 .all(|s| status_of(st, s.name).hibernated >= 1)
         })
         .await;
-    let statuses = match asleep {
-        Ok(st) => st,
-        Err(last) => {
+    if let Err(last) = asleep {
+        {
             let sleeping = subjects
                 .iter()
                 .filter(|s| status_of(&last, s.name).hibernated >= 1)
@@ -91,19 +104,46 @@ pub async fn run(fnhost: &Path, copies: u32, after_ms: u64, timeout: Duration) -
                 WAIT_LIMIT.as_secs()
             );
         }
+    }
+    // Once the read-backs are done: the daemon reads each snapshot's own
+    // pages (those not shared) back after hibernating it.
+    let read_back = |st: &super::bench::Statuses| {
+        subjects.iter().all(|s| {
+            let s = status_of(st, s.name);
+            s.snapshot_cached_bytes + s.snapshot_shared_bytes >= s.snapshot_bytes
+        })
     };
-    let cached_bytes = subjects
-        .iter()
-        .map(|s| status_of(&statuses, s.name).snapshot_cached_bytes)
-        .sum();
+    let statuses = match bench.wait_for(Duration::from_secs(30), read_back).await {
+        Ok(st) => st,
+        // Measured as it is: the report's cached bytes say what was read.
+        Err(last) => last,
+    };
+    let sum = |field: fn(&super::bench::PoolStatus) -> u64| {
+        subjects
+            .iter()
+            .map(|s| field(&status_of(&statuses, s.name)))
+            .sum()
+    };
+    let cached_bytes = sum(|s| s.snapshot_cached_bytes);
+    let shared_bytes = sum(|s| s.snapshot_shared_bytes);
     let dir = daemon.state_dir().join("snapshots");
     let files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    let mut sharing = compare(&files)?;
+    let (bases, snapshots): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .into_iter()
+        .partition(|f| f.extension().is_some_and(|e| e == "base"));
+    let mut sharing = compare(&snapshots)?;
     sharing.copies = copies;
     sharing.cached_bytes = cached_bytes;
+    sharing.shared_bytes = shared_bytes;
+    sharing.bases = bases.len() as u64;
+    sharing.base_cached_bytes = bases.iter().map(|b| page_cache_of(b)).sum();
+    // Every copy woken: its pages come from the base and its own file.
+    let (woken, failures) = bench.wake_each(&subjects).await;
+    sharing.wake = (woken.summary().n > 0).then(|| woken.summary());
+    sharing.wake_failures = failures;
     drop(daemon);
     Ok(sharing)
 }
@@ -147,8 +187,18 @@ pub fn compare(files: &[PathBuf]) -> Result<Sharing> {
         distinct_pages: seen.len() as u64,
         shared_pages,
         in_every_copy,
-        cached_bytes: 0,
+        ..Sharing::default()
     })
+}
+
+/// Bytes of `path` in the page cache now (`cachestat`; 0 when unknown).
+fn page_cache_of(path: &Path) -> u64 {
+    let Ok(file) = File::open(path) else {
+        return 0;
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    fnhost_sandbox::sys::fd::cached_pages(std::os::fd::AsFd::as_fd(&file), 0, len)
+        .map_or(0, |pages| pages * 4096)
 }
 
 /// 128 bits from two differently seeded SipHash runs: no collision is
