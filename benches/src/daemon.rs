@@ -394,7 +394,8 @@ mod tests {
         assert!(
             toml.ends_with(
                 "ready_clones = 1\nhibernate_after_ms = 300\nhibernate_mode = \"reclaim\"\n\
-                 hibernate_prefetch = false\nhibernate_ready_clones = 0\n"
+                 hibernate_prefetch = false\nhibernate_ready_clones = 0\n\
+                 hibernate_share_pages = false\n"
             ),
             "{toml}"
         );
