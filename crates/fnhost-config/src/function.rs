@@ -24,6 +24,7 @@ pub(crate) struct Settings {
     node: PathBuf,
     seccomp: String,
     env: BTreeMap<String, String>,
+    detailed_metrics: bool,
 }
 
 impl Settings {
@@ -36,6 +37,7 @@ impl Settings {
             node: PathBuf::from(DEFAULT_NODE),
             seccomp: "default".to_owned(),
             env: BTreeMap::new(),
+            detailed_metrics: false,
         }
     }
 }
@@ -167,6 +169,9 @@ pub(crate) fn overrides(
             "",
         )?);
     }
+    if let Some(v) = raw.detailed_metrics {
+        s.detailed_metrics = v;
+    }
     if let Some(v) = raw.hibernate_share_pages {
         s.pool.hibernate_share_pages = v;
     }
@@ -253,6 +258,7 @@ pub(crate) fn function(
         pool: settings.pool,
         network: settings.network,
         env: settings.env,
+        detailed_metrics: settings.detailed_metrics,
     })
 }
 

@@ -206,6 +206,11 @@ pub struct FunctionSpec {
     pub network: NetworkMode,
     /// Extra environment of the handler process.
     pub env: BTreeMap<String, String>,
+    /// Keep this function's metrics labelled with its name even when the
+    /// host has more functions than `server.function_metrics_max` (where
+    /// the others are summed): the opt-in for the functions an operator
+    /// watches on a dense host.
+    pub detailed_metrics: bool,
 }
 
 /// Default node interpreter inside the sandbox root (key `node`).

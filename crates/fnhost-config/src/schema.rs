@@ -62,6 +62,7 @@ pub(crate) const OVERRIDE_KEYS: &[&str] = &[
     "hibernate_ready_clones",
     "hibernate_share_pages",
     "seccomp",
+    "detailed_metrics",
     "python",
     "node",
     "env",
@@ -136,6 +137,7 @@ pub(crate) struct RawOverrides {
     pub(crate) hibernate_ready_clones: Option<i64>,
     pub(crate) hibernate_share_pages: Option<bool>,
     pub(crate) seccomp: Option<String>,
+    pub(crate) detailed_metrics: Option<bool>,
     pub(crate) python: Option<String>,
     pub(crate) node: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
@@ -173,6 +175,7 @@ pub(crate) struct RawFunction {
     pub(crate) hibernate_ready_clones: Option<i64>,
     pub(crate) hibernate_share_pages: Option<bool>,
     pub(crate) seccomp: Option<String>,
+    pub(crate) detailed_metrics: Option<bool>,
     pub(crate) python: Option<String>,
     pub(crate) node: Option<String>,
     pub(crate) env: Option<BTreeMap<String, String>>,
@@ -202,6 +205,7 @@ impl RawFunction {
             hibernate_ready_clones: self.hibernate_ready_clones,
             hibernate_share_pages: self.hibernate_share_pages,
             seccomp: self.seccomp.clone(),
+            detailed_metrics: self.detailed_metrics,
             python: self.python.clone(),
             node: self.node.clone(),
             env: self.env.clone(),
@@ -330,7 +334,7 @@ mod tests {
                 }
                 "env" => "env = { A = \"b\" }\n".to_owned(),
                 "cpu" => "cpu = 0.5\n".to_owned(),
-                "prewarm" | "hibernate_prefetch" | "hibernate_share_pages" => {
+                "prewarm" | "hibernate_prefetch" | "hibernate_share_pages" | "detailed_metrics" => {
                     format!("{key} = true\n")
                 }
                 _ => format!("{key} = 1\n"),

@@ -40,6 +40,7 @@ fn describe(spec: &FunctionSpec, status: Option<fnhost_pool::PoolStatus>) -> ser
         "hibernate_prefetch": p.hibernate_prefetch,
         "hibernate_ready_clones": p.hibernate_ready_clones,
         "hibernate_share_pages": p.hibernate_share_pages,
+        "detailed_metrics": spec.detailed_metrics,
         "env": spec.env,
         "status": status,
     })

@@ -28,6 +28,16 @@ impl Labels {
             Labels::Summed
         }
     }
+
+    /// One function's labelling on a host labelled `self`: its own series
+    /// when it asked for them (`detailed_metrics`), else the host's.
+    pub fn for_function(self, detailed: bool) -> Labels {
+        if detailed {
+            Labels::PerFunction
+        } else {
+            self
+        }
+    }
 }
 
 /// `fnhost_phase_seconds{function, phase}` for each phase a pool records.

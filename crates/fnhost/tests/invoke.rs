@@ -173,3 +173,54 @@ fn errors_are_json_with_the_right_status() {
     assert!(metrics.contains("fnhost_invocations_total"), "{metrics}");
     assert!(metrics.contains("fnhost_phase_seconds_bucket"), "{metrics}");
 }
+
+/// Above `server.function_metrics_max` pool metrics are summed, except for
+/// a function with `detailed_metrics = true`, which keeps its own series.
+#[test]
+fn a_detailed_function_keeps_its_metrics_on_a_summed_host() {
+    if !require_root("a_detailed_function_keeps_its_metrics_on_a_summed_host") {
+        return;
+    }
+    let functions = python_function(
+        "watched",
+        &hello_code(),
+        "handler.handler",
+        "ready_clones = 1\ndetailed_metrics = true",
+    ) + &python_function(
+        "other",
+        &hello_code(),
+        "handler.handler",
+        "ready_clones = 1",
+    );
+    let daemon = Daemon::start_with(&functions, "function_metrics_max = 1");
+    for name in ["watched", "other"] {
+        let r = daemon.invoke(name, "{}");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let metrics = http(daemon.addr, "GET", "/metrics", b"").text();
+    let has = |needle: &str| metrics.lines().any(|l| l.contains(needle));
+    assert!(
+        has("fnhost_phase_seconds_count{function=\"watched\",phase=\"handler\"}"),
+        "{metrics}"
+    );
+    assert!(
+        has("fnhost_pool_zygotes{function=\"watched\"}"),
+        "{metrics}"
+    );
+    // The other function's pool metrics are summed (no label of its own);
+    // its invocations keep theirs, as for every function.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("function=\"other\"") && !l.starts_with("fnhost_invocations_total")),
+        "{metrics}"
+    );
+    assert!(
+        has("fnhost_phase_seconds_count{phase=\"handler\"}"),
+        "{metrics}"
+    );
+    assert!(
+        has("fnhost_invocations_total{function=\"other\""),
+        "{metrics}"
+    );
+}

@@ -466,3 +466,27 @@ fn code_must_be_an_existing_directory() {
         absolute.canonicalize().expect("canonical")
     );
 }
+
+#[test]
+fn detailed_metrics_is_off_unless_asked_for() {
+    let dir = base();
+    let text = format!(
+        "{FUNCTION}detailed_metrics = true\n\
+         [[functions]]\nname = \"g\"\nruntime = \"python3\"\ncode = \"fn\"\nhandler = \"m.h\"\n"
+    );
+    let config = parse(&text, dir.path()).expect("valid config");
+    assert!(config.function("f").expect("f").detailed_metrics);
+    assert!(!config.function("g").expect("g").detailed_metrics);
+    let all = parse(
+        &format!("[defaults]\ndetailed_metrics = true\n{FUNCTION}"),
+        dir.path(),
+    )
+    .expect("valid config");
+    assert!(all.function("f").expect("f").detailed_metrics);
+    assert_invalid(
+        &format!("{FUNCTION}detailed_metrics = \"yes\"\n"),
+        6,
+        "functions[0].detailed_metrics",
+        "",
+    );
+}

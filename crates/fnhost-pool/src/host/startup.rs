@@ -400,7 +400,7 @@ impl Host {
             max_response: self.server.max_response_bytes,
             userns: self.userns(&spec.name)?,
             snapshots: self.snapshots.clone(),
-            labels: self.labels,
+            labels: self.labels.for_function(spec.detailed_metrics),
         };
         let pool = FunctionPool::new(spec.clone(), zspec, zygote_limits, shared);
         tokio::spawn(pool.clone().maintain());

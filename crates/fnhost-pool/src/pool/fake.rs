@@ -397,6 +397,7 @@ pub fn spec(name: &str, pool: PoolSettings) -> FunctionSpec {
         pool,
         network: NetworkMode::default(),
         env: Default::default(),
+        detailed_metrics: false,
     }
 }
 

@@ -128,6 +128,27 @@ fn summed_exposition_does_not_grow_with_functions() {
 }
 
 #[test]
+fn a_detailed_function_keeps_its_labels_on_a_summed_host() {
+    assert_eq!(Labels::Summed.for_function(true), Labels::PerFunction);
+    assert_eq!(Labels::Summed.for_function(false), Labels::Summed);
+    assert_eq!(Labels::PerFunction.for_function(false), Labels::PerFunction);
+    let text = render(|| {
+        let watched = PoolMetrics::new("watched", Labels::Summed.for_function(true));
+        let other = PoolMetrics::new("other", Labels::Summed.for_function(false));
+        watched.cold_starts.increment(1);
+        other.cold_starts.increment(2);
+        (watched, other)
+    });
+    let cold = lines_of(&text, "fnhost_cold_starts_total");
+    assert!(
+        cold.contains(&"fnhost_cold_starts_total{function=\"watched\"} 1"),
+        "{text}"
+    );
+    assert!(cold.contains(&"fnhost_cold_starts_total 2"), "{text}");
+    assert!(!text.contains("function=\"other\""), "{text}");
+}
+
+#[test]
 fn labels_follow_the_function_count() {
     assert_eq!(Labels::for_host(100, 100), Labels::PerFunction);
     assert_eq!(Labels::for_host(101, 100), Labels::Summed);
