@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use fnhost_sandbox::sys::fd as sys;
 
@@ -89,7 +89,11 @@ struct Filled {
 pub struct SharedBase {
     path: PathBuf,
     file: File,
-    filled: Mutex<Option<Filled>>,
+    /// Set once, by the first snapshot shared; read without a lock (a
+    /// wake-up checks it while other zygotes of the group hibernate).
+    filled: OnceLock<Filled>,
+    /// Held while the base is being filled, so that one snapshot fills it.
+    filling: Mutex<()>,
 }
 
 /// What sharing one snapshot with its base found.
@@ -121,7 +125,8 @@ impl SharedBase {
         Ok(SharedBase {
             path,
             file,
-            filled: Mutex::new(None),
+            filled: OnceLock::new(),
+            filling: Mutex::new(()),
         })
     }
 
@@ -144,15 +149,23 @@ impl SharedBase {
     /// most [`MAX_SHARED_RUNS`]). Afterwards only the snapshot's own pages
     /// are in its page cache (see [`Snapshot::keep_own`]). Blocking.
     pub fn share(&self, snapshot: &mut Snapshot) -> io::Result<Sharing> {
-        let mut filled = self.filled.lock().unwrap_or_else(|e| e.into_inner());
         let mut filled_base = false;
-        if filled.is_none() {
-            *filled = Some(self.fill(snapshot)?);
-            filled_base = true;
-        }
-        let base = filled.as_ref().expect("filled above");
+        let base = match self.filled.get() {
+            Some(base) => base,
+            None => {
+                let _one = self.filling.lock().unwrap_or_else(|e| e.into_inner());
+                match self.filled.get() {
+                    Some(base) => base,
+                    None => {
+                        let base = self.fill(snapshot)?;
+                        filled_base = true;
+                        self.filled.get_or_init(|| base)
+                    }
+                }
+            }
+        };
+        // The base never changes once filled: compared without a lock.
         let runs = identical_runs(snapshot, &self.file, &base.extents)?;
-        drop(filled);
         let shared_bytes = runs.iter().map(|r| r.len).sum();
         snapshot.keep_own(&runs);
         Ok(Sharing {
@@ -192,8 +205,7 @@ impl SharedBase {
     /// was filled with (a truncated file would raise `SIGBUS` in the zygote
     /// at first touch).
     pub fn check_intact(&self) -> io::Result<()> {
-        let filled = self.filled.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(filled) = filled.as_ref() else {
+        let Some(filled) = self.filled.get() else {
             return Err(io::Error::other(format!(
                 "shared snapshot base {} was never filled",
                 self.path.display()
@@ -222,8 +234,7 @@ impl SharedBase {
     /// Bytes of the base's data in the page cache now (`cachestat`); 0
     /// when the kernel cannot say.
     pub fn cached_bytes(&self) -> u64 {
-        let filled = self.filled.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(filled) = filled.as_ref() else {
+        let Some(filled) = self.filled.get() else {
             return 0;
         };
         let len = filled.file_bytes.saturating_sub(GROWTH_TAIL);

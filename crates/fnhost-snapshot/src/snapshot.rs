@@ -105,6 +105,23 @@ impl Snapshot {
     /// the file's page cache (charged to the zygote) and, with `cache`, read
     /// the data back in (charged to the daemon; see the module docs).
     pub fn seal(&mut self, regions: Vec<Region>, cache: bool) -> Result<SealStats, RestoreError> {
+        self.seal_with(regions, cache, true)
+    }
+
+    /// [`Snapshot::seal`] without the read-back, for a snapshot about to be
+    /// shared with a base: its page cache (the zygote's writes) stays for
+    /// the comparison, which then drops it ([`SharedBase::share`](crate::SharedBase::share)).
+    /// If sharing fails, call [`Snapshot::drop_cache`].
+    pub fn seal_for_sharing(&mut self, regions: Vec<Region>) -> Result<SealStats, RestoreError> {
+        self.seal_with(regions, false, false)
+    }
+
+    fn seal_with(
+        &mut self,
+        regions: Vec<Region>,
+        cache: bool,
+        drop_cache: bool,
+    ) -> Result<SealStats, RestoreError> {
         let page = regions::page_size();
         let total =
             check_regions(&regions, page).map_err(|reason| RestoreError::InvalidRegions {
@@ -125,9 +142,8 @@ impl Snapshot {
         }
         let data = data_ranges(&self.file, file_bytes, page).map_err(seal_err("seek data"))?;
         let extents = extents(&regions, &data);
-        if let Err(e) = sys::fadvise_dontneed(self.file.as_fd()) {
-            let errno = e.raw_os_error().unwrap_or(0);
-            tracing::warn!(path = %self.path.display(), errno, "drop snapshot page cache");
+        if drop_cache {
+            self.drop_cache();
         }
         if cache {
             ReadBack {
@@ -220,6 +236,13 @@ impl Snapshot {
     /// served from it).
     pub(crate) fn keep_own(&mut self, runs: &[SharedRun]) {
         self.own = without_runs(&self.extents, runs);
+        self.drop_cache();
+    }
+
+    /// Drops the file's page cache (`POSIX_FADV_DONTNEED`): what the
+    /// zygote's writes charged to its cgroup. The daemon reads back what
+    /// the zygote will map (see the module docs).
+    pub fn drop_cache(&self) {
         if let Err(e) = sys::fadvise_dontneed(self.file.as_fd()) {
             let errno = e.raw_os_error().unwrap_or(0);
             tracing::warn!(path = %self.path.display(), errno, "drop snapshot page cache");

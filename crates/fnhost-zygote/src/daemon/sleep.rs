@@ -344,12 +344,17 @@ impl ZygoteHandle {
         let sealed = tokio::task::spawn_blocking(move || {
             // The data is read back into the page cache below, once the
             // control lock is free: a wake-up meanwhile reads from disk.
-            let sealed = snapshot.seal(regions, false);
+            let sealed = match &base {
+                // Compared while the zygote's writes are still cached.
+                Some(_) => snapshot.seal_for_sharing(regions),
+                None => snapshot.seal(regions, false),
+            };
             let shared = match (&sealed, base) {
                 (Ok(_), Some(base)) => match base.share(&mut snapshot) {
                     Ok(sharing) => Some((base, sharing.runs)),
                     Err(e) => {
                         // The snapshot keeps every page: nothing shared.
+                        snapshot.drop_cache();
                         tracing::warn!(function = %function, zygote = id, error = %e, "cannot share snapshot pages; this zygote keeps its own");
                         None
                     }
