@@ -290,11 +290,14 @@ fn a_woken_zygote_is_intact_after_its_snapshot_page_cache_is_dropped() {
             st["snapshot_cached_bytes"].as_u64().unwrap_or(0)
                 >= st["snapshot_bytes"].as_u64().unwrap_or(u64::MAX)
         };
+        // One sequential read, but behind the host's own writeback: right
+        // after a workspace build it was still running after 10 s (CI run
+        // at 3d8b0e8, 99.9% read). The promise is that it completes.
         assert!(
-            eventually(Duration::from_secs(10), || cached_in_full(&status(
+            eventually(Duration::from_secs(60), || cached_in_full(&status(
                 &daemon, "snap"
             ))),
-            "snapshot not in the page cache: {}",
+            "cycle {cycle}: snapshot not in the page cache: {}",
             status(&daemon, "snap")
         );
         let asleep = status(&daemon, "snap");
