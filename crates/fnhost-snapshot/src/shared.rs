@@ -402,7 +402,8 @@ mod tests {
             "every page as the zygote saved it"
         );
         // Writes stay private: neither file changes.
-        // SAFETY: as above.
+        // SAFETY: `a` is the first page of the test's own mapping, mapped
+        // read-write (private) from the snapshot just above.
         unsafe { (a as *mut u8).write(42) };
         let mut first_byte = [0u8; 1];
         base.file

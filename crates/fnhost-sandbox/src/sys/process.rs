@@ -274,7 +274,8 @@ pub fn disable_aslr() -> io::Result<()> {
     if current < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: as above.
+    // SAFETY: personality only sets this process's execution-domain flags
+    // (the current ones, plus ADDR_NO_RANDOMIZE); no memory is involved.
     let rc = unsafe {
         libc::personality((current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong)
     };
