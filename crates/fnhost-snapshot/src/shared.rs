@@ -109,19 +109,7 @@ pub struct Sharing {
 impl SharedBase {
     /// Creates the (empty, `0600`) base file; the name must be new.
     pub fn create(path: PathBuf) -> io::Result<SharedBase> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!("create shared snapshot base {}: {err}", path.display()),
-                )
-            })?;
+        let file = snapshot::create_private(&path, "shared snapshot base")?;
         Ok(SharedBase {
             path,
             file,

@@ -68,19 +68,7 @@ impl Snapshot {
     /// Create the (empty, `0600`) file; its parent directory must exist and
     /// the name must be new.
     pub fn create(path: PathBuf) -> io::Result<Snapshot> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!("create snapshot {}: {err}", path.display()),
-                )
-            })?;
+        let file = create_private(&path, "snapshot")?;
         Ok(Snapshot {
             path,
             file,
@@ -291,6 +279,24 @@ impl Drop for Snapshot {
             }
         }
     }
+}
+
+/// Creates the new, empty file `path` (mode `0600`, close-on-exec), open
+/// for reading and writing; `what` names it in the error.
+pub(crate) fn create_private(path: &Path, what: &str) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("create {what} {}: {err}", path.display()),
+            )
+        })
 }
 
 /// Reading a sealed snapshot's data back into the page cache, charged to
