@@ -30,7 +30,6 @@ use std::sync::{Mutex, OnceLock};
 use fnhost_sandbox::sys::fd as sys;
 
 use crate::regions::{self, Region};
-use crate::remap::GROWTH_TAIL;
 use crate::snapshot::{self, Extent, Snapshot};
 
 /// Most runs one zygote maps from its base: each is one `mmap` at wake-up
@@ -218,16 +217,6 @@ impl SharedBase {
             .map(|r| r.len)
             .sum()
     }
-
-    /// Bytes of the base's data in the page cache now (`cachestat`); 0
-    /// when the kernel cannot say.
-    pub fn cached_bytes(&self) -> u64 {
-        let Some(filled) = self.filled.get() else {
-            return 0;
-        };
-        let len = filled.file_bytes.saturating_sub(GROWTH_TAIL);
-        sys::cached_pages(self.file.as_fd(), 0, len).map_or(0, |p| p * regions::page_size())
-    }
 }
 
 impl Drop for SharedBase {
@@ -285,20 +274,18 @@ fn identical_runs(
 /// Whether every run lies inside one of `regions` and is page aligned: a
 /// woken zygote checks the daemon's runs with it before mapping any.
 /// Allocates nothing.
-pub fn runs_within(runs: impl Iterator<Item = SharedRun>, regions: &[Region]) -> bool {
+pub fn runs_within(mut runs: impl Iterator<Item = SharedRun>, regions: &[Region]) -> bool {
     let page = regions::page_size();
-    let mut ok = true;
-    for run in runs {
+    runs.all(|run| {
         let aligned = run.addr % page == 0 && run.len % page == 0 && run.base_offset % page == 0;
-        let end = run.addr.checked_add(run.len);
-        let inside = end.is_some_and(|end| {
-            regions
-                .iter()
-                .any(|r| r.start <= run.addr && end <= r.end() && run.len > 0)
+        let inside = run.addr.checked_add(run.len).is_some_and(|end| {
+            run.len > 0
+                && regions
+                    .iter()
+                    .any(|r| r.start <= run.addr && end <= r.end())
         });
-        ok &= aligned && inside;
-    }
-    ok
+        aligned && inside
+    })
 }
 
 #[cfg(test)]
@@ -306,6 +293,7 @@ mod tests {
     use super::*;
 
     use crate::regions::RegionTable;
+    use crate::remap::GROWTH_TAIL;
     use crate::remap::{remap, remap_shared};
     use fnhost_sandbox::sys::bare;
     use std::os::fd::AsFd;

@@ -52,6 +52,20 @@ pub enum DaemonMessage {
 /// it into a stack buffer (its heap may be missing then).
 pub const WAKE_MESSAGE: &[u8] = br#"{"type":"wake"}"#;
 
+/// The wake-up of a zygote in a sharing group: [`WAKE_MESSAGE`], then each
+/// run to map from the group's base (`SharedRun::encode`, binary), which
+/// the zygote decodes on its stack. Built once, when the snapshot is
+/// sealed.
+pub fn wake_message(runs: &[fnhost_snapshot::SharedRun]) -> Vec<u8> {
+    let mut message =
+        Vec::with_capacity(WAKE_MESSAGE.len() + runs.len() * fnhost_snapshot::shared::RUN_BYTES);
+    message.extend_from_slice(WAKE_MESSAGE);
+    for run in runs {
+        message.extend_from_slice(&run.encode());
+    }
+    message
+}
+
 /// Zygote → daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]

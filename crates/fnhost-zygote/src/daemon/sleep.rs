@@ -132,13 +132,32 @@ pub(super) enum Sleep {
         server: tokio::task::JoinHandle<Result<OwnedFd, FaultError>>,
         stop: tokio::sync::oneshot::Sender<()>,
         prefetch: bool,
-        /// The sharing group's base and the runs of identical pages the
-        /// wake-up maps from it (see `fnhost_snapshot::shared`).
-        shared: Option<(Arc<SharedBase>, Vec<SharedRun>)>,
+        /// Pages it maps from its sharing group's base.
+        shared: Option<Box<SharedSleep>>,
     },
     /// The kernel was asked to reclaim its cgroup's memory; pages fault
     /// back in by themselves.
     Reclaimed,
+}
+
+/// A sleeping zygote's share of its group's base (see
+/// `fnhost_snapshot::shared`): the runs of identical pages its wake-up
+/// maps from it, and the wake-up message that carries them, built when the
+/// snapshot is sealed rather than on the request's path.
+pub(super) struct SharedSleep {
+    base: Arc<SharedBase>,
+    runs: Vec<SharedRun>,
+    wake_message: Vec<u8>,
+}
+
+impl SharedSleep {
+    fn new(base: Arc<SharedBase>, runs: Vec<SharedRun>) -> SharedSleep {
+        SharedSleep {
+            wake_message: crate::protocol::wake_message(&runs),
+            base,
+            runs,
+        }
+    }
 }
 
 /// Answers the page faults of a sleeping zygote from its snapshot until
@@ -351,7 +370,10 @@ impl ZygoteHandle {
             };
             let shared = match (&sealed, base) {
                 (Ok(_), Some(base)) => match base.share(&mut snapshot) {
-                    Ok(sharing) => Some((base, sharing.runs)),
+                    Ok(sharing) => Some((
+                        Box::new(SharedSleep::new(base, sharing.runs)),
+                        sharing.shared_bytes,
+                    )),
                     Err(e) => {
                         // The snapshot keeps every page: nothing shared.
                         snapshot.drop_cache();
@@ -378,9 +400,7 @@ impl ZygoteHandle {
         };
         self.snapshot_bytes
             .store(stats.data_bytes, Ordering::Relaxed);
-        let shared_bytes = shared
-            .as_ref()
-            .map_or(0, |(_, runs)| runs.iter().map(|r| r.len).sum());
+        let (shared, shared_bytes) = shared.map_or((None, 0), |(s, bytes)| (Some(s), bytes));
         self.snapshot_shared_bytes
             .store(shared_bytes, Ordering::Relaxed);
         if let Some(read_back) = snapshot.read_back() {
@@ -481,8 +501,8 @@ impl ZygoteHandle {
         if let Err(e) = snapshot.check_intact() {
             return Err(self.wake_failed(WakeError::Restore(e)));
         }
-        if let Some((base, _)) = &shared {
-            if let Err(e) = base.check_intact() {
+        if let Some(shared) = &shared {
+            if let Err(e) = shared.base.check_intact() {
                 return Err(self.wake_failed(WakeError::Base(e)));
             }
         }
@@ -496,18 +516,15 @@ impl ZygoteHandle {
         let prefetched = match (&shared, prefetch) {
             (_, false) => 0,
             (None, true) => snapshot.prefetch(),
-            (Some((base, runs)), true) => snapshot.prefetch() + base.prefetch(runs),
+            (Some(s), true) => snapshot.prefetch() + s.base.prefetch(&s.runs),
         };
         let read = read.elapsed();
         // The zygote maps the snapshot back and answers; until then the
         // fault server still answers any page it touches.
-        // The wake-up, then the shared runs, binary (the zygote reads them
-        // on its stack; see `forkserver`).
-        let mut wake = crate::protocol::WAKE_MESSAGE.to_vec();
-        for run in shared.iter().flat_map(|(_, runs)| runs) {
-            wake.extend_from_slice(&run.encode());
-        }
-        if let Err(e) = send_bytes(&channel.fd, &wake).await {
+        let wake = shared
+            .as_ref()
+            .map_or(crate::protocol::WAKE_MESSAGE, |s| &s.wake_message);
+        if let Err(e) = send_bytes(&channel.fd, wake).await {
             return Err(self.wake_failed(WakeError::Unreachable(e)));
         }
         let woken = tokio::time::timeout(HIBERNATION_TIMEOUT, recv_msg(&channel.fd)).await;
@@ -531,7 +548,7 @@ impl ZygoteHandle {
             Err(e) => return Err(self.wake_failed(WakeError::FaultServerDied(e))),
         }
         // Its next hibernation compares with the base it maps.
-        *self.mapped_base.lock().unwrap_or_else(|e| e.into_inner()) = shared.map(|(base, _)| base);
+        *self.mapped_base.lock().unwrap_or_else(|e| e.into_inner()) = shared.map(|s| s.base);
         // The zygote's mapping keeps the file's data; its name goes, off
         // the request's path.
         tokio::task::spawn_blocking(move || drop(snapshot));

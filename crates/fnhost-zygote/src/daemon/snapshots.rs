@@ -75,17 +75,6 @@ impl SnapshotStore {
         Ok(base)
     }
 
-    /// Bytes of the shared bases' data in the page cache now, summed (the
-    /// pages every sleeping zygote of a group maps from one copy).
-    pub fn shared_cached_bytes(&self) -> u64 {
-        let bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
-        bases
-            .values()
-            .filter_map(Weak::upgrade)
-            .map(|b| b.cached_bytes())
-            .sum()
-    }
-
     /// Where the snapshot of zygote `zygote` of `function` goes.
     pub fn path(&self, function: &str, zygote: u64) -> PathBuf {
         self.dir.join(format!("{function}.z{zygote}.snap"))
