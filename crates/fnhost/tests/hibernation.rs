@@ -209,6 +209,32 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
     );
 }
 
+/// Empties `path` (a snapshot or a shared base): what a disk error or an
+/// operator cleaning the state directory would leave.
+fn truncate(path: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(0))
+        .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
+}
+
+/// `name`, whose wake-up cannot succeed, answers its next request from a
+/// fresh zygote (a cold start, its state intact) and counts one failed
+/// wake-up.
+fn served_cold_after_a_failed_wake_up(daemon: &Daemon, name: &str, digest: &serde_json::Value) {
+    let r = invoke_intact(daemon, name);
+    assert_eq!(r.json()["digest"], *digest);
+    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
+    assert_eq!(
+        metric(
+            daemon,
+            &format!("fnhost_wakes_total{{function=\"{name}\",result=\"failed\"}}")
+        ),
+        1.0
+    );
+}
+
 #[test]
 fn a_failed_wake_up_replaces_the_zygote() {
     if !require_root("a_failed_wake_up_replaces_the_zygote") {
@@ -226,23 +252,10 @@ fn a_failed_wake_up_replaces_the_zygote() {
     // directory, a disk error): the handler cannot restore the zygote.
     let files = snapshot_files(&daemon);
     assert_eq!(files.len(), 1);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&files[0])
-        .and_then(|f| f.set_len(0))
-        .expect("truncate snapshot");
+    truncate(&files[0]);
 
     // The request is still served, by a fresh zygote; nothing hangs.
-    let r = invoke_intact(&daemon, "snap");
-    assert_eq!(r.json()["digest"], digest);
-    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
-    assert_eq!(
-        metric(
-            &daemon,
-            "fnhost_wakes_total{function=\"snap\",result=\"failed\"}"
-        ),
-        1.0
-    );
+    served_cold_after_a_failed_wake_up(&daemon, "snap", &digest);
     assert!(
         daemon.stderr().contains("wake-up failed"),
         "{}",
@@ -687,22 +700,9 @@ fn a_damaged_shared_base_turns_the_wake_up_into_a_cold_start() {
         .into_iter()
         .find(|f| f.extension().is_some_and(|e| e == "base"))
         .expect("a shared base");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&base)
-        .and_then(|f| f.set_len(0))
-        .expect("truncate the base");
+    truncate(&base);
 
-    let r = invoke_intact(&daemon, "copy");
-    assert_eq!(r.json()["digest"], digest);
-    assert_eq!(r.header("x-fnhost-start"), Some("cold-start"));
-    assert_eq!(
-        metric(
-            &daemon,
-            "fnhost_wakes_total{function=\"copy\",result=\"failed\"}"
-        ),
-        1.0
-    );
+    served_cold_after_a_failed_wake_up(&daemon, "copy", &digest);
     assert!(
         daemon.stderr().contains("shared snapshot base"),
         "{}",
