@@ -169,17 +169,9 @@ impl SharedBase {
         let sealed = snapshot
             .sealed()
             .ok_or_else(|| io::Error::other("the snapshot is not sealed"))?;
-        let source = snapshot.file_ref();
-        let mut buf = vec![0u8; 1 << 20];
-        for e in snapshot.extents() {
-            let mut at = e.offset;
-            while at < e.offset + e.len {
-                let want = (e.offset + e.len - at).min(buf.len() as u64) as usize;
-                source.read_exact_at(&mut buf[..want], at)?;
-                self.file.write_all_at(&buf[..want], at)?;
-                at += want as u64;
-            }
-        }
+        snapshot::each_chunk(snapshot.file_ref(), snapshot.extents(), |data, at| {
+            self.file.write_all_at(data, at)
+        })?;
         self.file.set_len(sealed.file_bytes)?;
         self.file.sync_data()?;
         Ok(Filled {

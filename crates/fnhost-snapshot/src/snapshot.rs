@@ -321,6 +321,16 @@ impl ReadBack {
 /// Reads every extent once (into a reused buffer), so the page cache holds
 /// the data, charged to the caller's cgroup.
 fn read_extents(file: &File, extents: &[Extent]) -> io::Result<()> {
+    each_chunk(file, extents, |_, _| Ok(()))
+}
+
+/// Reads every extent of `file` in chunks of up to 1 MiB (one reused
+/// buffer) and hands each to `chunk` with its file offset.
+pub(crate) fn each_chunk(
+    file: &File,
+    extents: &[Extent],
+    mut chunk: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
     for e in extents {
@@ -328,6 +338,7 @@ fn read_extents(file: &File, extents: &[Extent]) -> io::Result<()> {
         while at < e.offset + e.len {
             let want = (e.offset + e.len - at).min(buf.len() as u64) as usize;
             file.read_exact_at(&mut buf[..want], at)?;
+            chunk(&buf[..want], at)?;
             at += want as u64;
         }
     }
