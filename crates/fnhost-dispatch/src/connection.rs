@@ -128,8 +128,17 @@ pub async fn serve<H, F>(
             if let Err(e) = conn.await {
                 if e.is_timeout() {
                     header_timeouts.increment(1);
+                    // Logged: a client that sees its connection closed
+                    // without an answer can be matched to this line.
+                    tracing::info!(
+                        listener = limits.listener,
+                        header_timeout_ms = limits.header_timeout.as_millis() as u64,
+                        "closed a connection whose request head did not arrive in time \
+                         (server.header_timeout_ms)"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-                tracing::debug!(error = %e, "connection ended with an error");
             }
             open.decrement(1.0);
             drop(slot);

@@ -127,13 +127,27 @@ impl Daemon {
         self.inner.log_text()
     }
 
+    /// Invokes `function`; a transport failure (no answer at all) panics
+    /// with the tail of the daemon's log, which says why.
     pub fn invoke(&self, function: &str, body: &str) -> Response {
-        http(
+        let path = format!("/v1/functions/{function}/invoke");
+        fnhost_testkit::http::request(
             self.addr,
             "POST",
-            &format!("/v1/functions/{function}/invoke"),
+            &path,
             body.as_bytes(),
+            None,
+            fnhost_testkit::http::DEFAULT_TIMEOUT,
         )
+        .unwrap_or_else(|e| {
+            let log = self.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "POST {path}: {e:#}\n--- the daemon's log, last lines ---\n{}",
+                tail.join("\n")
+            )
+        })
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.
