@@ -15,4 +15,4 @@ mod write;
 pub use error::LayerError;
 pub use host::{Bind, HostLayer};
 pub use image::{Image, ImageConfig, ImageError, ImageFormat, ImageRef, ImportLimits};
-pub use store::{Layer, LayerFile, LayerStore};
+pub use store::{ImportBatch, Layer, LayerFile, LayerStore};

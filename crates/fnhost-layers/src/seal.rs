@@ -16,6 +16,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::write::Durability;
+
 /// Path of the seal of the layer directory `layer`.
 pub(crate) fn path_of(layer: &Path) -> PathBuf {
     let mut name = layer.file_name().unwrap_or_default().to_os_string();
@@ -57,15 +59,20 @@ fn describe(layer: &Path) -> io::Result<String> {
     Ok(text)
 }
 
-/// Writes the seal of the freshly committed layer `layer` (durably: a seal
-/// that is there describes a layer that is there).
-pub(crate) fn write(layer: &Path) -> io::Result<()> {
+/// Writes the seal of the freshly committed layer `layer`. With
+/// `Durability::EachFile` it is on disk before it is renamed into place;
+/// deferred, a crash can leave a seal that is empty or missing, which only
+/// makes the next start build the layer again (a seal is written after the
+/// layer's contents were synced, so it never vouches for unsynced data).
+pub(crate) fn write(layer: &Path, durability: Durability) -> io::Result<()> {
     let text = describe(layer)?;
     let seal = path_of(layer);
     let tmp = seal.with_extension("seal.tmp");
     let mut file = fs::File::create(&tmp)?;
     file.write_all(text.as_bytes())?;
-    file.sync_all()?;
+    if durability == Durability::EachFile {
+        file.sync_all()?;
+    }
     fs::rename(&tmp, &seal)
 }
 
@@ -122,7 +129,7 @@ mod tests {
     fn a_sealed_layer_verifies_until_anything_in_it_changes() {
         let (_dir, layer) = layer();
         assert_eq!(verify(&layer), Err(Untrusted::Unsealed));
-        write(&layer).unwrap();
+        write(&layer, Durability::EachFile).unwrap();
         assert!(path_of(&layer).ends_with("abc.seal"));
         assert_eq!(verify(&layer), Ok(()));
 
@@ -145,7 +152,7 @@ mod tests {
     #[test]
     fn an_added_file_is_found() {
         let (_dir, layer) = layer();
-        write(&layer).unwrap();
+        write(&layer, Durability::EachFile).unwrap();
         fs::write(layer.join("etc/ld.so.preload"), "/tmp/evil.so\n").unwrap();
         assert!(matches!(verify(&layer), Err(Untrusted::Changed(_))));
     }

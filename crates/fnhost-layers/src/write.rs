@@ -15,8 +15,24 @@ use crate::error::LayerError;
 use crate::plan::{FileData, Node, Plan};
 use crate::source::SourceDir;
 
+/// When what a build wrote reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Every file and directory is synced as it is finished: one layer
+    /// built on its own.
+    EachFile,
+    /// Nothing is synced here: the caller syncs the whole filesystem once
+    /// for many builds (see `ImportBatch`), instead of several `fsync`s,
+    /// each a journal commit, per layer.
+    Deferred,
+}
+
 /// Writes every entry of `plan` below `dest`, an empty directory we created.
-pub(crate) fn write_plan(plan: &Plan<'_>, dest: &Path) -> Result<(), LayerError> {
+pub(crate) fn write_plan(
+    plan: &Plan<'_>,
+    dest: &Path,
+    durability: Durability,
+) -> Result<(), LayerError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| LayerError::Write { path, source }
@@ -75,7 +91,9 @@ pub(crate) fn write_plan(plan: &Plan<'_>, dest: &Path) -> Result<(), LayerError>
                 }
                 out.set_permissions(Permissions::from_mode(*mode))
                     .map_err(write_err(&path))?;
-                out.sync_all().map_err(write_err(&path))?;
+                if durability == Durability::EachFile {
+                    out.sync_all().map_err(write_err(&path))?;
+                }
             }
             Node::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &path).map_err(write_err(&path))?;
@@ -88,12 +106,17 @@ pub(crate) fn write_plan(plan: &Plan<'_>, dest: &Path) -> Result<(), LayerError>
     // Deepest first, so a read-only directory is finished only after
     // everything inside it is written.
     for (path, mode) in dirs.iter().rev() {
-        finish_dir(path, *mode, as_root)?;
+        finish_dir(path, *mode, as_root, durability)?;
     }
-    finish_dir(dest, plan.root_mode, as_root)
+    finish_dir(dest, plan.root_mode, as_root, durability)
 }
 
-fn finish_dir(path: &Path, mode: u32, as_root: bool) -> Result<(), LayerError> {
+fn finish_dir(
+    path: &Path,
+    mode: u32,
+    as_root: bool,
+    durability: Durability,
+) -> Result<(), LayerError> {
     let write_err = |source| LayerError::Write {
         path: path.to_owned(),
         source,
@@ -104,7 +127,21 @@ fn finish_dir(path: &Path, mode: u32, as_root: bool) -> Result<(), LayerError> {
     }
     dir.set_permissions(Permissions::from_mode(mode))
         .map_err(write_err)?;
-    dir.sync_all().map_err(write_err)
+    if durability == Durability::EachFile {
+        dir.sync_all().map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// Syncs the whole filesystem holding `path` (`syncfs(2)`): the one
+/// barrier of a deferred batch.
+pub(crate) fn sync_filesystem(path: &Path) -> Result<(), LayerError> {
+    let write_err = |source| LayerError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = File::open(path).map_err(write_err)?;
+    rustix::fs::syncfs(&dir).map_err(|e| write_err(e.into()))
 }
 
 /// Copies `src` into `out`, returning the length and SHA-256 of what was

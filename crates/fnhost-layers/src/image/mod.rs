@@ -364,7 +364,13 @@ impl LayerStore {
             tracing::debug!(digest = %layer.digest, blob = %what, "layer already present");
             return Ok(layer);
         }
-        self.commit(build, layer, entries, &held)
+        self.commit(
+            build,
+            layer,
+            entries,
+            &held,
+            crate::write::Durability::EachFile,
+        )
     }
 }
 

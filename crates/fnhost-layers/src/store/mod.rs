@@ -3,6 +3,7 @@
 //! into place in one step once complete; `<root>/locks/` serializes
 //! builders of the same digest (see [`digest_lock`]).
 
+mod batch;
 mod digest_lock;
 
 use std::borrow::Cow;
@@ -17,7 +18,8 @@ use crate::error::LayerError;
 use crate::plan::{normalize_relative, FileData, Node, Plan, DIR_MODE_MASK, FILE_MODE_MASK};
 use crate::seal;
 use crate::source::{scan_children, ScanOptions, SourceDir};
-use crate::write::{remove_tree, write_plan};
+use crate::write::{remove_tree, write_plan, Durability};
+pub use batch::ImportBatch;
 pub(crate) use digest_lock::DigestLock;
 
 /// Numbers the builds of this process, so concurrent builds never share a
@@ -90,28 +92,7 @@ impl LayerStore {
     /// Parent directories of `prefix` get mode 0755, `prefix` itself the
     /// mode of `src`. Reuses the existing layer if the digest is known.
     pub fn import_dir(&self, src: &Path, prefix: &Path) -> Result<Layer, LayerError> {
-        let prefix = normalize_relative(prefix).ok_or_else(|| LayerError::InvalidPrefix {
-            prefix: prefix.to_owned(),
-        })?;
-        let read_err = |source| LayerError::ReadSource {
-            path: src.to_owned(),
-            source,
-        };
-        let root = Arc::new(SourceDir::open(src).map_err(read_err)?);
-        let mode = root.metadata().map_err(read_err)?.permissions().mode() & DIR_MODE_MASK;
-        let mut plan = Plan::new();
-        if prefix.as_os_str().is_empty() {
-            plan.root_mode = mode;
-        } else {
-            plan.insert(prefix.clone(), Node::Dir { mode })?;
-        }
-        let opts = ScanOptions {
-            max_file_size: None,
-            skip_special: false,
-            exclude: &[],
-        };
-        scan_children(&root, &root, Path::new(""), &prefix, &mut plan, opts)?;
-        self.build(&plan)
+        self.build(&dir_plan(src, prefix)?)
     }
 
     /// Builds a layer holding exactly `files` (parent directories 0755).
@@ -187,8 +168,8 @@ impl LayerStore {
     ) -> Result<Layer, LayerError> {
         let hex = &layer.digest["sha256:".len()..];
         let tmp = self.new_build(hex)?;
-        write_plan(plan, &tmp.path)?;
-        self.commit(tmp, layer, plan.nodes.len(), held)
+        write_plan(plan, &tmp.path, Durability::EachFile)?;
+        self.commit(tmp, layer, plan.nodes.len(), held, Durability::EachFile)
     }
 
     /// Whether `layer` is present and may be used: its directory matches the
@@ -249,28 +230,33 @@ impl LayerStore {
 
     /// Renames finished build `tmp` to `layer.path`; if another builder of
     /// the same digest got there first (or the layer already existed),
-    /// keeps that one and drops ours.
+    /// keeps that one and drops ours. The build's contents must already be
+    /// on disk; `durability` says whether the rename and the seal are
+    /// synced here or by the caller.
     pub(crate) fn commit(
         &self,
         tmp: TmpBuild,
         layer: Layer,
         entries: usize,
         _held: &DigestLock,
+        durability: Durability,
     ) -> Result<Layer, LayerError> {
         match fs::rename(&tmp.path, &layer.path) {
             Ok(()) => {
                 tmp.keep();
-                seal::write(&layer.path).map_err(|source| LayerError::Write {
+                seal::write(&layer.path, durability).map_err(|source| LayerError::Write {
                     path: seal::path_of(&layer.path),
                     source,
                 })?;
-                let sha_dir = self.root.join("sha256");
-                File::open(&sha_dir)
-                    .and_then(|dir| dir.sync_all())
-                    .map_err(|source| LayerError::Write {
-                        path: sha_dir,
-                        source,
-                    })?;
+                if durability == Durability::EachFile {
+                    let sha_dir = self.root.join("sha256");
+                    File::open(&sha_dir)
+                        .and_then(|dir| dir.sync_all())
+                        .map_err(|source| LayerError::Write {
+                            path: sha_dir,
+                            source,
+                        })?;
+                }
                 tracing::info!(digest = %layer.digest, path = %layer.path.display(), entries, "layer built");
                 Ok(layer)
             }
@@ -314,6 +300,33 @@ impl LayerStore {
         }
         Ok(())
     }
+}
+
+/// The plan of a layer holding the tree at `src` below `prefix` (see
+/// [`LayerStore::import_dir`]).
+fn dir_plan(src: &Path, prefix: &Path) -> Result<Plan<'static>, LayerError> {
+    let prefix = normalize_relative(prefix).ok_or_else(|| LayerError::InvalidPrefix {
+        prefix: prefix.to_owned(),
+    })?;
+    let read_err = |source| LayerError::ReadSource {
+        path: src.to_owned(),
+        source,
+    };
+    let root = Arc::new(SourceDir::open(src).map_err(read_err)?);
+    let mode = root.metadata().map_err(read_err)?.permissions().mode() & DIR_MODE_MASK;
+    let mut plan = Plan::new();
+    if prefix.as_os_str().is_empty() {
+        plan.root_mode = mode;
+    } else {
+        plan.insert(prefix.clone(), Node::Dir { mode })?;
+    }
+    let opts = ScanOptions {
+        max_file_size: None,
+        skip_special: false,
+        exclude: &[],
+    };
+    scan_children(&root, &root, Path::new(""), &prefix, &mut plan, opts)?;
+    Ok(plan)
 }
 
 fn is_sha256_hex(name: &str) -> bool {

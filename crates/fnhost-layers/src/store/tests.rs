@@ -503,7 +503,8 @@ fn a_builder_waits_for_a_commit_in_progress_instead_of_undoing_it() {
         // Without the lock the second builder would already have moved the
         // unsealed layer aside by now.
         std::thread::sleep(std::time::Duration::from_millis(200));
-        seal::write(&layer.path).expect("seal: the layer is still in place");
+        seal::write(&layer.path, crate::write::Durability::EachFile)
+            .expect("seal: the layer is still in place");
         drop(held);
         second.join().expect("second builder")
     });
