@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs fnhost on this host: the binary and its zygote shim library, a
+# Installs fnhost on this host: the binary, its zygote shim library and reaper, a
 # `fnhost` symlink on PATH, the systemd unit, an example config and function
 # (never overwriting existing ones) and the state directory. Idempotent: run
 # it again to upgrade the binaries in place (then `systemctl restart fnhost`).
@@ -27,9 +27,9 @@ usage() {
   cat <<USAGE
 usage: deploy/install.sh [options]
   --prefix DIR         install root for programs (default /usr/local):
-                       DIR/lib/fnhost/{fnhost,libfnhost_shim.so}, DIR/bin/fnhost -> ../lib/fnhost/fnhost,
+                       DIR/lib/fnhost/{fnhost,libfnhost_shim.so,fnhost-reaper}, DIR/bin/fnhost -> ../lib/fnhost/fnhost,
                        DIR/share/doc/fnhost/
-  --from DIR           take fnhost and libfnhost_shim.so from DIR (default: \$FNHOST_BIN_DIR,
+  --from DIR           take fnhost, libfnhost_shim.so and fnhost-reaper from DIR (default: \$FNHOST_BIN_DIR,
                        else \$CARGO_TARGET_DIR/release, else <repo>/target/release)
   --config-dir DIR     config directory (default /etc/fnhost); fnhost.toml is installed
                        only if absent
@@ -110,7 +110,7 @@ put_text() {
   say "installed $dst"
 }
 
-for f in fnhost libfnhost_shim.so; do
+for f in fnhost libfnhost_shim.so fnhost-reaper; do
   if [ ! -f "$from/$f" ]; then
     echo "install.sh: $from/$f not found; build first (cargo build --release --workspace) or pass --from DIR" >&2
     exit 1
@@ -119,11 +119,12 @@ done
 systemd_running=0
 [ -d /run/systemd/system ] && systemd_running=1
 
-# 1. Programs: the shim must sit next to the binary (fnhost looks for it
-#    beside /proc/self/exe, which resolves the symlink on PATH).
+# 1. Programs: the shim and the reaper must sit next to the binary (fnhost
+#    looks for them beside /proc/self/exe, which resolves the symlink on PATH).
 run install -d -m 0755 "$libdir" "$bindir" "$docdir"
 put "$from/fnhost" "$libdir/fnhost" 0755
 put "$from/libfnhost_shim.so" "$libdir/libfnhost_shim.so" 0644
+put "$from/fnhost-reaper" "$libdir/fnhost-reaper" 0755
 if [ "$(readlink "$bindir/fnhost" 2>/dev/null || true)" != "$libdir/fnhost" ]; then
   run ln -sfn "$libdir/fnhost" "$bindir/fnhost"
   say "linked $bindir/fnhost -> $libdir/fnhost"

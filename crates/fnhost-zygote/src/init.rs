@@ -4,8 +4,10 @@
 //! It assembles the read-only root from shared layers, brings loopback up,
 //! starts the language runtime (which becomes the fork server; for the exec
 //! runtime, a forked child of init becomes it, see [`crate::exec`]) and then only
-//! reaps: when the runtime exits, init exits, and the kernel kills every
-//! process left in the namespace — every clone of this zygote included.
+//! reaps, as `fnhost-reaper` when the runtime layer holds it (see
+//! [`crate::reap`]): when the runtime exits, PID 1 exits, and the kernel
+//! kills every process left in the namespace — every clone of this zygote
+//! included.
 //!
 //! Init is the only privileged process of a zygote, and it never runs
 //! function code.
@@ -28,11 +30,11 @@ use std::os::fd::BorrowedFd;
 use fnhost_sandbox::caps;
 use fnhost_sandbox::mount::{enter_zygote_root, LinuxSyscall, ZygoteRoot};
 use fnhost_sandbox::{net, sys};
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::control;
 use crate::protocol::{InitFailure, ZygoteMessage, CONTROL_FD, SPEC_ENV};
+use crate::reap::{self, REAPER_PATH};
 use crate::spec::{RuntimeEntry, ZygoteSpec};
 
 fn fail(stage: &str, error_type: &str, message: String) -> ! {
@@ -84,7 +86,25 @@ pub fn run() -> ! {
         );
     }
     let runtime = start_runtime(&spec);
-    reap_until_exit(runtime)
+    if spec.reaper {
+        exec_reaper(runtime);
+    }
+    sys::exit_immediately(reap::reap_until_exit_of(runtime.as_raw()))
+}
+
+/// Replaces init with `fnhost-reaper` (same pid, same job: see
+/// [`crate::reap`]), which keeps a fraction of init's private memory
+/// resident for the zygote's life. Returns only if that fails; init then
+/// reaps itself.
+fn exec_reaper(runtime: Pid) {
+    let argv = [REAPER_PATH.to_string(), runtime.as_raw().to_string()];
+    let argv = match cstrings(argv) {
+        Ok(argv) => argv,
+        Err(_) => return,
+    };
+    let env: [CString; 0] = [];
+    let err = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
+    eprintln!("fnhost-init: cannot execute {REAPER_PATH} ({err}); init reaps instead");
 }
 
 fn cstrings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, String> {
@@ -171,19 +191,6 @@ fn become_unprivileged(spec: &ZygoteSpec) {
     if let Some(filter) = filter {
         if let Err(e) = filter.install_in_zygote() {
             fail("sandbox", "SeccompProfileInvalid", e.to_string());
-        }
-    }
-}
-
-fn reap_until_exit(runtime: Pid) -> ! {
-    loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == runtime => sys::exit_immediately(code),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == runtime => {
-                sys::exit_immediately(128 + sig as i32)
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => sys::exit_immediately(1),
         }
     }
 }

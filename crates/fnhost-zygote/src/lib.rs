@@ -15,6 +15,7 @@ pub mod forkserver;
 pub mod init;
 pub mod invocation;
 pub mod protocol;
+pub mod reap;
 #[cfg(feature = "daemon")]
 pub mod runtime;
 pub mod settings;

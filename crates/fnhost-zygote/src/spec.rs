@@ -55,6 +55,11 @@ pub struct ZygoteSpec {
     /// fnhost's settings (seccomp, response limit): typed, never in `env`.
     #[serde(default)]
     pub settings: ZygoteSettings,
+    /// The runtime layer holds `fnhost-reaper` at
+    /// [`crate::reap::REAPER_PATH`]: init executes it once the runtime
+    /// runs, instead of staying resident as the whole fnhost binary.
+    #[serde(default)]
+    pub reaper: bool,
 }
 
 impl ZygoteSpec {
@@ -93,6 +98,7 @@ mod tests {
             cwd: "/".into(),
             runtime_ids: (1000, 1000),
             share_group: None,
+            reaper: false,
             settings: ZygoteSettings::default(),
         };
         assert_eq!(

@@ -540,11 +540,13 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
         .parent()
         .expect("target dir")
         .to_path_buf();
-    assert!(
-        built.join("libfnhost_shim.so").is_file(),
-        "{} has no libfnhost_shim.so: build the workspace first (cargo build --workspace)",
-        built.display()
-    );
+    for artifact in ["libfnhost_shim.so", "fnhost-reaper"] {
+        assert!(
+            built.join(artifact).is_file(),
+            "{} has no {artifact}: build the workspace first (cargo build --workspace)",
+            built.display()
+        );
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
     // Sandboxes run as unprivileged ids (user namespace): every directory
@@ -590,6 +592,7 @@ fn install_script_installs_a_host_that_serves_and_stops_clean() {
         lib.join("fnhost")
     );
     assert!(lib.join("libfnhost_shim.so").is_file(), "{first}");
+    assert!(lib.join("fnhost-reaper").is_file(), "{first}");
     let config = root.join("etc/fnhost/fnhost.toml");
     let state = root.join("var/lib/fnhost");
     assert_eq!(

@@ -226,3 +226,91 @@ fn thousand_invocations_leave_nothing_behind() {
         "cgroup directories grew from {cgroups_before} to {cgroups_after} over 1000 invocations"
     );
 }
+
+/// The name (`comm`) of process `pid`.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The children of `parent`, from their `/proc/<pid>/stat`.
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = &s[s.rfind(')')? + 2..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Once the runtime runs, PID 1 of a zygote is `fnhost-reaper` (a small
+/// program, not the whole fnhost binary, stays resident per zygote), and
+/// it still ends the zygote when the runtime dies.
+#[test]
+fn a_zygote_init_becomes_the_reaper_and_ends_with_its_runtime() {
+    if !require_root("a_zygote_init_becomes_the_reaper_and_ends_with_its_runtime") {
+        return;
+    }
+    let daemon = Daemon::start(&hello_functions(0));
+    assert_eq!(daemon.invoke("hello", "{}").status, 200);
+    let inits = zygote_inits(&daemon);
+    assert_eq!(inits.len(), 1, "one zygote: {inits:?}");
+    let init = inits[0];
+    assert_eq!(comm(init), "fnhost-reaper", "{}", daemon.stderr());
+    let runtime: Vec<u32> = children(init)
+        .into_iter()
+        .filter(|pid| comm(*pid).starts_with("python"))
+        .collect();
+    assert_eq!(runtime.len(), 1, "the runtime under PID 1: {runtime:?}");
+    // SAFETY: kill(2) of a process of this test's daemon's zygote.
+    unsafe { libc::kill(runtime[0] as i32, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(15), || !zygote_inits(&daemon)
+            .contains(&init)),
+        "PID 1 outlived its runtime:\n{}",
+        daemon.stderr()
+    );
+    let ok = eventually(Duration::from_secs(15), || {
+        daemon.invoke("hello", "{}").status == 200
+    });
+    assert!(ok, "no zygote after the runtime died:\n{}", daemon.stderr());
+}
+
+/// Without the reaper binary (not installed), init reaps itself: the
+/// daemon says so once and everything works as before.
+#[test]
+fn without_the_reaper_binary_init_reaps_and_the_daemon_says_so() {
+    if !require_root("without_the_reaper_binary_init_reaps_and_the_daemon_says_so") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup_root = unique_cgroup_root();
+    let config = write_config(dir.path(), &cgroup_root, "", &hello_functions(0));
+    let missing = dir.path().join("no-fnhost-reaper");
+    let daemon = Daemon::start_config_env(
+        dir,
+        config,
+        cgroup_root,
+        &[("FNHOST_REAPER", missing.to_str().expect("utf-8 path"))],
+    );
+    assert_eq!(daemon.invoke("hello", "{}").status, 200);
+    assert!(
+        daemon.stderr().contains("fnhost-reaper not found"),
+        "{}",
+        daemon.stderr()
+    );
+    let inits = zygote_inits(&daemon);
+    assert_eq!(inits.len(), 1, "one zygote: {inits:?}");
+    assert_ne!(comm(inits[0]), "fnhost-reaper");
+    assert!(!comm(inits[0]).is_empty(), "PID 1 is running");
+}

@@ -34,6 +34,8 @@ pub struct Host {
     store: LayerStore,
     host_layer: HostLayer,
     runtime: Layer,
+    /// The runtime layer holds `fnhost-reaper`.
+    reaper: bool,
     staging: PathBuf,
     snapshots: Arc<SnapshotStore>,
     ids: Arc<Ids>,

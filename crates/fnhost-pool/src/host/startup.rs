@@ -12,6 +12,7 @@ use fnhost_layers::{HostLayer, ImportBatch, Layer, LayerFile, LayerStore};
 use fnhost_sandbox::cgroup::{CgroupLayout, CgroupLimits, CgroupTree};
 use fnhost_sandbox::mount::Bind;
 use fnhost_zygote::daemon::SnapshotStore;
+use fnhost_zygote::reap::{REAPER_NAME, REAPER_PATH};
 use fnhost_zygote::runtime::{self, FileContents, RootParts};
 use fnhost_zygote::spec::ZygoteSpec;
 use fnhost_zygote::SHIM_LIB_NAME;
@@ -109,26 +110,35 @@ pub enum HostError {
 pub struct HostOptions {
     /// Path of `libfnhost_shim.so`.
     pub shim_lib: PathBuf,
+    /// Path of the `fnhost-reaper` binary (optional: without it, each
+    /// zygote's init stays resident as the whole fnhost binary).
+    pub reaper: PathBuf,
 }
 
 impl HostOptions {
-    /// `FNHOST_SHIM_LIB`, else the shim next to the running executable (or
-    /// one directory up, for test binaries in `target/*/deps`).
+    /// `FNHOST_SHIM_LIB` and `FNHOST_REAPER`, else the files next to the
+    /// running executable (or one directory up, for test binaries in
+    /// `target/*/deps`).
     pub fn locate() -> HostOptions {
-        if let Some(path) = std::env::var_os("FNHOST_SHIM_LIB") {
-            return HostOptions {
-                shim_lib: PathBuf::from(path),
-            };
+        HostOptions {
+            shim_lib: beside_executable("FNHOST_SHIM_LIB", SHIM_LIB_NAME),
+            reaper: beside_executable("FNHOST_REAPER", REAPER_NAME),
         }
-        let exe = std::env::current_exe().unwrap_or_default();
-        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        let beside = dir.join(SHIM_LIB_NAME);
-        let up = dir.parent().map(|d| d.join(SHIM_LIB_NAME));
-        let shim_lib = match up {
-            Some(up) if !beside.exists() && up.exists() => up,
-            _ => beside,
-        };
-        HostOptions { shim_lib }
+    }
+}
+
+/// `$env` if set, else `name` next to the running executable, else one
+/// directory up if it is there.
+fn beside_executable(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = dir.join(name);
+    match dir.parent().map(|d| d.join(name)) {
+        Some(up) if !beside.exists() && up.exists() => up,
+        _ => beside,
     }
 }
 
@@ -173,7 +183,8 @@ fn root_layers(
 }
 
 /// The runtime layer: every runtime's files (see `fnhost_zygote::runtime`).
-fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, HostError> {
+/// The runtime layer, and whether it holds `fnhost-reaper`.
+fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<(Layer, bool), HostError> {
     let files = runtime::layer_files();
     let shim = if files.iter().any(|f| f.contents == FileContents::ShimLib) {
         std::fs::read(&options.shim_lib).map_err(|source| HostError::ShimLib {
@@ -183,7 +194,7 @@ fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, Hos
     } else {
         Vec::new()
     };
-    let files: Vec<LayerFile> = files
+    let mut files: Vec<LayerFile> = files
         .into_iter()
         .map(|file| LayerFile {
             path: file.path.trim_start_matches('/').into(),
@@ -194,7 +205,27 @@ fn runtime_layer(store: &LayerStore, options: &HostOptions) -> Result<Layer, Hos
             mode: file.mode,
         })
         .collect();
-    store.import_files(&files).map_err(HostError::RuntimeLayer)
+    let reaper = match std::fs::read(&options.reaper) {
+        Ok(contents) => {
+            files.push(LayerFile {
+                path: REAPER_PATH.trim_start_matches('/').into(),
+                contents,
+                mode: 0o755,
+            });
+            true
+        }
+        Err(e) => {
+            tracing::warn!(path = %options.reaper.display(), error = %e,
+                "fnhost-reaper not found: every zygote's init stays resident as the whole fnhost \
+                 binary (about 0.5 MiB more per zygote); install it next to fnhost (cargo build \
+                 --workspace builds it) or set FNHOST_REAPER");
+            false
+        }
+    };
+    let layer = store
+        .import_files(&files)
+        .map_err(HostError::RuntimeLayer)?;
+    Ok((layer, reaper))
 }
 
 /// Applies `server.cgroup_favordynmods` (see
@@ -288,7 +319,7 @@ impl Host {
         let host_layer = store
             .host_layer(Path::new("/"))
             .map_err(HostError::HostLayer)?;
-        let runtime = runtime_layer(&store, options)?;
+        let (runtime, reaper) = runtime_layer(&store, options)?;
         let snapshots = SnapshotStore::open(state).map_err(|source| HostError::SnapshotDir {
             path: state.clone(),
             source,
@@ -301,6 +332,7 @@ impl Host {
             store,
             host_layer,
             runtime,
+            reaper,
             staging,
             snapshots: Arc::new(snapshots),
             ids: Arc::new(Ids::default()),
@@ -362,6 +394,7 @@ impl Host {
                 .collect(),
             binds: root.binds,
             image_env: root.env,
+            reaper: self.reaper,
         };
         Ok(runtime::zygote_spec(
             spec,

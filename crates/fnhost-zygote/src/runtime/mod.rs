@@ -98,6 +98,8 @@ pub struct RootParts {
     pub binds: Vec<Bind>,
     /// The image config's `Env`, applied under the function's own `env`.
     pub image_env: Vec<(String, String)>,
+    /// The runtime layer holds `fnhost-reaper` (see [`crate::reap`]).
+    pub reaper: bool,
 }
 
 /// The spec of `spec`'s zygotes on `root`. `max_response_bytes` is the
@@ -157,6 +159,7 @@ pub fn zygote_spec(
         cwd: PathBuf::from(TASK_ROOT),
         runtime_ids,
         share_group,
+        reaper: root.reaper,
         settings: ZygoteSettings {
             seccomp: SeccompChoice::from_config(&spec.seccomp),
             max_response_bytes,
@@ -211,6 +214,7 @@ mod tests {
             layers: vec!["/code".into(), "/runtime".into()],
             binds: Vec::new(),
             image_env: vec![("A".into(), "image".into()), ("B".into(), "image".into())],
+            reaper: true,
         }
     }
 
@@ -255,6 +259,8 @@ mod tests {
             spec.argv,
             ["/usr/bin/python3", "-s", "-B", PYTHON_SHIM_PATH]
         );
+        // The runtime layer of `root()` holds the reaper: init will use it.
+        assert!(spec.reaper);
         let env = env_of(&spec);
         assert_eq!(env["FNHOST_HANDLER"], "h.handler");
         assert_eq!(env["FNHOST_SHIM_LIB"], crate::SHIM_LIB_PATH);

@@ -84,7 +84,21 @@ impl Daemon {
 
     /// Starts a daemon on an existing config file inside `dir`.
     pub fn start_config(dir: tempfile::TempDir, config: PathBuf, cgroup_root: String) -> Daemon {
-        let inner = Launch::new(Path::new(env!("CARGO_BIN_EXE_fnhost")), &config)
+        Self::start_config_env(dir, config, cgroup_root, &[])
+    }
+
+    /// [`Daemon::start_config`] with extra environment variables.
+    pub fn start_config_env(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        cgroup_root: String,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut launch = Launch::new(Path::new(env!("CARGO_BIN_EXE_fnhost")), &config);
+        for (key, value) in env {
+            launch = launch.env(key, value);
+        }
+        let inner = launch
             .name("fnhost-test")
             .env("FNHOST_LOG", "info")
             .log(LogTo::File(dir.path().join("stderr.log")))
