@@ -10,6 +10,8 @@ use hdrhistogram::Histogram;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StartKind {
     ReadyClone,
+    /// Waited for a clone the refill was making.
+    RefillClone,
     OnDemandClone,
     ColdStart,
     /// Header missing or unknown (not fnhost, or a newer fnhost).
@@ -17,8 +19,9 @@ pub enum StartKind {
 }
 
 impl StartKind {
-    pub const ALL: [StartKind; 4] = [
+    pub const ALL: [StartKind; 5] = [
         StartKind::ReadyClone,
+        StartKind::RefillClone,
         StartKind::OnDemandClone,
         StartKind::ColdStart,
         StartKind::Unknown,
@@ -27,6 +30,7 @@ impl StartKind {
     pub fn from_header(value: Option<&str>) -> StartKind {
         match value {
             Some("ready-clone") => StartKind::ReadyClone,
+            Some("refill-clone") => StartKind::RefillClone,
             Some("on-demand-clone") => StartKind::OnDemandClone,
             Some("cold-start") => StartKind::ColdStart,
             _ => StartKind::Unknown,
@@ -36,6 +40,7 @@ impl StartKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StartKind::ReadyClone => "ready-clone",
+            StartKind::RefillClone => "refill-clone",
             StartKind::OnDemandClone => "on-demand-clone",
             StartKind::ColdStart => "cold-start",
             StartKind::Unknown => "unknown",

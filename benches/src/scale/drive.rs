@@ -22,7 +22,8 @@ const KEPT_ERRORS: usize = 10;
 /// Outcomes of a batch of requests.
 #[derive(Debug, Default)]
 pub struct Tally {
-    /// By `x-fnhost-start`: ready-clone, on-demand-clone, cold-start, wake.
+    /// By `x-fnhost-start`: ready-clone, refill-clone, on-demand-clone,
+    /// cold-start, wake.
     pub by_start: BTreeMap<String, LatencyHistogram>,
     pub ok: u64,
     pub errors: u64,

@@ -8,7 +8,7 @@
 //! sandbox and tears it down, and the counts and the permit come back when
 //! it ends. Every count is held by a guard, restored however a future ends.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,24 +17,8 @@ use fnhost_config::PoolSettings;
 use tokio::time::Instant;
 
 use super::backend::Backend;
-use super::{now_ms, FunctionPool, Invocation};
+use super::{now_ms, Counted, FunctionPool, Invocation};
 use crate::error::InvokeError;
-
-/// One unit of a gauge-like count, given back on drop.
-struct Counted<'a>(&'a AtomicU64);
-
-impl<'a> Counted<'a> {
-    fn enter(count: &'a AtomicU64) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Counted(count)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 impl<B: Backend> FunctionPool<B> {
     /// Runs one invocation. Dropping the returned future before it ends

@@ -33,6 +33,9 @@ impl<B: Backend> FunctionPool<B> {
         if self.settings().ready_clones > 0 {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(sandbox) = self.take_refill_clone(deadline).await {
+            return Ok((sandbox, StartKind::RefillClone, 0));
+        }
         for attempt in 0..2 {
             let zygote = self
                 .live_zygotes()
@@ -81,6 +84,53 @@ impl<B: Backend> FunctionPool<B> {
             function: self.name.to_string(),
             detail: "no live zygote".into(),
         })
+    }
+
+    /// When the refill is making clones that no other request is waiting
+    /// for, waits for one of them (until `deadline`) and takes it. A zygote
+    /// forks one clone at a time, so a clone made for this request would
+    /// start only after those anyway. `None`: nothing to wait for, or the
+    /// clone it waited for failed or went to another request; the caller
+    /// then clones on demand.
+    async fn take_refill_clone(&self, deadline: Instant) -> Option<B::Clone> {
+        // One waiter per clone being made, at most.
+        let waiting = loop {
+            let waiters = self.refill_waiters.load(Ordering::SeqCst);
+            if waiters >= self.refill_cloning.load(Ordering::SeqCst) {
+                return None;
+            }
+            if self
+                .refill_waiters
+                .compare_exchange(waiters, waiters + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break Decrement(&self.refill_waiters);
+            }
+        };
+        let taken = loop {
+            // Registered before looking, so a clone finished in between
+            // still wakes this waiter.
+            let refilled = self.refilled.notified();
+            tokio::pin!(refilled);
+            refilled.as_mut().enable();
+            let ready = self.ready.lock().expect("ready lock").pop_front();
+            match ready {
+                Some(sandbox) if sandbox.is_alive() => break Some(sandbox),
+                Some(dead) => {
+                    self.spawn_teardown(dead);
+                    continue;
+                }
+                None => {}
+            }
+            if self.refill_cloning.load(Ordering::SeqCst) == 0 {
+                break None;
+            }
+            if tokio::time::timeout_at(deadline, refilled).await.is_err() {
+                break None;
+            }
+        };
+        drop(waiting);
+        taken
     }
 
     fn over_budget(&self, e: OverBudget) -> InvokeError {
@@ -181,6 +231,15 @@ impl<B: Backend> FunctionPool<B> {
     }
 }
 
+/// Gives back one unit of a count taken with a compare-and-swap.
+struct Decrement<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -212,6 +271,39 @@ mod tests {
         assert_eq!(done.start, StartKind::ReadyClone);
         assert_eq!(fake.clones(), 1, "no clone made for the request");
         assert_eq!(pool.status().ready_clones, 0);
+    }
+
+    /// A request that finds the ready clone taken while the refill is
+    /// making the next one waits for that one instead of cloning its own;
+    /// a second request finds nobody's clone to wait for and clones.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_during_a_refill_takes_the_clone_being_made() {
+        let (pool, fake) = fake::pool(warm(1, 1));
+        pool.refill_once().await.expect("refill");
+        let first = pool
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("invoke");
+        assert_eq!(first.start, StartKind::ReadyClone);
+        fake.set_clone_delay(Duration::from_millis(50));
+        fake.set_handler_delay(Duration::from_millis(10));
+        let refill = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.refill_once().await })
+        };
+        // Let the refill start its clone.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let waiting = spawn_invoke(&pool);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let second = spawn_invoke(&pool);
+        let waiting = waiting.await.expect("task").expect("invoke");
+        let second = second.await.expect("task").expect("invoke");
+        refill.await.expect("task").expect("refill");
+        assert_eq!(waiting.start, StartKind::RefillClone);
+        assert_eq!(second.start, StartKind::OnDemandClone);
+        // Its wait is queue time: most of the refill clone's 50 ms.
+        assert!(waiting.timings.queue_us >= 40_000, "{:?}", waiting.timings);
+        assert_eq!(fake.clones(), 3, "ready, refill, one on demand");
     }
 
     #[tokio::test(start_paused = true)]

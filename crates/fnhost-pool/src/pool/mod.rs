@@ -36,6 +36,10 @@ pub use real::{PoolShared, RealBackend};
 pub enum StartKind {
     /// A pre-forked clone was waiting.
     ReadyClone,
+    /// No ready clone was waiting, but the background refill was making
+    /// one: the request waited for it (that wait is its queue time) rather
+    /// than queue a fork of its own behind the refill's at the zygote.
+    RefillClone,
     /// A warm zygote cloned a sandbox for this request.
     OnDemandClone,
     /// No zygote was running: one was started for this request.
@@ -48,10 +52,27 @@ impl StartKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ReadyClone => "ready-clone",
+            Self::RefillClone => "refill-clone",
             Self::OnDemandClone => "on-demand-clone",
             Self::ColdStart => "cold-start",
             Self::Wake => "wake",
         }
+    }
+}
+
+/// One unit of a gauge-like count, given back on drop.
+pub(super) struct Counted<'a>(&'a AtomicU64);
+
+impl<'a> Counted<'a> {
+    pub(super) fn enter(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -119,6 +140,12 @@ pub struct FunctionPool<B: Backend = RealBackend> {
     in_flight: AtomicU64,
     /// Requests since the last refill pass that found no ready clone.
     misses: AtomicU64,
+    /// Clones the refill is making now, and requests waiting to take one
+    /// of them (never more than the clones: see `checkout`).
+    refill_cloning: AtomicU64,
+    refill_waiters: AtomicU64,
+    /// Notified each time a refill clone is finished (or failed).
+    refilled: Notify,
     wake: Arc<Notify>,
     cold_start: tokio::sync::Mutex<()>,
     /// One refill pass at a time (the refill loop and prewarm both run them).
@@ -180,6 +207,9 @@ impl<B: Backend> FunctionPool<B> {
             queued: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            refill_cloning: AtomicU64::new(0),
+            refill_waiters: AtomicU64::new(0),
+            refilled: Notify::new(),
             wake: Arc::new(Notify::new()),
             cold_start: tokio::sync::Mutex::new(()),
             refilling: tokio::sync::Mutex::new(()),

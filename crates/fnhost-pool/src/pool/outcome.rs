@@ -76,10 +76,11 @@ impl<B: Backend> FunctionPool<B> {
         let waited_us = (checkout_started.elapsed().as_micros() as u64)
             .saturating_sub(zygote_us + times.create_us);
         let queue_us = (checkout_started - started).as_micros() as u64
-            + if kind == StartKind::ReadyClone {
-                0
-            } else {
-                waited_us
+            + match kind {
+                StartKind::ReadyClone => 0,
+                // All of its checkout was waiting for the refill's clone.
+                StartKind::RefillClone => checkout_started.elapsed().as_micros() as u64,
+                _ => waited_us,
             };
         self.wake.notify_one();
         let timeout_ms = self.spec.limits.timeout_ms;
@@ -108,7 +109,7 @@ impl<B: Backend> FunctionPool<B> {
         let exchange_total = sent.elapsed().as_micros() as u64;
         let wake_us = sandbox.wake().map_or(0, |w| w.wake_us);
         let (clone_us, setup_us) = match kind {
-            StartKind::ReadyClone => (0, 0),
+            StartKind::ReadyClone | StartKind::RefillClone => (0, 0),
             _ => (
                 times.fork_us,
                 times
@@ -141,7 +142,11 @@ impl<B: Backend> FunctionPool<B> {
         phase.exchange.record(secs(timings.exchange_us));
         phase.invoke_total.record(secs(timings.total_us));
         let start = match kind {
-            StartKind::ReadyClone | StartKind::OnDemandClone if woke_pool => StartKind::Wake,
+            StartKind::ReadyClone | StartKind::RefillClone | StartKind::OnDemandClone
+                if woke_pool =>
+            {
+                StartKind::Wake
+            }
             kind => kind,
         };
         Ok(Invocation {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::{Backend, CloneHandle, ZygoteHandle};
-use super::FunctionPool;
+use super::{Counted, FunctionPool};
 use crate::error::InvokeError;
 
 /// Longest pause between refill attempts after failures.
@@ -181,14 +181,28 @@ impl<B: Backend> FunctionPool<B> {
             if zygotes.is_empty() {
                 return Ok(());
             }
-            let creations =
-                (0..missing).map(|i| self.create_sandbox(zygotes[i % zygotes.len()].clone()));
-            let mut first_error = None;
-            for result in join_all(creations).await {
-                match result {
-                    Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
-                    Err(e) => first_error = first_error.or(Some(e)),
+            // Each clone is ready as soon as it is made: a request waiting
+            // for one (see `checkout`) takes the first that is.
+            let creations = (0..missing).map(|i| {
+                let zygote = zygotes[i % zygotes.len()].clone();
+                async move {
+                    let cloning = Counted::enter(&self.refill_cloning);
+                    let result = self.create_sandbox(zygote).await;
+                    let error = match result {
+                        Ok(sandbox) => {
+                            self.ready.lock().expect("ready lock").push_back(sandbox);
+                            None
+                        }
+                        Err(e) => Some(e),
+                    };
+                    drop(cloning);
+                    self.refilled.notify_waiters();
+                    error
                 }
+            });
+            let mut first_error = None;
+            for error in join_all(creations).await.into_iter().flatten() {
+                first_error = first_error.or(Some(error));
             }
             if let Some(e) = first_error {
                 return Err(e);
