@@ -29,15 +29,16 @@ pub fn reap_until_exit_of(runtime: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fnhost_sandbox::sys::exit_immediately;
     use nix::unistd::{fork, ForkResult};
 
     /// Forks a child that exits with `code` (only `_exit` runs in it, so
     /// forking from the multi-threaded test process is sound).
     fn child_exiting(code: i32) -> Pid {
         // SAFETY: the child calls only the async-signal-safe `_exit`.
-        match unsafe { fork() }.expect("fork") {
-            // SAFETY: ends the child at once, running nothing else.
-            ForkResult::Child => unsafe { libc::_exit(code) },
+        let forked = unsafe { fork() }.expect("fork");
+        match forked {
+            ForkResult::Child => exit_immediately(code),
             ForkResult::Parent { child } => child,
         }
     }
@@ -49,13 +50,12 @@ mod tests {
     fn exits_with_the_runtime_status_after_reaping_the_others() {
         // SAFETY: the child forks and waits only (async-signal-safe calls,
         // no allocation), then `_exit`s.
-        let reaper = match unsafe { fork() }.expect("fork") {
+        let forked = unsafe { fork() }.expect("fork");
+        let reaper = match forked {
             ForkResult::Child => {
                 let _other = child_exiting(3);
                 let runtime = child_exiting(7);
-                let code = reap_until_exit_of(runtime.as_raw());
-                // SAFETY: ends the child with the reaper's result.
-                unsafe { libc::_exit(code) }
+                exit_immediately(reap_until_exit_of(runtime.as_raw()))
             }
             ForkResult::Parent { child } => child,
         };

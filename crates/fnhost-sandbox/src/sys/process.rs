@@ -268,8 +268,8 @@ pub fn undo_dontfork() -> io::Result<usize> {
 /// out at fixed addresses (no ASLR), so that zygotes started alike from
 /// identical code have byte-identical memory where their contents agree.
 pub fn disable_aslr() -> io::Result<()> {
-    // SAFETY: personality only sets flags of this process; the query value
-    // is not used.
+    // SAFETY: personality(0xffffffff) only reads this process's
+    // execution-domain flags; it changes nothing and touches no memory.
     let current = unsafe { libc::personality(0xffff_ffff) };
     if current < 0 {
         return Err(io::Error::last_os_error());
