@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::backend::{Backend, CloneHandle, SlotHandle, ZygoteHandle};
-use super::{secs, FunctionPool, StartKind};
+use super::{secs, Counted, FunctionPool, StartKind};
 use crate::budget::{Need, OverBudget};
 use crate::error::InvokeError;
 
@@ -94,19 +94,7 @@ impl<B: Backend> FunctionPool<B> {
     /// then clones on demand.
     async fn take_refill_clone(&self, deadline: Instant) -> Option<B::Clone> {
         // One waiter per clone being made, at most.
-        let waiting = loop {
-            let waiters = self.refill_waiters.load(Ordering::SeqCst);
-            if waiters >= self.refill_cloning.load(Ordering::SeqCst) {
-                return None;
-            }
-            if self
-                .refill_waiters
-                .compare_exchange(waiters, waiters + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                break Decrement(&self.refill_waiters);
-            }
-        };
+        let waiting = Counted::enter_below(&self.refill_waiters, &self.refill_cloning)?;
         let taken = loop {
             // Registered before looking, so a clone finished in between
             // still wakes this waiter.
@@ -228,15 +216,6 @@ impl<B: Backend> FunctionPool<B> {
                 Err(unavailable(error.to_string()))
             }
         }
-    }
-}
-
-/// Gives back one unit of a count taken with a compare-and-swap.
-struct Decrement<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

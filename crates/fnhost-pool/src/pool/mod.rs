@@ -68,6 +68,16 @@ impl<'a> Counted<'a> {
         count.fetch_add(1, Ordering::SeqCst);
         Counted(count)
     }
+
+    /// Enters only while `count` stays below `bound`'s current value.
+    pub(super) fn enter_below(count: &'a AtomicU64, bound: &AtomicU64) -> Option<Self> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < bound.load(Ordering::SeqCst)).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Counted(count))
+    }
 }
 
 impl Drop for Counted<'_> {
