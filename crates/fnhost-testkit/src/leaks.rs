@@ -92,8 +92,8 @@ pub fn alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
 }
 
-/// Descendant processes of `pid` (by walking /proc ppid links), sorted.
-pub fn descendants(pid: u32) -> Vec<u32> {
+/// Every process and its parent, from /proc.
+fn parent_links() -> Vec<(u32, u32)> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -106,6 +106,30 @@ pub fn descendants(pid: u32) -> Vec<u32> {
             parents.push((p, ppid));
         }
     }
+    parents
+}
+
+/// Direct children of `pid`, sorted.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = parent_links()
+        .into_iter()
+        .filter(|(_, parent)| *parent == pid)
+        .map(|(child, _)| child)
+        .collect();
+    out.sort();
+    out
+}
+
+/// The name (`comm`) of process `pid`; empty once it is gone.
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Descendant processes of `pid` (by walking /proc ppid links), sorted.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents = parent_links();
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(parent) = frontier.pop() {

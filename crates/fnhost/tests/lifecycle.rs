@@ -109,22 +109,7 @@ fn hello_functions(ready: u32) -> String {
 }
 
 fn zygote_inits(daemon: &Daemon) -> Vec<u32> {
-    let daemon_pid = daemon.pid();
-    descendants(daemon_pid)
-        .into_iter()
-        .filter(|p| {
-            let ppid_is_daemon = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rfind(')')
-                        .map(|i| s[i + 2..].split_whitespace().nth(1).map(str::to_string))
-                })
-                .flatten()
-                .and_then(|v| v.parse::<u32>().ok())
-                == Some(daemon_pid);
-            ppid_is_daemon
-        })
-        .collect()
+    children(daemon.pid())
 }
 
 #[test]
@@ -225,32 +210,6 @@ fn thousand_invocations_leave_nothing_behind() {
         cgroups_after <= cgroups_before + 4 * 3,
         "cgroup directories grew from {cgroups_before} to {cgroups_after} over 1000 invocations"
     );
-}
-
-/// The name (`comm`) of process `pid`.
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// The children of `parent`, from their `/proc/<pid>/stat`.
-fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = &s[s.rfind(')')? + 2..];
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
 }
 
 /// Once the runtime runs, PID 1 of a zygote is `fnhost-reaper` (a small

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{eventually, python_function, require_root, Daemon};
+use common::{comm, eventually, python_function, require_root, Daemon};
 
 fn code() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/untrusted")
@@ -37,9 +37,10 @@ fn pool_status(daemon: &Daemon, function: &str) -> serde_json::Value {
 
 /// The runtime process (not init) of `function`'s zygote.
 fn zygote_runtime_pid(daemon: &Daemon, function: &str) -> Option<i32> {
-    daemon.zygote_pids(function).into_iter().find(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("python"))
-    })
+    daemon
+        .zygote_pids(function)
+        .into_iter()
+        .find(|pid| comm(*pid as u32).starts_with("python"))
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use fnhost_testkit::{
-    cgroup_dirs, descendants, eventually, fd_count, http, http_with, mount_count, require_root,
-    Response,
+    cgroup_dirs, children, comm, descendants, eventually, fd_count, http, http_with, mount_count,
+    require_root, Response,
 };
 use fnhost_testkit::{AdminLine, Launch, LogTo, ServerSection};
 
