@@ -4,7 +4,9 @@
 
 use std::os::raw::c_long;
 
-use crate::outcome::{allowed, denied, open_only, path_absent_or_unusable, verdict, Outcome};
+use crate::outcome::{
+    allowed, denied, in_child, open_only, path_absent_or_unusable, verdict, Outcome,
+};
 
 pub(crate) fn mounts() -> Vec<(&'static str, Outcome)> {
     // Any success affects only this clone's own mount namespace.
@@ -70,7 +72,41 @@ pub(crate) fn mounts() -> Vec<(&'static str, Outcome)> {
             // SAFETY: NUL-terminated string literals and null data.
             verdict(unsafe { libc::chroot(c"/tmp".as_ptr()) } as c_long),
         ),
+        ("chroot_escape", in_child(climb_out_of_root)),
     ]
+}
+
+/// The classic chroot escape, with the capability a new user namespace
+/// would give: chroot into a subdirectory, climb `..` past it, chroot
+/// there. Succeeds (0) only if that lands beside the clone's own root:
+/// in its zygote's root, where the clone's writable layer is mounted at
+/// /.fnhost/rw (in the clone's own root that directory is empty). Runs in
+/// a throw-away child.
+fn climb_out_of_root() -> c_long {
+    const DIR: &std::ffi::CStr = c"/tmp/.fnhost-probe-chroot";
+    const ZYGOTE_ONLY: &std::ffi::CStr = c"/.fnhost/rw/root";
+    // SAFETY: NUL-terminated string literals; every call's failure is
+    // checked or harmless, and the child exits right after.
+    unsafe {
+        if libc::access(ZYGOTE_ONLY.as_ptr(), libc::F_OK) == 0 {
+            return -1; // not a clone's root to begin with: nothing to learn
+        }
+        // Before the new namespace, whose ids map nothing.
+        libc::mkdir(DIR.as_ptr(), 0o755);
+        // Ignored if refused: chroot below then needs a capability the
+        // clone has dropped.
+        libc::unshare(libc::CLONE_NEWUSER);
+        if libc::chroot(DIR.as_ptr()) < 0 {
+            return -1;
+        }
+        for _ in 0..64 {
+            libc::chdir(c"..".as_ptr());
+        }
+        if libc::chroot(c".".as_ptr()) < 0 {
+            return -1;
+        }
+        libc::access(ZYGOTE_ONLY.as_ptr(), libc::F_OK) as c_long
+    }
 }
 
 pub(crate) fn filesystem() -> Vec<(&'static str, Outcome)> {

@@ -228,7 +228,7 @@ mod tests {
         for call in calls {
             let phase = match call.split(' ').next().unwrap_or("") {
                 "map_ids" => "userns",
-                "mount" | "mkdir" | "chown" | "pivot" | "touch" | "symlink" => "mounts",
+                "mount" | "mkdir" | "chown" | "move-root" | "touch" | "symlink" => "mounts",
                 "seccomp" => "seccomp",
                 "loopback" => "network",
                 _ => "privileges",
@@ -254,9 +254,12 @@ mod tests {
         assert_eq!(calls[0], "map_ids 1000:1000 -> 2000001000:2000001000");
         // The clone already has the function's ids: nothing switches them.
         assert!(!calls.iter().any(|c| c.starts_with("set_ids")), "{calls:?}");
-        // Mounts end with the pivot; loopback comes up while the clone
-        // still may; huge pages go off before any privilege is dropped.
-        let pivot = calls.iter().position(|c| c.starts_with("pivot")).unwrap();
+        // Mounts end with entering the root; loopback comes up while the
+        // clone still may; huge pages go off before any privilege is dropped.
+        let pivot = calls
+            .iter()
+            .position(|c| c.starts_with("move-root"))
+            .unwrap();
         assert_eq!(calls[pivot + 1], "loopback up", "{calls:?}");
         assert_eq!(calls[pivot + 2], "thp off", "{calls:?}");
         assert!(calls[pivot + 3].starts_with("capbset_drop"), "{calls:?}");

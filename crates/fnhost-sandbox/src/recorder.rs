@@ -78,6 +78,9 @@ impl Syscall for Recorder {
     fn pivot_root_to(&self, new_root: &Path) -> io::Result<()> {
         self.record(format!("pivot {}", new_root.display()))
     }
+    fn move_root_to(&self, new_root: &Path) -> io::Result<()> {
+        self.record(format!("move-root {}", new_root.display()))
+    }
     fn map_own_ids(&self, inside: (u32, u32), outside: (u32, u32)) -> io::Result<()> {
         self.record(format!(
             "map_ids {}:{} -> {}:{}",

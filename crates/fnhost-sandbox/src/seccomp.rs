@@ -10,7 +10,7 @@
 //! So the filter is split in two stages:
 //! - the **zygote stage** (installed once, by the fork server, before it
 //!   serves): the allow-list plus the `setup_only` syscalls a clone needs to
-//!   set itself up (clone3, mount, umount2, pivot_root). Clones inherit it
+//!   set itself up (clone3, mount, chroot). Clones inherit it
 //!   for free at fork.
 //! - the **clone stage** (installed by each clone after dropping its
 //!   privileges, before function code runs): a few tiny programs that
@@ -49,6 +49,10 @@ pub enum SeccompError {
     #[error("cannot install seccomp filter: {source}")]
     Install { source: seccompiler::Error },
 }
+
+/// What a clone calls to set itself up, after the zygote stage is installed
+/// and before its own stage: a profile must allow them there.
+const CLONE_SETUP_SYSCALLS: [&str; 2] = ["mount", "chroot"];
 
 /// A seccomp profile as written in JSON.
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +174,20 @@ impl Profile {
         }
         for entry in self.errno.iter().chain(&self.setup_only) {
             errno_value(&entry.errno)?;
+        }
+        // Without them every clone would fail its setup, far from here.
+        for needed in CLONE_SETUP_SYSCALLS {
+            let listed = self.setup_only.iter().any(|e| e.name == needed)
+                || self
+                    .allow
+                    .iter()
+                    .any(|e| e.name == needed && e.rules.is_none());
+            if !listed {
+                return Err(invalid(
+                    needed,
+                    "must be listed in setup_only (or allow): every clone mounts its writable root and enters it with mount and chroot while it sets itself up",
+                ));
+            }
         }
         for entry in &self.allow {
             if entry
@@ -369,7 +387,7 @@ mod tests {
         let setup: BTreeSet<&str> = profile.setup_only.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             setup,
-            BTreeSet::from(["clone3", "mount", "umount2", "pivot_root", "userfaultfd"])
+            BTreeSet::from(["clone3", "mount", "chroot", "userfaultfd"])
         );
         // Only the fork server hibernates; a clone is refused.
         let uffd = profile
@@ -420,13 +438,19 @@ mod tests {
             Profile::parse(errno),
             Err(SeccompError::UnknownErrno { .. })
         ));
-        let unknown =
-            r#"{"default_errno":"EPERM","allow":[{"name":"no_such_call","comment":"x"}]}"#;
+        let unknown = r#"{"default_errno":"EPERM","setup_only":[{"name":"mount","errno":"EPERM","comment":"x"},{"name":"chroot","errno":"EPERM","comment":"x"}],"allow":[{"name":"no_such_call","comment":"x"}]}"#;
         let err = Profile::parse(unknown)
             .unwrap()
             .compile(TargetArch::x86_64)
             .unwrap_err();
         assert!(err.to_string().contains("no_such_call"), "{err}");
+        // A profile written for clones that pivoted (before chroot).
+        let pivoting = r#"{"default_errno":"EPERM","setup_only":[{"name":"mount","errno":"EPERM","comment":"x"},{"name":"pivot_root","errno":"EPERM","comment":"x"}],"allow":[]}"#;
+        let err = Profile::parse(pivoting).unwrap_err().to_string();
+        assert!(
+            err.contains("chroot") && err.contains("setup_only"),
+            "{err}"
+        );
     }
 
     /// Installs both stages of the default filter in a forked child (no root

@@ -30,6 +30,9 @@ pub trait Syscall {
     /// Makes `new_root` the root of the mount namespace and detaches the old
     /// one (`pivot_root(".", ".")` from inside it, then lazy unmount).
     fn pivot_root_to(&self, new_root: &Path) -> io::Result<()>;
+    /// Moves the mount at `new_root` over `/` and makes it the calling
+    /// process's root (`chroot`); what was `/` stays mounted beneath it.
+    fn move_root_to(&self, new_root: &Path) -> io::Result<()>;
 
     /// In the calling process's fresh user namespace, maps `inside` ids to
     /// the `outside` ids it had before (the one map an unprivileged process
@@ -107,6 +110,14 @@ impl Syscall for LinuxSyscall {
         nix::unistd::chdir(new_root)?;
         nix::unistd::pivot_root(".", ".")?;
         nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        Ok(())
+    }
+
+    fn move_root_to(&self, new_root: &Path) -> io::Result<()> {
+        nix::unistd::chdir(new_root)?;
+        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+        nix::unistd::chroot(".")?;
         nix::unistd::chdir("/")?;
         Ok(())
     }

@@ -122,7 +122,7 @@ where
     // Returns only in a fresh clone: own namespaces, cgroup and writable
     // root, privileges dropped. The zygote stays inside, serving clones.
     let fd = forkserver::serve(CONTROL_FD, 0);
-    // The clone's pivot left it at "/"; the handler runs where main did.
+    // Entering its root left the clone at "/"; the handler runs where main did.
     if let Some(cwd) = cwd {
         let _ = std::env::set_current_dir(cwd);
     }

@@ -120,7 +120,7 @@ fn run_command(
         .as_millis();
     let mut child = Command::new(program)
         .args(&argv[1..])
-        // The clone's pivot left it at "/"; the command starts where the zygote did.
+        // Entering its root left the clone at "/"; the command starts where the zygote did.
         .current_dir(cwd)
         .env(REQUEST_ID_ENV, &invocation.meta.request_id)
         .env(REMAINING_MS_ENV, remaining_ms.to_string())

@@ -169,6 +169,7 @@ fn probe_every_attack_is_denied() {
         "setns",
         "pivot_root",
         "chroot",
+        "chroot_escape",
         "ptrace_attach_parent",
         "kill_host_processes",
         "ptrace_host_processes",
@@ -557,5 +558,21 @@ fn seccomp_is_a_per_function_setting() {
     assert_eq!(
         unconfined["keyctl_join_session_keyring"]["denied"], false,
         "{unconfined}"
+    );
+    // Unconfined, a clone may make a user namespace and chroot in it (a
+    // confined clone's filter refuses both), but climbing out of its root
+    // never reaches the zygote's root left beneath it: `..` onto it lands
+    // on the clone's root mounted over it. ENOENT means the climb itself
+    // worked and found nothing of the zygote's.
+    assert_eq!(unconfined["unshare_user"]["denied"], false, "{unconfined}");
+    assert_eq!(
+        unconfined["chroot_escape"],
+        serde_json::json!({"denied": true, "detail": "ENOENT"}),
+        "{unconfined}"
+    );
+    assert_eq!(
+        confined["chroot_escape"],
+        serde_json::json!({"denied": true, "detail": "EPERM"}),
+        "{confined}"
     );
 }
