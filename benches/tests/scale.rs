@@ -62,6 +62,13 @@ fn many_functions_answer_and_leave_nothing_behind() {
         "{stdout}"
     );
     assert!(r["hot_p50_ratio"].is_number(), "{stdout}");
+    // The slowest replay requests are broken down by the daemon's phases.
+    let tails = r["replay"]["tails"].as_object().expect("replay tails");
+    assert!(!tails.is_empty(), "{stdout}");
+    for (kind, tail) in tails {
+        assert!(tail["phase_mean_ms"]["total"].is_number(), "{kind}: {tail}");
+    }
+    assert!(stdout.contains("The slowest 1% of each kind"), "{stdout}");
     // Beyond server.function_metrics_max only fnhost_invocations_total is
     // per function: well under 2 KB a function.
     let metrics = r["metrics_bytes_at_end"].as_u64().expect("metrics size");

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 use super::functions::{self, PAYLOAD};
+use super::tail::{self, TailBreakdown};
 use super::trace::Arrival;
 use crate::http::{Connection, Endpoint};
 use crate::stats::{LatencyHistogram, Percentiles};
@@ -25,6 +26,8 @@ pub struct Tally {
     /// By `x-fnhost-start`: ready-clone, refill-clone, on-demand-clone,
     /// cold-start, wake.
     pub by_start: BTreeMap<String, LatencyHistogram>,
+    /// Every request's latency and phases, by start kind.
+    pub samples: BTreeMap<String, tail::Samples>,
     pub ok: u64,
     pub errors: u64,
     pub first_errors: Vec<String>,
@@ -36,6 +39,8 @@ pub struct Tally {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TallySummary {
     pub by_start: BTreeMap<String, Percentiles>,
+    /// The slowest 1% of each start kind, phase by phase.
+    pub tails: BTreeMap<String, TailBreakdown>,
     pub all: Option<Percentiles>,
     pub ok: u64,
     pub errors: u64,
@@ -61,6 +66,11 @@ impl Tally {
                 .by_start
                 .iter()
                 .map(|(k, h)| (k.clone(), h.summary()))
+                .collect(),
+            tails: self
+                .samples
+                .iter()
+                .filter_map(|(k, s)| Some((k.clone(), s.breakdown()?)))
                 .collect(),
             all: (self.ok > 0).then(|| all.summary()),
             ok: self.ok,
@@ -89,6 +99,10 @@ async fn invoke(endpoint: &Endpoint, index: usize, timeout: Duration, tally: &Re
                 .to_owned();
             let mut t = tally.borrow_mut();
             t.ok += 1;
+            t.samples
+                .entry(start.clone())
+                .or_default()
+                .record(reply.elapsed, reply.header("server-timing"));
             t.by_start.entry(start).or_default().record(reply.elapsed);
         }
         Ok(reply) => tally.borrow_mut().error(format!(

@@ -13,6 +13,7 @@ mod drive;
 mod functions;
 mod host;
 mod report;
+mod tail;
 mod trace;
 
 use std::cell::RefCell;

@@ -22,6 +22,38 @@ fn tally_rows(out: &mut String, label: &str, t: &TallySummary) {
     }
 }
 
+/// Phases in the order a request passes them; others follow by name.
+const PHASE_ORDER: [&str; 10] = [
+    "queue", "zygote", "wake", "clone", "setup", "handler", "exchange", "dispatch", "total",
+    "outside",
+];
+
+fn tail_rows(out: &mut String, label: &str, t: &TallySummary) {
+    for (start, b) in &t.tails {
+        let mut phases: Vec<(&str, f64)> = PHASE_ORDER
+            .iter()
+            .filter_map(|p| b.phase_mean_ms.get(*p).map(|v| (*p, *v)))
+            .collect();
+        phases.extend(
+            b.phase_mean_ms
+                .iter()
+                .filter(|(p, _)| !PHASE_ORDER.contains(&p.as_str()))
+                .map(|(p, v)| (p.as_str(), *v)),
+        );
+        let phases = phases
+            .iter()
+            .filter(|(_, v)| *v >= 0.05)
+            .map(|(p, v)| format!("{p} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            out,
+            "| {label} | {start} | {} of {} | {:.1} | {:.1} | {phases} |",
+            b.requests, b.of, b.from_ms, b.mean_ms
+        );
+    }
+}
+
 impl Scale {
     pub fn to_markdown(&self) -> String {
         let s = &self.settings;
@@ -116,6 +148,16 @@ impl Scale {
             &self.hot_one_function_host,
         );
         tally_rows(
+            &mut out,
+            "hot, N-function host",
+            &self.hot_many_function_host,
+        );
+        let _ = writeln!(
+            out,
+            "\nThe slowest 1% of each kind, mean ms per `Server-Timing` phase (`outside`: latency the daemon's `total` does not cover):\n\n| Phase | Served as | requests | from ms | mean ms | phases (mean ms) |\n|---|---|---|---|---|---|"
+        );
+        tail_rows(&mut out, "replay", &self.replay);
+        tail_rows(
             &mut out,
             "hot, N-function host",
             &self.hot_many_function_host,
