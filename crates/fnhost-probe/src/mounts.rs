@@ -85,8 +85,8 @@ pub(crate) fn mounts() -> Vec<(&'static str, Outcome)> {
 fn climb_out_of_root() -> c_long {
     const DIR: &std::ffi::CStr = c"/tmp/.fnhost-probe-chroot";
     const ZYGOTE_ONLY: &std::ffi::CStr = c"/.fnhost/rw/root";
-    // SAFETY: NUL-terminated string literals; every call's failure is
-    // checked or harmless, and the child exits right after.
+    // Every call's failure is checked or harmless; the child exits after.
+    // SAFETY: plain syscalls on NUL-terminated string literals.
     unsafe {
         if libc::access(ZYGOTE_ONLY.as_ptr(), libc::F_OK) == 0 {
             return -1; // not a clone's root to begin with: nothing to learn

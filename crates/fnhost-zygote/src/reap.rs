@@ -48,8 +48,8 @@ mod tests {
     /// then exits with the runtime's status.
     #[test]
     fn exits_with_the_runtime_status_after_reaping_the_others() {
-        // SAFETY: the child forks and waits only (async-signal-safe calls,
-        // no allocation), then `_exit`s.
+        // The child forks and waits only, then `_exit`s.
+        // SAFETY: those calls are async-signal-safe and allocate nothing.
         let forked = unsafe { fork() }.expect("fork");
         let reaper = match forked {
             ForkResult::Child => {
