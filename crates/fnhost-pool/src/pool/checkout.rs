@@ -21,14 +21,8 @@ impl<B: Backend> FunctionPool<B> {
         &self,
         deadline: Instant,
     ) -> Result<(B::Clone, StartKind, u64), InvokeError> {
-        loop {
-            let Some(sandbox) = self.ready.lock().expect("ready lock").pop_front() else {
-                break;
-            };
-            if sandbox.is_alive() {
-                return Ok((sandbox, StartKind::ReadyClone, 0));
-            }
-            self.spawn_teardown(sandbox);
+        if let Some(sandbox) = self.take_ready() {
+            return Ok((sandbox, StartKind::ReadyClone, 0));
         }
         if self.settings().ready_clones > 0 {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -86,6 +80,17 @@ impl<B: Backend> FunctionPool<B> {
         })
     }
 
+    /// The first live ready clone; dead ones met on the way are torn down.
+    fn take_ready(&self) -> Option<B::Clone> {
+        loop {
+            let sandbox = self.ready.lock().expect("ready lock").pop_front()?;
+            if sandbox.is_alive() {
+                return Some(sandbox);
+            }
+            self.spawn_teardown(sandbox);
+        }
+    }
+
     /// When the refill is making clones that no other request is waiting
     /// for, waits for one of them (until `deadline`) and takes it. A zygote
     /// forks one clone at a time, so a clone made for this request would
@@ -94,31 +99,23 @@ impl<B: Backend> FunctionPool<B> {
     /// then clones on demand.
     async fn take_refill_clone(&self, deadline: Instant) -> Option<B::Clone> {
         // One waiter per clone being made, at most.
-        let waiting = Counted::enter_below(&self.refill_waiters, &self.refill_cloning)?;
-        let taken = loop {
+        let _waiting = Counted::enter_below(&self.refill_waiters, &self.refill_cloning)?;
+        loop {
             // Registered before looking, so a clone finished in between
             // still wakes this waiter.
             let refilled = self.refilled.notified();
             tokio::pin!(refilled);
             refilled.as_mut().enable();
-            let ready = self.ready.lock().expect("ready lock").pop_front();
-            match ready {
-                Some(sandbox) if sandbox.is_alive() => break Some(sandbox),
-                Some(dead) => {
-                    self.spawn_teardown(dead);
-                    continue;
-                }
-                None => {}
+            if let Some(sandbox) = self.take_ready() {
+                return Some(sandbox);
             }
             if self.refill_cloning.load(Ordering::SeqCst) == 0 {
-                break None;
+                return None;
             }
             if tokio::time::timeout_at(deadline, refilled).await.is_err() {
-                break None;
+                return None;
             }
-        };
-        drop(waiting);
-        taken
+        }
     }
 
     fn over_budget(&self, e: OverBudget) -> InvokeError {
