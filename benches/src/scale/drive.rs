@@ -25,9 +25,8 @@ const KEPT_ERRORS: usize = 10;
 pub struct Tally {
     /// By `x-fnhost-start`: ready-clone, refill-clone, on-demand-clone,
     /// cold-start, wake.
-    pub by_start: BTreeMap<String, LatencyHistogram>,
-    /// Every request's latency and phases, by start kind.
-    pub samples: BTreeMap<String, tail::Samples>,
+    /// Every request's latency and phases.
+    pub by_start: BTreeMap<String, tail::Samples>,
     pub ok: u64,
     pub errors: u64,
     pub first_errors: Vec<String>,
@@ -57,18 +56,22 @@ impl Tally {
     }
 
     pub fn summary(&self) -> TallySummary {
+        let histograms: BTreeMap<&String, LatencyHistogram> = self
+            .by_start
+            .iter()
+            .map(|(k, samples)| (k, samples.histogram()))
+            .collect();
         let mut all = LatencyHistogram::default();
-        for h in self.by_start.values() {
+        for h in histograms.values() {
             all.add(h);
         }
         TallySummary {
-            by_start: self
-                .by_start
+            by_start: histograms
                 .iter()
-                .map(|(k, h)| (k.clone(), h.summary()))
+                .map(|(k, h)| ((*k).clone(), h.summary()))
                 .collect(),
             tails: self
-                .samples
+                .by_start
                 .iter()
                 .filter_map(|(k, s)| Some((k.clone(), s.breakdown()?)))
                 .collect(),
@@ -99,11 +102,10 @@ async fn invoke(endpoint: &Endpoint, index: usize, timeout: Duration, tally: &Re
                 .to_owned();
             let mut t = tally.borrow_mut();
             t.ok += 1;
-            t.samples
-                .entry(start.clone())
+            t.by_start
+                .entry(start)
                 .or_default()
                 .record(reply.elapsed, reply.header("server-timing"));
-            t.by_start.entry(start).or_default().record(reply.elapsed);
         }
         Ok(reply) => tally.borrow_mut().error(format!(
             "{name}: {} {}",

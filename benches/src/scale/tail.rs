@@ -1,5 +1,6 @@
-//! Where the slowest requests spent their time: each request's latency and
-//! `Server-Timing` phases are kept, and the slowest 1% of each start kind
+//! The requests of one start kind: each request's latency and
+//! `Server-Timing` phases are kept, for percentiles and for where the
+//! slowest requests spent their time: the slowest 1% of each start kind
 //! is summarised as the mean of every phase, plus `outside`: the part of
 //! the client's latency the daemon's `total` does not cover (connection,
 //! HTTP parsing and the client's own scheduling).
@@ -7,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::stats::{parse_server_timing, Phase};
+use crate::stats::{parse_server_timing, LatencyHistogram, Phase};
 
 /// The share of requests summarised: the slowest 1%, at least one.
 const TAIL_FRACTION: f64 = 0.01;
@@ -44,6 +45,15 @@ impl Samples {
     pub fn record(&mut self, elapsed: Duration, server_timing: Option<&str>) {
         let phases = server_timing.map(parse_server_timing).unwrap_or_default();
         self.0.push(Sample { elapsed, phases });
+    }
+
+    /// Every request's latency, for percentiles.
+    pub fn histogram(&self) -> LatencyHistogram {
+        let mut h = LatencyHistogram::default();
+        for sample in &self.0 {
+            h.record(sample.elapsed);
+        }
+        h
     }
 
     /// The slowest 1%; `None` without samples.
