@@ -71,8 +71,9 @@ impl ImportBatch<'_> {
     }
 
     /// Puts every layer the batch built in place, durably, and returns how
-    /// many it put there (not those another process committed first). On an error the layers not yet in place are removed; those
-    /// already committed stay (they are complete and sealed).
+    /// many it put there (not those another process committed first). On
+    /// an error the layers not yet in place are removed; those already
+    /// committed stay (they are complete and sealed).
     pub fn finish(self) -> Result<usize, LayerError> {
         let pending = self
             .pending
@@ -183,16 +184,13 @@ mod tests {
         // Another builder (another fnhost process) commits it first.
         let theirs = store.import_dir(code.path(), prefix).expect("single");
         assert_eq!(theirs, layer);
-        let inode = fs::metadata(&layer.path).map(|m| {
+        let inode = || {
             use std::os::unix::fs::MetadataExt;
-            m.ino()
-        });
+            fs::metadata(&layer.path).expect("stat").ino()
+        };
+        let before = inode();
         assert_eq!(batch.finish().expect("finish"), 0);
-        let after = fs::metadata(&layer.path).map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        });
-        assert_eq!(inode.expect("stat"), after.expect("stat"));
+        assert_eq!(inode(), before);
         seal::verify(&layer.path).expect("still sealed");
         assert_eq!(fs::read_dir(state.path().join("tmp")).unwrap().count(), 0);
     }
