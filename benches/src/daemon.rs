@@ -299,13 +299,13 @@ impl Daemon {
         self.inner.admin_token()
     }
 
-    /// The `server.cgroup_root` of the config: the daemon's cgroups are
-    /// `<cgroup_root>/<function>/zygote` and `<cgroup_root>/<function>/s<n>`.
     /// The daemon's `server.state_dir` (snapshots live under it).
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }
 
+    /// The `server.cgroup_root` of the config: the daemon's cgroups are
+    /// `<cgroup_root>/<function>.zygote` and `<cgroup_root>/<function>.s<n>`.
     pub fn cgroup_root(&self) -> &str {
         &self.cgroup_root
     }

@@ -94,7 +94,12 @@ fn measure(
     let daemon_pss_kib = memory::proc_mem(root).map_or(0, |m| m.pss_kib);
     let zygotes: Vec<(&String, &ProcMem)> = groups
         .iter()
-        .filter(|(cg, _)| cg.ends_with("/zygote"))
+        .filter(|(cg, _)| {
+            matches!(
+                fnhost_sandbox::cgroup::names::parse(cg),
+                Some((_, fnhost_sandbox::cgroup::names::Member::Zygote))
+            )
+        })
         .collect();
     let sandboxes: Vec<(&String, &ProcMem)> = groups
         .iter()

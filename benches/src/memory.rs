@@ -4,6 +4,7 @@
 //! from `/proc/<pid>/smaps_rollup`, and the cgroup's own accounting (v1
 //! `memory.usage_in_bytes` / v2 `memory.current`, and `memory.stat`).
 
+use fnhost_sandbox::cgroup::names::{self, Member};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ impl ProcMem {
 }
 
 /// Memory of every descendant of `root`, summed per memory cgroup path
-/// (`/fnhost-bench-1/noop/zygote`, `/fnhost-bench-1/noop/s3`, ...).
+/// (`/fnhost-bench-1/noop.zygote`, `/fnhost-bench-1/noop.s3`, ...).
 pub fn by_cgroup(root: u32) -> BTreeMap<String, ProcMem> {
     let mut groups: BTreeMap<String, ProcMem> = BTreeMap::new();
     for (_, cgroup, mem) in processes(root) {
@@ -46,13 +47,19 @@ pub fn processes(root: u32) -> Vec<(u32, String, ProcMem)> {
         .collect()
 }
 
-/// Whether a cgroup path names a sandbox (leaf `s<n>`).
+/// Whether a cgroup path names a clone slot (`<function>.s<n>`).
 pub fn is_clone_cgroup(cgroup: &str) -> bool {
-    cgroup
-        .rsplit('/')
-        .next()
-        .and_then(|leaf| leaf.strip_prefix('s'))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    matches!(names::parse(cgroup), Some((_, Member::Slot(_))))
+}
+
+/// Whether a cgroup path names `function`'s zygotes.
+pub fn is_zygote_cgroup_of(cgroup: &str, function: &str) -> bool {
+    names::parse(cgroup) == Some((function, Member::Zygote))
+}
+
+/// Whether a cgroup path names one of `function`'s clone slots.
+pub fn is_clone_cgroup_of(cgroup: &str, function: &str) -> bool {
+    matches!(names::parse(cgroup), Some((f, Member::Slot(_))) if f == function)
 }
 
 /// Every descendant of `root` (from the ppid field of /proc/*/stat).
@@ -252,9 +259,13 @@ mod tests {
 
     #[test]
     fn recognises_clone_cgroups() {
-        assert!(is_clone_cgroup("/r/noop/s12"));
-        assert!(!is_clone_cgroup("/r/noop/zygote"));
-        assert!(!is_clone_cgroup("/r/noop/s"));
-        assert!(!is_clone_cgroup("/r/noop/sx1"));
+        assert!(is_clone_cgroup("/r/noop.s12"));
+        assert!(!is_clone_cgroup("/r/noop.zygote"));
+        assert!(!is_clone_cgroup("/r/noop.s"));
+        assert!(!is_clone_cgroup("/r/noop.sx1"));
+        assert!(is_clone_cgroup_of("/r/noop.s3", "noop"));
+        assert!(!is_clone_cgroup_of("/r/noop.s3", "no"));
+        assert!(is_zygote_cgroup_of("/r/noop.zygote", "noop"));
+        assert!(!is_zygote_cgroup_of("/r/noop.zygote", "op"));
     }
 }

@@ -161,10 +161,9 @@ fn config(dir: &Scratch, cgroup_root: &str) -> Result<String> {
 
 /// Mean memory of the idle ready sandboxes of `function`, KiB: (PSS, USS).
 fn ready_memory(daemon_pid: u32, function: &str) -> (Option<u64>, Option<u64>) {
-    let prefix = format!("/{function}/s");
     let clones: Vec<memory::ProcMem> = memory::by_cgroup(daemon_pid)
         .into_iter()
-        .filter(|(cgroup, _)| cgroup.contains(&prefix) && memory::is_clone_cgroup(cgroup))
+        .filter(|(cgroup, _)| memory::is_clone_cgroup_of(cgroup, function))
         .map(|(_, mem)| mem)
         .collect();
     if clones.is_empty() {

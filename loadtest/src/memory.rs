@@ -188,11 +188,11 @@ mod tests {
     #[test]
     fn collects_pids_of_a_subtree_and_their_pss() {
         let root = scratch("pids");
-        std::fs::create_dir_all(root.join("f00/zygote")).unwrap();
-        std::fs::create_dir_all(root.join("f00/s1")).unwrap();
+        std::fs::create_dir_all(root.join("f00.zygote")).unwrap();
+        std::fs::create_dir_all(root.join("f00.s1")).unwrap();
         std::fs::write(root.join("cgroup.procs"), "").unwrap();
-        std::fs::write(root.join("f00/zygote/cgroup.procs"), "10\n11\n").unwrap();
-        std::fs::write(root.join("f00/s1/cgroup.procs"), "12\n").unwrap();
+        std::fs::write(root.join("f00.zygote/cgroup.procs"), "10\n11\n").unwrap();
+        std::fs::write(root.join("f00.s1/cgroup.procs"), "12\n").unwrap();
         assert_eq!(subtree_pids(&root), vec![10, 11, 12]);
         let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  25000 kB\nPss:  1234 kB\nPss_Anon: 1000 kB\n";
         assert_eq!(parse_pss(rollup), Some(1234 * 1024));

@@ -97,10 +97,9 @@ impl Floor {
 /// zygote cgroup among the daemon's descendants (the cgroup also holds the
 /// zygote's init, and every zygote of the function after a scale-out).
 pub fn zygote_rss_kib(daemon_pid: u32, function: &str) -> Option<u64> {
-    let suffix = format!("/{function}/zygote");
     memory::processes(daemon_pid)
         .into_iter()
-        .filter(|(_, cgroup, _)| cgroup.ends_with(&suffix))
+        .filter(|(_, cgroup, _)| memory::is_zygote_cgroup_of(cgroup, function))
         .map(|(_, _, mem)| mem.rss_kib)
         .max()
         .filter(|&kib| kib > 0)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use fnhost_sandbox::cgroup::names;
 use hyper::{Method, StatusCode};
 
 use super::{
@@ -424,25 +425,19 @@ impl Bench {
     /// Reads the function's processes and cgroups now.
     fn sample(&self, function: &str, status: PoolStatus) -> MemorySample {
         let groups = memory::by_cgroup(self.daemon_pid);
-        let zygote_suffix = format!("/{function}/zygote");
-        let function_suffix = format!("/{function}");
         let mut zygote = ProcMem::default();
         let mut clones = ProcMem::default();
         let mut zygote_cgroup = None;
         for (cgroup, mem) in &groups {
-            if cgroup.ends_with(&zygote_suffix) {
+            if memory::is_zygote_cgroup_of(cgroup, function) {
                 zygote = add(zygote, *mem);
                 zygote_cgroup.get_or_insert_with(|| cgroup.clone());
-            } else if memory::is_clone_cgroup(cgroup)
-                && cgroup
-                    .rsplit_once('/')
-                    .is_some_and(|(parent, _)| parent.ends_with(&function_suffix))
-            {
+            } else if memory::is_clone_cgroup_of(cgroup, function) {
                 clones = add(clones, *mem);
             }
         }
-        let zygote_cgroup =
-            zygote_cgroup.unwrap_or_else(|| format!("/{}{zygote_suffix}", self.cgroup_root));
+        let zygote_cgroup = zygote_cgroup
+            .unwrap_or_else(|| format!("/{}/{}", self.cgroup_root, names::zygote(function)));
         MemorySample {
             zygote_cgroup_kib: memory::cgroup_usage_kib(&zygote_cgroup),
             zygote_cgroup_stat: memory::cgroup_stat(&zygote_cgroup),

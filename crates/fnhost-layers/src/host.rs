@@ -19,6 +19,7 @@ use crate::store::{Layer, LayerStore};
 /// A host directory to bind read-only into the sandbox root (the sandbox's
 /// one bind type, carried unchanged to the mount call).
 pub use fnhost_sandbox::mount::Bind;
+use fnhost_sandbox::mount::{DEVICES, DEV_SYMLINKS};
 
 /// The skeleton layer and the binds that complete it.
 #[derive(Debug, Clone)]
@@ -95,6 +96,7 @@ impl LayerStore {
         for (dir, mode) in SKELETON_DIRS {
             plan.insert(PathBuf::from(dir), Node::Dir { mode: *mode })?;
         }
+        add_dev(&mut plan)?;
         let binds = add_bound_dirs(&mut plan, host_root)?;
         add_etc(&mut plan, &host_root.join("etc"))?;
         self.build(&plan)
@@ -126,6 +128,7 @@ impl LayerStore {
         for (dir, mode) in MOUNTPOINT_DIRS {
             plan.insert(PathBuf::from(dir), Node::Dir { mode: *mode })?;
         }
+        add_dev(&mut plan)?;
         for (name, contents) in ETC_FRESH {
             let node = Node::File {
                 mode: 0o644,
@@ -135,6 +138,27 @@ impl LayerStore {
         }
         self.build(&plan)
     }
+}
+
+/// The contents of every sandbox's /dev: an empty file for each device the
+/// zygote binds from the host, and the /proc/self/fd symlinks. The zygote
+/// mounts nothing over /dev itself (no tmpfs of its own, see
+/// `fnhost_sandbox::mount`), so /dev is read-only with the root.
+fn add_dev(plan: &mut Plan<'_>) -> Result<(), LayerError> {
+    for name in DEVICES {
+        let node = Node::File {
+            mode: 0o644,
+            data: FileData::Bytes(Cow::Borrowed(b"")),
+        };
+        plan.insert(Path::new("dev").join(name), node)?;
+    }
+    for (name, target) in DEV_SYMLINKS {
+        let node = Node::Symlink {
+            target: PathBuf::from(target),
+        };
+        plan.insert(Path::new("dev").join(name), node)?;
+    }
+    Ok(())
 }
 
 /// Mirrors each of [`BOUND_DIRS`]: a host symlink becomes the same symlink,
@@ -282,6 +306,33 @@ mod tests {
             std::os::unix::net::UnixListener::bind(etc.join("ssl/agent.sock")).expect("bind");
     }
 
+    /// /dev of a layer: empty bind targets for the devices, the fd links.
+    fn assert_dev(layer: &Path) {
+        for name in DEVICES {
+            let meta = fs::symlink_metadata(layer.join("dev").join(name)).expect(name);
+            assert!(meta.is_file() && meta.len() == 0, "dev/{name}: {meta:?}");
+        }
+        for (name, target) in DEV_SYMLINKS {
+            let link = fs::read_link(layer.join("dev").join(name)).expect(name);
+            assert_eq!(link, Path::new(target));
+        }
+    }
+
+    #[test]
+    fn the_mountpoints_layer_has_the_mount_points_and_dev() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = LayerStore::open(state.path()).expect("open");
+        let layer = store.mountpoints_layer().expect("mountpoints layer");
+        for (dir, _) in MOUNTPOINT_DIRS {
+            assert!(layer.path.join(dir).is_dir(), "{dir}");
+        }
+        assert_dev(&layer.path);
+        assert_eq!(
+            fs::read(layer.path.join("etc/hosts")).expect("hosts"),
+            b"127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+        );
+    }
+
     #[test]
     fn host_layer_from_a_fake_root() {
         let state = tempfile::tempdir().expect("tempdir");
@@ -298,6 +349,7 @@ mod tests {
             }]
         );
         let sk = &layer.skeleton.path;
+        assert_dev(sk);
         assert!(sk.join("usr").is_dir());
         assert_eq!(fs::read_dir(sk.join("usr")).expect("read").count(), 0);
         assert_eq!(

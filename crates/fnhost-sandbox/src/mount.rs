@@ -2,8 +2,9 @@
 //!
 //! A **zygote root** is a read-only overlayfs of shared layers (same inodes in
 //! every zygote, so one page cache), plus read-only binds of host directories
-//! that cannot be overlay layers (the host's /usr), a fresh /proc and a
-//! minimal read-only /dev. A **clone root** is built inside a clone's private
+//! that cannot be overlay layers (the host's /usr), a fresh /proc, the
+//! host's harmless devices bound into the layers' read-only /dev, and an
+//! import-time /tmp that PID 1 unmounts once the function is imported. A **clone root** is built inside a clone's private
 //! mount namespace on top of its zygote's root: a size-capped tmpfs holds the
 //! upper dir of a second overlay whose lower dir is the zygote's root, so
 //! writes anywhere in `/` are private to the clone and vanish with it.
@@ -19,8 +20,17 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::syscall::{LinuxSyscall, Syscall};
 
-/// Device nodes bound from the host into every sandbox's /dev.
+/// Device nodes bound from the host into every sandbox's /dev, over empty
+/// files of the same names the layers carry.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Symlinks every sandbox's /dev has (name, target), carried by the layers.
+pub const DEV_SYMLINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
 
 /// Where, inside a zygote root, a clone mounts its writable-layer tmpfs.
 /// The directory is created by the host skeleton layer.
@@ -206,27 +216,14 @@ fn mount_proc(sys: &dyn Syscall, target: &Path) -> Result<(), MountError> {
     )
 }
 
-/// A tmpfs /dev with the host's harmless devices bound in, then made
-/// read-only so sandboxes sharing it cannot create files in it.
+/// The host's harmless devices bound over the empty files the layers
+/// carry in /dev ([`DEVICES`], [`DEV_SYMLINKS`]). /dev itself stays a
+/// directory of the read-only overlay, not a tmpfs of its own: every
+/// superblock a zygote holds makes each memory cgroup on the host larger
+/// (see `cgroup::names`), and a device bind is a mount, not a superblock.
 fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
-    step(
-        "mount /dev tmpfs",
-        dev,
-        sys.mount(
-            Some("tmpfs"),
-            dev,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("size=64k,mode=755"),
-        ),
-    )?;
     for name in DEVICES {
         let target = dev.join(name);
-        step(
-            "create device bind target",
-            &target,
-            sys.create_file(&target),
-        )?;
         let source = format!("/dev/{name}");
         step(
             "bind host device",
@@ -234,30 +231,7 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
             sys.mount(Some(&source), &target, None, MsFlags::MS_BIND, None),
         )?;
     }
-    for (link, to) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let path = dev.join(link);
-        step("create /dev symlink", &path, sys.symlink(to, &path))?;
-    }
-    step(
-        "make /dev read-only",
-        dev,
-        sys.mount(
-            None,
-            dev,
-            None,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NOEXEC,
-            None,
-        ),
-    )
+    Ok(())
 }
 
 /// What a clone's root is made of.
@@ -435,13 +409,12 @@ mod tests {
                 .iter()
                 .any(|c| c.starts_with(&format!("mount /dev/{dev} /state/run/z1/dev/{dev}"))));
         }
-        let dev_ro = calls
-            .iter()
-            .position(|c| c.starts_with("mount - /state/run/z1/dev") && c.contains("MS_RDONLY"));
-        let last_dev_bind = calls.iter().rposition(|c| c.starts_with("mount /dev/"));
+        // /dev is the read-only overlay's directory: no superblock of its
+        // own (the /tmp tmpfs is the only one mounted besides overlay and
+        // proc).
         assert!(
-            dev_ro > last_dev_bind,
-            "/dev must be made read-only after it is populated"
+            !calls.iter().any(|c| c.contains("/state/run/z1/dev tmpfs")),
+            "{calls:?}"
         );
         assert_eq!(calls.last().unwrap(), "pivot /state/run/z1");
     }

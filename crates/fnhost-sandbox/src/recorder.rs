@@ -66,12 +66,6 @@ impl Syscall for Recorder {
     fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
         self.record(format!("mkdir {} {mode:o}", path.display()))
     }
-    fn create_file(&self, path: &Path) -> io::Result<()> {
-        self.record(format!("touch {}", path.display()))
-    }
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
-        self.record(format!("symlink {target} {}", link.display()))
-    }
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         self.record(format!("chown {} {uid}:{gid}", path.display()))
     }

@@ -23,9 +23,6 @@ pub trait Syscall {
     ) -> io::Result<()>;
     /// Creates a directory; an existing one is fine.
     fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
-    /// Creates an empty regular file (a bind-mount target); existing is fine.
-    fn create_file(&self, path: &Path) -> io::Result<()>;
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Makes `new_root` the root of the mount namespace and detaches the old
     /// one (`pivot_root(".", ".")` from inside it, then lazy unmount).
@@ -81,22 +78,6 @@ impl Syscall for LinuxSyscall {
     fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         match std::fs::DirBuilder::new().mode(mode).create(path) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }
-    }
-
-    fn create_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map(drop)
-    }
-
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
-        match std::os::unix::fs::symlink(target, link) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }

@@ -85,6 +85,8 @@ pub fn run() -> ! {
             format!("cannot set hostname {:?}: {e}", spec.hostname),
         );
     }
+    // Held until PID 1 (init or the reaper) handles it, see `reap`.
+    reap::hold_import_done();
     let runtime = start_runtime(&spec);
     if spec.reaper {
         exec_reaper(runtime);
@@ -138,6 +140,7 @@ fn start_runtime(spec: &ZygoteSpec) -> Pid {
     // SAFETY: init is single-threaded, so the child may do anything.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            reap::release_import_done();
             // Before the seccomp filter, which refuses this personality.
             if spec.share_group.is_some() {
                 if let Err(e) = sys::disable_aslr() {

@@ -31,7 +31,8 @@ pub struct ZygoteSpec {
     /// Overlay lower dirs, topmost first.
     pub layers: Vec<PathBuf>,
     pub binds: Vec<Bind>,
-    /// Size of the zygote's /tmp (import-time scratch space), bytes.
+    /// Size of the zygote's /tmp (import-time scratch space, unmounted once
+    /// the function is imported), bytes.
     pub tmp_bytes: u64,
     pub hostname: String,
     /// Runtime command (argv[0] is an absolute path inside the root).

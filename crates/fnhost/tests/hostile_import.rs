@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{eventually, python_function, require_root, Daemon};
+use fnhost_sandbox::cgroup::names;
 
 fn code() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/hostile_import")
@@ -129,7 +130,7 @@ fn a_helper_process_left_by_the_import_fails_the_zygote_and_dies_with_it() {
     let zygote_cgroups: Vec<PathBuf> = daemon
         .cgroup_dirs()
         .into_iter()
-        .filter(|d| d.ends_with("forks/zygote"))
+        .filter(|d| d.ends_with(names::zygote("forks")))
         .collect();
     assert!(!zygote_cgroups.is_empty());
     assert!(

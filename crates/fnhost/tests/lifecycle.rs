@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use fnhost_sandbox::cgroup::names::{self, Member};
 
 #[test]
 fn invalid_config_refuses_to_start_naming_file_line_and_key() {
@@ -112,6 +113,38 @@ fn zygote_inits(daemon: &Daemon) -> Vec<u32> {
     children(daemon.pid())
 }
 
+/// The tmpfs mount points in `pid`'s mount namespace. Every superblock a
+/// zygote keeps makes each memory cgroup on the host larger, so once its
+/// function is imported a zygote keeps none of its own tmpfs: /dev is
+/// the layers' directory with device binds, and PID 1 unmounts the
+/// import-time /tmp.
+fn tmpfs_mounts(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            (fields.get(dash + 1) == Some(&"tmpfs")).then(|| fields[4].to_string())
+        })
+        .collect()
+}
+
+/// Waits until the zygote under `init` has no tmpfs mounted (the daemon
+/// signals PID 1 once the import is done).
+fn assert_no_tmpfs_once_imported(daemon: &Daemon, init: u32) {
+    let mut left = Vec::new();
+    let gone = eventually(Duration::from_secs(10), || {
+        left = tmpfs_mounts(init);
+        left.is_empty()
+    });
+    assert!(
+        gone,
+        "the zygote still has tmpfs mounts {left:?}:\n{}",
+        daemon.stderr()
+    );
+}
+
 #[test]
 fn killed_zygote_is_replaced() {
     if !require_root("killed_zygote_is_replaced") {
@@ -153,14 +186,21 @@ fn thousand_invocations_leave_nothing_behind() {
     }
     // Cgroups are pooled: their number follows the pool's working set
     // (ready clones + in flight + tearing down), never the invocation count.
+    // A slot is counted once however many hierarchies it is in.
+    let is_slot = |dir: &std::path::Path| {
+        matches!(
+            dir.to_str().and_then(names::parse),
+            Some(("hello", Member::Slot(_)))
+        )
+    };
     let slot_cgroups = |d: &Daemon| {
-        std::fs::read_dir(format!("/sys/fs/cgroup/memory/{}/hello", d.cgroup_root))
-            .map(|dir| {
-                dir.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with('s'))
-                    .count()
-            })
-            .unwrap_or(0)
+        let slots: std::collections::BTreeSet<_> = d
+            .cgroup_dirs()
+            .into_iter()
+            .filter(|dir| is_slot(dir))
+            .filter_map(|dir| dir.file_name().map(|n| n.to_owned()))
+            .collect();
+        slots.len()
     };
     let snapshot = |_: &Daemon| {
         (
@@ -181,17 +221,11 @@ fn thousand_invocations_leave_nothing_behind() {
         });
         last
     };
-    // Every cgroup directory but the slots (`hello/s<n>` in each hierarchy).
+    // Every cgroup directory but the slots (`hello.s<n>` in each hierarchy).
     let other_cgroups = |d: &Daemon| {
         d.cgroup_dirs()
             .into_iter()
-            .filter(|dir| {
-                let slot = dir.parent().is_some_and(|p| p.ends_with("hello"))
-                    && dir
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('s'));
-                !slot
-            })
+            .filter(|dir| !is_slot(dir))
             .count()
     };
     let baseline = settled(&daemon);
@@ -241,6 +275,7 @@ fn a_zygote_init_becomes_the_reaper_and_ends_with_its_runtime() {
     assert_eq!(inits.len(), 1, "one zygote: {inits:?}");
     let init = inits[0];
     assert_eq!(comm(init), "fnhost-reaper", "{}", daemon.stderr());
+    assert_no_tmpfs_once_imported(&daemon, init);
     let runtime: Vec<u32> = children(init)
         .into_iter()
         .filter(|pid| comm(*pid).starts_with("python"))
@@ -287,4 +322,5 @@ fn without_the_reaper_binary_init_reaps_and_the_daemon_says_so() {
     assert_eq!(inits.len(), 1, "one zygote: {inits:?}");
     assert_ne!(comm(inits[0]), "fnhost-reaper");
     assert!(!comm(inits[0]).is_empty(), "PID 1 is running");
+    assert_no_tmpfs_once_imported(&daemon, inits[0]);
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fnhost_sandbox::cgroup::names::{self, Member};
 
 fn config() -> String {
     format!(
@@ -84,16 +85,24 @@ fn memory_limit_kills_the_sandbox_and_names_the_limit() {
     assert_eq!(http(daemon.addr, "GET", "/healthz", b"").status, 200);
 }
 
-/// Sum of `nr_throttled` over the function's sandbox cgroups (cpu.stat,
-/// v1 cpu controller or cgroup2).
+/// Sum of `nr_throttled` over the function's cgroups (cpu.stat, v1 cpu
+/// controller or cgroup2).
 fn throttled(cgroup_root: &str, function: &str) -> u64 {
     let mut total = 0;
     for base in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
-        let Ok(dirs) = std::fs::read_dir(format!("{base}/{cgroup_root}/{function}")) else {
+        let Ok(dirs) = std::fs::read_dir(format!("{base}/{cgroup_root}")) else {
             continue;
         };
         for dir in dirs.flatten() {
-            let stat = std::fs::read_to_string(dir.path().join("cpu.stat")).unwrap_or_default();
+            let path = dir.path();
+            let ours = path
+                .to_str()
+                .and_then(names::parse)
+                .is_some_and(|(f, _)| f == function);
+            if !ours {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("cpu.stat")).unwrap_or_default();
             total += stat
                 .lines()
                 .find_map(|l| l.strip_prefix("nr_throttled "))
@@ -182,29 +191,24 @@ fn zygotes_weigh_less_than_the_sandboxes_they_fork() {
     let r = daemon.invoke("chatty", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
     let dirs = daemon.cgroup_dirs();
-    let weights = |suffix: &str| -> Vec<u64> {
+    let weights = |zygote: bool| -> Vec<u64> {
         dirs.iter()
-            .filter(|d| {
-                d.parent().is_some_and(|p| p.ends_with("chatty"))
-                    && d.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        if suffix == "zygote" {
-                            n == "zygote"
-                        } else {
-                            n.starts_with('s') && n[1..].parse::<u64>().is_ok()
-                        }
-                    })
+            .filter(|d| match d.to_str().and_then(names::parse) {
+                Some(("chatty", Member::Zygote)) => zygote,
+                Some(("chatty", Member::Slot(_))) => !zygote,
+                _ => false,
             })
             .filter_map(|d| cpu_weight(d))
             .collect()
     };
-    let zygote = weights("zygote");
+    let zygote = weights(true);
     assert!(
         !zygote.is_empty(),
         "no zygote cgroup with a cpu controller in {dirs:?}"
     );
     // v1 stores 102 shares for weight 10: 9 after scaling back.
     assert!(zygote.iter().all(|w| (9..=10).contains(w)), "{zygote:?}");
-    let sandboxes = weights("sandbox");
+    let sandboxes = weights(false);
     assert!(!sandboxes.is_empty(), "no sandbox cgroup in {dirs:?}");
     assert!(sandboxes.iter().all(|w| *w == 100), "{sandboxes:?}");
 }

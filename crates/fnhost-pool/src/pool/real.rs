@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fnhost_config::FunctionSpec;
-use fnhost_sandbox::cgroup::{Cgroup, CgroupError, CgroupLimits, CgroupTree};
+use fnhost_sandbox::cgroup::{names, Cgroup, CgroupError, CgroupLimits, CgroupTree};
 use fnhost_zygote::protocol::InvokeMeta;
 use fnhost_zygote::spec::ZygoteSpec;
 use tokio::sync::Notify;
@@ -49,13 +49,17 @@ pub struct RealBackend {
     name: Arc<str>,
     zygote_spec: ZygoteSpec,
     tree: Arc<CgroupTree>,
-    /// `<function>/zygote`, created when the first zygote starts: a
-    /// function never invoked costs no cgroup (on hybrid v1 a function's
-    /// two groups are eight directories, each with kernel memory).
+    /// `<function>.zygote`, created when the first zygote starts: a
+    /// function never invoked costs no cgroup (each costs kernel memory
+    /// that grows with the host, see [`names`]).
     zygote_cgroup: Mutex<Option<Cgroup>>,
     zygote_limits: CgroupLimits,
     /// Limits of each slot cgroup.
     limits: CgroupLimits,
+    /// Every slot cgroup this backend created and may not have removed yet:
+    /// a function has no cgroup above its members to read its total from.
+    /// One found gone is dropped when the total is next read.
+    slots: Mutex<Vec<Cgroup>>,
     writable_bytes: u64,
     userns: Option<IdMap>,
     snapshots: Arc<SnapshotStore>,
@@ -85,6 +89,7 @@ impl FunctionPool<RealBackend> {
             tree,
             zygote_cgroup: Mutex::new(None),
             zygote_limits,
+            slots: Mutex::new(Vec::new()),
             limits: CgroupLimits::from_cpus(
                 spec.limits.memory_bytes(),
                 spec.limits.cpu,
@@ -117,8 +122,9 @@ impl RealBackend {
         if let Some(cgroup) = &*slot {
             return Ok(cgroup.clone());
         }
-        let rel = format!("{}/zygote", self.name);
-        let cgroup = self.tree.create(&rel, &self.zygote_limits)?;
+        let cgroup = self
+            .tree
+            .create(&names::zygote(&self.name), &self.zygote_limits)?;
         *slot = Some(cgroup.clone());
         Ok(cgroup)
     }
@@ -204,14 +210,37 @@ impl Backend for RealBackend {
     }
 
     fn create_slot(&self, n: u64) -> Result<Slot, BackendError> {
-        let rel = format!("{}/s{n}", self.name);
-        let cgroup = self.tree.create(&rel, &self.limits)?;
+        let cgroup = self
+            .tree
+            .create(&names::slot(&self.name, n), &self.limits)?;
         let oom_seen = cgroup.oom_kills().unwrap_or(0);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cgroup.clone());
         Ok(Slot { cgroup, oom_seen })
     }
 
+    /// The zygote cgroup's charge plus every live slot's.
     fn memory_usage(&self) -> Result<u64, BackendError> {
-        Ok(self.tree.memory_usage(&self.name)?)
+        let mut total = self.zygote_memory()?;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut error = None;
+        slots.retain(|slot| match slot.memory_current() {
+            Ok(bytes) => {
+                total += bytes;
+                true
+            }
+            Err(e) if e.is_not_found() => false,
+            Err(e) => {
+                error.get_or_insert(e);
+                true
+            }
+        });
+        match error {
+            Some(e) => Err(e.into()),
+            None => Ok(total),
+        }
     }
 
     fn zygote_memory(&self) -> Result<u64, BackendError> {
@@ -237,9 +266,7 @@ impl Backend for RealBackend {
         if let Some(cgroup) = taken {
             cgroup.remove()?;
         }
-        // The function's own directory: a removed function leaves no
-        // cgroup behind (its slots went first, see `remove_cgroups`).
-        Ok(self.tree.remove_dir(&self.name)?)
+        Ok(())
     }
 
     /// The kernel reclaims synchronously (for a while when little can go):

@@ -1,5 +1,6 @@
 //! cgroups for sandboxes: detecting the host's layout (pure v2, hybrid, pure
-//! v1), keeping fnhost's own subtree (`<root>/<function>/{zygote,s<N>}`) in
+//! v1), keeping fnhost's own subtree (`<root>/<function>.zygote`,
+//! `<root>/<function>.s<N>`, see [`names`]) in
 //! every hierarchy, setting and verifying limits, and cleaning up after a
 //! previous run. Nothing outside `<root>` is ever created, written or removed.
 
@@ -9,6 +10,7 @@ mod detect;
 pub mod favordynmods;
 mod fs;
 mod group;
+pub mod names;
 mod tree;
 mod v1;
 mod v2;
@@ -142,6 +144,13 @@ pub enum CgroupError {
     SelfInside { path: PathBuf },
     #[error("cannot remove cgroup {path}: {source} (is a process or child cgroup still inside?)")]
     Remove { path: PathBuf, source: io::Error },
+}
+
+impl CgroupError {
+    /// Whether the cgroup read was already gone (removed meanwhile).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CgroupError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
 }
 
 #[cfg(test)]

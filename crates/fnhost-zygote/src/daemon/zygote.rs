@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::clone_request::CloneRequest;
 use crate::control::Received;
 use crate::protocol::{DaemonMessage, InitFailure, ZygoteMessage};
+use crate::reap::IMPORT_DONE;
 use crate::spec::ZygoteSpec;
 
 use super::channel::{recv_msg, send_msg, Channel};
@@ -245,6 +246,13 @@ impl ZygoteHandle {
                             "ZygoteNotAlone",
                             message,
                         )));
+                    }
+                    // PID 1 unmounts the import's /tmp (see `reap`); if it
+                    // cannot be told, the zygote keeps it, nothing else.
+                    if let Err(e) =
+                        sys::pidfd_send_signal(pidfd.get_ref().as_fd(), IMPORT_DONE as i32)
+                    {
+                        tracing::debug!(function = %function, zygote = id, error = %e, "cannot tell the zygote its import is done");
                     }
                     break import_us;
                 }

@@ -21,7 +21,8 @@ mod rust;
 pub use node::{NODE_SHIM, NODE_SHIM_PATH, NODE_THREADS};
 pub use python::{PYTHON_SHIM, PYTHON_SHIM_PATH};
 
-/// Size of a zygote's own /tmp (import-time scratch).
+/// Size of a zygote's own /tmp (import-time scratch, unmounted once the
+/// import is done: see `crate::reap`).
 const ZYGOTE_TMP_BYTES: u64 = 16 << 20;
 /// Where a function's code is, inside its root; its working directory.
 const TASK_ROOT: &str = "/var/task";

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fnhost_sandbox::cgroup::names::{self, Member};
 pub use fnhost_testkit::{
     cgroup_dirs, children, comm, descendants, eventually, fd_count, http, http_with, mount_count,
     require_root, Response,
@@ -183,11 +184,14 @@ impl Daemon {
     /// sorted, each once.
     #[allow(dead_code)] // not every test binary uses it
     pub fn zygote_pids(&self, function: &str) -> Vec<i32> {
-        let suffix = format!("{function}/zygote");
         let mut pids: Vec<i32> = self
             .cgroup_dirs()
             .into_iter()
-            .filter(|d| d.ends_with(&suffix))
+            .filter(|d| {
+                d.to_str()
+                    .and_then(names::parse)
+                    .is_some_and(|member| member == (function, Member::Zygote))
+            })
             .flat_map(|d| {
                 std::fs::read_to_string(d.join("cgroup.procs"))
                     .unwrap_or_default()

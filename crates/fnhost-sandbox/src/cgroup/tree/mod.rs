@@ -117,23 +117,6 @@ impl CgroupTree {
         Ok((dir, h.kind))
     }
 
-    /// Removes the directory `<root>/<rel>` from every hierarchy (a
-    /// function's own directory once its zygote and slot cgroups are gone);
-    /// one already gone is fine, one still holding cgroups is an error.
-    pub fn remove_dir(&self, rel: &str) -> Result<(), CgroupError> {
-        validate(&self.root)?;
-        validate(rel)?;
-        for h in &self.hierarchies {
-            let dir = h.mount.join(&self.root).join(rel);
-            match self.fs.rmdir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(CgroupError::Remove { path: dir, source }),
-            }
-        }
-        Ok(())
-    }
-
     /// Memory charged to `<root>/<rel>` and everything below it (`rel` empty:
     /// all of fnhost), bytes.
     pub fn memory_usage(&self, rel: &str) -> Result<u64, CgroupError> {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::cgroup::fake::{FakeCgroupFs, SUPERVISOR_PID};
+use crate::cgroup::names;
 
 const ROOT: &str = "fnhost";
 
@@ -441,19 +442,26 @@ fn nested_root_needs_an_existing_parent() {
 }
 
 #[test]
-fn a_function_dir_goes_once_its_cgroups_have() {
+fn a_function_leaves_nothing_once_its_cgroups_are_removed() {
     let fake = Arc::new(FakeCgroupFs::hybrid());
     let tree = tree(&fake);
-    let zygote = tree.create("hello/zygote", &limits()).unwrap();
-    let slot = tree.create("hello/s1", &limits()).unwrap();
-    assert!(tree.remove_dir("hello").is_err(), "still holds cgroups");
+    let zygote = tree.create(&names::zygote("hello"), &limits()).unwrap();
+    let slot = tree.create(&names::slot("hello", 1), &limits()).unwrap();
+    for m in fake.mounts() {
+        // One level: no directory per function.
+        assert!(m.join("fnhost/hello.zygote").is_dir(), "{}", m.display());
+        assert!(m.join("fnhost/hello.s1").is_dir(), "{}", m.display());
+        assert!(!m.join("fnhost/hello").exists(), "{}", m.display());
+    }
     zygote.remove().unwrap();
     slot.remove().unwrap();
-    tree.remove_dir("hello").unwrap();
-    tree.remove_dir("hello").unwrap();
     for m in fake.mounts() {
-        assert!(!m.join("fnhost/hello").exists(), "{}", m.display());
-        assert!(m.join("fnhost").is_dir());
+        let left: Vec<_> = std::fs::read_dir(m.join("fnhost"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", m.display());
     }
-    assert!(tree.remove_dir("../x").is_err());
 }
