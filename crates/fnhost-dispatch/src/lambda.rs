@@ -104,7 +104,8 @@ pub fn invoke_error(err: &InvokeError) -> Response<Body> {
         InvokeError::SandboxUnavailable { .. }
         | InvokeError::ShuttingDown
         | InvokeError::Cancelled { .. }
-        | InvokeError::OverBudget { .. } => service_error(
+        | InvokeError::OverBudget { .. }
+        | InvokeError::DescriptorLimit { .. } => service_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceException",
             err.to_string(),

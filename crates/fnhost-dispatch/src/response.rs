@@ -38,7 +38,8 @@ pub fn status_of(err: &InvokeError) -> StatusCode {
         InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         InvokeError::SandboxUnavailable { .. }
         | InvokeError::ShuttingDown
-        | InvokeError::OverBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | InvokeError::OverBudget { .. }
+        | InvokeError::DescriptorLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // Nobody reads it: the client is gone (nginx's "client closed request").
         InvokeError::Cancelled { .. } => {
             StatusCode::from_u16(499).expect("499 is a valid status code")

@@ -6,9 +6,17 @@
 //! then evicted, least recently used first, and only then is the request
 //! refused. The cgroup root also carries the budget as a hard
 //! limit, so even a burst the estimates miss is contained inside fnhost.
+//!
+//! It also keeps the descriptors the daemon holds for zygotes and clones
+//! within the share of its open-file limit set aside for them: every kept
+//! zygote (warm or hibernated) and clone holds some. Past that a new zygote
+//! stops the idle zygotes of the least recently used other function first,
+//! so a host with more functions than descriptors answers with cold starts
+//! instead of `EMFILE` errors.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -43,6 +51,9 @@ pub trait Reclaimable: Send + Sync {
     fn hibernate(&self) -> BoxFuture<'_, usize>;
     /// Whether it holds warm processes and nothing runs.
     fn evictable(&self) -> bool;
+    /// Descriptors the daemon holds for its zygotes and clones now, by
+    /// [`ZYGOTE_DESCRIPTORS`] and [`CLONE_DESCRIPTORS`].
+    fn descriptors(&self) -> usize;
     /// Stops its idle zygotes and ready clones.
     fn evict_idle(&self) -> BoxFuture<'_, ()>;
 }
@@ -55,6 +66,15 @@ pub trait MemoryMeter: Send + Sync {
     /// Sets the kernel-enforced limit, bytes.
     fn set_hard_limit(&self, bytes: u64) -> Result<(), MeterError>;
 }
+
+/// Descriptors the daemon holds for one zygote, at most: its control
+/// socket, pidfd and output pipe, and while it hibernates its userfaultfd
+/// and three of its snapshot file (measured: 3 awake, 7 asleep).
+pub const ZYGOTE_DESCRIPTORS: usize = 7;
+
+/// Descriptors the daemon holds for one clone, ready or running (its
+/// socket and pidfd).
+pub const CLONE_DESCRIPTORS: usize = 2;
 
 /// Bytes assumed for a zygote before any has been measured.
 const DEFAULT_ZYGOTE_ESTIMATE: u64 = 32 << 20;
@@ -70,9 +90,43 @@ pub struct MemoryBudget {
     zygote_estimate: std::sync::atomic::AtomicU64,
     meter: Arc<dyn MemoryMeter>,
     pools: RwLock<Vec<Weak<dyn Reclaimable>>>,
+    /// Descriptors zygotes and clones may hold (`usize::MAX`: no cap).
+    descriptor_limit: AtomicUsize,
+    /// Zygote starts under way that were granted descriptors: their
+    /// zygotes are in no pool yet.
+    starting: Arc<AtomicUsize>,
+    /// Held while a start is checked and counted, so that concurrent
+    /// starts cannot all see the same room.
+    claim: std::sync::Mutex<()>,
+}
+
+/// Room granted by [`MemoryBudget::reserve`]; a zygote's keeps its
+/// descriptors counted until dropped, once the zygote is in its pool (or
+/// failed to start).
+#[derive(Debug)]
+pub struct Reservation {
+    starting: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(starting) = &self.starting {
+            starting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Why room could not be made.
+#[derive(Debug)]
+pub enum NoRoom {
+    /// The memory budget is used and nothing idle could be freed.
+    Memory(OverBudget),
+    /// Zygotes and clones hold the descriptors set aside for them and no
+    /// zygote is idle to stop.
+    Descriptors { limit: usize },
+}
+
+/// The memory budget was used and nothing idle could be freed.
 #[derive(Debug)]
 pub struct OverBudget {
     pub budget_mb: u64,
@@ -99,6 +153,9 @@ impl MemoryBudget {
             zygote_estimate: std::sync::atomic::AtomicU64::new(DEFAULT_ZYGOTE_ESTIMATE),
             meter,
             pools: RwLock::new(Vec::new()),
+            descriptor_limit: AtomicUsize::new(usize::MAX),
+            starting: Arc::new(AtomicUsize::new(0)),
+            claim: std::sync::Mutex::new(()),
         });
         budget.set_limit(limit_bytes);
         budget
@@ -114,6 +171,16 @@ impl MemoryBudget {
             tracing::warn!(error = %e, "cannot set the memory budget as a cgroup limit; relying on admission only");
         }
         metrics::gauge!("fnhost_memory_budget_bytes").set(bytes as f64);
+    }
+
+    /// Caps the descriptors kept zygotes and clones may hold at `limit`.
+    pub fn set_descriptor_limit(&self, limit: usize) {
+        self.descriptor_limit.store(limit, Ordering::Relaxed);
+        metrics::gauge!("fnhost_sandbox_descriptor_limit").set(limit as f64);
+    }
+
+    pub fn descriptor_limit(&self) -> usize {
+        self.descriptor_limit.load(Ordering::Relaxed)
     }
 
     /// Records the measured cost of a zygote.
@@ -156,27 +223,85 @@ impl MemoryBudget {
         self.used().saturating_add(bytes) <= self.limit()
     }
 
+    /// Whether one more zygote fits under the descriptor cap as things
+    /// stand, without stopping anything (for a refill, not a request).
+    pub fn has_zygote_descriptors(&self) -> bool {
+        let limit = self.descriptor_limit();
+        limit == usize::MAX || self.descriptors_held() + ZYGOTE_DESCRIPTORS <= limit
+    }
+
+    /// Descriptors the pools' zygotes and clones hold, and zygotes being
+    /// started will.
+    fn descriptors_held(&self) -> usize {
+        let pools: usize = self.live_pools().iter().map(|p| p.descriptors()).sum();
+        pools + self.starting.load(Ordering::SeqCst) * ZYGOTE_DESCRIPTORS
+    }
+
+    /// The pools registered and still alive.
+    fn live_pools(&self) -> Vec<Arc<dyn Reclaimable>> {
+        let pools = self.pools.read().expect("budget pools lock");
+        pools.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Makes room under the descriptor cap for one more zygote, stopping
+    /// the idle zygotes of other functions (least recently used first). The
+    /// clone a request waits for is counted already, in its pool's
+    /// in-flight requests.
+    async fn reserve_zygote_descriptors(&self, requester: &str) -> Result<Reservation, NoRoom> {
+        let limit = self.descriptor_limit();
+        if limit == usize::MAX {
+            return Ok(Reservation { starting: None });
+        }
+        loop {
+            let held = {
+                let _claim = self.claim.lock().unwrap_or_else(|e| e.into_inner());
+                let held = self.descriptors_held();
+                metrics::gauge!("fnhost_sandbox_descriptors").set(held as f64);
+                if held + ZYGOTE_DESCRIPTORS <= limit {
+                    self.starting.fetch_add(1, Ordering::SeqCst);
+                    return Ok(Reservation {
+                        starting: Some(self.starting.clone()),
+                    });
+                }
+                held
+            };
+            let victim = self
+                .live_pools()
+                .into_iter()
+                .filter(|p| p.name() != requester && p.descriptors() > 0 && p.evictable())
+                .min_by_key(|p| p.last_used_ms());
+            let Some(victim) = victim else {
+                return Err(NoRoom::Descriptors { limit });
+            };
+            tracing::info!(
+                function = victim.name(),
+                for_function = requester,
+                held,
+                limit,
+                "descriptors for sandboxes used up (the daemon's open-file limit): stopping idle zygotes"
+            );
+            victim.evict_idle().await;
+        }
+    }
+
     /// Makes room for `need` on behalf of `requester`, evicting idle zygotes
     /// of other functions (least recently used first) if necessary.
-    pub async fn reserve(&self, requester: &str, need: Need) -> Result<(), OverBudget> {
-        let bytes = match need {
-            Need::Zygote(b) => b,
-            Need::Clone => CLONE_ESTIMATE,
+    pub async fn reserve(&self, requester: &str, need: Need) -> Result<Reservation, NoRoom> {
+        let (bytes, reservation) = match need {
+            Need::Zygote(b) => (b, self.reserve_zygote_descriptors(requester).await?),
+            Need::Clone => (CLONE_ESTIMATE, Reservation { starting: None }),
         };
         loop {
             let used = self.used();
             let limit = self.limit();
             if used.saturating_add(bytes) <= limit {
-                return Ok(());
+                return Ok(reservation);
             }
-            let others: Vec<Arc<dyn Reclaimable>> = {
-                let pools = self.pools.read().expect("budget pools lock");
-                pools
-                    .iter()
-                    .filter_map(Weak::upgrade)
-                    .filter(|p| p.name() != requester)
-                    .collect()
-            };
+            let others: Vec<Arc<dyn Reclaimable>> = self
+                .live_pools()
+                .into_iter()
+                .filter(|p| p.name() != requester)
+                .collect();
             // Hibernating (where configured) frees most of a zygote and
             // keeps the function a wake-up away: try it before evicting.
             let sleeper = others
@@ -200,10 +325,10 @@ impl MemoryBudget {
                 .filter(|p| p.evictable())
                 .min_by_key(|p| p.last_used_ms());
             let Some(victim) = victim else {
-                return Err(OverBudget {
+                return Err(NoRoom::Memory(OverBudget {
                     budget_mb: limit >> 20,
                     used_mb: used >> 20,
-                });
+                }));
             };
             tracing::warn!(
                 function = victim.name(),
@@ -256,6 +381,8 @@ mod tests {
         held: u64,
         meter: Arc<Meter>,
         hibernated: AtomicUsize,
+        /// One zygote until evicted.
+        zygotes: AtomicUsize,
         log: Arc<Mutex<Vec<String>>>,
     }
 
@@ -302,7 +429,12 @@ mod tests {
                     .expect("log")
                     .push(format!("evict {}", self.name));
                 self.release();
+                self.zygotes.store(0, Ordering::SeqCst);
             })
+        }
+
+        fn descriptors(&self) -> usize {
+            self.zygotes.load(Ordering::SeqCst) * ZYGOTE_DESCRIPTORS
         }
     }
 
@@ -341,6 +473,7 @@ mod tests {
                 held: 100 * MIB,
                 meter: self.meter.clone(),
                 hibernated: AtomicUsize::new(0),
+                zygotes: AtomicUsize::new(1),
                 log: self.log.clone(),
             });
             let weak: Weak<dyn Reclaimable> = Arc::downgrade(&pool) as _;
@@ -403,11 +536,95 @@ mod tests {
         let mut world = World::new(950);
         world.add("me", 1, true, true);
         match world.budget.reserve("me", Need::Zygote(100 * MIB)).await {
-            Err(OverBudget { budget_mb, used_mb }) => assert_eq!((budget_mb, used_mb), (1000, 950)),
-            Ok(()) => panic!("expected OverBudget"),
+            Err(NoRoom::Memory(OverBudget { budget_mb, used_mb })) => {
+                assert_eq!((budget_mb, used_mb), (1000, 950))
+            }
+            other => panic!("expected OverBudget, got {other:?}"),
         }
         assert!(world.log().is_empty());
         assert_eq!(world.pools.len(), 1);
+    }
+
+    /// Room under the descriptor cap for `zygotes` one-zygote pools plus a
+    /// new zygote.
+    fn descriptors_for(zygotes: usize) -> usize {
+        (zygotes + 1) * ZYGOTE_DESCRIPTORS
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn below_the_descriptor_limit_nothing_is_stopped() {
+        let mut world = World::new(500);
+        world.add("a", 1, true, true);
+        world.add("b", 2, true, true);
+        world.budget.set_descriptor_limit(descriptors_for(2));
+        world
+            .budget
+            .reserve("new", Need::Zygote(MIB))
+            .await
+            .expect("room");
+        assert!(world.log().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_descriptor_limit_the_least_recently_used_idle_zygotes_stop() {
+        // Memory is plentiful: only descriptors decide.
+        let mut world = World::new(500);
+        world.add("recent", 30, true, true);
+        world.add("busy", 1, true, false);
+        world.add("old", 10, true, true);
+        world.budget.set_descriptor_limit(descriptors_for(2));
+        world
+            .budget
+            .reserve("new", Need::Zygote(MIB))
+            .await
+            .expect("room");
+        // Stopped, not hibernated: a hibernated zygote holds descriptors too.
+        assert_eq!(world.log(), ["evict old"]);
+        // A clone is not held to the cap.
+        world.budget.set_descriptor_limit(descriptors_for(0));
+        world
+            .budget
+            .reserve("new", Need::Clone)
+            .await
+            .expect("room");
+        assert_eq!(world.log(), ["evict old"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zygote_being_started_holds_its_descriptors_until_dropped() {
+        let world = World::new(500);
+        world.budget.set_descriptor_limit(descriptors_for(0));
+        let first = world
+            .budget
+            .reserve("a", Need::Zygote(MIB))
+            .await
+            .expect("room for one");
+        assert!(!world.budget.has_zygote_descriptors());
+        assert!(matches!(
+            world.budget.reserve("b", Need::Zygote(MIB)).await,
+            Err(NoRoom::Descriptors { .. })
+        ));
+        drop(first);
+        assert!(world.budget.has_zygote_descriptors());
+        world
+            .budget
+            .reserve("b", Need::Zygote(MIB))
+            .await
+            .expect("room again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_descriptor_limit_with_nothing_idle_the_request_is_refused() {
+        let mut world = World::new(500);
+        world.add("me", 1, true, true);
+        world.add("busy", 2, true, false);
+        world.budget.set_descriptor_limit(descriptors_for(1));
+        match world.budget.reserve("me", Need::Zygote(MIB)).await {
+            Err(NoRoom::Descriptors { limit }) => assert_eq!(limit, descriptors_for(1)),
+            other => panic!("expected the descriptor limit, got {other:?}"),
+        }
+        // The requester is never its own victim, a busy pool never one.
+        assert!(world.log().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,6 +65,14 @@ pub enum InvokeError {
         used_mb: u64,
     },
 
+    #[error(
+        "cannot start a zygote for function '{function}': the zygotes and clones running hold \
+         the {limit} descriptors the daemon's open-file limit leaves them (beside \
+         server.max_connections), and no zygote is idle to stop; raise the hard RLIMIT_NOFILE \
+         (systemd LimitNOFILE, `ulimit -Hn`) or lower server.max_connections"
+    )]
+    DescriptorLimit { function: String, limit: usize },
+
     #[error("fnhost is shutting down")]
     ShuttingDown,
 
@@ -98,6 +106,7 @@ impl InvokeError {
             Self::SandboxCrashed { .. } => "SandboxCrashed",
             Self::SandboxUnavailable { .. } => "SandboxUnavailable",
             Self::OverBudget { .. } => "MemoryBudgetExceeded",
+            Self::DescriptorLimit { .. } => "DescriptorLimitReached",
             Self::ShuttingDown => "ShuttingDown",
             Self::Cancelled { .. } => "Cancelled",
         }
@@ -106,9 +115,10 @@ impl InvokeError {
     /// When a client should retry, for overload answers.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Overloaded { .. } | Self::ShuttingDown | Self::OverBudget { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::OverBudget { .. }
+            | Self::DescriptorLimit { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -57,6 +57,7 @@ pub struct Launch {
     startup_timeout: Duration,
     stop_grace: Duration,
     parent_death: bool,
+    open_files: Option<u64>,
     cgroup_root: Option<(String, Leftovers)>,
     name: String,
 }
@@ -76,6 +77,7 @@ impl Launch {
             startup_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(15),
             parent_death: false,
+            open_files: None,
             cgroup_root: None,
             name: "fnhost-testkit".to_owned(),
         }
@@ -136,6 +138,13 @@ impl Launch {
         self
     }
 
+    /// Runs the daemon with `RLIMIT_NOFILE` lowered to `limit` (soft and
+    /// hard): a host whose open-file limit is what runs out.
+    pub fn open_file_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// After the daemon stopped on drop, remove cgroups left under `root`.
     pub fn remove_leftover_cgroups(mut self, root: &str) -> Self {
         self.cgroup_root = Some((root.to_owned(), Leftovers::Remove));
@@ -179,6 +188,20 @@ impl Launch {
             unsafe {
                 command.pre_exec(|| {
                     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+        }
+        if let Some(limit) = self.open_files {
+            // SAFETY: runs in the forked child before exec and only calls
+            // setrlimit (async-signal-safe: no allocation, no locks).
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
                 });
             }
         }

@@ -96,14 +96,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|f| u64::from(f.pool.zygotes.max(1)))
         .sum();
-    crate::descriptors::prepare(zygotes, config.server.http.max_connections as u64);
+    let nofile = crate::descriptors::prepare(zygotes, config.server.http.max_connections as u64);
     let metrics = telemetry::init_metrics()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fnhost")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, text, source, metrics))
+    runtime.block_on(serve(config, text, source, metrics, nofile))
 }
 
 /// The functions created through the Lambda API, from the store under
@@ -144,6 +144,7 @@ async fn serve(
     text: String,
     source: ConfigSource,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    nofile: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -167,7 +168,18 @@ async fn serve(
         config = Config::parse(&merged, &config.origin, &source.base_dir)
             .context("the functions stored by the Lambda API do not fit the config")?;
     }
-    let host = Arc::new(Host::start(&config, &HostOptions::locate()).await?);
+    let mut options = HostOptions::locate();
+    if let Some(limit) = nofile {
+        let connections = config.server.http.max_connections as u64;
+        let for_sandboxes = crate::descriptors::for_sandboxes(limit, connections);
+        options.sandbox_descriptors = Some(usize::try_from(for_sandboxes).unwrap_or(usize::MAX));
+        tracing::info!(
+            open_file_limit = limit,
+            for_sandboxes,
+            "descriptors for zygotes and clones (past them idle zygotes stop)"
+        );
+    }
+    let host = Arc::new(Host::start(&config, &options).await?);
     if !config.server.listen.ip().is_loopback()
         && config.server.control_plane.invoke_auth == fnhost_config::InvokeAuth::None
     {

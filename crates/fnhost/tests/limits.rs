@@ -212,3 +212,74 @@ fn zygotes_weigh_less_than_the_sandboxes_they_fork() {
     assert!(!sandboxes.is_empty(), "no sandbox cgroup in {dirs:?}");
     assert!(sandboxes.iter().all(|w| *w == 100), "{sandboxes:?}");
 }
+
+/// A host with more functions than its open-file limit can keep zygotes
+/// for: once the descriptors set aside for sandboxes are held, a cold
+/// start stops the least recently used idle zygote instead of failing
+/// with EMFILE, so every request is answered.
+#[test]
+fn a_host_out_of_descriptors_stops_idle_zygotes_instead_of_failing() {
+    if !require_root("a_host_out_of_descriptors_stops_idle_zygotes_instead_of_failing") {
+        return;
+    }
+    const FUNCTIONS: usize = 16;
+    // Room for 6 zygotes (7 descriptors each counted) beside 16
+    // connections and the 256 kept for the rest of the daemon.
+    const CONNECTIONS: u64 = 16;
+    let limit = CONNECTIONS + 256 + 6 * 7;
+    let functions: String = (0..FUNCTIONS)
+        .map(|i| {
+            python_function(
+                &format!("f{i}"),
+                &hello_code(),
+                "handler.handler",
+                "zygotes = 1\nready_clones = 0",
+            )
+        })
+        .collect();
+    let daemon = Daemon::start_with_open_file_limit(
+        &functions,
+        &format!("max_connections = {CONNECTIONS}"),
+        limit,
+    );
+    for round in 0..2 {
+        for i in 0..FUNCTIONS {
+            let r = daemon.invoke(&format!("f{i}"), r#"{"name":"fd"}"#);
+            assert_eq!(
+                r.status,
+                200,
+                "round {round}, f{i}: {}\n{}",
+                r.text(),
+                daemon.stderr()
+            );
+        }
+    }
+    let metrics = http(daemon.addr, "GET", "/metrics", b"").text();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        value("fnhost_sandbox_descriptor_limit "),
+        Some((limit - CONNECTIONS - 256) as f64),
+        "{metrics}"
+    );
+    // Labelled by function on a host this small.
+    let evictions: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("fnhost_evictions_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        evictions >= (2 * FUNCTIONS - 6) as f64,
+        "{evictions} evictions for {FUNCTIONS} functions in room for 6 zygotes:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("evict") || l.contains("zygotes") || l.contains("descriptor"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let zygotes = children(daemon.pid()).len();
+    assert!(zygotes <= 6, "{zygotes} zygotes kept with room for 6");
+}

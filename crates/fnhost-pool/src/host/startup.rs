@@ -113,6 +113,9 @@ pub struct HostOptions {
     /// Path of the `fnhost-reaper` binary (optional: without it, each
     /// zygote's init stays resident as the whole fnhost binary).
     pub reaper: PathBuf,
+    /// Descriptors zygotes and clones may hold (what the daemon's open-file
+    /// limit leaves them), set before any zygote starts; `None`: no cap.
+    pub sandbox_descriptors: Option<usize>,
 }
 
 impl HostOptions {
@@ -123,6 +126,7 @@ impl HostOptions {
         HostOptions {
             shim_lib: beside_executable("FNHOST_SHIM_LIB", SHIM_LIB_NAME),
             reaper: beside_executable("FNHOST_REAPER", REAPER_NAME),
+            sandbox_descriptors: None,
         }
     }
 }
@@ -325,6 +329,9 @@ impl Host {
             source,
         })?;
         let budget = MemoryBudget::new(budget_bytes(&config.server), tree.clone());
+        if let Some(limit) = options.sandbox_descriptors {
+            budget.set_descriptor_limit(limit);
+        }
         let host = Host {
             pools: RwLock::new(BTreeMap::new()),
             tree,

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::backend::{Backend, CloneHandle, SlotHandle, ZygoteHandle};
 use super::{secs, Counted, FunctionPool, StartKind};
-use crate::budget::{Need, OverBudget};
+use crate::budget::{Need, NoRoom};
 use crate::error::InvokeError;
 
 impl<B: Backend> FunctionPool<B> {
@@ -118,11 +118,15 @@ impl<B: Backend> FunctionPool<B> {
         }
     }
 
-    fn over_budget(&self, e: OverBudget) -> InvokeError {
-        InvokeError::OverBudget {
-            function: self.name.to_string(),
-            budget_mb: e.budget_mb,
-            used_mb: e.used_mb,
+    fn over_budget(&self, e: NoRoom) -> InvokeError {
+        let function = self.name.to_string();
+        match e {
+            NoRoom::Memory(e) => InvokeError::OverBudget {
+                function,
+                budget_mb: e.budget_mb,
+                used_mb: e.used_mb,
+            },
+            NoRoom::Descriptors { limit } => InvokeError::DescriptorLimit { function, limit },
         }
     }
 
@@ -137,7 +141,9 @@ impl<B: Backend> FunctionPool<B> {
 
     /// Starts a zygote; `keep` adds it to the pool's warm set.
     pub(super) async fn start_zygote(&self, keep: bool) -> Result<Arc<B::Zygote>, InvokeError> {
-        self.budget
+        // Counts the zygote's descriptors until it is in the pool.
+        let reservation = self
+            .budget
             .reserve(&self.name, Need::Zygote(self.zygote_estimate()))
             .await
             .map_err(|e| self.over_budget(e))?;
@@ -158,6 +164,7 @@ impl<B: Backend> FunctionPool<B> {
                 .expect("zygotes lock")
                 .push(zygote.clone());
         }
+        drop(reservation);
         // Learn what a zygote of this function costs, for the budget.
         let live = self.live_zygotes().len().max(1) as u64;
         if let Ok(bytes) = self.backend.zygote_memory() {
@@ -380,5 +387,53 @@ mod tests {
         assert_eq!(idle.status().evictions, 1);
         assert_eq!((idle.status().zygotes, idle.status().ready_clones), (0, 0));
         assert_eq!(fake.started(), 0);
+    }
+
+    /// The descriptors a pool holds are counted per zygote and clone; when
+    /// a new zygote would pass the cap, another function's idle zygote
+    /// stops and the request is served cold, without an error; with nothing
+    /// idle the request gets the descriptor error.
+    #[tokio::test(start_paused = true)]
+    async fn the_descriptor_limit_stops_another_idle_zygote_then_refuses() {
+        use crate::budget::{Reclaimable, CLONE_DESCRIPTORS, ZYGOTE_DESCRIPTORS};
+        let budget = crate::budget::MemoryBudget::new(
+            u64::MAX / 4,
+            std::sync::Arc::new(fake::FakeMeter::default()),
+        );
+        let (idle, _) = fake::pool_in(fake::spec("idle", warm(1, 1)), budget.clone());
+        let keep_one = PoolSettings {
+            zygotes: 1,
+            ..fake::settings()
+        };
+        let (cold, fake) = fake::pool_in(fake::spec("cold", keep_one), budget.clone());
+        idle.refill_once().await.expect("refill");
+        assert_eq!(idle.descriptors(), ZYGOTE_DESCRIPTORS + CLONE_DESCRIPTORS);
+        // Room for one zygote with a clone, held by `idle`.
+        budget.set_descriptor_limit(ZYGOTE_DESCRIPTORS + CLONE_DESCRIPTORS);
+        let done = cold
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("served after stopping the idle zygote");
+        assert_eq!(done.start, super::super::StartKind::ColdStart);
+        assert_eq!(idle.status().evictions, 1);
+        assert_eq!(idle.descriptors(), 0);
+        assert_eq!(fake.started(), 1);
+        // `idle` asks now; `cold`'s zygote is the only one, but it is idle:
+        // it stops in turn. Then with `cold` busy, nothing can stop.
+        let _ = idle
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+            .expect("served after stopping the other idle zygote");
+        assert_eq!(cold.status().evictions, 1);
+        fake.set_handler_delay(std::time::Duration::from_secs(10));
+        let (blocker, _) = fake::pool_in(fake::spec("blocker", fake::settings()), budget.clone());
+        budget.set_descriptor_limit(0);
+        match blocker
+            .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+            .await
+        {
+            Err(crate::InvokeError::DescriptorLimit { limit, .. }) => assert_eq!(limit, 0),
+            other => panic!("expected the descriptor limit, got {other:?}"),
+        }
     }
 }

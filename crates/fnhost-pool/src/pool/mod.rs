@@ -342,4 +342,14 @@ impl<B: Backend> Reclaimable for FunctionPool<B> {
     fn evict_idle(&self) -> crate::budget::BoxFuture<'_, ()> {
         Box::pin(FunctionPool::evict_idle(self))
     }
+
+    fn descriptors(&self) -> usize {
+        let zygotes = {
+            let zygotes = self.zygotes.lock().expect("zygotes lock");
+            zygotes.iter().filter(|z| z.is_alive()).count()
+        };
+        let clones = self.ready.lock().expect("ready lock").len()
+            + self.in_flight.load(Ordering::SeqCst) as usize;
+        zygotes * crate::budget::ZYGOTE_DESCRIPTORS + clones * crate::budget::CLONE_DESCRIPTORS
+    }
 }

@@ -149,6 +149,13 @@ impl<B: Backend> FunctionPool<B> {
             if self.closed.load(Ordering::SeqCst) {
                 return Ok(());
             }
+            if !self.budget.has_zygote_descriptors() {
+                // A refill never stops another function's zygote for
+                // descriptors (a request does): the pool waits for one.
+                tracing::info!(function = %self.name, "no descriptors left for a zygote: the pool waits for a request");
+                self.dormant.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
             self.start_zygote(true).await?;
         }
         self.trim_ready_clones(settings.ready_clones as usize);

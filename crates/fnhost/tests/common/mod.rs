@@ -95,10 +95,36 @@ impl Daemon {
         cgroup_root: String,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let mut launch = Launch::new(Path::new(env!("CARGO_BIN_EXE_fnhost")), &config);
-        for (key, value) in env {
-            launch = launch.env(key, value);
-        }
+        Self::launch(dir, config, cgroup_root, |mut launch| {
+            for (key, value) in env {
+                launch = launch.env(key, value);
+            }
+            launch
+        })
+    }
+
+    /// Like [`Daemon::start_with`], with the daemon's `RLIMIT_NOFILE`
+    /// lowered to `limit`.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn start_with_open_file_limit(functions: &str, server_extra: &str, limit: u64) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup_root = unique_cgroup_root();
+        let config = write_config(dir.path(), &cgroup_root, server_extra, functions);
+        Self::launch(dir, config, cgroup_root, |launch| {
+            launch.open_file_limit(limit)
+        })
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        cgroup_root: String,
+        customize: impl FnOnce(Launch) -> Launch,
+    ) -> Daemon {
+        let launch = customize(Launch::new(
+            Path::new(env!("CARGO_BIN_EXE_fnhost")),
+            &config,
+        ));
         let inner = launch
             .name("fnhost-test")
             .env("FNHOST_LOG", "info")
