@@ -69,8 +69,8 @@ pub trait MemoryMeter: Send + Sync {
 
 /// Descriptors the daemon holds for one zygote, at most: its control
 /// socket, pidfd and output pipe, and while it hibernates its userfaultfd
-/// and three of its snapshot file (measured: 3 awake, 7 asleep).
-pub const ZYGOTE_DESCRIPTORS: usize = 7;
+/// and its snapshot file (measured: 3 awake, 5 asleep).
+pub const ZYGOTE_DESCRIPTORS: usize = 5;
 
 /// Descriptors the daemon holds for one clone, ready or running (its
 /// socket and pidfd).

@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fnhost_sandbox::sys::fd as sys;
 
@@ -54,7 +55,9 @@ pub struct SealStats {
 #[derive(Debug)]
 pub struct Snapshot {
     path: PathBuf,
-    file: File,
+    /// Shared with whoever serves its pages (see [`Snapshot::shared_file`]):
+    /// one descriptor per snapshot, where a daemon keeps thousands.
+    file: Arc<File>,
     regions: Vec<Region>,
     extents: Vec<Extent>,
     /// The extents whose pages the zygote maps from this file (all of them
@@ -71,7 +74,7 @@ impl Snapshot {
         let file = create_private(&path, "snapshot")?;
         Ok(Snapshot {
             path,
-            file,
+            file: Arc::new(file),
             regions: Vec::new(),
             extents: Vec::new(),
             own: Vec::new(),
@@ -82,6 +85,12 @@ impl Snapshot {
     /// The fd to pass to the zygote.
     pub fn file(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+
+    /// The open file itself, shared rather than duplicated: for readers
+    /// that outlive a borrow (the page-fault server, the page-cache gauge).
+    pub fn shared_file(&self) -> Arc<File> {
+        self.file.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -135,7 +144,7 @@ impl Snapshot {
         }
         if cache {
             ReadBack {
-                file: self.file.try_clone().map_err(seal_err("dup"))?,
+                file: self.file.clone(),
                 extents: extents.clone(),
             }
             .run()
@@ -158,7 +167,7 @@ impl Snapshot {
     pub fn read_back(&self) -> Option<ReadBack> {
         self.sealed?;
         Some(ReadBack {
-            file: self.file.try_clone().ok()?,
+            file: self.file.clone(),
             extents: self.own.clone(),
         })
     }
@@ -303,7 +312,7 @@ pub(crate) fn create_private(path: &Path, what: &str) -> io::Result<File> {
 /// the caller's cgroup (see the module docs). Blocking.
 #[derive(Debug)]
 pub struct ReadBack {
-    file: File,
+    file: Arc<File>,
     extents: Vec<Extent>,
 }
 

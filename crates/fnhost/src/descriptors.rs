@@ -10,7 +10,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// Descriptors a zygote holds in the daemon with one clone, or while it
 /// hibernates, at most (measured: 5 for a warm zygote with one ready clone,
-/// 7 for a hibernated one).
+/// 5 for a hibernated one).
 pub const PER_ZYGOTE: u64 = (ZYGOTE_DESCRIPTORS + CLONE_DESCRIPTORS) as u64;
 
 /// Descriptors kept for everything but sandboxes and connections:

@@ -167,7 +167,7 @@ impl SharedSleep {
 /// the pool replaces it.
 async fn serve_asleep(
     uffd: OwnedFd,
-    snapshot: std::fs::File,
+    snapshot: Arc<std::fs::File>,
     regions: Vec<fnhost_snapshot::Region>,
     stop: tokio::sync::oneshot::Receiver<()>,
     function: Arc<str>,
@@ -184,7 +184,7 @@ async fn serve_asleep(
 
 async fn serve_faults(
     uffd: OwnedFd,
-    snapshot: std::fs::File,
+    snapshot: Arc<std::fs::File>,
     regions: Vec<fnhost_snapshot::Region>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     function: &str,
@@ -289,14 +289,7 @@ impl ZygoteHandle {
         };
         let mut fds = vec![snapshot.file().as_raw_fd()];
         fds.extend(base_fd.as_ref().map(AsRawFd::as_raw_fd));
-        let file = snapshot
-            .file()
-            .try_clone_to_owned()
-            .map(std::fs::File::from)
-            .map_err(|source| HibernateError::Reopen {
-                path: path.clone(),
-                source,
-            })?;
+        let file = snapshot.shared_file();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let function = self.function.clone();
         let id = self.id;
@@ -413,10 +406,8 @@ impl ZygoteHandle {
             *self.read_back.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
         let layout = fnhost_snapshot::asleep::layout_len(snapshot.regions());
-        if let Ok(file) = snapshot.file().try_clone_to_owned() {
-            *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((std::fs::File::from(file), layout));
-        }
+        *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((snapshot.shared_file(), layout));
         channel.sleep = Some(Sleep::Snapshot {
             snapshot,
             server,

@@ -143,7 +143,7 @@ pub struct ZygoteHandle {
     /// held so that its next hibernation compares with the same base.
     pub(super) mapped_base: std::sync::Mutex<Option<Arc<fnhost_snapshot::SharedBase>>>,
     /// That snapshot file and its layout length, to sample its page cache.
-    pub(super) snapshot_file: std::sync::Mutex<Option<(std::fs::File, u64)>>,
+    pub(super) snapshot_file: std::sync::Mutex<Option<(Arc<std::fs::File>, u64)>>,
     /// The background read of the snapshot back into the page cache, while
     /// it runs (see `settle`).
     pub(super) read_back: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
