@@ -94,12 +94,7 @@ fn measure(
     let daemon_pss_kib = memory::proc_mem(root).map_or(0, |m| m.pss_kib);
     let zygotes: Vec<(&String, &ProcMem)> = groups
         .iter()
-        .filter(|(cg, _)| {
-            matches!(
-                fnhost_sandbox::cgroup::names::parse(cg),
-                Some((_, fnhost_sandbox::cgroup::names::Member::Zygote))
-            )
-        })
+        .filter(|(cg, _)| memory::is_zygote_cgroup(cg))
         .collect();
     let sandboxes: Vec<(&String, &ProcMem)> = groups
         .iter()

@@ -52,6 +52,11 @@ pub fn is_clone_cgroup(cgroup: &str) -> bool {
     matches!(names::parse(cgroup), Some((_, Member::Slot(_))))
 }
 
+/// Whether a cgroup path names a function's zygotes (`<function>.zygote`).
+pub fn is_zygote_cgroup(cgroup: &str) -> bool {
+    matches!(names::parse(cgroup), Some((_, Member::Zygote)))
+}
+
 /// Whether a cgroup path names `function`'s zygotes.
 pub fn is_zygote_cgroup_of(cgroup: &str, function: &str) -> bool {
     names::parse(cgroup) == Some((function, Member::Zygote))

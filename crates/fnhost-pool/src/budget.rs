@@ -226,8 +226,22 @@ impl MemoryBudget {
     /// Whether one more zygote fits under the descriptor cap as things
     /// stand, without stopping anything (for a refill, not a request).
     pub fn has_zygote_descriptors(&self) -> bool {
-        let limit = self.descriptor_limit();
-        limit == usize::MAX || self.descriptors_held() + ZYGOTE_DESCRIPTORS <= limit
+        self.zygote_room(self.descriptor_limit()).is_ok()
+    }
+
+    /// Whether one more zygote fits under `limit`; if not, the descriptors
+    /// held now.
+    fn zygote_room(&self, limit: usize) -> Result<(), usize> {
+        if limit == usize::MAX {
+            return Ok(());
+        }
+        let held = self.descriptors_held();
+        metrics::gauge!("fnhost_sandbox_descriptors").set(held as f64);
+        if held + ZYGOTE_DESCRIPTORS <= limit {
+            Ok(())
+        } else {
+            Err(held)
+        }
     }
 
     /// Descriptors the pools' zygotes and clones hold, and zygotes being
@@ -255,15 +269,15 @@ impl MemoryBudget {
         loop {
             let held = {
                 let _claim = self.claim.lock().unwrap_or_else(|e| e.into_inner());
-                let held = self.descriptors_held();
-                metrics::gauge!("fnhost_sandbox_descriptors").set(held as f64);
-                if held + ZYGOTE_DESCRIPTORS <= limit {
-                    self.starting.fetch_add(1, Ordering::SeqCst);
-                    return Ok(Reservation {
-                        starting: Some(self.starting.clone()),
-                    });
+                match self.zygote_room(limit) {
+                    Ok(()) => {
+                        self.starting.fetch_add(1, Ordering::SeqCst);
+                        return Ok(Reservation {
+                            starting: Some(self.starting.clone()),
+                        });
+                    }
+                    Err(held) => held,
                 }
-                held
             };
             let victim = self
                 .live_pools()
@@ -484,17 +498,18 @@ mod tests {
         fn log(&self) -> Vec<String> {
             self.log.lock().expect("log").clone()
         }
+
+        /// Reserves `need` for `requester`, which must be granted.
+        async fn grant(&self, requester: &str, need: Need) -> Reservation {
+            self.budget.reserve(requester, need).await.expect("room")
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn room_that_is_free_is_granted_without_touching_pools() {
         let mut world = World::new(500);
         world.add("a", 1, true, true);
-        world
-            .budget
-            .reserve("b", Need::Zygote(100 * MIB))
-            .await
-            .expect("room");
+        world.grant("b", Need::Zygote(100 * MIB)).await;
         assert!(world.log().is_empty());
     }
 
@@ -503,11 +518,7 @@ mod tests {
         let mut world = World::new(950);
         world.add("old", 1, false, true);
         world.add("sleepy", 2, true, true);
-        world
-            .budget
-            .reserve("new", Need::Zygote(100 * MIB))
-            .await
-            .expect("room");
+        world.grant("new", Need::Zygote(100 * MIB)).await;
         assert_eq!(world.log(), ["hibernate sleepy"]);
     }
 
@@ -517,17 +528,9 @@ mod tests {
         world.add("recent", 20, false, true);
         world.add("old", 10, false, true);
         world.add("busy", 1, false, false);
-        world
-            .budget
-            .reserve("new", Need::Zygote(100 * MIB))
-            .await
-            .expect("room");
+        world.grant("new", Need::Zygote(100 * MIB)).await;
         assert_eq!(world.log(), ["evict old"]);
-        world
-            .budget
-            .reserve("new", Need::Zygote(200 * MIB))
-            .await
-            .expect("room");
+        world.grant("new", Need::Zygote(200 * MIB)).await;
         assert_eq!(world.log(), ["evict old", "evict recent"]);
     }
 
@@ -557,11 +560,7 @@ mod tests {
         world.add("a", 1, true, true);
         world.add("b", 2, true, true);
         world.budget.set_descriptor_limit(descriptors_for(2));
-        world
-            .budget
-            .reserve("new", Need::Zygote(MIB))
-            .await
-            .expect("room");
+        world.grant("new", Need::Zygote(MIB)).await;
         assert!(world.log().is_empty());
     }
 
@@ -573,20 +572,12 @@ mod tests {
         world.add("busy", 1, true, false);
         world.add("old", 10, true, true);
         world.budget.set_descriptor_limit(descriptors_for(2));
-        world
-            .budget
-            .reserve("new", Need::Zygote(MIB))
-            .await
-            .expect("room");
+        world.grant("new", Need::Zygote(MIB)).await;
         // Stopped, not hibernated: a hibernated zygote holds descriptors too.
         assert_eq!(world.log(), ["evict old"]);
         // A clone is not held to the cap.
         world.budget.set_descriptor_limit(descriptors_for(0));
-        world
-            .budget
-            .reserve("new", Need::Clone)
-            .await
-            .expect("room");
+        world.grant("new", Need::Clone).await;
         assert_eq!(world.log(), ["evict old"]);
     }
 
@@ -594,11 +585,7 @@ mod tests {
     async fn a_zygote_being_started_holds_its_descriptors_until_dropped() {
         let world = World::new(500);
         world.budget.set_descriptor_limit(descriptors_for(0));
-        let first = world
-            .budget
-            .reserve("a", Need::Zygote(MIB))
-            .await
-            .expect("room for one");
+        let first = world.grant("a", Need::Zygote(MIB)).await;
         assert!(!world.budget.has_zygote_descriptors());
         assert!(matches!(
             world.budget.reserve("b", Need::Zygote(MIB)).await,
@@ -606,11 +593,7 @@ mod tests {
         ));
         drop(first);
         assert!(world.budget.has_zygote_descriptors());
-        world
-            .budget
-            .reserve("b", Need::Zygote(MIB))
-            .await
-            .expect("room again");
+        world.grant("b", Need::Zygote(MIB)).await;
     }
 
     #[tokio::test(start_paused = true)]

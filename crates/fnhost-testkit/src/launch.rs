@@ -192,8 +192,8 @@ impl Launch {
             }
         }
         if let Some(limit) = self.open_files {
-            // SAFETY: runs in the forked child before exec and only calls
-            // setrlimit (async-signal-safe: no allocation, no locks).
+            // Runs in the forked child before exec.
+            // SAFETY: only setrlimit runs there (async-signal-safe, no locks).
             unsafe {
                 command.pre_exec(move || {
                     nix::sys::resource::setrlimit(

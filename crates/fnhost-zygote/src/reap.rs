@@ -48,8 +48,8 @@ fn set_import_done_blocked(how: SigmaskHow) {
 /// left open keeps it alive until closed). One syscall on static data, so
 /// it is async-signal-safe; a failure (already unmounted) changes nothing.
 extern "C" fn on_import_done(_: libc::c_int) {
-    // SAFETY: a static NUL-terminated path and a flag; umount2 reads only
-    // the path.
+    // umount2 reads only the path.
+    // SAFETY: a static NUL-terminated path and a flag.
     let _ = unsafe { libc::umount2(c"/tmp".as_ptr(), libc::MNT_DETACH) };
 }
 
@@ -62,8 +62,8 @@ pub fn reap_until_exit_of(runtime: i32) -> i32 {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    // SAFETY: the handler makes one async-signal-safe syscall and touches
-    // no memory of this process.
+    // The handler touches no memory of this process.
+    // SAFETY: the handler makes only one async-signal-safe syscall.
     let _ = unsafe { sigaction(IMPORT_DONE, &action) };
     release_import_done();
     let runtime = Pid::from_raw(runtime);

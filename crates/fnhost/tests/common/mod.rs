@@ -77,10 +77,7 @@ impl Daemon {
     }
 
     pub fn start_with(functions: &str, server_extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cgroup_root = unique_cgroup_root();
-        let config = write_config(dir.path(), &cgroup_root, server_extra, functions);
-        Self::start_config(dir, config, cgroup_root)
+        Self::start_customized(functions, server_extra, |launch| launch)
     }
 
     /// Starts a daemon on an existing config file inside `dir`.
@@ -107,12 +104,22 @@ impl Daemon {
     /// lowered to `limit`.
     #[allow(dead_code)] // not every test binary uses it
     pub fn start_with_open_file_limit(functions: &str, server_extra: &str, limit: u64) -> Daemon {
+        Self::start_customized(functions, server_extra, |launch| {
+            launch.open_file_limit(limit)
+        })
+    }
+
+    /// A fresh config of `functions` in a fresh directory, launched with
+    /// `customize` applied.
+    fn start_customized(
+        functions: &str,
+        server_extra: &str,
+        customize: impl FnOnce(Launch) -> Launch,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let cgroup_root = unique_cgroup_root();
         let config = write_config(dir.path(), &cgroup_root, server_extra, functions);
-        Self::launch(dir, config, cgroup_root, |launch| {
-            launch.open_file_limit(limit)
-        })
+        Self::launch(dir, config, cgroup_root, customize)
     }
 
     fn launch(
