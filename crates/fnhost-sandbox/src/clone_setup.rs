@@ -3,9 +3,10 @@
 //!
 //! The zygote that forks the clone is unprivileged (non-root, no
 //! capabilities, `no_new_privs`, seccomp): its import-time code is the
-//! function's. Each clone therefore starts in a user namespace of its own
-//! (`CLONE_NEWUSER`), where the kernel grants it capabilities over the
-//! namespaces it just created and nothing else, maps its one id, mounts its
+//! function's. Each clone therefore starts in a user namespace no other
+//! live clone is in (`CLONE_NEWUSER`, or one an exited clone of the same
+//! zygote left, whose id map is written already), where the kernel grants
+//! it capabilities over its own namespaces and nothing else, maps its one id, mounts its
 //! private writable root, brings up its loopback, drops those capabilities
 //! for good and installs the seccomp clone stage. Nothing here can reach
 //! the host: the privileged steps of a clone (moving it into its cgroups)
@@ -35,6 +36,10 @@ pub struct CloneIds {
 #[derive(Debug)]
 pub struct ClonePlan<'a> {
     pub ids: CloneIds,
+    /// The clone joined a user namespace an earlier clone of the zygote
+    /// created and mapped (see the fork server's network namespace reuse):
+    /// its one id map is written already, and can be written only once.
+    pub ids_mapped: bool,
     pub root: CloneRoot,
     /// The clone has a network namespace of its own, whose loopback is
     /// brought up (`false`: it shares its zygote's).
@@ -58,6 +63,7 @@ impl<'a> ClonePlan<'a> {
     ) -> ClonePlan<'a> {
         ClonePlan {
             ids,
+            ids_mapped: false,
             root: CloneRoot {
                 writable_bytes,
                 carry,
@@ -159,10 +165,12 @@ pub fn set_up_clone(
 ) -> Result<CloneSetupTimes, CloneSetupError> {
     let mut times = CloneSetupTimes::default();
 
-    let t = Instant::now();
-    sys.map_own_ids(plan.ids.inside, plan.ids.outside)
-        .map_err(|source| CloneSetupError::MapIds { source })?;
-    times.userns_us = micros(t);
+    if !plan.ids_mapped {
+        let t = Instant::now();
+        sys.map_own_ids(plan.ids.inside, plan.ids.outside)
+            .map_err(|source| CloneSetupError::MapIds { source })?;
+        times.userns_us = micros(t);
+    }
 
     let t = Instant::now();
     enter_clone_root(sys, &plan.root).map_err(|source| CloneSetupError::Mount { source })?;
@@ -343,6 +351,25 @@ mod tests {
         let times = set_up_clone(&rec, shared).unwrap();
         assert!(!rec.into_calls().iter().any(|c| c.starts_with("loopback")));
         assert_eq!(times.network_us, 0);
+    }
+
+    #[test]
+    fn a_joined_user_namespace_is_not_mapped_again_but_is_still_isolated() {
+        let filter = filter();
+        let rec = Recorder::default();
+        let mut joined = plan(Some(&filter));
+        joined.ids_mapped = true;
+        let times = set_up_clone(&rec, joined).unwrap();
+        let calls = rec.into_calls();
+        assert!(!calls.iter().any(|c| c.starts_with("map_ids")), "{calls:?}");
+        assert_eq!(times.userns_us, 0);
+        // Everything else still happens, in the same order: the reused
+        // namespaces are the user and network ones, never the mounts.
+        assert_eq!(
+            phases(&calls),
+            ["mounts", "network", "privileges", "seccomp"],
+            "{calls:?}"
+        );
     }
 
     #[test]

@@ -144,6 +144,42 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The descendants of `pid` that run in a sandbox: in a pid namespace two
+/// below the caller's (a clone's, or a process a clone started). Zygotes'
+/// init and runtime and their forkers are one below.
+pub fn sandbox_processes(pid: u32) -> Vec<u32> {
+    descendants(pid)
+        .into_iter()
+        .filter(|&p| ns_pids(p).is_some_and(|ids| ids.len() >= 3))
+        .collect()
+}
+
+/// The zygotes' forkers among the descendants of `pid` (fnhost-zygote's
+/// `reused_network`): processes of a zygote's pid namespace whose parent is
+/// the zygote's runtime (a process of that namespace other than its init).
+pub fn forker_processes(pid: u32) -> Vec<u32> {
+    let parents = parent_links();
+    descendants(pid)
+        .into_iter()
+        .filter(|&p| {
+            let Some(parent) = parents.iter().find(|(c, _)| *c == p).map(|(_, pp)| *pp) else {
+                return false;
+            };
+            let zygote_level = |ids: &Vec<u32>| ids.len() == 2;
+            ns_pids(p).is_some_and(|ids| zygote_level(&ids))
+                && ns_pids(parent).is_some_and(|ids| zygote_level(&ids) && ids[1] != 1)
+        })
+        .collect()
+}
+
+/// A process's pid in each pid namespace from the caller's inwards
+/// (`NSpid` of /proc/PID/status).
+fn ns_pids(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ids = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    ids.split_whitespace().map(|id| id.parse().ok()).collect()
+}
+
 /// The ppid field of a /proc/PID/stat line (after the parenthesised name,
 /// which may itself contain spaces and parentheses).
 fn parent_of(stat: &str) -> Option<u32> {

@@ -6,8 +6,10 @@
 //! installed the zygote stage of the seccomp filter before the runtime (and
 //! with it the function's import-time code) started. The zygote is
 //! single-threaded (node: only node's own parked threads besides the
-//! forking one), so the child of `clone3` may allocate and use std freely. The child starts in a user namespace of its own, maps its one
-//! id, mounts its private writable root, drops the namespace's
+//! forking one), so the child of `clone3` may allocate and use std freely.
+//! The child starts in a user namespace no other live clone is in (a
+//! forker's, reused, see [`crate::reused_network`], or a new one), maps its
+//! one id if not mapped yet, mounts its private writable root, drops the namespace's
 //! capabilities, completes the seccomp filter inherited from the zygote,
 //! reports `Ready` on its invocation socket, and returns to the runtime,
 //! which waits there for exactly one invocation. The daemon moves it into
@@ -23,6 +25,8 @@ use fnhost_sandbox::seccomp::Filter;
 use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::syscall::LinuxSyscall;
 use fnhost_sandbox::{CLONE_NAMESPACES, CLONE_NETWORK};
+
+use crate::reused_network::{Forkers, Outcome};
 
 use crate::clone_request::{invocation_fd, CloneRequest, SANDBOX_ID};
 use crate::control::{self, Received};
@@ -200,6 +204,8 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
+    // Forkers: clones made in reused network namespaces (see reused_network).
+    let mut forkers = Forkers::default();
     if control::send(control, &ZygoteMessage::Ready { import_us }, &[]).is_err() {
         sys::exit_immediately(0);
     }
@@ -216,6 +222,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         let request = match msg {
             DaemonMessage::Clone { request } => request,
             DaemonMessage::Hibernate => {
+                forkers.stop_all();
                 hibernate_until_woken(control, fds);
                 continue;
             }
@@ -235,25 +242,53 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 continue;
             }
         };
-        let spec = CloneSpec {
-            flags: CLONE_NAMESPACES
-                | if defaults.own_network {
-                    CLONE_NETWORK
-                } else {
-                    0
-                },
-            // Never a cgroup fd here: the daemon attaches the clone.
-            cgroup: None,
-            exit_signal: libc::SIGCHLD,
-        };
         let started = Instant::now();
+        let (request, invocation) = if defaults.own_network {
+            // SAFETY: as for the fresh clone below; a clone (or a new
+            // forker) never returns into the serve loop.
+            match unsafe { forkers.clone(request, invocation, control_fd, defaults.outside_ids) } {
+                Outcome::Clone {
+                    request,
+                    invocation,
+                    channel,
+                } => {
+                    drop(forkers);
+                    return setup_clone(channel, request, invocation, &defaults, true);
+                }
+                Outcome::Made { pid, pidfd } => {
+                    let reply = ZygoteMessage::Cloned {
+                        sandbox,
+                        pid,
+                        fork_us: micros(started),
+                    };
+                    if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
+                        sys::exit_immediately(0);
+                    }
+                    continue;
+                }
+                Outcome::Unavailable {
+                    request,
+                    invocation,
+                    why,
+                } => {
+                    if let Some(why) = why {
+                        eprintln!("fnhost zygote: no forker ({why}); cloning with a new network namespace");
+                    }
+                    (request, invocation)
+                }
+            }
+        } else {
+            (request, invocation)
+        };
         // SAFETY: the zygote's other threads, if any, are its runtime's own,
         // parked holding no lock (checked above), so the child may allocate;
         // it never returns into the serve loop.
-        let forked = unsafe { sys::clone3(spec) };
+        let forked = unsafe { fresh_clone(&defaults) };
         match forked {
             Ok(Forked::Child) => {
-                return setup_clone(control_fd, request, invocation, &defaults);
+                // The clone must not hold the zygote's forkers.
+                drop(forkers);
+                return setup_clone(control_fd, request, invocation, &defaults, false);
             }
             Ok(Forked::Parent { pid, pidfd }) => {
                 let reply = ZygoteMessage::Cloned {
@@ -275,6 +310,27 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
             }
         }
     }
+}
+
+/// `clone3` of a clone into fresh namespaces, network included unless the
+/// function shares its zygote's.
+///
+/// # Safety
+/// As [`sys::clone3`].
+unsafe fn fresh_clone(defaults: &CloneDefaults) -> std::io::Result<Forked> {
+    let spec = CloneSpec {
+        flags: CLONE_NAMESPACES
+            | if defaults.own_network {
+                CLONE_NETWORK
+            } else {
+                0
+            },
+        // Never a cgroup fd here: the daemon attaches the clone.
+        cgroup: None,
+        exit_signal: libc::SIGCHLD,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { sys::clone3(spec) }
 }
 
 /// Hibernates this zygote and returns once the daemon has woken it.
@@ -434,6 +490,7 @@ fn setup_clone(
     request: CloneRequest,
     invocation: OwnedFd,
     defaults: &CloneDefaults,
+    ids_mapped: bool,
 ) -> RawFd {
     let CloneRequest {
         writable_bytes,
@@ -455,13 +512,16 @@ fn setup_clone(
         inside: (SANDBOX_ID, SANDBOX_ID),
         outside: defaults.outside_ids,
     };
-    let plan = ClonePlan::new(
+    let mut plan = ClonePlan::new(
         ids,
         writable_bytes,
         carry.into_iter().map(Into::into).collect(),
         defaults.own_network,
         defaults.seccomp.as_ref(),
     );
+    // A reused user namespace was mapped by the clone that created it; if
+    // that clone failed before it could, this one maps it.
+    plan.ids_mapped = ids_mapped && nix::unistd::getuid().as_raw() == SANDBOX_ID;
     let times = match set_up_clone(&LinuxSyscall, plan) {
         Ok(t) => SetupTimes {
             // Filled in by the daemon, which does the attach.

@@ -16,6 +16,7 @@ pub mod init;
 pub mod invocation;
 pub mod protocol;
 pub mod reap;
+pub mod reused_network;
 #[cfg(feature = "daemon")]
 pub mod runtime;
 pub mod settings;

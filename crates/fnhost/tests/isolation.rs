@@ -92,3 +92,116 @@ fn without_a_user_namespace_the_same_isolation_holds_and_nothing_runs_as_root() 
         assert_eq!(report["procs"], serde_json::json!([1]), "{report}");
     }
 }
+
+/// How many processes on the host are in the network namespace `net`
+/// (as `/proc/<pid>/ns/net` names it: "net:[inode]").
+fn processes_in_network_namespace(net: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("listing /proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read_link(e.path().join("ns/net"))
+                .is_ok_and(|target| target.to_string_lossy() == net)
+        })
+        .count()
+}
+
+/// A clone's network namespace is reused by a later clone of the same
+/// zygote once the earlier one is gone (see reused_network), never by two
+/// live clones; a reused one carries nothing of the earlier invocation's
+/// sockets, and no clone holds a descriptor of the zygote's forkers.
+#[test]
+fn network_namespaces_are_reused_one_clone_at_a_time() {
+    if !require_root("network_namespaces_are_reused_one_clone_at_a_time") {
+        return;
+    }
+    // On-demand clones only: each request is cloned when it arrives, so
+    // the forker it goes to is the idle one (no refill races it).
+    let daemon = Daemon::start(&format!(
+        r#"
+[[functions]]
+name = "netns"
+runtime = "python3"
+code = "{}"
+handler = "handler.netns"
+ready_clones = 0
+"#,
+        probe_code().display()
+    ));
+    let first = daemon.invoke("netns", "{}");
+    assert_eq!(first.status, 200, "{}\n{}", first.text(), daemon.stderr());
+    let first = first.json();
+    let net = first["net"].as_str().unwrap().to_owned();
+    // Only the invocation socket beyond stdio.
+    let fds = first["fds"].as_array().unwrap();
+    assert!(
+        fds.len() == 1 && fds[0].as_str().unwrap().starts_with("socket:"),
+        "{first}"
+    );
+    // Wait (generously: a state, not a duration) until the first clone is
+    // gone: only its forker is left in its namespace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while processes_in_network_namespace(&net) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first clone never went away"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        processes_in_network_namespace(&net),
+        1,
+        "its forker keeps the namespace"
+    );
+    let port = first["listening"].as_u64().unwrap();
+    let body = format!(r#"{{"connect": {port}, "listen": {port}}}"#);
+    let second = daemon.invoke("netns", &body);
+    assert_eq!(second.status, 200, "{}\n{}", second.text(), daemon.stderr());
+    let second = second.json();
+    assert_eq!(second["net"], first["net"], "reused: {second}");
+    // The earlier listener died with its clone: nothing answers, and the
+    // port binds again.
+    assert_eq!(second["connected"], false, "{second}");
+    assert_eq!(second["listening"], port, "{second}");
+    let fds = second["fds"].as_array().unwrap();
+    assert!(
+        fds.len() == 1 && fds[0].as_str().unwrap().starts_with("socket:"),
+        "{second}"
+    );
+
+    // Two live clones never share one: two concurrent sleepers whose
+    // sandboxes were alive at the same time (their handlers' run times
+    // overlap, as reported from inside) are in different namespaces.
+    let mut overlapped = 0;
+    for _ in 0..5 {
+        let sleepers: Vec<_> = (0..2)
+            .map(|_| {
+                let addr = daemon.addr;
+                std::thread::spawn(move || {
+                    http(
+                        addr,
+                        "POST",
+                        "/v1/functions/netns/invoke",
+                        br#"{"sleep": 1.5}"#,
+                    )
+                })
+            })
+            .collect();
+        let reports: Vec<serde_json::Value> = sleepers
+            .into_iter()
+            .map(|t| {
+                let r = t.join().unwrap();
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.json()
+            })
+            .collect();
+        let (a, b) = (&reports[0], &reports[1]);
+        let time = |r: &serde_json::Value, key: &str| r[key].as_f64().unwrap();
+        if time(a, "started") < time(b, "ended") && time(b, "started") < time(a, "ended") {
+            overlapped += 1;
+            assert_ne!(a["net"], b["net"], "live at the same time: {a} {b}");
+        }
+    }
+    assert!(overlapped > 0, "no two sleepers ever ran at the same time");
+}

@@ -68,3 +68,39 @@ def chatty(event, context):
     for i in range(event.get("lines", 20000)):
         print("line", i)
     return {"printed": event.get("lines", 20000)}
+
+
+def netns(event, context):
+    """Reports this sandbox's network namespace and descriptors, tries the
+    port an earlier invocation listened on, and leaves a listener behind."""
+    started = time.time()
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    report = {"net": os.readlink("/proc/self/ns/net"), "started": started, "ended": time.time()}
+    others = []
+    for fd in os.listdir("/proc/self/fd"):
+        if int(fd) > 2:
+            try:
+                others.append(os.readlink("/proc/self/fd/" + fd))
+            except OSError:
+                pass  # the directory listing's own descriptor, closed
+    report["fds"] = others
+    port = event.get("connect")
+    if port:
+        probe = socket.socket()
+        try:
+            probe.connect(("127.0.0.1", port))
+            report["connected"] = True
+        except OSError:
+            report["connected"] = False
+        probe.close()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", event.get("listen", 0)))
+    listener.listen()
+    report["listening"] = listener.getsockname()[1]
+    # Kept open: the clone's exit closes it.
+    _LEFT_BEHIND.append(listener)
+    return report
+
+
+_LEFT_BEHIND = []
