@@ -18,6 +18,11 @@ const PHASE_METRIC: &str = "fnhost_phase_seconds";
 const ZYGOTE_METRIC: &str = "fnhost_zygote_start_seconds";
 const HIBERNATE_METRIC: &str = "fnhost_hibernate_seconds";
 const WAKE_METRIC: &str = "fnhost_wake_seconds";
+const FAULTS_METRIC: &str = "fnhost_clone_page_faults";
+/// Phase names given to `fnhost_clone_page_faults{stage}`; their
+/// [`PhaseMetric`] holds counts, not milliseconds.
+pub const FAULTS_READY_PHASE: &str = "page_faults_ready";
+pub const FAULTS_INVOCATION_PHASE: &str = "page_faults_invocation";
 /// The phase name given to `fnhost_zygote_start_seconds`.
 pub const ZYGOTE_PHASE: &str = "zygote_start";
 /// The phase name given to `fnhost_hibernate_seconds` (one zygote going to
@@ -35,7 +40,8 @@ struct Histogram {
     sum: f64,
 }
 
-/// Summary of one phase of one function, in milliseconds.
+/// Summary of one phase of one function, in milliseconds (the
+/// `page_faults_*` phases: page faults per clone, in the same fields).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PhaseMetric {
     pub count: u64,
@@ -98,6 +104,11 @@ pub fn parse(text: &str) -> PhaseMetrics {
             ZYGOTE_METRIC => ZYGOTE_PHASE.to_owned(),
             HIBERNATE_METRIC => HIBERNATE_PHASE.to_owned(),
             WAKE_METRIC => WAKE_PHASE.to_owned(),
+            FAULTS_METRIC => match labels.get("stage").map(String::as_str) {
+                Some("ready") => FAULTS_READY_PHASE.to_owned(),
+                Some("invocation") => FAULTS_INVOCATION_PHASE.to_owned(),
+                _ => continue,
+            },
             _ => continue,
         };
         let function = labels.get("function").cloned().unwrap_or_default();
@@ -124,11 +135,17 @@ pub fn parse(text: &str) -> PhaseMetrics {
             continue;
         }
         hist.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Seconds become milliseconds; fault counts stay counts.
+        let scale = if phase.starts_with("page_faults") {
+            1.0
+        } else {
+            1000.0
+        };
         let metric = PhaseMetric {
             count: hist.count as u64,
-            mean_ms: round_us(hist.sum / hist.count * 1000.0),
-            p50_ms: round_us(quantile(&hist, 0.50) * 1000.0),
-            p99_ms: round_us(quantile(&hist, 0.99) * 1000.0),
+            mean_ms: round_us(hist.sum / hist.count * scale),
+            p50_ms: round_us(quantile(&hist, 0.50) * scale),
+            p99_ms: round_us(quantile(&hist, 0.99) * scale),
         };
         out.entry(function).or_default().insert(phase, metric);
     }
@@ -225,6 +242,11 @@ fnhost_wake_seconds_bucket{function=\"hib\",le=\"0.005\"} 1\n\
 fnhost_wake_seconds_bucket{function=\"hib\",le=\"+Inf\"} 2\n\
 fnhost_wake_seconds_sum{function=\"hib\"} 0.009\n\
 fnhost_wake_seconds_count{function=\"hib\"} 2\n\
+fnhost_clone_page_faults_bucket{function=\"noop\",stage=\"invocation\",le=\"25\"} 0\n\
+fnhost_clone_page_faults_bucket{function=\"noop\",stage=\"invocation\",le=\"50\"} 10\n\
+fnhost_clone_page_faults_bucket{function=\"noop\",stage=\"invocation\",le=\"+Inf\"} 10\n\
+fnhost_clone_page_faults_sum{function=\"noop\",stage=\"invocation\"} 300\n\
+fnhost_clone_page_faults_count{function=\"noop\",stage=\"invocation\"} 10\n\
 fnhost_invocations_total{function=\"noop\",outcome=\"ok\"} 100\n\
 fnhost_invocations_total{function=\"noop\",outcome=\"error\"} 3\n\
 fnhost_invocations_total{function=\"noop-cold\",outcome=\"ok\"} 7\n";
@@ -245,6 +267,12 @@ fnhost_invocations_total{function=\"noop-cold\",outcome=\"ok\"} 7\n";
         assert!(!m["noop"].contains_key("invocations"));
         let wake = &m["hib"][WAKE_PHASE];
         assert_eq!((wake.count, wake.mean_ms), (2, 4.5));
+        // Page-fault counts stay counts (not scaled to milliseconds).
+        let faults = &m["noop"][FAULTS_INVOCATION_PHASE];
+        assert_eq!(
+            (faults.count, faults.mean_ms, faults.p50_ms),
+            (10, 30.0, 37.5)
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::floor::{self, Floor};
 use crate::heavy::{self, Heavy};
 use crate::hibernation::{self, Hibernation};
 use crate::load::{self, LoadLevel};
-use crate::metrics::{PhaseMetrics, ZYGOTE_PHASE};
+use crate::metrics::{PhaseMetrics, FAULTS_INVOCATION_PHASE, FAULTS_READY_PHASE, ZYGOTE_PHASE};
 use crate::node::{self, NodeBench};
 use crate::stats::{Ordered, Percentiles, ScenarioSummary};
 
@@ -36,6 +36,14 @@ const METRIC_PHASES: &[(&str, &str)] = &[
     ("dispatch", "dispatcher"),
     ("invoke_total", "invoke total (server side)"),
     ("teardown", "teardown (after the response)"),
+    (
+        FAULTS_READY_PHASE,
+        "page faults before the request (count, not ms)",
+    ),
+    (
+        FAULTS_INVOCATION_PHASE,
+        "page faults from request to answer (count, not ms)",
+    ),
 ];
 
 /// Where the numbers were measured.

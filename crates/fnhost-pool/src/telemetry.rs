@@ -64,6 +64,12 @@ pub struct Phases {
 #[derive(Clone)]
 pub struct PoolMetrics {
     pub phase: Phases,
+    /// `fnhost_clone_page_faults{stage="ready"}`: a clone's page faults
+    /// before its request (setup, rehearsal).
+    pub faults_ready: Histogram,
+    /// `fnhost_clone_page_faults{stage="invocation"}`: from the request to
+    /// the answer.
+    pub faults_invocation: Histogram,
     pub zygote_start: Histogram,
     pub zygote_starts: Counter,
     pub cold_starts: Counter,
@@ -150,6 +156,8 @@ impl PoolMetrics {
                 teardown: phase("teardown"),
                 dispatch: phase("dispatch"),
             },
+            faults_ready: r.histogram("fnhost_clone_page_faults", &[("stage", "ready")]),
+            faults_invocation: r.histogram("fnhost_clone_page_faults", &[("stage", "invocation")]),
             zygote_start: r.histogram("fnhost_zygote_start_seconds", &[]),
             zygote_starts: r.counter("fnhost_zygote_starts_total", &[]),
             cold_starts: r.counter("fnhost_cold_starts_total", &[]),

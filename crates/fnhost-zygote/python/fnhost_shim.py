@@ -15,6 +15,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -78,8 +79,34 @@ def _error_object(exc, error_type=None):
     }
 
 
+def _page_faults():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
+
+
+def _rehearse():
+    """Runs the invocation path once on a made-up request, without the
+    handler, while the clone waits for its real one. Each page the path
+    writes (reference counts, allocator free lists, buffers) is copied from
+    the zygote now rather than on the request path: measured ~100 faults
+    fewer between a no-op's request and its handler."""
+    meta = json.loads(b'{"function":"f","memory_mb":128,"request_id":"r","remaining_ms":1000}')
+    context = LambdaContext(meta, time.monotonic_ns() + int(meta["remaining_ms"]) * 1_000_000)
+    started = time.perf_counter_ns()
+    event = json.loads(b"{}")
+    out = json.dumps({"result": [1, "x", None, True]}).encode()
+    handler_us = (time.perf_counter_ns() - started) // 1000
+    reply = json.dumps({"handler_us": handler_us, "page_faults": {"ready": 0, "invocation": 0}})
+    frame = HEADER.pack(1 + 4 + len(reply) + len(out), FRAME_RESULT, len(reply)) + reply.encode() + out
+    view = memoryview(bytearray(HEADER.size))
+    view[: HEADER.size] = frame[: HEADER.size]
+    return context, event, _page_faults()
+
+
 def _serve_one(fd, handler):
     sock = socket.socket(fileno=fd)
+    _rehearse()
+    ready = _page_faults()
     kind, meta, body = _read_frame(sock)
     if kind != FRAME_INVOKE:
         os._exit(3)
@@ -102,7 +129,9 @@ def _serve_one(fd, handler):
         sys.stderr.flush()
     except Exception:
         pass
-    _send_frame(sock, kind, json.dumps({"handler_us": handler_us}).encode(), out)
+    page_faults = {"ready": ready, "invocation": _page_faults() - ready}
+    reply = json.dumps({"handler_us": handler_us, "page_faults": page_faults}).encode()
+    _send_frame(sock, kind, reply, out)
     os._exit(0)
 
 

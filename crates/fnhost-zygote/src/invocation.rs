@@ -123,8 +123,11 @@ impl Invocation {
         handler_us: u64,
         body: &[u8],
     ) -> Result<(), InvocationError> {
-        let meta =
-            serde_json::to_vec(&ResultMeta { handler_us }).expect("result meta always serializes");
+        let meta = serde_json::to_vec(&ResultMeta {
+            handler_us,
+            page_faults: None,
+        })
+        .expect("result meta always serializes");
         self.stream
             .write_all(&encode_frame(kind, &meta, body))
             .map_err(InvocationError::Write)?;

@@ -251,6 +251,22 @@ pub struct InvokeMeta {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ResultMeta {
     pub handler_us: u64,
+    /// Page faults the clone took, when its runtime counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_faults: Option<PageFaults>,
+}
+
+/// A clone's page faults (minor and major): each is a page copied on
+/// write from its zygote, zeroed, or mapped in. A clone is a fresh process,
+/// so its counters start at its fork.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageFaults {
+    /// From the fork until the clone waited for its request: its setup and
+    /// the runtime's rehearsal of the invocation path (off the request path
+    /// for a ready clone).
+    pub ready: u64,
+    /// From the request to the answer, handler included.
+    pub invocation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

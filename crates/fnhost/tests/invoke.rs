@@ -225,3 +225,42 @@ fn a_detailed_function_keeps_its_metrics_on_a_summed_host() {
         "{metrics}"
     );
 }
+
+/// A clone rehearses the invocation path before its request arrives
+/// (taking its copy-on-write faults early) without calling the handler,
+/// and reports its page faults, which /metrics shows per stage.
+#[test]
+fn the_rehearsal_never_calls_the_handler_and_page_faults_are_counted() {
+    if !require_root("the_rehearsal_never_calls_the_handler_and_page_faults_are_counted") {
+        return;
+    }
+    let daemon = Daemon::start(&format!(
+        r#"
+[[functions]]
+name = "calls"
+runtime = "python3"
+code = "{}"
+handler = "handler.calls"
+ready_clones = 2
+"#,
+        probe_code().display()
+    ));
+    for _ in 0..5 {
+        let r = daemon.invoke("calls", "{}");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), daemon.stderr());
+        assert_eq!(r.json()["calls"], 1, "{}", r.text());
+    }
+    let metrics = http(daemon.addr, "GET", "/metrics", b"").text();
+    for stage in ["ready", "invocation"] {
+        let count =
+            format!("fnhost_clone_page_faults_count{{function=\"calls\",stage=\"{stage}\"}} 5");
+        assert!(metrics.contains(&count), "no {count} in:\n{metrics}");
+    }
+    // A clone is a fresh process: its setup alone faults in pages.
+    assert!(
+        !metrics.contains(
+            "fnhost_clone_page_faults_bucket{function=\"calls\",stage=\"ready\",le=\"10\"} 5"
+        ),
+        "every clone reported under 10 faults before its request:\n{metrics}"
+    );
+}

@@ -331,6 +331,7 @@ impl CloneHandle for FakeClone {
             None => RunOutcome::Result {
                 body: payload.to_vec(),
                 handler_us: 7,
+                page_faults: None,
             },
         }
     }

@@ -118,6 +118,12 @@ impl<B: Backend> FunctionPool<B> {
                     .saturating_sub(wake_us),
             ),
         };
+        if let Some(faults) = outcome.page_faults() {
+            self.metrics.faults_ready.record(faults.ready as f64);
+            self.metrics
+                .faults_invocation
+                .record(faults.invocation as f64);
+        }
         let oom_before = sandbox.slot().oom_seen();
         let oom_now = match &outcome {
             RunOutcome::NoResponse { .. } => sandbox.slot().oom_kills().unwrap_or(oom_before),
@@ -166,7 +172,9 @@ impl<B: Backend> FunctionPool<B> {
     ) -> Result<(Vec<u8>, u64), InvokeError> {
         let function = self.name.to_string();
         match outcome {
-            RunOutcome::Result { body, handler_us } => Ok((body, handler_us)),
+            RunOutcome::Result {
+                body, handler_us, ..
+            } => Ok((body, handler_us)),
             RunOutcome::FunctionError { body, .. } => {
                 Err(InvokeError::FunctionError { function, body })
             }
@@ -260,6 +268,7 @@ mod tests {
             RunOutcome::FunctionError {
                 body: b"boom".to_vec(),
                 handler_us: 1,
+                page_faults: None,
             },
             false,
         );

@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 
 use crate::protocol::{
     decode_frame_rest, encode_frame, frame_len, Frame, FrameError, FrameKind, InvokeMeta,
-    ResultMeta, SetupFailure, SetupTimes,
+    PageFaults, ResultMeta, SetupFailure, SetupTimes,
 };
 
 use super::fd;
@@ -76,10 +76,12 @@ pub enum RunOutcome {
     Result {
         body: Vec<u8>,
         handler_us: u64,
+        page_faults: Option<PageFaults>,
     },
     FunctionError {
         body: Vec<u8>,
         handler_us: u64,
+        page_faults: Option<PageFaults>,
     },
     Timeout,
     TooLarge {
@@ -89,6 +91,17 @@ pub enum RunOutcome {
     NoResponse {
         detail: String,
     },
+}
+
+impl RunOutcome {
+    /// The clone's page faults, when it answered and its runtime counts them.
+    pub fn page_faults(&self) -> Option<PageFaults> {
+        match self {
+            RunOutcome::Result { page_faults, .. }
+            | RunOutcome::FunctionError { page_faults, .. } => *page_faults,
+            _ => None,
+        }
+    }
 }
 
 async fn read_frame(stream: &mut UnixStream, limit: usize) -> Result<Frame, ReadError> {
@@ -289,9 +302,8 @@ impl CloneHandle {
             }
             Ok(Ok(frame)) => frame,
         };
-        let handler_us = serde_json::from_slice::<ResultMeta>(&frame.meta)
-            .map(|m| m.handler_us)
-            .unwrap_or(0);
+        let meta = serde_json::from_slice::<ResultMeta>(&frame.meta).unwrap_or_default();
+        let (handler_us, page_faults) = (meta.handler_us, meta.page_faults);
         if frame.body.len() > max_response {
             return RunOutcome::TooLarge {
                 size: frame.body.len(),
@@ -301,10 +313,12 @@ impl CloneHandle {
             FrameKind::Result => RunOutcome::Result {
                 body: frame.body,
                 handler_us,
+                page_faults,
             },
             FrameKind::Error => RunOutcome::FunctionError {
                 body: frame.body,
                 handler_us,
+                page_faults,
             },
             other => {
                 self.kill();

@@ -104,3 +104,13 @@ def netns(event, context):
 
 
 _LEFT_BEHIND = []
+
+
+_CALLS = []
+
+
+def calls(event, context):
+    """Counts its own calls in this process: a clone serves exactly one, so
+    anything but 1 means something else (a rehearsal) called the handler."""
+    _CALLS.append(context.aws_request_id)
+    return {"calls": len(_CALLS)}
