@@ -333,17 +333,43 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
         // Init (pid 1 of the zygote's namespace, root there, never running
         // function code) and the runtime, which must hold nothing. A clone
         // being set up may sit in the zygote's cgroup for a moment (its pids
-        // span three pid namespaces): it is not the zygote.
+        // span three pid namespaces): it is not the zygote. Nor are the
+        // runtime's forkers (its children, see reused_network).
         let processes = zygote_processes(&daemon, function);
+        let in_zygote_namespace = |p: &&std::collections::BTreeMap<String, String>| {
+            p["NSpid"].split_whitespace().count() == 2
+        };
+        let init = processes
+            .iter()
+            .filter(in_zygote_namespace)
+            .find(|p| p["NSpid"].split_whitespace().nth(1) == Some("1"))
+            .unwrap_or_else(|| panic!("{function}: no init in {processes:?}"));
         let runtimes: Vec<_> = processes
             .iter()
-            .filter(|p| {
-                let nspid: Vec<&str> = p["NSpid"].split_whitespace().collect();
-                nspid.len() == 2 && nspid[1] != "1"
-            })
+            .filter(in_zygote_namespace)
+            .filter(|p| p["PPid"] == init["Pid"])
             .collect();
         assert_eq!(runtimes.len(), 1, "{function}: {processes:?}");
         let runtime = runtimes[0];
+        // A forker holds capabilities only in a user namespace of its own,
+        // under the runtime's no_new_privs and seccomp filter.
+        let user_namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+        let forkers: Vec<_> = processes
+            .iter()
+            .filter(in_zygote_namespace)
+            .filter(|p| p["PPid"] == runtime["Pid"])
+            .collect();
+        // The clone that just answered came from one.
+        assert!(!forkers.is_empty(), "{function}: no forker: {processes:?}");
+        for forker in forkers {
+            assert_eq!(forker["NoNewPrivs"], "1", "{function}: {forker:?}");
+            assert_eq!(forker["Seccomp"], "2", "{function}: {forker:?}");
+            assert_ne!(
+                user_namespace(&forker["Pid"]),
+                user_namespace(&runtime["Pid"]),
+                "{function}: a forker in the runtime's user namespace: {forker:?}"
+            );
+        }
         // uid 1000 of the function's own range of 1024 host ids.
         let uid: u32 = runtime["Uid"]
             .split_whitespace()

@@ -35,12 +35,22 @@ fn pool_status(daemon: &Daemon, function: &str) -> serde_json::Value {
         .clone()
 }
 
-/// The runtime process (not init) of `function`'s zygote.
+/// The runtime process of `function`'s zygote (not init, not one of the
+/// runtime's forkers, whose parent is the runtime).
 fn zygote_runtime_pid(daemon: &Daemon, function: &str) -> Option<i32> {
-    daemon
-        .zygote_pids(function)
-        .into_iter()
-        .find(|pid| comm(*pid as u32).starts_with("python"))
+    let parent = |pid: i32| -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    daemon.zygote_pids(function).into_iter().find(|&pid| {
+        comm(pid as u32).starts_with("python")
+            && parent(pid).is_some_and(|p| !comm(p).starts_with("python"))
+    })
 }
 
 #[test]
