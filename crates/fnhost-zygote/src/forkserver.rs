@@ -26,7 +26,7 @@ use fnhost_sandbox::sys::{self, CloneSpec, Forked};
 use fnhost_sandbox::syscall::LinuxSyscall;
 use fnhost_sandbox::{CLONE_NAMESPACES, CLONE_NETWORK};
 
-use crate::reused_network::{Forkers, Outcome};
+use crate::reused_network::{Forkers, InClone, Outcome};
 
 use crate::clone_request::{invocation_fd, CloneRequest, SANDBOX_ID};
 use crate::control::{self, Received};
@@ -244,17 +244,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         };
         let started = Instant::now();
         let (request, invocation) = if defaults.own_network {
-            // SAFETY: as for the fresh clone below; a clone (or a new
-            // forker) never returns into the serve loop.
-            match unsafe { forkers.clone(request, invocation, control_fd, defaults.outside_ids) } {
-                Outcome::Clone {
-                    request,
-                    invocation,
-                    channel,
-                } => {
-                    drop(forkers);
-                    return setup_clone(channel, request, invocation, &defaults, true);
-                }
+            match forkers.clone(request, invocation) {
                 Outcome::Made { pid, pidfd } => {
                     let reply = ZygoteMessage::Cloned {
                         sandbox,
@@ -298,6 +288,21 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 };
                 if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
                     sys::exit_immediately(0);
+                }
+                // Off this request's path: a forker for the next clones, if
+                // this one found none idle (a forker must not inherit the
+                // invocation socket).
+                drop(invocation);
+                // A clone a new forker makes never returns into the serve loop.
+                // SAFETY: as for the fresh clone above.
+                let prepared = unsafe { forkers.prepare(control_fd, defaults.outside_ids) };
+                if let Some(InClone {
+                    request,
+                    invocation,
+                    channel,
+                }) = prepared
+                {
+                    return setup_clone(channel, request, invocation, &defaults, true);
                 }
             }
             Err(e) => {

@@ -15,7 +15,10 @@
 //! namespaces, as the zygote's child (`CLONE_PARENT`). The zygote hands a
 //! request to a forker whose last clone has exited (its pidfd turns
 //! readable once every process of that clone's pid namespace is gone), so
-//! two live clones never share a network namespace.
+//! two live clones never share a network namespace. With none idle, the
+//! request is cloned the old way (with a new network namespace) and the
+//! zygote starts a forker once it has answered: a first clone (cold start,
+//! wake-up) never waits for one.
 //!
 //! A forker runs only fnhost's fork loop; it holds the capabilities of its
 //! own user namespace, like a clone during its setup, and nothing else.
@@ -89,6 +92,8 @@ pub struct Forkers {
     /// Set when a forker could not be started for a reason that will not
     /// pass (the kernel or the profile refuses): clone the fresh way.
     disabled: bool,
+    /// A request found no idle forker: start one once it is answered.
+    wanted: bool,
 }
 
 /// What [`Forkers::clone`] did.
@@ -104,13 +109,15 @@ pub enum Outcome {
         invocation: OwnedFd,
         why: Option<String>,
     },
-    /// In a new clone (forked by a forker): set it up.
-    Clone {
-        request: CloneRequest,
-        invocation: OwnedFd,
-        /// The forker's end of its channel, to close.
-        channel: RawFd,
-    },
+}
+
+/// In a new clone a forker made: what to set it up with.
+#[derive(Debug)]
+pub struct InClone {
+    pub request: CloneRequest,
+    pub invocation: OwnedFd,
+    /// The forker's end of its channel, to close.
+    pub channel: RawFd,
 }
 
 impl Forkers {
@@ -144,20 +151,11 @@ impl Forkers {
         Some(self.all.swap_remove(taken))
     }
 
-    /// Has a forker (idle or newly started) make a clone for `request`.
-    /// `control` is the zygote's channel to the daemon (a new forker closes
-    /// its copy).
-    ///
-    /// # Safety
-    /// As [`sys::clone3`]: in [`Outcome::Clone`] the caller is the clone and
-    /// must never return into code that assumes it is the zygote.
-    pub unsafe fn clone(
-        &mut self,
-        request: CloneRequest,
-        invocation: OwnedFd,
-        control: RawFd,
-        outside_ids: (u32, u32),
-    ) -> Outcome {
+    /// Has an idle forker make a clone for `request`. With none idle the
+    /// request comes back (the caller clones it the fresh way, at the old
+    /// cost) and [`Forkers::prepare`] starts a forker after the reply: a
+    /// first clone (a cold start, a wake-up) never waits for one.
+    pub fn clone(&mut self, request: CloneRequest, invocation: OwnedFd) -> Outcome {
         let unavailable = |request, invocation, why: String| Outcome::Unavailable {
             request,
             invocation,
@@ -170,34 +168,13 @@ impl Forkers {
                 why: None,
             };
         }
-        let mut forker = match self.take_idle() {
-            Some(forker) => forker,
-            None if self.all.len() >= MAX_FORKERS => {
-                return Outcome::Unavailable {
-                    request,
-                    invocation,
-                    why: None,
-                }
-            }
-            // SAFETY: the caller's contract.
-            None => match unsafe { self.start(control, invocation.as_raw_fd(), outside_ids) } {
-                Ok(Started::Zygote(forker)) => forker,
-                Ok(Started::Forker(channel)) => {
-                    // In the new forker, which closed its copy of the
-                    // invocation socket by number: the number may be reused.
-                    std::mem::forget(invocation);
-                    return serve(channel);
-                }
-                Err(e) => {
-                    // A namespace the kernel refuses now (a limit such as
-                    // user.max_net_namespaces) may be allowed later; one it
-                    // refuses on principle (EPERM, EINVAL) never will.
-                    if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
-                        self.disabled = true;
-                    }
-                    return unavailable(request, invocation, format!("cannot start a forker: {e}"));
-                }
-            },
+        let Some(mut forker) = self.take_idle() else {
+            self.wanted = self.all.len() < MAX_FORKERS;
+            return Outcome::Unavailable {
+                request,
+                invocation,
+                why: None,
+            };
         };
         let message = DaemonMessage::Clone {
             request: request.clone(),
@@ -227,17 +204,45 @@ impl Forkers {
         }
     }
 
+    /// Starts a forker if a request found none idle. `control` is the
+    /// zygote's channel to the daemon (the forker closes its copy). Call it
+    /// holding no invocation socket. Returns only in the zygote (`None`) or
+    /// in a clone a new forker made (`Some`).
+    ///
+    /// # Safety
+    /// As [`sys::clone3`]: with `Some` the caller is the clone and must
+    /// never return into code that assumes it is the zygote.
+    pub unsafe fn prepare(&mut self, control: RawFd, outside_ids: (u32, u32)) -> Option<InClone> {
+        if !std::mem::take(&mut self.wanted) || self.disabled {
+            return None;
+        }
+        // SAFETY: the caller's contract.
+        match unsafe { self.start(control, outside_ids) } {
+            Ok(Started::Zygote(forker)) => {
+                self.all.push(forker);
+                None
+            }
+            // In the new forker: serve until the zygote goes.
+            Ok(Started::Forker(channel)) => Some(serve(channel)),
+            Err(e) => {
+                // A namespace the kernel refuses now (a limit such as
+                // user.max_net_namespaces) may be allowed later; one it
+                // refuses on principle (EPERM, EINVAL) never will.
+                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
+                    self.disabled = true;
+                }
+                eprintln!("fnhost zygote: cannot start a forker ({e}); clones get a new network namespace each");
+                None
+            }
+        }
+    }
+
     /// Starts a forker: a fork of the zygote in a user and network namespace
     /// of its own.
     ///
     /// # Safety
     /// As [`sys::clone3`].
-    unsafe fn start(
-        &mut self,
-        control: RawFd,
-        invocation: RawFd,
-        outside_ids: (u32, u32),
-    ) -> io::Result<Started> {
+    unsafe fn start(&mut self, control: RawFd, outside_ids: (u32, u32)) -> io::Result<Started> {
         let (zygote_end, forker_end) = seqpacket_pair()?;
         let spec = CloneSpec {
             flags: (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64,
@@ -254,14 +259,10 @@ impl Forkers {
             })),
             Forked::Child => {
                 // The forker must hold nothing of the zygote's but its own
-                // channel: not the daemon's control socket, not the
-                // invocation socket of the request at hand (it gets its own
-                // copy with the request; a copy kept would hide that
-                // clone's exit from the daemon), not the other forkers'
-                // channels (dropping them closes only this process's
-                // copies).
+                // channel: not the daemon's control socket, not the other
+                // forkers' channels (dropping them closes only this
+                // process's copies).
                 let _ = nix::unistd::close(control);
-                let _ = nix::unistd::close(invocation);
                 drop(std::mem::take(&mut self.all));
                 drop(zygote_end);
                 let setup = sys::map_own_ids((SANDBOX_ID, SANDBOX_ID), outside_ids)
@@ -287,7 +288,7 @@ enum Started {
 
 /// The forker's loop: one clone per request, into its namespaces. Returns
 /// only in a new clone.
-fn serve(channel: OwnedFd) -> Outcome {
+fn serve(channel: OwnedFd) -> InClone {
     loop {
         let (request, fds) = match control::recv::<DaemonMessage>(channel.as_fd()) {
             Ok(Received::Message(DaemonMessage::Clone { request }, fds)) => (request, fds),
@@ -324,7 +325,7 @@ fn serve(channel: OwnedFd) -> Outcome {
         // serving thread); the clone returns out of this loop for good.
         match unsafe { sys::clone3(spec) } {
             Ok(Forked::Child) => {
-                return Outcome::Clone {
+                return InClone {
                     request,
                     invocation,
                     channel: channel.as_raw_fd(),
@@ -397,6 +398,7 @@ mod tests {
             Forkers {
                 all,
                 disabled: false,
+                wanted: false,
             },
             held,
         )

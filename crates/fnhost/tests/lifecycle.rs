@@ -247,16 +247,21 @@ fn thousand_invocations_leave_nothing_behind() {
         after, baseline,
         "(daemon fds, daemon descendant processes but forkers, host mounts, daemon mounts) changed"
     );
+    let slots = slot_cgroups(&daemon);
+    // A forker is started only when every other one has a clone alive, so
+    // there are never more than clones alive at once, nor than the slots
+    // that held them (+1: a forker started after the last one answered).
     let forkers = forker_processes(pid).len();
     assert!(
-        (1..=16).contains(&forkers),
-        "{forkers} forkers after 1000 invocations: expected the working set's"
+        forkers >= 1 && forkers <= slots + 1,
+        "{forkers} forkers after 1000 invocations beside {slots} sandbox cgroups"
     );
-    let slots = slot_cgroups(&daemon);
-    // The working set (2 ready clones + 1 in flight + teardowns that lag on
-    // a loaded machine) stays small; a leak would leave ~1000.
+    // The working set (2 ready clones + 1 in flight + teardowns that lag, by
+    // however much a loaded machine makes them) stays far below the
+    // invocation count; a leak would leave ~1000. The bound is not a
+    // timing claim: 24 were seen with a CI run sharing the two cores.
     assert!(
-        slots <= 16,
+        slots <= 100,
         "{slots} sandbox cgroups after 1000 invocations: cgroups are not being reused"
     );
     // Nothing but the slots follows the working set: no other directory

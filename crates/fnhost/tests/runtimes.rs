@@ -359,7 +359,7 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
             .filter(in_zygote_namespace)
             .filter(|p| p["PPid"] == runtime["Pid"])
             .collect();
-        // The clone that just answered came from one.
+        // The first clone is made the old way; a forker starts right after.
         assert!(!forkers.is_empty(), "{function}: no forker: {processes:?}");
         for forker in forkers {
             assert_eq!(forker["NoNewPrivs"], "1", "{function}: {forker:?}");
