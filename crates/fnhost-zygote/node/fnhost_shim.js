@@ -216,7 +216,15 @@ function reseedMathRandom() {
   };
 }
 
+/// Page faults (minor + major) this process took so far: a clone starts
+/// counting at its fork.
+function pageFaults() {
+  const usage = process.resourceUsage();
+  return usage.minorPageFault + usage.majorPageFault;
+}
+
 function serveOne(fd, handler, shim) {
+  const ready = pageFaults();
   const [kind, metaBytes, body] = readFrame(fd);
   if (kind !== FRAME_INVOKE) shim.exit(3);
   const meta = JSON.parse(metaBytes.toString('utf8'));
@@ -229,7 +237,9 @@ function serveOne(fd, handler, shim) {
     if (sent) return;
     sent = true;
     const handlerUs = Number((process.hrtime.bigint() - begun) / 1000n);
-    sendFrame(fd, frameKind, Buffer.from(JSON.stringify({ handler_us: handlerUs })), Buffer.from(payload));
+    const pageFaultsNow = { ready, invocation: pageFaults() - ready };
+    const reply = JSON.stringify({ handler_us: handlerUs, page_faults: pageFaultsNow });
+    sendFrame(fd, frameKind, Buffer.from(reply), Buffer.from(payload));
     shim.exit(0);
   };
   // Node's own exit joins V8's worker threads, which live only in the
@@ -319,11 +329,13 @@ function reportInitFailure(addon, err) {
 function warmUp() {
   performance.now();
   process.hrtime.bigint();
+  pageFaults();
   const frame = Buffer.alloc(9);
   frame.writeUInt32LE(5, 0);
   frame.writeUInt8(FRAME_RESULT, 4);
   frame.writeUInt32LE(0, 5);
-  Buffer.concat([frame, Buffer.from(JSON.stringify({ handler_us: 0 })), Buffer.from('null')]).subarray(9).toString('utf8');
+  const reply = JSON.stringify({ handler_us: 0, page_faults: { ready: 0, invocation: 0 } });
+  Buffer.concat([frame, Buffer.from(reply), Buffer.from('null')]).subarray(9).toString('utf8');
   JSON.parse(JSON.stringify({ a: [1, 'x', null], b: { c: true } }));
   JSON.stringify(errorObject(new TypeError('warm-up')));
   errorObject('warm-up');

@@ -288,6 +288,13 @@ fn every_node_invocation_is_a_fresh_sandbox() {
     // Math.random and crypto are re-seeded per clone, not inherited.
     assert_eq!(randoms.len(), 6, "{randoms:?}");
     assert_eq!(uuids.len(), 6, "{uuids:?}");
+    // Each clone reported its page faults.
+    let metrics = http(daemon.addr, "GET", "/metrics", b"").text();
+    for stage in ["ready", "invocation"] {
+        let count =
+            format!("fnhost_clone_page_faults_count{{function=\"probe\",stage=\"{stage}\"}} 6");
+        assert!(metrics.contains(&count), "no {count} in:\n{metrics}");
+    }
 }
 
 /// Many invocations, concurrently, each using timers, promises, GC
