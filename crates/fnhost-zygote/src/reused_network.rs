@@ -16,9 +16,11 @@
 //! request to a forker whose last clone has exited (its pidfd turns
 //! readable once every process of that clone's pid namespace is gone), so
 //! two live clones never share a network namespace. With none idle, the
-//! request is cloned the old way (with a new network namespace) and the
-//! zygote starts a forker once it has answered: a first clone (cold start,
-//! wake-up) never waits for one.
+//! request is cloned the old way (with a new network namespace) and, from
+//! the second such clone since the zygote started or woke up, the zygote
+//! starts a forker once it has answered: a first clone (cold start,
+//! wake-up) never waits for one, and a function invoked once per wake-up
+//! never starts one.
 //!
 //! A forker runs only fnhost's fork loop; it holds the capabilities of its
 //! own user namespace, like a clone during its setup, and nothing else.
@@ -94,6 +96,10 @@ pub struct Forkers {
     disabled: bool,
     /// A request found no idle forker: start one once it is answered.
     wanted: bool,
+    /// Clones made the old way since the zygote started or woke up. The
+    /// first never starts a forker: a function invoked once per wake-up
+    /// would start one per wake-up and never use it.
+    fresh: u32,
 }
 
 /// What [`Forkers::clone`] did.
@@ -134,6 +140,7 @@ impl Forkers {
     /// should hold no process or namespace it does not need).
     pub fn stop_all(&mut self) {
         self.all.drain(..).for_each(Forker::stop);
+        self.fresh = 0;
     }
 
     /// Takes the idle forker used last, stopping dead ones and idle ones
@@ -153,8 +160,10 @@ impl Forkers {
 
     /// Has an idle forker make a clone for `request`. With none idle the
     /// request comes back (the caller clones it the fresh way, at the old
-    /// cost) and [`Forkers::prepare`] starts a forker after the reply: a
-    /// first clone (a cold start, a wake-up) never waits for one.
+    /// cost) and, from the second such clone since the zygote started or
+    /// woke up, [`Forkers::prepare`] starts a forker after the reply: a
+    /// first clone (a cold start, a wake-up) never waits for one, and a
+    /// function invoked once per wake-up never starts one.
     pub fn clone(&mut self, request: CloneRequest, invocation: OwnedFd) -> Outcome {
         let unavailable = |request, invocation, why: String| Outcome::Unavailable {
             request,
@@ -169,7 +178,8 @@ impl Forkers {
             };
         }
         let Some(mut forker) = self.take_idle() else {
-            self.wanted = self.all.len() < MAX_FORKERS;
+            self.fresh = self.fresh.saturating_add(1);
+            self.wanted = self.fresh >= 2 && self.all.len() < MAX_FORKERS;
             return Outcome::Unavailable {
                 request,
                 invocation,
@@ -399,6 +409,7 @@ mod tests {
                 all,
                 disabled: false,
                 wanted: false,
+                fresh: 0,
             },
             held,
         )
@@ -447,5 +458,28 @@ mod tests {
         ]);
         forkers.stop_all();
         assert!(forkers.is_empty());
+    }
+
+    #[test]
+    fn a_forker_is_wanted_from_the_second_clone_made_the_old_way() {
+        let mut forkers = Forkers::default();
+        let request = || CloneRequest {
+            sandbox: 1,
+            writable_bytes: 1 << 20,
+            carry: Vec::new(),
+        };
+        let socket = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        assert!(matches!(
+            forkers.clone(request(), socket()),
+            Outcome::Unavailable { why: None, .. }
+        ));
+        assert!(!forkers.wanted, "not after the first");
+        let _ = forkers.clone(request(), socket());
+        assert!(forkers.wanted, "after the second");
+        // A hibernation starts the count over.
+        forkers.stop_all();
+        forkers.wanted = false;
+        let _ = forkers.clone(request(), socket());
+        assert!(!forkers.wanted);
     }
 }

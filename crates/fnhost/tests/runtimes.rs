@@ -6,6 +6,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 
@@ -309,6 +310,32 @@ fn zygote_processes(
         .collect()
 }
 
+/// Processes of a zygote's pid namespace whose parent is its runtime
+/// (init's child): its forkers.
+fn forker_count(processes: &[std::collections::BTreeMap<String, String>]) -> usize {
+    let in_zygote = |p: &&std::collections::BTreeMap<String, String>| {
+        p["NSpid"].split_whitespace().count() == 2
+    };
+    let Some(init) = processes
+        .iter()
+        .filter(in_zygote)
+        .find(|p| p["NSpid"].split_whitespace().nth(1) == Some("1"))
+    else {
+        return 0;
+    };
+    let runtimes: Vec<&String> = processes
+        .iter()
+        .filter(in_zygote)
+        .filter(|p| p["PPid"] == init["Pid"])
+        .map(|p| &p["Pid"])
+        .collect();
+    processes
+        .iter()
+        .filter(in_zygote)
+        .filter(|p| runtimes.contains(&&p["PPid"]))
+        .count()
+}
+
 #[test]
 fn every_runtime_serves_from_an_unprivileged_zygote() {
     if !require_root("every_runtime_serves_from_an_unprivileged_zygote") {
@@ -335,7 +362,14 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
         // being set up may sit in the zygote's cgroup for a moment (its pids
         // span three pid namespaces): it is not the zygote. Nor are the
         // runtime's forkers (its children, see reused_network).
-        let processes = zygote_processes(&daemon, function);
+        // The pool's first two clones are made the old way; the zygote
+        // starts a forker after the second (the refill after this
+        // invocation makes one at the latest): wait for that state.
+        let mut processes = zygote_processes(&daemon, function);
+        eventually(Duration::from_secs(30), || {
+            processes = zygote_processes(&daemon, function);
+            forker_count(&processes) > 0
+        });
         let in_zygote_namespace = |p: &&std::collections::BTreeMap<String, String>| {
             p["NSpid"].split_whitespace().count() == 2
         };
@@ -359,7 +393,6 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
             .filter(in_zygote_namespace)
             .filter(|p| p["PPid"] == runtime["Pid"])
             .collect();
-        // The first clone is made the old way; a forker starts right after.
         assert!(!forkers.is_empty(), "{function}: no forker: {processes:?}");
         for forker in forkers {
             assert_eq!(forker["NoNewPrivs"], "1", "{function}: {forker:?}");
