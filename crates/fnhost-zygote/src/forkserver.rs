@@ -246,14 +246,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         let (request, invocation) = if defaults.own_network {
             match forkers.clone(request, invocation) {
                 Outcome::Made { pid, pidfd } => {
-                    let reply = ZygoteMessage::Cloned {
-                        sandbox,
-                        pid,
-                        fork_us: micros(started),
-                    };
-                    if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
-                        sys::exit_immediately(0);
-                    }
+                    report_cloned(control, sandbox, pid, &pidfd, started);
                     continue;
                 }
                 Outcome::Unavailable {
@@ -281,14 +274,7 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 return setup_clone(control_fd, request, invocation, &defaults, false);
             }
             Ok(Forked::Parent { pid, pidfd }) => {
-                let reply = ZygoteMessage::Cloned {
-                    sandbox,
-                    pid,
-                    fork_us: micros(started),
-                };
-                if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
-                    sys::exit_immediately(0);
-                }
+                report_cloned(control, sandbox, pid, &pidfd, started);
                 // Off this request's path: a forker for the next clones, if
                 // this one found none idle (a forker must not inherit the
                 // invocation socket).
@@ -314,6 +300,25 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
                 );
             }
         }
+    }
+}
+
+/// Tells the daemon a clone was made (its pid in the zygote's namespace and
+/// a pidfd); exits when the daemon is gone.
+fn report_cloned(
+    control: BorrowedFd<'_>,
+    sandbox: u64,
+    pid: i32,
+    pidfd: &OwnedFd,
+    started: Instant,
+) {
+    let reply = ZygoteMessage::Cloned {
+        sandbox,
+        pid,
+        fork_us: micros(started),
+    };
+    if control::send(control, &reply, &[pidfd.as_raw_fd()]).is_err() {
+        sys::exit_immediately(0);
     }
 }
 
