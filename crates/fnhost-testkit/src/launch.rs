@@ -183,8 +183,8 @@ impl Launch {
             ),
         };
         if self.parent_death {
-            // SAFETY: runs in the forked child before exec and only calls
-            // prctl (async-signal-safe: no allocation, no locks).
+            // Runs in the forked child before exec.
+            // SAFETY: it only calls prctl (async-signal-safe: no allocation, no locks).
             unsafe {
                 command.pre_exec(|| {
                     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)

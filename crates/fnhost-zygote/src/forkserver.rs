@@ -263,9 +263,9 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         } else {
             (request, invocation)
         };
-        // SAFETY: the zygote's other threads, if any, are its runtime's own,
-        // parked holding no lock (checked above), so the child may allocate;
-        // it never returns into the serve loop.
+        // The zygote's other threads, if any, are its runtime's own, parked
+        // holding no lock (checked above), so the child may allocate.
+        // SAFETY: that, and the child never returns into the serve loop.
         let forked = unsafe { fresh_clone(&defaults) };
         match forked {
             Ok(Forked::Child) => {

@@ -331,8 +331,8 @@ fn serve(channel: OwnedFd) -> InClone {
             cgroup: None,
             exit_signal: 0,
         };
-        // SAFETY: a forker is single-threaded (a fork of the zygote's one
-        // serving thread); the clone returns out of this loop for good.
+        // A forker is a fork of the zygote's one serving thread.
+        // SAFETY: single-threaded, and the clone returns out of this loop for good.
         match unsafe { sys::clone3(spec) } {
             Ok(Forked::Child) => {
                 return InClone {
