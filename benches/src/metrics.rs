@@ -136,7 +136,7 @@ pub fn parse(text: &str) -> PhaseMetrics {
         }
         hist.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         // Seconds become milliseconds; fault counts stay counts.
-        let scale = if phase.starts_with("page_faults") {
+        let scale = if matches!(phase.as_str(), FAULTS_READY_PHASE | FAULTS_INVOCATION_PHASE) {
             1.0
         } else {
             1000.0

@@ -36,9 +36,9 @@ pub struct CloneIds {
 #[derive(Debug)]
 pub struct ClonePlan<'a> {
     pub ids: CloneIds,
-    /// The clone joined a user namespace an earlier clone of the zygote
-    /// created and mapped (see the fork server's network namespace reuse):
-    /// its one id map is written already, and can be written only once.
+    /// The clone was forked inside a user namespace whose one id map is
+    /// written already (a forker's, see the fork server's network
+    /// namespace reuse); a map can be written only once.
     pub ids_mapped: bool,
     pub root: CloneRoot,
     /// The clone has a network namespace of its own, whose loopback is

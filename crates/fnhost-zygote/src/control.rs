@@ -94,22 +94,28 @@ pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Received<T>
     Ok(Received::Message(msg, fds))
 }
 
+/// A connected pair of blocking, close-on-exec seqpacket sockets: a control
+/// channel (message boundaries kept, descriptors passed alongside).
+pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::ZygoteMessage;
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsFd;
 
     #[test]
     fn message_with_fd_round_trip() {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (a, b) = channel_pair().unwrap();
         let file = tempfile::tempfile().unwrap();
         let msg = ZygoteMessage::Cloned {
             sandbox: 1,

@@ -529,9 +529,9 @@ fn setup_clone(
         defaults.own_network,
         defaults.seccomp.as_ref(),
     );
-    // A reused user namespace was mapped by the clone that created it; if
-    // that clone failed before it could, this one maps it.
-    plan.ids_mapped = ids_mapped && nix::unistd::getuid().as_raw() == SANDBOX_ID;
+    // A forker's user namespace was mapped once, by the forker, before it
+    // served (it exits if it cannot).
+    plan.ids_mapped = ids_mapped;
     let times = match set_up_clone(&LinuxSyscall, plan) {
         Ok(t) => SetupTimes {
             // Filled in by the daemon, which does the attach.

@@ -69,17 +69,15 @@ impl Forker {
         sys::poll_readable(fd.as_fd(), 0).unwrap_or(true)
     }
 
-    /// Alive, and its last clone (if any) has exited.
-    fn idle(&self) -> bool {
-        !Self::exited(&self.process) && self.last_clone.as_ref().is_none_or(Self::exited)
-    }
-
     fn alive(&self) -> bool {
         !Self::exited(&self.process)
     }
-}
 
-impl Forker {
+    /// Its last clone (if any) has exited.
+    fn clone_done(&self) -> bool {
+        self.last_clone.as_ref().is_none_or(Self::exited)
+    }
+
     /// Ends the forker: closing its channel ends its loop; the kill makes
     /// that certain.
     fn stop(self) {
@@ -147,15 +145,27 @@ impl Forkers {
     /// unused for [`IDLE_TIMEOUT`].
     fn take_idle(&mut self) -> Option<Forker> {
         let now = Instant::now();
-        let (keep, stop): (Vec<Forker>, Vec<Forker>) = std::mem::take(&mut self.all)
-            .into_iter()
-            .partition(|f| f.alive() && (now - f.last_used < IDLE_TIMEOUT || !f.idle()));
-        self.all = keep;
-        stop.into_iter().for_each(Forker::stop);
-        let taken = (0..self.all.len())
-            .filter(|&i| self.all[i].idle())
-            .max_by_key(|&i| self.all[i].last_used)?;
-        Some(self.all.swap_remove(taken))
+        let mut taken: Option<Forker> = None;
+        // One look at each forker's process and last clone.
+        for forker in std::mem::take(&mut self.all) {
+            if !forker.alive() {
+                forker.stop();
+                continue;
+            }
+            if !forker.clone_done() {
+                self.all.push(forker);
+            } else if now - forker.last_used >= IDLE_TIMEOUT {
+                forker.stop();
+            } else if taken
+                .as_ref()
+                .is_none_or(|t| forker.last_used > t.last_used)
+            {
+                self.all.extend(taken.replace(forker));
+            } else {
+                self.all.push(forker);
+            }
+        }
+        taken
     }
 
     /// Has an idle forker make a clone for `request`. With none idle the
@@ -165,32 +175,24 @@ impl Forkers {
     /// first clone (a cold start, a wake-up) never waits for one, and a
     /// function invoked once per wake-up never starts one.
     pub fn clone(&mut self, request: CloneRequest, invocation: OwnedFd) -> Outcome {
-        let unavailable = |request, invocation, why: String| Outcome::Unavailable {
+        let unavailable = |request, invocation, why: Option<String>| Outcome::Unavailable {
             request,
             invocation,
-            why: Some(why),
+            why,
         };
         if self.disabled {
-            return Outcome::Unavailable {
-                request,
-                invocation,
-                why: None,
-            };
+            return unavailable(request, invocation, None);
         }
         let Some(mut forker) = self.take_idle() else {
             self.fresh = self.fresh.saturating_add(1);
             self.wanted = self.fresh >= 2 && self.all.len() < MAX_FORKERS;
-            return Outcome::Unavailable {
-                request,
-                invocation,
-                why: None,
-            };
+            return unavailable(request, invocation, None);
         };
         let message = DaemonMessage::Clone {
             request: request.clone(),
         };
         if control::send(forker.channel.as_fd(), &message, &[invocation.as_raw_fd()]).is_err() {
-            return unavailable(request, invocation, "forker gone".into());
+            return unavailable(request, invocation, Some("forker gone".into()));
         }
         match control::recv::<ZygoteMessage>(forker.channel.as_fd()) {
             Ok(Received::Message(ZygoteMessage::Cloned { pid, .. }, mut fds)) if fds.len() == 1 => {
@@ -202,15 +204,18 @@ impl Forkers {
                         self.all.push(forker);
                     }
                     // Not followed: that forker cannot be reused safely.
-                    Err(_) => drop(forker),
+                    Err(_) => forker.stop(),
                 }
                 Outcome::Made { pid, pidfd }
             }
             Ok(Received::Message(ZygoteMessage::CloneFailed { message, .. }, _)) => {
-                unavailable(request, invocation, message)
+                unavailable(request, invocation, Some(message))
             }
-            Ok(other) => unavailable(request, invocation, format!("forker answered {other:?}")),
-            Err(e) => unavailable(request, invocation, format!("forker channel: {e}")),
+            Ok(other) => {
+                let why = format!("forker answered {other:?}");
+                unavailable(request, invocation, Some(why))
+            }
+            Err(e) => unavailable(request, invocation, Some(format!("forker channel: {e}"))),
         }
     }
 
@@ -253,7 +258,7 @@ impl Forkers {
     /// # Safety
     /// As [`sys::clone3`].
     unsafe fn start(&mut self, control: RawFd, outside_ids: (u32, u32)) -> io::Result<Started> {
-        let (zygote_end, forker_end) = seqpacket_pair()?;
+        let (zygote_end, forker_end) = control::channel_pair()?;
         let spec = CloneSpec {
             flags: (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64,
             cgroup: None,
@@ -356,19 +361,6 @@ fn serve(channel: OwnedFd) -> InClone {
     }
 }
 
-/// A connected pair of close-on-exec seqpacket sockets: message boundaries
-/// kept, as the control protocol needs.
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(io::Error::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,7 +439,7 @@ mod tests {
         held[2].0 = sys::pipe_cloexec().unwrap().1;
         assert!(forkers.take_idle().is_none());
         assert_eq!(forkers.len(), 1, "only the busy one is left");
-        assert!(!forkers.all[0].idle());
+        assert!(!forkers.all[0].clone_done());
     }
 
     #[test]

@@ -234,16 +234,11 @@ fn the_rehearsal_never_calls_the_handler_and_page_faults_are_counted() {
     if !require_root("the_rehearsal_never_calls_the_handler_and_page_faults_are_counted") {
         return;
     }
-    let daemon = Daemon::start(&format!(
-        r#"
-[[functions]]
-name = "calls"
-runtime = "python3"
-code = "{}"
-handler = "handler.calls"
-ready_clones = 2
-"#,
-        probe_code().display()
+    let daemon = Daemon::start(&python_function(
+        "calls",
+        &probe_code(),
+        "handler.calls",
+        "ready_clones = 2",
     ));
     for _ in 0..5 {
         let r = daemon.invoke("calls", "{}");

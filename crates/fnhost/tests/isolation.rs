@@ -118,16 +118,11 @@ fn network_namespaces_are_reused_one_clone_at_a_time() {
     }
     // On-demand clones only: each request is cloned when it arrives, so
     // the forker it goes to is the idle one (no refill races it).
-    let daemon = Daemon::start(&format!(
-        r#"
-[[functions]]
-name = "netns"
-runtime = "python3"
-code = "{}"
-handler = "handler.netns"
-ready_clones = 0
-"#,
-        probe_code().display()
+    let daemon = Daemon::start(&python_function(
+        "netns",
+        &probe_code(),
+        "handler.netns",
+        "ready_clones = 0",
     ));
     // The first two clones are made the old way (nothing waits for a
     // forker); the zygote starts a forker after answering the second.

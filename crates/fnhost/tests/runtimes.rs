@@ -292,10 +292,7 @@ fn concurrent_invocations_across_runtimes() {
 
 /// `/proc/<pid>/status` fields of every process in `function`'s zygote
 /// cgroups, from the host.
-fn zygote_processes(
-    daemon: &Daemon,
-    function: &str,
-) -> Vec<std::collections::BTreeMap<String, String>> {
+fn zygote_processes(daemon: &Daemon, function: &str) -> Vec<Status> {
     daemon
         .zygote_pids(function)
         .into_iter()
@@ -310,30 +307,31 @@ fn zygote_processes(
         .collect()
 }
 
-/// Processes of a zygote's pid namespace whose parent is its runtime
-/// (init's child): its forkers.
-fn forker_count(processes: &[std::collections::BTreeMap<String, String>]) -> usize {
-    let in_zygote = |p: &&std::collections::BTreeMap<String, String>| {
-        p["NSpid"].split_whitespace().count() == 2
-    };
-    let Some(init) = processes
+type Status = std::collections::BTreeMap<String, String>;
+
+/// A zygote's processes by role, among those of its cgroups: init (pid 1
+/// of the zygote's pid namespace), the runtimes (init's children) and the
+/// forkers (the runtimes' children, see reused_network). Clones, whose
+/// pids span three pid namespaces, are none of these.
+fn zygote_roles(processes: &[Status]) -> (Option<&Status>, Vec<&Status>, Vec<&Status>) {
+    let in_zygote: Vec<&Status> = processes
         .iter()
-        .filter(in_zygote)
-        .find(|p| p["NSpid"].split_whitespace().nth(1) == Some("1"))
-    else {
-        return 0;
-    };
-    let runtimes: Vec<&String> = processes
-        .iter()
-        .filter(in_zygote)
-        .filter(|p| p["PPid"] == init["Pid"])
-        .map(|p| &p["Pid"])
+        .filter(|p| p["NSpid"].split_whitespace().count() == 2)
         .collect();
-    processes
+    let init = in_zygote
         .iter()
-        .filter(in_zygote)
-        .filter(|p| runtimes.contains(&&p["PPid"]))
-        .count()
+        .copied()
+        .find(|p| p["NSpid"].split_whitespace().nth(1) == Some("1"));
+    let children_of = |parents: &[&Status]| -> Vec<&Status> {
+        in_zygote
+            .iter()
+            .copied()
+            .filter(|p| parents.iter().any(|parent| p["PPid"] == parent["Pid"]))
+            .collect()
+    };
+    let runtimes = children_of(init.as_slice());
+    let forkers = children_of(&runtimes);
+    (init, runtimes, forkers)
 }
 
 #[test]
@@ -368,31 +366,15 @@ fn every_runtime_serves_from_an_unprivileged_zygote() {
         let mut processes = zygote_processes(&daemon, function);
         eventually(Duration::from_secs(30), || {
             processes = zygote_processes(&daemon, function);
-            forker_count(&processes) > 0
+            !zygote_roles(&processes).2.is_empty()
         });
-        let in_zygote_namespace = |p: &&std::collections::BTreeMap<String, String>| {
-            p["NSpid"].split_whitespace().count() == 2
-        };
-        let init = processes
-            .iter()
-            .filter(in_zygote_namespace)
-            .find(|p| p["NSpid"].split_whitespace().nth(1) == Some("1"))
-            .unwrap_or_else(|| panic!("{function}: no init in {processes:?}"));
-        let runtimes: Vec<_> = processes
-            .iter()
-            .filter(in_zygote_namespace)
-            .filter(|p| p["PPid"] == init["Pid"])
-            .collect();
+        let (init, runtimes, forkers) = zygote_roles(&processes);
+        assert!(init.is_some(), "{function}: no init in {processes:?}");
         assert_eq!(runtimes.len(), 1, "{function}: {processes:?}");
         let runtime = runtimes[0];
         // A forker holds capabilities only in a user namespace of its own,
         // under the runtime's no_new_privs and seccomp filter.
         let user_namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
-        let forkers: Vec<_> = processes
-            .iter()
-            .filter(in_zygote_namespace)
-            .filter(|p| p["PPid"] == runtime["Pid"])
-            .collect();
         assert!(!forkers.is_empty(), "{function}: no forker: {processes:?}");
         for forker in forkers {
             assert_eq!(forker["NoNewPrivs"], "1", "{function}: {forker:?}");
