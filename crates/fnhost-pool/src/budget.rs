@@ -67,10 +67,15 @@ pub trait MemoryMeter: Send + Sync {
     fn set_hard_limit(&self, bytes: u64) -> Result<(), MeterError>;
 }
 
-/// Descriptors the daemon holds for one zygote, at most: its control
-/// socket, pidfd and output pipe, and while it hibernates its userfaultfd
-/// and its snapshot file (measured: 3 awake, 5 asleep).
-pub const ZYGOTE_DESCRIPTORS: usize = 5;
+/// Descriptors the daemon holds for one zygote, awake or hibernated: its
+/// control socket, pidfd and output pipe (measured: 3 and 3; a hibernated
+/// zygote keeps its own userfaultfd, and its snapshot is reopened by name
+/// to wake it).
+pub const ZYGOTE_DESCRIPTORS: usize = 3;
+
+/// One more, its snapshot file, for a zygote of a sleeping pool mapped back
+/// to keep the pool's ready clones (`hibernate_ready_clones`).
+pub const MAPPED_SNAPSHOT_DESCRIPTORS: usize = 1;
 
 /// Descriptors the daemon holds for one clone, ready or running (its
 /// socket and pidfd).

@@ -11,7 +11,8 @@
 //!    is fine until here).
 //! 3. With signals blocked, [`hibernate`] runs the *window*: (1) write every
 //!    non-zero page, (2) register every region for missing faults, (3)
-//!    `MADV_DONTNEED` every region, (4) close its own uffd copy. Nothing in
+//!    `MADV_DONTNEED` every region, (4) hand back its own uffd copy, which
+//!    the zygote keeps open while it sleeps ([`Slept::uffd`]). Nothing in
 //!    it allocates or writes to memory that is saved, since such a write
 //!    would be lost: the region table lives on the caller's stack (the stack
 //!    is never hibernated) and only syscalls are made (through libc's
@@ -53,12 +54,21 @@
 //! The uffd is opened with no event features (no fork, remove or unmap
 //! events). While hibernated the zygote is paused, and during the wake only
 //! its fork-server code runs, which neither unmaps nor discards memory.
-//! Clones are forked only after the wake completed and the daemon closed
-//! the uffd; closing the last uffd fd unregisters every range, so later
+//! Clones are forked only after the wake completed and every uffd copy was
+//! closed; closing the last uffd fd unregisters every range, so later
 //! missing pages are ordinary zero-fill anonymous pages. It follows that the
-//! daemon must never close the uffd without a completed wake while the
+//! last copy must never be closed without a completed wake while the
 //! zygote may still run: pages not yet restored would read as zeros. If
 //! the wake fails, kill the zygote.
+//!
+//! # Who holds the uffd while the zygote sleeps
+//! The zygote keeps its own copy ([`Slept::uffd`]) until it has mapped the
+//! snapshot back, so the daemon need not hold one through a long sleep (a
+//! descriptor per hibernated function, where a host keeps thousands): it
+//! serves faults during the window, closes its copy, and takes one back
+//! from the zygote (`pidfd_getfd`) before it sends the wake-up. A fault
+//! meanwhile (none is expected: only the stack and the resident pages are
+//! touched) waits in the uffd's queue and is served then.
 
 use std::fs::File;
 use std::io;
@@ -126,6 +136,15 @@ impl Prepared {
     pub fn table(&self) -> RegionTable {
         self.table.clone()
     }
+}
+
+/// A completed window: its figures, and the zygote's own uffd copy, to
+/// keep open (on the stack) until the snapshot is mapped back (see
+/// [Who holds the uffd](self#who-holds-the-uffd-while-the-zygote-sleeps)).
+#[derive(Debug)]
+pub struct Slept {
+    pub stats: WindowStats,
+    pub uffd: OwnedFd,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,10 +230,7 @@ pub fn prepare(previous: &[FileId]) -> Result<Prepared, HibernateError> {
 /// the uffd was already handed to the daemon, and `prepared` is on the
 /// stack. On `Err` every registered range was unregistered and nothing was
 /// dropped.
-pub fn hibernate(
-    prepared: Prepared,
-    snapshot: BorrowedFd<'_>,
-) -> Result<WindowStats, HibernateError> {
+pub fn hibernate(prepared: Prepared, snapshot: BorrowedFd<'_>) -> Result<Slept, HibernateError> {
     let Prepared {
         uffd,
         pagemap,
@@ -254,9 +270,9 @@ pub fn hibernate(
         }
     }
 
-    // (4) The daemon holds the only uffd from now on.
-    bare::close_bare(uffd);
-    Ok(stats)
+    // (4) Kept open by the caller until the wake-up's remap: the daemon
+    // may close its copy meanwhile.
+    Ok(Slept { stats, uffd })
 }
 
 /// Write the non-zero pages of `region` at `offset` in runs of consecutive

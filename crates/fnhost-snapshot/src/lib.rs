@@ -23,12 +23,12 @@ pub mod shared;
 pub mod snapshot;
 pub mod working_set;
 
-pub use hibernate::{hibernate, prepare, HibernateError, Prepared, WindowStats};
+pub use hibernate::{hibernate, prepare, HibernateError, Prepared, Slept, WindowStats};
 pub use regions::{
     layout, layout_offset, page_size, parse_maps, Region, RegionError, RegionTable, MAX_REGIONS,
 };
 pub use remap::{remap, remap_shared, FileId, GROWTH_TAIL};
 pub use restore::{wake, RestoreError, Sleeper, WakeStats};
 pub use shared::{SharedBase, SharedRun, Sharing, MAX_SHARED_RUNS};
-pub use snapshot::{ReadBack, SealStats, Snapshot};
+pub use snapshot::{ClosedSnapshot, ReadBack, SealStats, Snapshot};
 pub use working_set::WorkingSet;

@@ -68,6 +68,12 @@ pub enum RestoreError {
         len: u64,
         sealed: u64,
     },
+    #[error("cannot reopen snapshot {path}: {source}")]
+    Reopen { path: PathBuf, source: io::Error },
+    #[error(
+        "snapshot {path} is another file than the one sealed (replaced while its zygote slept)"
+    )]
+    Replaced { path: PathBuf },
     #[error("the hibernated process is gone")]
     ProcessGone,
     #[error(
@@ -76,8 +82,10 @@ pub enum RestoreError {
     Deadline { elapsed: Duration, remaining: u64 },
 }
 
-/// A hibernated zygote, as the daemon holds it. Dropping it closes the uffd
-/// (unregistering every range) and unlinks the snapshot.
+/// A hibernated zygote, as the daemon holds it. Dropping it closes the
+/// daemon's copy of the uffd and unlinks the snapshot; the ranges stay
+/// registered until the zygote closes its own copy ([`Slept::uffd`](crate::Slept)),
+/// which it does once woken.
 #[derive(Debug)]
 pub struct Sleeper {
     pub uffd: userfaultfd::Uffd,

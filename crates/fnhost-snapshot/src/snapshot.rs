@@ -25,7 +25,7 @@ use std::sync::Arc;
 use fnhost_sandbox::sys::fd as sys;
 
 use crate::regions::{self, page_ceil, page_floor, Region};
-use crate::remap::GROWTH_TAIL;
+use crate::remap::{FileId, GROWTH_TAIL};
 use crate::restore::RestoreError;
 use crate::shared::SharedRun;
 
@@ -54,7 +54,7 @@ pub struct SealStats {
 
 #[derive(Debug)]
 pub struct Snapshot {
-    path: PathBuf,
+    name: Name,
     /// Shared with whoever serves its pages (see [`Snapshot::shared_file`]):
     /// one descriptor per snapshot, where a daemon keeps thousands.
     file: Arc<File>,
@@ -73,7 +73,7 @@ impl Snapshot {
     pub fn create(path: PathBuf) -> io::Result<Snapshot> {
         let file = create_private(&path, "snapshot")?;
         Ok(Snapshot {
-            path,
+            name: Name(path),
             file: Arc::new(file),
             regions: Vec::new(),
             extents: Vec::new(),
@@ -94,7 +94,29 @@ impl Snapshot {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.name.0
+    }
+
+    /// Closes the descriptor of a sealed snapshot, keeping the file, while
+    /// its zygote sleeps: a host of thousands of hibernated functions
+    /// would hold one each. Readers sharing it ([`Snapshot::shared_file`],
+    /// a [`ReadBack`]) keep it open until they are done.
+    pub fn close(self) -> Result<ClosedSnapshot, RestoreError> {
+        let sealed = self.sealed.ok_or_else(|| RestoreError::NotSealed {
+            path: self.path().to_path_buf(),
+        })?;
+        let id = FileId::of(self.file.as_fd()).map_err(|source| RestoreError::Map {
+            path: self.path().to_path_buf(),
+            source,
+        })?;
+        Ok(ClosedSnapshot {
+            name: self.name,
+            id,
+            regions: self.regions,
+            extents: self.extents,
+            own: self.own,
+            sealed,
+        })
     }
 
     /// After the zygote reported its window done: sync the file, record
@@ -122,18 +144,18 @@ impl Snapshot {
         let page = regions::page_size();
         let total =
             check_regions(&regions, page).map_err(|reason| RestoreError::InvalidRegions {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
                 reason,
             })?;
         let seal_err = |step: &'static str| {
-            let path = self.path.clone();
+            let path = self.path().to_path_buf();
             move |source| RestoreError::Seal { path, step, source }
         };
         self.file.sync_data().map_err(seal_err("fdatasync"))?;
         let file_bytes = self.file.metadata().map_err(seal_err("stat"))?.len();
         if file_bytes > total + GROWTH_TAIL {
             return Err(RestoreError::InvalidRegions {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
                 reason: "the file is larger than its regions",
             });
         }
@@ -205,20 +227,20 @@ impl Snapshot {
     pub fn check_intact(&self) -> Result<(), RestoreError> {
         let Some(sealed) = self.sealed else {
             return Err(RestoreError::NotSealed {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
             });
         };
         let len = self
             .file
             .metadata()
             .map_err(|source| RestoreError::Map {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
                 source,
             })?
             .len();
         if len != sealed.file_bytes {
             return Err(RestoreError::Truncated {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
                 len,
                 sealed: sealed.file_bytes,
             });
@@ -242,7 +264,7 @@ impl Snapshot {
     pub fn drop_cache(&self) {
         if let Err(e) = sys::fadvise_dontneed(self.file.as_fd()) {
             let errno = e.raw_os_error().unwrap_or(0);
-            tracing::warn!(path = %self.path.display(), errno, "drop snapshot page cache");
+            tracing::warn!(path = %self.path().display(), errno, "drop snapshot page cache");
         }
     }
 
@@ -280,13 +302,73 @@ impl Snapshot {
     }
 }
 
-impl Drop for Snapshot {
+/// A snapshot file's name, unlinked when dropped: a [`Snapshot`] and a
+/// [`ClosedSnapshot`] pass it on to each other.
+#[derive(Debug)]
+struct Name(PathBuf);
+
+impl Drop for Name {
     fn drop(&mut self) {
-        if let Err(err) = std::fs::remove_file(&self.path) {
+        if let Err(err) = std::fs::remove_file(&self.0) {
             if err.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), error = %err, "remove snapshot");
+                tracing::warn!(path = %self.0.display(), error = %err, "remove snapshot");
             }
         }
+    }
+}
+
+/// A sealed snapshot without an open descriptor ([`Snapshot::close`]);
+/// dropping it unlinks the file, as for a [`Snapshot`].
+#[derive(Debug)]
+pub struct ClosedSnapshot {
+    name: Name,
+    /// The file it was: what [`ClosedSnapshot::reopen`] must find.
+    id: FileId,
+    regions: Vec<Region>,
+    extents: Vec<Extent>,
+    own: Vec<Extent>,
+    sealed: SealStats,
+}
+
+impl ClosedSnapshot {
+    pub fn path(&self) -> &Path {
+        &self.name.0
+    }
+
+    /// Bytes of saved (non-zero) pages.
+    pub fn data_bytes(&self) -> u64 {
+        self.sealed.data_bytes
+    }
+
+    /// Opens it again by name for a wake-up: the same file (device and
+    /// inode), still as long as when it was sealed ([`Snapshot::check_intact`]).
+    pub fn reopen(self) -> Result<Snapshot, RestoreError> {
+        let path = self.path().to_path_buf();
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| RestoreError::Reopen {
+                path: path.clone(),
+                source,
+            })?;
+        let id = FileId::of(file.as_fd()).map_err(|source| RestoreError::Reopen {
+            path: path.clone(),
+            source,
+        })?;
+        if id != self.id {
+            return Err(RestoreError::Replaced { path });
+        }
+        let snapshot = Snapshot {
+            name: self.name,
+            file: Arc::new(file),
+            regions: self.regions,
+            extents: self.extents,
+            own: self.own,
+            sealed: Some(self.sealed),
+        };
+        snapshot.check_intact()?;
+        Ok(snapshot)
     }
 }
 
@@ -572,6 +654,73 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         drop(snap);
         assert!(!path.exists());
+    }
+
+    /// A sealed two-page snapshot (data in its second page) at `path`.
+    fn sealed_at(path: &Path) -> Snapshot {
+        use std::os::unix::fs::FileExt;
+        let page = regions::page_size();
+        let mut snap = Snapshot::create(path.to_path_buf()).expect("create");
+        snap.file_ref()
+            .write_all_at(&vec![7u8; page as usize], page)
+            .expect("write");
+        snap.seal(vec![r(0x400000, 2 * page)], false).expect("seal");
+        snap
+    }
+
+    #[test]
+    fn a_closed_snapshot_reopens_as_the_same_file_and_unlinks_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.snap");
+        let page = regions::page_size();
+        let closed = sealed_at(&path).close().expect("close");
+        assert!(path.exists(), "closing keeps the file");
+        assert_eq!(closed.data_bytes(), page);
+        let snap = closed.reopen().expect("reopen");
+        assert_eq!(snap.data_offset(0x400000 + page), Some(page));
+        let mut byte = [0u8; 1];
+        std::os::unix::fs::FileExt::read_exact_at(snap.file_ref(), &mut byte, page).expect("read");
+        assert_eq!(byte, [7]);
+        // Closed again and dropped: the name goes with it.
+        drop(snap.close().expect("close"));
+        assert!(!path.exists());
+        assert!(
+            Snapshot::create(path.clone())
+                .expect("create")
+                .close()
+                .is_err(),
+            "only a sealed snapshot closes"
+        );
+    }
+
+    #[test]
+    fn a_closed_snapshot_replaced_or_truncated_does_not_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.snap");
+        let closed = sealed_at(&path).close().expect("close");
+        // Another file of the same size under its name.
+        let other = dir.path().join("other");
+        std::fs::write(&other, vec![7u8; 2 * regions::page_size() as usize]).expect("write");
+        std::fs::rename(&other, &path).expect("rename");
+        let err = closed.reopen().expect_err("replaced");
+        assert!(matches!(err, RestoreError::Replaced { .. }), "{err}");
+
+        let path = dir.path().join("t.snap");
+        let closed = sealed_at(&path).close().expect("close");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(1)
+            .expect("truncate");
+        let err = closed.reopen().expect_err("truncated");
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let missing = sealed_at(&dir.path().join("m.snap"))
+            .close()
+            .expect("close");
+        std::fs::remove_file(dir.path().join("m.snap")).expect("remove");
+        let err = missing.reopen().expect_err("missing");
+        assert!(err.to_string().contains("cannot reopen"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use fnhost_sandbox::sys::bare::{recv_bare, send_bare};
+use fnhost_sandbox::sys::bare::{close_bare, recv_bare, send_bare};
 use fnhost_sandbox::sys::uffd;
 use fnhost_snapshot::{
     hibernate, prepare, wake, Region, RestoreError, Sleeper, Snapshot, WakeStats, WorkingSet,
@@ -322,8 +322,9 @@ mod child {
         let started = Instant::now();
         let result = hibernate(prepared, snapshot.as_fd());
         let window = started.elapsed();
-        let stats = match result {
-            Ok(stats) => stats,
+        // The zygote's own uffd copy stays open until it is awake.
+        let (stats, uffd) = match result {
+            Ok(slept) => (slept.stats, slept.uffd),
             Err(err) => return send(sock, FAILED, err.to_string().as_bytes(), &[]),
         };
         // The report, built on the stack: [DONE, errno (4 bytes), address (8)].
@@ -349,9 +350,16 @@ mod child {
                 // SAFETY: as above; part of the memory may be missing.
                 unsafe { libc::_exit(4) };
             }
+            drop(uffd);
             *WOKEN_FROM.lock().expect("woken-from lock") =
                 Some(fnhost_snapshot::FileId::of(snapshot.as_fd()).expect("fstat snapshot"));
             forked = format!(" fork={}", verify_in_a_fork(mem));
+        } else {
+            // Copied back by the parent, which closed its copy: closing the
+            // last one unregisters every range, so pages never saved (zero)
+            // read as zeros rather than waiting for a fault server. Bare:
+            // libc's close touches errno, which may be such a page.
+            close_bare(uffd);
         }
 
         let report = match mem.verify() {

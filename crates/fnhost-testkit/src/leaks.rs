@@ -87,6 +87,18 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// How many of `pid`'s open descriptors are `kind` (the target of their
+/// `/proc/<pid>/fd` link, e.g. `anon_inode:[userfaultfd]`).
+pub fn fds_of_kind(pid: u32, kind: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == kind))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Whether `pid` exists (a zombie counts).
 pub fn alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())

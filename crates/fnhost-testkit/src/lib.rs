@@ -18,6 +18,6 @@ pub use gate::{in_ci, is_root, require, require_root, skip};
 pub use http::{http, http_with, request, Response};
 pub use launch::{AdminLine, Launch, LogTo};
 pub use leaks::{
-    alive, cgroup_dirs, children, comm, descendants, eventually, fd_count, forker_processes,
-    has_mounts_below, mount_count, remove_cgroups, sandbox_processes,
+    alive, cgroup_dirs, children, comm, descendants, eventually, fd_count, fds_of_kind,
+    forker_processes, has_mounts_below, mount_count, remove_cgroups, sandbox_processes,
 };

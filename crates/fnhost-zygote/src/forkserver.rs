@@ -406,6 +406,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     };
     let hibernating = ZygoteMessage::Hibernating {
         regions: prepared.regions().to_vec(),
+        uffd: prepared.uffd().as_raw_fd(),
     };
     if control::send(control, &hibernating, &[prepared.uffd().as_raw_fd()]).is_err() {
         sys::exit_immediately(0);
@@ -415,7 +416,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     let table = prepared.table();
     // From here until the snapshot is mapped back: stack and bare syscalls only.
     match fnhost_snapshot::hibernate(prepared, snapshot.as_fd()) {
-        Ok(stats) => {
+        Ok(fnhost_snapshot::Slept { stats, uffd }) => {
             let mut buf = [0u8; 96];
             let len = encode_hibernated(&mut buf, stats.pages_written, stats.bytes_dropped);
             if sys::bare::send_bare(control, &buf[..len]).is_err() {
@@ -466,6 +467,9 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
                 sys::exit_immediately(0);
             }
             restore_signals();
+            // Every region is a file mapping again, registered nowhere: the
+            // last copy of the userfaultfd may go (the daemon closes its own).
+            drop(uffd);
             // The memory is whole again: statics may be written. The next
             // hibernation makes these files' mappings anonymous first.
             let id_of = |fd: &OwnedFd| fnhost_snapshot::FileId::of(fd.as_fd()).ok();

@@ -92,6 +92,11 @@ pub enum ZygoteMessage {
     /// regions are about to be written to the snapshot and dropped.
     Hibernating {
         regions: Vec<fnhost_snapshot::Region>,
+        /// The number of the zygote's own copy of that userfaultfd, which
+        /// it keeps open until it is awake: the daemon closes its copy
+        /// while the zygote sleeps and takes one back (`pidfd_getfd`) to
+        /// wake it.
+        uffd: i32,
     },
     /// The zygote's memory is in the snapshot and dropped. Encoded without
     /// allocating (see [`encode_hibernated`]).

@@ -8,9 +8,9 @@
 use fnhost_pool::budget::{CLONE_DESCRIPTORS, ZYGOTE_DESCRIPTORS};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-/// Descriptors a zygote holds in the daemon with one clone, or while it
-/// hibernates, at most (measured: 5 for a warm zygote with one ready clone,
-/// 5 for a hibernated one).
+/// Descriptors a zygote holds in the daemon with one clone, at most
+/// (measured: 5 for a warm zygote with one ready clone, 3 for a hibernated
+/// one).
 pub const PER_ZYGOTE: u64 = (ZYGOTE_DESCRIPTORS + CLONE_DESCRIPTORS) as u64;
 
 /// Descriptors kept for everything but sandboxes and connections:

@@ -143,6 +143,23 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
             1,
             "one snapshot per sleeping zygote"
         );
+        // The sleeping zygote keeps its userfaultfd; the daemon holds none
+        // (a host of thousands of hibernated functions would hold one each).
+        assert_eq!(
+            fds_of_kind(daemon.pid(), "anon_inode:[userfaultfd]"),
+            0,
+            "cycle {cycle}: the daemon holds a sleeping zygote's userfaultfd"
+        );
+        // Nor its snapshot file, once the read back into the page cache is done.
+        let snapshot = snapshot_files(&daemon).remove(0);
+        assert!(
+            eventually(Duration::from_secs(30), || fds_of_kind(
+                daemon.pid(),
+                &snapshot.display().to_string()
+            ) == 0),
+            "cycle {cycle}: the daemon keeps {} open while its zygote sleeps",
+            snapshot.display()
+        );
 
         let r = invoke_intact(&daemon, "snap");
         assert_eq!(r.header("x-fnhost-start"), Some("wake"), "cycle {cycle}");

@@ -223,10 +223,11 @@ fn a_host_out_of_descriptors_stops_idle_zygotes_instead_of_failing() {
         return;
     }
     const FUNCTIONS: usize = 16;
-    // Room for 6 zygotes (5 descriptors each counted) beside 16
-    // connections and the 256 kept for the rest of the daemon.
+    // Room for 6 zygotes (3 descriptors each counted) and the running
+    // clone (2) beside 16 connections and the 256 kept for the rest of
+    // the daemon.
     const CONNECTIONS: u64 = 16;
-    let limit = CONNECTIONS + 256 + 6 * 5;
+    let limit = CONNECTIONS + 256 + 6 * 3 + 2;
     let functions: String = (0..FUNCTIONS)
         .map(|i| {
             python_function(

@@ -350,6 +350,14 @@ impl<B: Backend> Reclaimable for FunctionPool<B> {
         };
         let clones = self.ready.lock().expect("ready lock").len()
             + self.in_flight.load(Ordering::SeqCst) as usize;
-        zygotes * crate::budget::ZYGOTE_DESCRIPTORS + clones * crate::budget::CLONE_DESCRIPTORS
+        // A sleeping pool's zygotes may be mapped back (for its ready clones).
+        let mapped_back = if self.sleeping.load(Ordering::SeqCst) {
+            zygotes
+        } else {
+            0
+        };
+        zygotes * crate::budget::ZYGOTE_DESCRIPTORS
+            + mapped_back * crate::budget::MAPPED_SNAPSHOT_DESCRIPTORS
+            + clones * crate::budget::CLONE_DESCRIPTORS
     }
 }

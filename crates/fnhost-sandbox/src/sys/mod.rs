@@ -15,7 +15,8 @@ pub use fd::{
 };
 pub use ids::{capset_all, map_own_ids, prctl, set_ids_raw};
 pub use process::{
-    children_of, clone3, current_tid, disable_aslr, execve, exit_immediately, pidfd_nspids,
-    pidfd_open, pidfd_send_signal, process_state, task_states, thread_count_of, undo_dontfork,
-    waitid_pidfd, CStringArray, CloneSpec, ExitStatus, Forked, CLONE_INTO_CGROUP, CLONE_PIDFD,
+    children_of, clone3, current_tid, disable_aslr, execve, exit_immediately, pidfd_getfd,
+    pidfd_nspids, pidfd_open, pidfd_send_signal, process_state, task_states, thread_count_of,
+    undo_dontfork, waitid_pidfd, CStringArray, CloneSpec, ExitStatus, Forked, CLONE_INTO_CGROUP,
+    CLONE_PIDFD,
 };

@@ -106,6 +106,19 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_getfd(pidfd, target, 0)`: a duplicate, in this process, of the
+/// descriptor `target` of the pidfd's process (close-on-exec). Needs
+/// ptrace access to it (root over its own sandboxes).
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success the kernel returned a new owned descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// The pids of a pidfd's process, from the caller's pid namespace down to
 /// the process's own (`NSpid:` of its fdinfo); empty once it has exited.
 pub fn pidfd_nspids(pidfd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {

@@ -4,14 +4,14 @@
 //! reclaim mode, only remembering that the kernel was asked to reclaim.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::sys;
-use fnhost_snapshot::{RestoreError, SharedBase, SharedRun, Snapshot, WakeStats};
+use fnhost_snapshot::{ClosedSnapshot, RestoreError, SharedBase, SharedRun, Snapshot, WakeStats};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinError;
 
@@ -66,6 +66,9 @@ pub enum HibernateError {
     },
     #[error("snapshot sealing failed: {0}")]
     SealTask(#[source] JoinError),
+    /// Serving its page faults during the hibernation failed: it was killed.
+    #[error("serving the zygote's page faults while it hibernated failed: {0}")]
+    Faults(#[source] FaultError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,8 @@ pub enum WakeError {
     FaultServerDied(#[source] JoinError),
     #[error("cannot reach the hibernated zygote: {0}")]
     Unreachable(#[source] std::io::Error),
+    #[error("cannot take the hibernated zygote's userfaultfd back: {0}")]
+    Uffd(String),
     #[error("restoring the zygote's memory failed: {0}")]
     Restore(#[source] RestoreError),
     #[error("cannot map the shared snapshot base: {0}")]
@@ -123,14 +128,26 @@ pub struct Hibernation {
     pub dropped_bytes: u64,
 }
 
+/// Where the page cache of a zygote's snapshot is sampled, with the
+/// snapshot's layout length.
+pub(super) enum SnapshotCache {
+    /// Asleep: by the file's name (its descriptor is closed meanwhile).
+    Named(PathBuf, u64),
+    /// Mapped back to keep a sleeping pool's ready clones: the open file
+    /// (its name is gone).
+    Open(Arc<std::fs::File>, u64),
+}
+
 /// Why a zygote is asleep.
 pub(super) enum Sleep {
     /// Its memory is in a snapshot; pages come back through the
-    /// userfaultfd, which `server` watches until the wake-up takes over.
+    /// userfaultfd, which only the zygote holds while it sleeps (as
+    /// descriptor `uffd`): the wake-up takes a copy back and serves it.
     Snapshot {
-        snapshot: Snapshot,
-        server: tokio::task::JoinHandle<Result<OwnedFd, FaultError>>,
-        stop: tokio::sync::oneshot::Sender<()>,
+        /// Closed while it sleeps, like the uffd: a host of thousands of
+        /// hibernated functions would hold a descriptor for each.
+        snapshot: ClosedSnapshot,
+        uffd: i32,
         prefetch: bool,
         /// Pages it maps from its sharing group's base.
         shared: Option<Box<SharedSleep>>,
@@ -243,11 +260,18 @@ impl ZygoteHandle {
     /// to the daemon, see `fnhost_snapshot::snapshot`).
     pub fn snapshot_cached_bytes(&self) -> u64 {
         let held = self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((file, layout)) = held.as_ref() else {
-            return 0;
+        let cached = |file: BorrowedFd<'_>, layout: u64| {
+            sys::fd::cached_pages(file, 0, layout)
+                .map_or(0, |pages| pages * fnhost_snapshot::page_size())
         };
-        sys::fd::cached_pages(file.as_fd(), 0, *layout)
-            .map_or(0, |pages| pages * fnhost_snapshot::page_size())
+        match held.as_ref() {
+            None => 0,
+            Some(SnapshotCache::Open(file, layout)) => cached(file.as_fd(), *layout),
+            // Gone (woken and unlinked meanwhile): nothing cached.
+            Some(SnapshotCache::Named(path, layout)) => {
+                std::fs::File::open(path).map_or(0, |file| cached(file.as_fd(), *layout))
+            }
+        }
     }
 
     /// Bytes of its memory mapped from its sharing group's base rather
@@ -298,12 +322,14 @@ impl ZygoteHandle {
             send_msg(&channel.fd, &DaemonMessage::Hibernate, &fds)
                 .await
                 .map_err(HibernateError::Send)?;
-            let (regions, uffd) = match recv_msg(&channel.fd).await {
-                Ok(Received::Message(ZygoteMessage::Hibernating { regions }, mut fds))
-                    if fds.len() == 1 =>
-                {
-                    (regions, fds.remove(0))
-                }
+            let (regions, uffd, zygote_uffd) = match recv_msg(&channel.fd).await {
+                Ok(Received::Message(
+                    ZygoteMessage::Hibernating {
+                        regions,
+                        uffd: zygote_uffd,
+                    },
+                    mut fds,
+                )) if fds.len() == 1 => (regions, fds.remove(0), zygote_uffd),
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
                     return Err(HibernateError::Refused { message })
                 }
@@ -316,7 +342,8 @@ impl ZygoteHandle {
                 path: path.clone(),
                 source,
             })?;
-            // Faults are answered from the moment the pages may be gone.
+            // Faults are answered from the moment the pages may be gone
+            // until the snapshot is sealed.
             let server = tokio::spawn(serve_asleep(
                 uffd,
                 file,
@@ -333,14 +360,14 @@ impl ZygoteHandle {
                         bytes_dropped,
                     },
                     _,
-                )) => Ok((regions, server, bytes_dropped)),
+                )) => Ok((regions, (server, stop), zygote_uffd, bytes_dropped)),
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
                     Err(HibernateError::Refused { message })
                 }
                 other => Err(HibernateError::Unexpected(format!("{other:?}"))),
             }
         };
-        let (regions, server, dropped_bytes) =
+        let (regions, (server, stop), zygote_uffd, dropped_bytes) =
             match tokio::time::timeout(HIBERNATION_TIMEOUT, exchange).await {
                 Ok(Ok(done)) => done,
                 Ok(Err(message)) => return Err(message),
@@ -391,6 +418,19 @@ impl ZygoteHandle {
                 return Err(HibernateError::SealTask(e));
             }
         };
+        // The daemon's copy of the userfaultfd goes: a host of thousands of
+        // hibernated functions would hold one each. The zygote keeps its
+        // own until it is awake (see `fnhost_snapshot::hibernate`).
+        let _ = stop.send(());
+        match server.await {
+            Ok(Ok(uffd)) => drop(uffd),
+            // It was killed when the fault could not be served.
+            Ok(Err(e)) => return Err(HibernateError::Faults(e)),
+            Err(e) => {
+                self.kill();
+                return Err(HibernateError::Faults(FaultError::Died(e)));
+            }
+        }
         self.snapshot_bytes
             .store(stats.data_bytes, Ordering::Relaxed);
         let (shared, shared_bytes) = shared.map_or((None, 0), |(s, bytes)| (Some(s), bytes));
@@ -407,11 +447,18 @@ impl ZygoteHandle {
         }
         let layout = fnhost_snapshot::asleep::layout_len(snapshot.regions());
         *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((snapshot.shared_file(), layout));
+            Some(SnapshotCache::Named(snapshot.path().to_path_buf(), layout));
+        // The read-back task keeps its own reference until it is done.
+        let snapshot = match snapshot.close() {
+            Ok(closed) => closed,
+            Err(e) => {
+                self.kill();
+                return Err(HibernateError::Seal { path, source: e });
+            }
+        };
         channel.sleep = Some(Sleep::Snapshot {
             snapshot,
-            server,
-            stop,
+            uffd: zygote_uffd,
             prefetch,
             shared,
         });
@@ -444,7 +491,7 @@ impl ZygoteHandle {
         // Before taking the control lock: a request meanwhile may wake it.
         self.await_read_back().await;
         let mut channel = self.control.lock().await;
-        self.wake_locked(&mut channel).await
+        self.wake_locked(&mut channel, true).await
     }
 
     /// Waits for the background read of the snapshot back into the page
@@ -463,16 +510,19 @@ impl ZygoteHandle {
 
     /// Wakes the zygote if it sleeps (the channel is locked by the caller).
     /// A failed wake-up kills the zygote: its memory cannot be trusted.
+    /// `mapped_back`: it wakes to keep a sleeping pool's ready clones, whose
+    /// memory stays the snapshot's page cache (sampled from then on).
     pub(super) async fn wake_locked(
         &self,
         channel: &mut Channel,
+        mapped_back: bool,
     ) -> Result<Option<Woken>, WakeError> {
         let Some(sleep) = channel.sleep.take() else {
             return Ok(None);
         };
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
-        let (snapshot, server, stop, prefetch, shared) = match sleep {
+        let (snapshot, zygote_uffd, prefetch, shared) = match sleep {
             Sleep::Reclaimed => {
                 self.snapshot_bytes.store(0, Ordering::Relaxed);
                 self.snapshot_shared_bytes.store(0, Ordering::Relaxed);
@@ -483,15 +533,16 @@ impl ZygoteHandle {
             }
             Sleep::Snapshot {
                 snapshot,
-                server,
-                stop,
+                uffd,
                 prefetch,
                 shared,
-            } => (snapshot, server, stop, prefetch, shared),
+            } => (snapshot, uffd, prefetch, shared),
         };
-        if let Err(e) = snapshot.check_intact() {
-            return Err(self.wake_failed(WakeError::Restore(e)));
-        }
+        // The same file, as long as when it was sealed.
+        let snapshot = match snapshot.reopen() {
+            Ok(snapshot) => snapshot,
+            Err(e) => return Err(self.wake_failed(WakeError::Restore(e))),
+        };
         if let Some(shared) = &shared {
             if let Err(e) = shared.base.check_intact() {
                 return Err(self.wake_failed(WakeError::Base(e)));
@@ -510,8 +561,23 @@ impl ZygoteHandle {
             (Some(s), true) => snapshot.prefetch() + s.base.prefetch(&s.runs),
         };
         let read = read.elapsed();
+        // Its page faults are served from here until it is awake.
+        let uffd = match self.take_back_uffd(zygote_uffd) {
+            Ok(uffd) => uffd,
+            Err(e) => return Err(self.wake_failed(WakeError::Uffd(e))),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(serve_asleep(
+            uffd,
+            snapshot.shared_file(),
+            snapshot.regions().to_vec(),
+            stopped,
+            self.function.clone(),
+            self.id,
+            self.pidfd.clone(),
+        ));
         // The zygote maps the snapshot back and answers; until then the
-        // fault server still answers any page it touches.
+        // fault server answers any page it touches.
         let wake = shared
             .as_ref()
             .map_or(crate::protocol::WAKE_MESSAGE, |s| &s.wake_message);
@@ -540,6 +606,9 @@ impl ZygoteHandle {
         }
         // Its next hibernation compares with the base it maps.
         *self.mapped_base.lock().unwrap_or_else(|e| e.into_inner()) = shared.map(|s| s.base);
+        let layout = fnhost_snapshot::asleep::layout_len(snapshot.regions());
+        *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()) =
+            mapped_back.then(|| SnapshotCache::Open(snapshot.shared_file(), layout));
         // The zygote's mapping keeps the file's data; its name goes, off
         // the request's path.
         tokio::task::spawn_blocking(move || drop(snapshot));
@@ -553,6 +622,49 @@ impl ZygoteHandle {
                 ..WakeStats::default()
             }),
         }))
+    }
+
+    /// A copy of the userfaultfd a sleeping zygote kept as its descriptor
+    /// `target`, taken from its runtime: init's only child. The runtime
+    /// is found by pid, so it is checked to still be init's child after
+    /// its pidfd was opened (init forks nothing else, so a reused pid
+    /// could not be); and what comes back must be a userfaultfd.
+    fn take_back_uffd(&self, target: i32) -> Result<OwnedFd, String> {
+        // Zombies (exited, not yet reaped by init) are not the runtime.
+        let children = || {
+            sys::children_of(self.pid)
+                .map(|pids| {
+                    pids.into_iter()
+                        .filter(|&p| !matches!(sys::process_state(p), Ok('Z') | Err(_)))
+                        .collect::<Vec<i32>>()
+                })
+                .map_err(|e| format!("cannot list the zygote's processes: {e}"))
+        };
+        let runtime = match children()?[..] {
+            [runtime] => runtime,
+            ref other => {
+                return Err(format!(
+                    "expected one runtime process, found {}",
+                    other.len()
+                ))
+            }
+        };
+        let pidfd = sys::pidfd_open(runtime)
+            .map_err(|e| format!("cannot open the runtime's pidfd: {e}"))?;
+        if !children()?.contains(&runtime) {
+            return Err("the runtime exited".into());
+        }
+        let uffd = sys::pidfd_getfd(pidfd.as_fd(), target)
+            .map_err(|e| format!("pidfd_getfd of its descriptor {target}: {e}"))?;
+        let kind = std::fs::read_link(format!("/proc/self/fd/{}", uffd.as_raw_fd()))
+            .map_err(|e| format!("cannot inspect its descriptor {target}: {e}"))?;
+        if kind.as_os_str() != "anon_inode:[userfaultfd]" {
+            return Err(format!(
+                "its descriptor {target} is {}, not a userfaultfd",
+                kind.display()
+            ));
+        }
+        Ok(uffd)
     }
 
     /// Kills a zygote whose memory could not be restored (a process blocked

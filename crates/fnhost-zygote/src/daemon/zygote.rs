@@ -142,8 +142,8 @@ pub struct ZygoteHandle {
     /// The sharing group's base its memory maps since its last wake-up:
     /// held so that its next hibernation compares with the same base.
     pub(super) mapped_base: std::sync::Mutex<Option<Arc<fnhost_snapshot::SharedBase>>>,
-    /// That snapshot file and its layout length, to sample its page cache.
-    pub(super) snapshot_file: std::sync::Mutex<Option<(Arc<std::fs::File>, u64)>>,
+    /// Where that snapshot's page cache is sampled.
+    pub(super) snapshot_file: std::sync::Mutex<Option<super::sleep::SnapshotCache>>,
     /// The background read of the snapshot back into the page cache, while
     /// it runs (see `settle`).
     pub(super) read_back: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -322,7 +322,7 @@ impl ZygoteHandle {
         let msg = DaemonMessage::Clone { request };
         let mut channel = self.control.lock().await;
         let woke = self
-            .wake_locked(&mut channel)
+            .wake_locked(&mut channel, false)
             .await
             .map_err(CloneError::WakeFailed)?;
         let control = &channel.fd;

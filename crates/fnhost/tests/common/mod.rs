@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fnhost_sandbox::cgroup::names::{self, Member};
 pub use fnhost_testkit::{
-    cgroup_dirs, children, comm, descendants, eventually, fd_count, forker_processes, http,
-    http_with, mount_count, require_root, sandbox_processes, Response,
+    cgroup_dirs, children, comm, descendants, eventually, fd_count, fds_of_kind, forker_processes,
+    http, http_with, mount_count, require_root, sandbox_processes, Response,
 };
 use fnhost_testkit::{AdminLine, Launch, LogTo, ServerSection};
 
