@@ -67,15 +67,13 @@ pub trait MemoryMeter: Send + Sync {
     fn set_hard_limit(&self, bytes: u64) -> Result<(), MeterError>;
 }
 
-/// Descriptors the daemon holds for one zygote, awake or hibernated: its
-/// control socket, pidfd and output pipe (measured: 3 and 3; a hibernated
-/// zygote keeps its own userfaultfd, and its snapshot is reopened by name
-/// to wake it).
+/// Descriptors the daemon holds for one awake zygote: its control socket,
+/// pidfd and output pipe (measured: 3). Each zygote says what it holds
+/// now (`ZygoteHandle::descriptors`): 2 while it hibernates with a
+/// snapshot (it keeps its userfaultfd and the daemon's end of its channel
+/// itself, and the snapshot is reopened by name to wake it), one more
+/// while mapped back to keep a sleeping pool's ready clones.
 pub const ZYGOTE_DESCRIPTORS: usize = 3;
-
-/// One more, its snapshot file, for a zygote of a sleeping pool mapped back
-/// to keep the pool's ready clones (`hibernate_ready_clones`).
-pub const MAPPED_SNAPSHOT_DESCRIPTORS: usize = 1;
 
 /// Descriptors the daemon holds for one clone, ready or running (its
 /// socket and pidfd).

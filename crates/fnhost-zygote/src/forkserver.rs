@@ -359,14 +359,18 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     let failed = |message: String| {
         let _ = control::send(control, &ZygoteMessage::HibernateFailed { message }, &[]);
     };
-    if fds.is_empty() || fds.len() > 2 {
+    if fds.len() < 2 || fds.len() > 3 {
         return failed(format!(
-            "hibernate request carried {} descriptors, expected the snapshot and at most a shared base",
+            "hibernate request carried {} descriptors, expected the snapshot, the daemon's end of \
+             this channel and at most a shared base",
             fds.len()
         ));
     }
     let mut fds = fds.into_iter();
-    let snapshot = fds.next().expect("checked: at least one descriptor");
+    let snapshot = fds.next().expect("checked: at least two descriptors");
+    // Kept, unused, while this zygote sleeps: the daemon closes its own copy
+    // (a descriptor per hibernated function) and takes one back to wake it.
+    let daemon_end = fds.next().expect("checked: at least two descriptors");
     // Read-only: runs of it are mapped on wake-up (see `fnhost_snapshot::shared`).
     let base = fds.next();
     // Blocked from here until the zygote is awake again: a handler running
@@ -407,6 +411,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
     let hibernating = ZygoteMessage::Hibernating {
         regions: prepared.regions().to_vec(),
         uffd: prepared.uffd().as_raw_fd(),
+        control: daemon_end.as_raw_fd(),
     };
     if control::send(control, &hibernating, &[prepared.uffd().as_raw_fd()]).is_err() {
         sys::exit_immediately(0);
@@ -470,6 +475,8 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
             // Every region is a file mapping again, registered nowhere: the
             // last copy of the userfaultfd may go (the daemon closes its own).
             drop(uffd);
+            // Nothing forked from here may hold the daemon's end.
+            drop(daemon_end);
             // The memory is whole again: statics may be written. The next
             // hibernation makes these files' mappings anonymous first.
             let id_of = |fd: &OwnedFd| fnhost_snapshot::FileId::of(fd.as_fd()).ok();

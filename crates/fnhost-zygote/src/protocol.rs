@@ -33,8 +33,10 @@ pub enum DaemonMessage {
         #[serde(flatten)]
         request: CloneRequest,
     },
-    /// Hibernate (see `fnhost_snapshot`). One attached descriptor: the
-    /// snapshot file to write. The zygote creates its own (user-mode-only)
+    /// Hibernate (see `fnhost_snapshot`). Attached: the snapshot file to
+    /// write, the daemon's own end of this channel (the zygote keeps it
+    /// while it sleeps; the daemon closes its copy) and, in a sharing
+    /// group, the shared base. The zygote creates its own (user-mode-only)
     /// userfaultfd, answers [`ZygoteMessage::Hibernating`] with it, then
     /// [`ZygoteMessage::Hibernated`] (or `HibernateFailed`), and serves
     /// nothing until [`DaemonMessage::Wake`].
@@ -97,6 +99,9 @@ pub enum ZygoteMessage {
         /// while the zygote sleeps and takes one back (`pidfd_getfd`) to
         /// wake it.
         uffd: i32,
+        /// The number of its copy of the daemon's end of this channel (sent
+        /// with the request), kept likewise until it is awake.
+        control: i32,
     },
     /// The zygote's memory is in the snapshot and dropped. Encoded without
     /// allocating (see [`encode_hibernated`]).

@@ -34,6 +34,27 @@ fn function_keeping(name: &str, asleep: u32, extra: &str) -> String {
     )
 }
 
+/// The sockets `pid` has open (the targets of its `socket:[inode]` links).
+fn sockets_of(pid: u32) -> std::collections::HashSet<std::ffi::OsString> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(PathBuf::into_os_string)
+                .filter(|t| t.to_string_lossy().starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The sockets the daemon's sandbox processes (zygotes and clones) hold.
+fn sandbox_sockets(daemon: &Daemon) -> std::collections::HashSet<std::ffi::OsString> {
+    descendants(daemon.pid())
+        .into_iter()
+        .flat_map(sockets_of)
+        .collect()
+}
+
 fn status(daemon: &Daemon, name: &str) -> serde_json::Value {
     daemon
         .admin("GET", &format!("/admin/functions/{name}"), "", None)
@@ -119,6 +140,7 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
     let digest = first.json()["digest"].clone();
     let warm = warm_memory(&daemon);
     let fds = fd_count(daemon.pid());
+    let daemon_sockets = sockets_of(daemon.pid());
 
     for cycle in 0..3 {
         assert!(
@@ -150,6 +172,21 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
             0,
             "cycle {cycle}: the daemon holds a sleeping zygote's userfaultfd"
         );
+        // Nor its end of the zygote's channel: the zygote keeps it.
+        let kept: Vec<_> = daemon_sockets
+            .intersection(&sandbox_sockets(&daemon))
+            .cloned()
+            .collect();
+        assert_eq!(
+            kept.len(),
+            1,
+            "cycle {cycle}: one socket of the daemon's is the sleeping zygote's to keep: {kept:?}"
+        );
+        assert!(
+            !sockets_of(daemon.pid()).contains(&kept[0]),
+            "cycle {cycle}: the daemon still holds {:?}",
+            kept[0]
+        );
         // Nor its snapshot file, once the read back into the page cache is done.
         let snapshot = snapshot_files(&daemon).remove(0);
         assert!(
@@ -180,6 +217,13 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
         for _ in 0..3 {
             invoke_intact(&daemon, "snap");
         }
+        // Awake, the zygote no longer holds the daemon's end (nor does any
+        // clone forked since).
+        let held: Vec<_> = daemon_sockets
+            .intersection(&sandbox_sockets(&daemon))
+            .cloned()
+            .collect();
+        assert!(held.is_empty(), "cycle {cycle}: sandboxes hold {held:?}");
     }
     assert_eq!(
         metric(

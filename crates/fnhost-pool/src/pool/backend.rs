@@ -82,6 +82,10 @@ pub trait ZygoteHandle: Send + Sync + 'static {
     fn id(&self) -> u64;
     fn is_alive(&self) -> bool;
     fn is_asleep(&self) -> bool;
+    /// Descriptors the daemon holds for it now.
+    fn descriptors(&self) -> usize {
+        crate::budget::ZYGOTE_DESCRIPTORS
+    }
     /// Data bytes of its snapshot while it hibernates.
     fn snapshot_bytes(&self) -> u64;
     /// Of those, bytes in the page cache now (reclaimable, charged to the

@@ -344,20 +344,16 @@ impl<B: Backend> Reclaimable for FunctionPool<B> {
     }
 
     fn descriptors(&self) -> usize {
-        let zygotes = {
+        let zygotes: usize = {
             let zygotes = self.zygotes.lock().expect("zygotes lock");
-            zygotes.iter().filter(|z| z.is_alive()).count()
+            zygotes
+                .iter()
+                .filter(|z| z.is_alive())
+                .map(|z| z.descriptors())
+                .sum()
         };
         let clones = self.ready.lock().expect("ready lock").len()
             + self.in_flight.load(Ordering::SeqCst) as usize;
-        // A sleeping pool's zygotes may be mapped back (for its ready clones).
-        let mapped_back = if self.sleeping.load(Ordering::SeqCst) {
-            zygotes
-        } else {
-            0
-        };
-        zygotes * crate::budget::ZYGOTE_DESCRIPTORS
-            + mapped_back * crate::budget::MAPPED_SNAPSHOT_DESCRIPTORS
-            + clones * crate::budget::CLONE_DESCRIPTORS
+        zygotes + clones * crate::budget::CLONE_DESCRIPTORS
     }
 }

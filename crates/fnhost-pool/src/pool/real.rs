@@ -321,6 +321,10 @@ impl ZygoteHandle for RealZygote {
         RealZygote::is_asleep(self)
     }
 
+    fn descriptors(&self) -> usize {
+        RealZygote::descriptors(self)
+    }
+
     fn snapshot_bytes(&self) -> u64 {
         RealZygote::snapshot_bytes(self)
     }

@@ -14,13 +14,28 @@ use super::sleep::Sleep;
 
 /// The control socket and what only its holder may change.
 pub(super) struct Channel {
-    pub(super) fd: AsyncFd<OwnedFd>,
+    /// `None` while a hibernated zygote keeps the daemon's end itself (see
+    /// `sleep`): the wake-up takes it back.
+    pub(super) socket: Option<AsyncFd<OwnedFd>>,
     pub(super) sleep: Option<Sleep>,
 }
 
 impl Channel {
     pub(super) fn new(fd: AsyncFd<OwnedFd>) -> Channel {
-        Channel { fd, sleep: None }
+        Channel {
+            socket: Some(fd),
+            sleep: None,
+        }
+    }
+
+    /// The daemon's end, unless the zygote keeps it while it sleeps.
+    pub(super) fn fd(&self) -> io::Result<&AsyncFd<OwnedFd>> {
+        self.socket.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the hibernated zygote keeps the daemon's end of its channel until it is woken",
+            )
+        })
     }
 }
 

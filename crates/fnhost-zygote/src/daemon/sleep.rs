@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnhost_sandbox::sys;
-use fnhost_snapshot::{ClosedSnapshot, RestoreError, SharedBase, SharedRun, Snapshot, WakeStats};
+use fnhost_snapshot::{
+    ClosedSnapshot, FileId, RestoreError, SharedBase, SharedRun, Snapshot, WakeStats,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinError;
 
@@ -94,8 +96,8 @@ pub enum WakeError {
     FaultServerDied(#[source] JoinError),
     #[error("cannot reach the hibernated zygote: {0}")]
     Unreachable(#[source] std::io::Error),
-    #[error("cannot take the hibernated zygote's userfaultfd back: {0}")]
-    Uffd(String),
+    #[error("cannot take the hibernated zygote's channel and userfaultfd back: {0}")]
+    TakeBack(String),
     #[error("restoring the zygote's memory failed: {0}")]
     Restore(#[source] RestoreError),
     #[error("cannot map the shared snapshot base: {0}")]
@@ -144,10 +146,14 @@ pub(super) enum Sleep {
     /// userfaultfd, which only the zygote holds while it sleeps (as
     /// descriptor `uffd`): the wake-up takes a copy back and serves it.
     Snapshot {
-        /// Closed while it sleeps, like the uffd: a host of thousands of
-        /// hibernated functions would hold a descriptor for each.
+        /// Closed while it sleeps, like the uffd and the channel: a host of
+        /// thousands of hibernated functions would hold descriptors for each.
         snapshot: ClosedSnapshot,
         uffd: i32,
+        /// The zygote's descriptor of the daemon's end of the channel, and
+        /// which socket that is.
+        control: i32,
+        control_id: FileId,
         prefetch: bool,
         /// Pages it maps from its sharing group's base.
         shared: Option<Box<SharedSleep>>,
@@ -311,7 +317,9 @@ impl ZygoteHandle {
             })?),
             None => None,
         };
-        let mut fds = vec![snapshot.file().as_raw_fd()];
+        let socket = channel.fd().map_err(HibernateError::Send)?;
+        let control_id = FileId::of(socket.get_ref().as_fd()).map_err(HibernateError::Send)?;
+        let mut fds = vec![snapshot.file().as_raw_fd(), socket.as_raw_fd()];
         fds.extend(base_fd.as_ref().map(AsRawFd::as_raw_fd));
         let file = snapshot.shared_file();
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -319,17 +327,18 @@ impl ZygoteHandle {
         let id = self.id;
         let pidfd = self.pidfd.clone();
         let exchange = async {
-            send_msg(&channel.fd, &DaemonMessage::Hibernate, &fds)
+            send_msg(socket, &DaemonMessage::Hibernate, &fds)
                 .await
                 .map_err(HibernateError::Send)?;
-            let (regions, uffd, zygote_uffd) = match recv_msg(&channel.fd).await {
+            let (regions, uffd, kept) = match recv_msg(socket).await {
                 Ok(Received::Message(
                     ZygoteMessage::Hibernating {
                         regions,
                         uffd: zygote_uffd,
+                        control,
                     },
                     mut fds,
-                )) if fds.len() == 1 => (regions, fds.remove(0), zygote_uffd),
+                )) if fds.len() == 1 => (regions, fds.remove(0), (zygote_uffd, control)),
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
                     return Err(HibernateError::Refused { message })
                 }
@@ -353,21 +362,21 @@ impl ZygoteHandle {
                 id,
                 pidfd,
             ));
-            match recv_msg(&channel.fd).await {
+            match recv_msg(socket).await {
                 Ok(Received::Message(
                     ZygoteMessage::Hibernated {
                         pages_written: _,
                         bytes_dropped,
                     },
                     _,
-                )) => Ok((regions, (server, stop), zygote_uffd, bytes_dropped)),
+                )) => Ok((regions, (server, stop), kept, bytes_dropped)),
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
                     Err(HibernateError::Refused { message })
                 }
                 other => Err(HibernateError::Unexpected(format!("{other:?}"))),
             }
         };
-        let (regions, (server, stop), zygote_uffd, dropped_bytes) =
+        let (regions, (server, stop), (zygote_uffd, zygote_control), dropped_bytes) =
             match tokio::time::timeout(HIBERNATION_TIMEOUT, exchange).await {
                 Ok(Ok(done)) => done,
                 Ok(Err(message)) => return Err(message),
@@ -456,9 +465,14 @@ impl ZygoteHandle {
                 return Err(HibernateError::Seal { path, source: e });
             }
         };
+        // Likewise the daemon's end of the channel, which the zygote keeps.
+        channel.socket = None;
+        self.keeps_channel.store(true, Ordering::SeqCst);
         channel.sleep = Some(Sleep::Snapshot {
             snapshot,
             uffd: zygote_uffd,
+            control: zygote_control,
+            control_id,
             prefetch,
             shared,
         });
@@ -522,7 +536,7 @@ impl ZygoteHandle {
         };
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
-        let (snapshot, zygote_uffd, prefetch, shared) = match sleep {
+        let (snapshot, zygote_uffd, control, control_id, prefetch, shared) = match sleep {
             Sleep::Reclaimed => {
                 self.snapshot_bytes.store(0, Ordering::Relaxed);
                 self.snapshot_shared_bytes.store(0, Ordering::Relaxed);
@@ -534,9 +548,11 @@ impl ZygoteHandle {
             Sleep::Snapshot {
                 snapshot,
                 uffd,
+                control,
+                control_id,
                 prefetch,
                 shared,
-            } => (snapshot, uffd, prefetch, shared),
+            } => (snapshot, uffd, control, control_id, prefetch, shared),
         };
         // The same file, as long as when it was sealed.
         let snapshot = match snapshot.reopen() {
@@ -561,10 +577,15 @@ impl ZygoteHandle {
             (Some(s), true) => snapshot.prefetch() + s.base.prefetch(&s.runs),
         };
         let read = read.elapsed();
-        // Its page faults are served from here until it is awake.
-        let uffd = match self.take_back_uffd(zygote_uffd) {
-            Ok(uffd) => uffd,
-            Err(e) => return Err(self.wake_failed(WakeError::Uffd(e))),
+        // Its channel and userfaultfd come back from the zygote; its page
+        // faults are served from here until it is awake.
+        let uffd = match self.take_back(zygote_uffd, control, control_id) {
+            Ok((socket, uffd)) => {
+                channel.socket = Some(socket);
+                self.keeps_channel.store(false, Ordering::SeqCst);
+                uffd
+            }
+            Err(e) => return Err(self.wake_failed(WakeError::TakeBack(e))),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(serve_asleep(
@@ -581,10 +602,11 @@ impl ZygoteHandle {
         let wake = shared
             .as_ref()
             .map_or(crate::protocol::WAKE_MESSAGE, |s| &s.wake_message);
-        if let Err(e) = send_bytes(&channel.fd, wake).await {
+        let socket = channel.fd().map_err(WakeError::Unreachable)?;
+        if let Err(e) = send_bytes(socket, wake).await {
             return Err(self.wake_failed(WakeError::Unreachable(e)));
         }
-        let woken = tokio::time::timeout(HIBERNATION_TIMEOUT, recv_msg(&channel.fd)).await;
+        let woken = tokio::time::timeout(HIBERNATION_TIMEOUT, recv_msg(socket)).await;
         let mapped_bytes = match woken {
             Ok(Ok(Received::Message(ZygoteMessage::Woken { mapped_bytes }, _))) => mapped_bytes,
             Ok(other) => {
@@ -624,12 +646,19 @@ impl ZygoteHandle {
         }))
     }
 
-    /// A copy of the userfaultfd a sleeping zygote kept as its descriptor
-    /// `target`, taken from its runtime: init's only child. The runtime
-    /// is found by pid, so it is checked to still be init's child after
-    /// its pidfd was opened (init forks nothing else, so a reused pid
-    /// could not be); and what comes back must be a userfaultfd.
-    fn take_back_uffd(&self, target: i32) -> Result<OwnedFd, String> {
+    /// What a sleeping zygote kept for the daemon, taken back from its
+    /// runtime (init's only child): the daemon's end of the channel (its
+    /// descriptor `control`, which must be the socket `control_id`) and a
+    /// copy of its userfaultfd (descriptor `uffd`, which must be one). The
+    /// runtime is found by pid, so it is checked to still be init's child
+    /// after its pidfd was opened (init forks nothing else, so a reused pid
+    /// could not be).
+    fn take_back(
+        &self,
+        uffd: i32,
+        control: i32,
+        control_id: FileId,
+    ) -> Result<(tokio::io::unix::AsyncFd<OwnedFd>, OwnedFd), String> {
         // Zombies (exited, not yet reaped by init) are not the runtime.
         let children = || {
             sys::children_of(self.pid)
@@ -654,17 +683,27 @@ impl ZygoteHandle {
         if !children()?.contains(&runtime) {
             return Err("the runtime exited".into());
         }
-        let uffd = sys::pidfd_getfd(pidfd.as_fd(), target)
-            .map_err(|e| format!("pidfd_getfd of its descriptor {target}: {e}"))?;
-        let kind = std::fs::read_link(format!("/proc/self/fd/{}", uffd.as_raw_fd()))
-            .map_err(|e| format!("cannot inspect its descriptor {target}: {e}"))?;
+        let take = |target: i32| {
+            sys::pidfd_getfd(pidfd.as_fd(), target)
+                .map_err(|e| format!("pidfd_getfd of its descriptor {target}: {e}"))
+        };
+        let socket = take(control)?;
+        if FileId::of(socket.as_fd()).ok() != Some(control_id) {
+            return Err(format!(
+                "its descriptor {control} is not the daemon's end of its channel"
+            ));
+        }
+        let uffd_copy = take(uffd)?;
+        let kind = std::fs::read_link(format!("/proc/self/fd/{}", uffd_copy.as_raw_fd()))
+            .map_err(|e| format!("cannot inspect its descriptor {uffd}: {e}"))?;
         if kind.as_os_str() != "anon_inode:[userfaultfd]" {
             return Err(format!(
-                "its descriptor {target} is {}, not a userfaultfd",
+                "its descriptor {uffd} is {}, not a userfaultfd",
                 kind.display()
             ));
         }
-        Ok(uffd)
+        let socket = fd::register(socket).map_err(|e| format!("cannot watch the channel: {e}"))?;
+        Ok((socket, uffd_copy))
     }
 
     /// Kills a zygote whose memory could not be restored (a process blocked

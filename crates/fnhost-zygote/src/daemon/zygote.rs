@@ -135,6 +135,9 @@ pub struct ZygoteHandle {
     alive: Arc<AtomicBool>,
     /// Mirrors `Channel::sleep.is_some()` for lock-free status reads.
     pub(super) asleep: AtomicBool,
+    /// Mirrors `Channel::socket.is_none()`: the hibernated zygote keeps the
+    /// daemon's end of its channel.
+    pub(super) keeps_channel: AtomicBool,
     /// Data bytes of the snapshot its memory is in (0 before the first).
     pub(super) snapshot_bytes: AtomicU64,
     /// Of those, bytes mapped from its sharing group's base instead.
@@ -284,6 +287,7 @@ impl ZygoteHandle {
             control: tokio::sync::Mutex::new(Channel::new(control)),
             alive,
             asleep: AtomicBool::new(false),
+            keeps_channel: AtomicBool::new(false),
             snapshot_bytes: AtomicU64::new(0),
             snapshot_shared_bytes: AtomicU64::new(0),
             mapped_base: std::sync::Mutex::new(None),
@@ -295,6 +299,19 @@ impl ZygoteHandle {
 
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Descriptors the daemon holds for it now: its control socket, pidfd
+    /// and output pipe; not the socket while it hibernates with a snapshot
+    /// (it keeps the daemon's end); and the snapshot file while its page
+    /// cache is sampled through it (mapped back for a sleeping pool).
+    pub fn descriptors(&self) -> usize {
+        let socket = usize::from(!self.keeps_channel.load(Ordering::SeqCst));
+        let snapshot = usize::from(matches!(
+            *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(super::sleep::SnapshotCache::Open(..))
+        ));
+        socket + 2 + snapshot
     }
 
     /// The request for clone `sandbox` of this zygote.
@@ -325,7 +342,7 @@ impl ZygoteHandle {
             .wake_locked(&mut channel, false)
             .await
             .map_err(CloneError::WakeFailed)?;
-        let control = &channel.fd;
+        let control = channel.fd().map_err(CloneError::Send)?;
         // The zygote runs code the function controls: every wait on it has
         // a deadline, and a zygote that misses it is killed, not waited on.
         let exchange = async {
