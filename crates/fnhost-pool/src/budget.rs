@@ -69,11 +69,16 @@ pub trait MemoryMeter: Send + Sync {
 
 /// Descriptors the daemon holds for one awake zygote: its control socket,
 /// pidfd and output pipe (measured: 3). Each zygote says what it holds
-/// now (`ZygoteHandle::descriptors`): 2 while it hibernates with a
-/// snapshot (it keeps its userfaultfd and the daemon's end of its channel
-/// itself, and the snapshot is reopened by name to wake it), one more
-/// while mapped back to keep a sleeping pool's ready clones.
+/// now (`ZygoteHandle::descriptors`): 1, its pidfd, while it hibernates
+/// with a snapshot (it keeps its userfaultfd and the daemon's ends of its
+/// channel and output pipe itself, and the snapshot is reopened by name to
+/// wake it), one more while mapped back to keep a sleeping pool's ready
+/// clones.
 pub const ZYGOTE_DESCRIPTORS: usize = 3;
+
+/// Descriptors the daemon holds for a zygote hibernated with a snapshot:
+/// its pidfd (see [`ZYGOTE_DESCRIPTORS`]).
+pub const HIBERNATED_ZYGOTE_DESCRIPTORS: usize = 1;
 
 /// Descriptors the daemon holds for one clone, ready or running (its
 /// socket and pidfd).

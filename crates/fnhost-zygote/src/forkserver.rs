@@ -221,9 +221,9 @@ pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
         };
         let request = match msg {
             DaemonMessage::Clone { request } => request,
-            DaemonMessage::Hibernate => {
+            DaemonMessage::Hibernate { output, base } => {
                 forkers.stop_all();
-                hibernate_until_woken(control, fds);
+                hibernate_until_woken(control, fds, output, base);
                 continue;
             }
             // Not hibernated: nothing to resume; settings come once.
@@ -355,24 +355,29 @@ unsafe fn fresh_clone(defaults: &CloneDefaults) -> std::io::Result<Forked> {
 /// answers `woken`. Heap values created before it
 /// (`fds`, the message buffers) are dropped only after the wake-up, when
 /// the daemon serves the pages they live in.
-fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
+fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>, output: bool, base: bool) {
     let failed = |message: String| {
         let _ = control::send(control, &ZygoteMessage::HibernateFailed { message }, &[]);
     };
-    if fds.len() < 2 || fds.len() > 3 {
+    let expected = 2 + usize::from(output) + usize::from(base);
+    if fds.len() != expected {
         return failed(format!(
-            "hibernate request carried {} descriptors, expected the snapshot, the daemon's end of \
-             this channel and at most a shared base",
-            fds.len()
+            "hibernate request carried {} descriptors, expected {expected}: the snapshot, the \
+             daemon's end of this channel{}{}",
+            fds.len(),
+            if output { ", the output pipe" } else { "" },
+            if base { ", the shared base" } else { "" },
         ));
     }
     let mut fds = fds.into_iter();
-    let snapshot = fds.next().expect("checked: at least two descriptors");
-    // Kept, unused, while this zygote sleeps: the daemon closes its own copy
-    // (a descriptor per hibernated function) and takes one back to wake it.
-    let daemon_end = fds.next().expect("checked: at least two descriptors");
+    let snapshot = fds.next().expect("checked: the count");
+    // Kept, unused, while this zygote sleeps: the daemon closes its own
+    // copies (descriptors per hibernated function) and takes them back to
+    // wake it.
+    let daemon_end = fds.next().expect("checked: the count");
+    let output_pipe = if output { fds.next() } else { None };
     // Read-only: runs of it are mapped on wake-up (see `fnhost_snapshot::shared`).
-    let base = fds.next();
+    let base = if base { fds.next() } else { None };
     // Blocked from here until the zygote is awake again: a handler running
     // after the snapshot was written would write memory that is then lost.
     let mut blocked = nix::sys::signal::SigSet::empty();
@@ -412,6 +417,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
         regions: prepared.regions().to_vec(),
         uffd: prepared.uffd().as_raw_fd(),
         control: daemon_end.as_raw_fd(),
+        output: output_pipe.as_ref().map(AsRawFd::as_raw_fd),
     };
     if control::send(control, &hibernating, &[prepared.uffd().as_raw_fd()]).is_err() {
         sys::exit_immediately(0);
@@ -477,6 +483,7 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>) {
             drop(uffd);
             // Nothing forked from here may hold the daemon's end.
             drop(daemon_end);
+            drop(output_pipe);
             // The memory is whole again: statics may be written. The next
             // hibernation makes these files' mappings anonymous first.
             let id_of = |fd: &OwnedFd| fnhost_snapshot::FileId::of(fd.as_fd()).ok();

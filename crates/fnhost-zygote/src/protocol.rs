@@ -33,14 +33,15 @@ pub enum DaemonMessage {
         #[serde(flatten)]
         request: CloneRequest,
     },
-    /// Hibernate (see `fnhost_snapshot`). Attached: the snapshot file to
-    /// write, the daemon's own end of this channel (the zygote keeps it
-    /// while it sleeps; the daemon closes its copy) and, in a sharing
-    /// group, the shared base. The zygote creates its own (user-mode-only)
+    /// Hibernate (see `fnhost_snapshot`). Attached, in this order: the
+    /// snapshot file to write, the daemon's own end of this channel, with
+    /// `output` the read end of the zygote's output pipe (the zygote keeps
+    /// both while it sleeps; the daemon closes its copies) and with `base`
+    /// its sharing group's base. The zygote creates its own (user-mode-only)
     /// userfaultfd, answers [`ZygoteMessage::Hibernating`] with it, then
     /// [`ZygoteMessage::Hibernated`] (or `HibernateFailed`), and serves
     /// nothing until [`DaemonMessage::Wake`].
-    Hibernate,
+    Hibernate { output: bool, base: bool },
     /// Resume after hibernation. The zygote maps its snapshot back over
     /// every hibernated region (`fnhost_snapshot::remap`) and answers
     /// [`ZygoteMessage::Woken`]; the daemon serves its page faults until
@@ -102,6 +103,8 @@ pub enum ZygoteMessage {
         /// The number of its copy of the daemon's end of this channel (sent
         /// with the request), kept likewise until it is awake.
         control: i32,
+        /// The number of its copy of its output pipe's read end, if sent.
+        output: Option<i32>,
     },
     /// The zygote's memory is in the snapshot and dropped. Encoded without
     /// allocating (see [`encode_hibernated`]).

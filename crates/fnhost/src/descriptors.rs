@@ -5,12 +5,12 @@
 //! past that, idle zygotes stop rather than a request failing with
 //! `EMFILE`.
 
-use fnhost_pool::budget::{CLONE_DESCRIPTORS, ZYGOTE_DESCRIPTORS};
+use fnhost_pool::budget::{CLONE_DESCRIPTORS, HIBERNATED_ZYGOTE_DESCRIPTORS, ZYGOTE_DESCRIPTORS};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// Descriptors a zygote holds in the daemon with one clone, at most
-/// (measured: 5 for a warm zygote with one ready clone, 3 for a hibernated
-/// one).
+/// (measured: 5 for a warm zygote with one ready clone, 1 for one
+/// hibernated with a snapshot).
 pub const PER_ZYGOTE: u64 = (ZYGOTE_DESCRIPTORS + CLONE_DESCRIPTORS) as u64;
 
 /// Descriptors kept for everything but sandboxes and connections:
@@ -50,7 +50,8 @@ pub fn prepare(zygotes: u64, connections: u64) -> Option<u64> {
         Ok(limit) => {
             let need = needed(zygotes, connections);
             if limit < need {
-                let keeps = for_sandboxes(limit, connections) / ZYGOTE_DESCRIPTORS as u64;
+                let keeps =
+                    for_sandboxes(limit, connections) / HIBERNATED_ZYGOTE_DESCRIPTORS as u64;
                 tracing::warn!(
                     limit,
                     need,

@@ -34,25 +34,57 @@ fn function_keeping(name: &str, asleep: u32, extra: &str) -> String {
     )
 }
 
-/// The sockets `pid` has open (the targets of its `socket:[inode]` links).
-fn sockets_of(pid: u32) -> std::collections::HashSet<std::ffi::OsString> {
+type Links = std::collections::HashSet<std::ffi::OsString>;
+
+/// The `kind` descriptors `pid` has open (the targets of its
+/// `socket:[inode]` or `pipe:[inode]` links).
+fn open_of(pid: u32, kind: &str) -> Links {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_link(e.path()).ok())
                 .map(PathBuf::into_os_string)
-                .filter(|t| t.to_string_lossy().starts_with("socket:"))
+                .filter(|t| t.to_string_lossy().starts_with(kind))
                 .collect()
         })
         .unwrap_or_default()
 }
 
+fn sockets_of(pid: u32) -> Links {
+    open_of(pid, "socket:")
+}
+
 /// The sockets the daemon's sandbox processes (zygotes and clones) hold.
-fn sandbox_sockets(daemon: &Daemon) -> std::collections::HashSet<std::ffi::OsString> {
+fn sandbox_sockets(daemon: &Daemon) -> Links {
     descendants(daemon.pid())
         .into_iter()
         .flat_map(sockets_of)
         .collect()
+}
+
+/// How many of the zygotes' output pipes the daemon holds (a pipe's two
+/// ends are one inode: the zygotes hold the write ends).
+fn output_pipes_held(daemon: &Daemon) -> usize {
+    let sandboxes: Links = descendants(daemon.pid())
+        .into_iter()
+        .flat_map(|pid| open_of(pid, "pipe:"))
+        .collect();
+    // Read ends only: a link's mode is its descriptor's access mode.
+    use std::os::unix::fs::PermissionsExt;
+    let read_ends: Links = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::symlink_metadata(e.path())
+                        .is_ok_and(|m| m.permissions().mode() & 0o200 == 0)
+                })
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(PathBuf::into_os_string)
+                .filter(|t| t.to_string_lossy().starts_with("pipe:"))
+                .collect()
+        })
+        .unwrap_or_default();
+    read_ends.intersection(&sandboxes).count()
 }
 
 fn status(daemon: &Daemon, name: &str) -> serde_json::Value {
@@ -172,6 +204,13 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
             0,
             "cycle {cycle}: the daemon holds a sleeping zygote's userfaultfd"
         );
+        // Nor its output pipe: of the three zygotes' (snap, reclaimed, warm),
+        // the daemon reads two.
+        assert_eq!(
+            output_pipes_held(&daemon),
+            2,
+            "cycle {cycle}: the daemon keeps the sleeping zygote's output pipe"
+        );
         // Nor its end of the zygote's channel: the zygote keeps it.
         let kept: Vec<_> = daemon_sockets
             .intersection(&sandbox_sockets(&daemon))
@@ -217,6 +256,15 @@ fn hibernated_zygotes_wake_with_their_memory_intact() {
         for _ in 0..3 {
             invoke_intact(&daemon, "snap");
         }
+        // Its output reaches the daemon's log again (the pipe came back).
+        assert_eq!(output_pipes_held(&daemon), 3, "cycle {cycle}");
+        let said = format!("said after wake-up {cycle}");
+        let r = daemon.invoke("snap", &format!(r#"{{"say":"{said}"}}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            eventually(Duration::from_secs(30), || daemon.stderr().contains(&said)),
+            "cycle {cycle}: the function's output after the wake-up was not logged"
+        );
         // Awake, the zygote no longer holds the daemon's end (nor does any
         // clone forked since).
         let held: Vec<_> = daemon_sockets

@@ -42,23 +42,57 @@ impl OutputTail {
     }
 }
 
+/// A running forwarder of a zygote's output ([`forward_output`]).
+pub(super) struct Forwarding {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Option<OwnedFd>>,
+}
+
+impl Forwarding {
+    /// Stops forwarding (what was read of an unfinished line is logged)
+    /// and returns the pipe's read end; `None` once the output has ended
+    /// (every writer gone) or the pipe could not be handed back.
+    pub(super) async fn stop(self) -> Option<OwnedFd> {
+        let _ = self.stop.send(());
+        self.task.await.ok().flatten()
+    }
+}
+
 /// Logs a zygote's stdout/stderr line by line (each cut at [`MAX_LINE`]
-/// bytes, at most [`MAX_LINES_PER_SECOND`]), keeping the last lines in `tail`.
+/// bytes, at most [`MAX_LINES_PER_SECOND`]), keeping the last lines in
+/// `tail`, until the output ends or it is stopped.
 pub(super) fn forward_output(
     output: OwnedFd,
     function: Arc<str>,
     tail: OutputTail,
-) -> io::Result<()> {
+) -> io::Result<Forwarding> {
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(output)?;
-    tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(receiver);
         let mut buf = Vec::new();
         let mut window = Instant::now();
         let (mut logged, mut dropped) = (0u32, 0u64);
         loop {
             buf.clear();
-            match read_line_bounded(&mut lines, &mut buf, MAX_LINE).await {
-                Ok(0) | Err(_) => break,
+            let read = tokio::select! {
+                biased;
+                _ = &mut stopped => {
+                    // A line cut short by the stop: what there is of it.
+                    let pending = lines.buffer();
+                    let room = MAX_LINE.saturating_sub(buf.len());
+                    buf.extend_from_slice(&pending[..pending.len().min(room)]);
+                    if !buf.is_empty() {
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        tracing::info!(target: "fnhost::function_output", function = %function, "{line}");
+                        tail.push(line);
+                    }
+                    return lines.into_inner().into_nonblocking_fd().ok();
+                }
+                read = read_line_bounded(&mut lines, &mut buf, MAX_LINE) => read,
+            };
+            match read {
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {
                     if window.elapsed() >= Duration::from_secs(1) {
                         window = Instant::now();
@@ -81,7 +115,7 @@ pub(super) fn forward_output(
             }
         }
     });
-    Ok(())
+    Ok(Forwarding { stop, task })
 }
 
 /// Reads one line into `buf`, keeping at most `max` bytes of it: the rest
@@ -143,6 +177,40 @@ mod tests {
                 .expect("eof"),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_forwarder_keeps_what_it_read_and_hands_the_pipe_back() {
+        use std::io::{Read, Write};
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        let mut writer = std::fs::File::from(write);
+        let tail = OutputTail::default();
+        let forwarding = forward_output(read, "f".into(), tail.clone()).expect("forward");
+        writer.write_all(b"first\nhalf a li").expect("write");
+        // One write under PIPE_BUF is one read: once the whole line is in
+        // the tail, the half line is in the forwarder's buffer.
+        while tail.text() != "first" {
+            tokio::task::yield_now().await;
+        }
+        let read = forwarding.stop().await.expect("the pipe comes back");
+        assert_eq!(tail.text(), "first | half a li");
+        // The same pipe: what is written now is there to read.
+        writer.write_all(b"later").expect("write");
+        let mut reader = std::fs::File::from(read);
+        let mut got = [0u8; 5];
+        reader.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"later");
+    }
+
+    #[tokio::test]
+    async fn a_forwarder_whose_output_ended_has_no_pipe_to_hand_back() {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        let forwarding = forward_output(read, "f".into(), OutputTail::default()).expect("forward");
+        drop(write);
+        while !forwarding.task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        assert!(forwarding.stop().await.is_none());
     }
 
     #[test]

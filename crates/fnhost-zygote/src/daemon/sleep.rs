@@ -140,6 +140,13 @@ pub(super) enum SnapshotCache {
     Open(Arc<std::fs::File>, u64),
 }
 
+/// What a sleeping zygote kept for the daemon, back in the daemon's hands.
+struct TakenBack {
+    socket: AsyncFd<OwnedFd>,
+    uffd: OwnedFd,
+    output: Option<OwnedFd>,
+}
+
 /// Why a zygote is asleep.
 pub(super) enum Sleep {
     /// Its memory is in a snapshot; pages come back through the
@@ -154,6 +161,8 @@ pub(super) enum Sleep {
         /// which socket that is.
         control: i32,
         control_id: FileId,
+        /// Likewise for its output pipe's read end, if it was open.
+        output: Option<(i32, FileId)>,
         prefetch: bool,
         /// Pages it maps from its sharing group's base.
         shared: Option<Box<SharedSleep>>,
@@ -304,6 +313,48 @@ impl ZygoteHandle {
         if !self.is_alive() {
             return Err(HibernateError::Exited);
         }
+        // The output pipe's read end goes to the zygote too: nothing writes
+        // while it sleeps (its clones were stopped; none is forked before
+        // the wake-up takes the pipe back). `None`: its output has ended.
+        let forwarding = self.output.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let output = match forwarding {
+            Some(forwarding) => forwarding.stop().await,
+            None => None,
+        };
+        let slept = self
+            .hibernate_snapshot_locked(&mut channel, path, prefetch, base, output.as_ref())
+            .await;
+        match (&slept, output) {
+            // The zygote keeps the pipe; the daemon's copy goes.
+            (Ok(Some(_)), _) => self.keeps_channel.store(true, Ordering::SeqCst),
+            (_, Some(output)) => self.forward(output),
+            (_, None) => {}
+        }
+        slept
+    }
+
+    /// Forwards the zygote's output again from `pipe` (its read end).
+    fn forward(&self, pipe: OwnedFd) {
+        match super::output::forward_output(pipe, self.function.clone(), self.tail.clone()) {
+            Ok(forwarding) => {
+                *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(forwarding)
+            }
+            Err(e) => {
+                tracing::warn!(function = %self.function, zygote = self.id, error = %e, "cannot forward the zygote's output any more")
+            }
+        }
+    }
+
+    /// [`Self::hibernate_snapshot`] with the channel locked and the output
+    /// forwarder stopped (`output`: the pipe's read end, if it is open).
+    async fn hibernate_snapshot_locked(
+        &self,
+        channel: &mut Channel,
+        path: PathBuf,
+        prefetch: bool,
+        base: Option<Arc<SharedBase>>,
+        output: Option<&OwnedFd>,
+    ) -> Result<Option<Hibernation>, HibernateError> {
         let mut snapshot =
             Snapshot::create(path.clone()).map_err(|source| HibernateError::Create {
                 path: path.clone(),
@@ -319,15 +370,24 @@ impl ZygoteHandle {
         };
         let socket = channel.fd().map_err(HibernateError::Send)?;
         let control_id = FileId::of(socket.get_ref().as_fd()).map_err(HibernateError::Send)?;
+        let output_id = match output {
+            Some(pipe) => Some(FileId::of(pipe.as_fd()).map_err(HibernateError::Send)?),
+            None => None,
+        };
         let mut fds = vec![snapshot.file().as_raw_fd(), socket.as_raw_fd()];
+        fds.extend(output.map(AsRawFd::as_raw_fd));
         fds.extend(base_fd.as_ref().map(AsRawFd::as_raw_fd));
+        let request = DaemonMessage::Hibernate {
+            output: output.is_some(),
+            base: base_fd.is_some(),
+        };
         let file = snapshot.shared_file();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let function = self.function.clone();
         let id = self.id;
         let pidfd = self.pidfd.clone();
         let exchange = async {
-            send_msg(socket, &DaemonMessage::Hibernate, &fds)
+            send_msg(socket, &request, &fds)
                 .await
                 .map_err(HibernateError::Send)?;
             let (regions, uffd, kept) = match recv_msg(socket).await {
@@ -336,9 +396,14 @@ impl ZygoteHandle {
                         regions,
                         uffd: zygote_uffd,
                         control,
+                        output: zygote_output,
                     },
                     mut fds,
-                )) if fds.len() == 1 => (regions, fds.remove(0), (zygote_uffd, control)),
+                )) if fds.len() == 1 && zygote_output.is_some() == output.is_some() => (
+                    regions,
+                    fds.remove(0),
+                    (zygote_uffd, control, zygote_output),
+                ),
                 Ok(Received::Message(ZygoteMessage::HibernateFailed { message }, _)) => {
                     return Err(HibernateError::Refused { message })
                 }
@@ -376,7 +441,7 @@ impl ZygoteHandle {
                 other => Err(HibernateError::Unexpected(format!("{other:?}"))),
             }
         };
-        let (regions, (server, stop), (zygote_uffd, zygote_control), dropped_bytes) =
+        let (regions, (server, stop), (zygote_uffd, zygote_control, zygote_output), dropped_bytes) =
             match tokio::time::timeout(HIBERNATION_TIMEOUT, exchange).await {
                 Ok(Ok(done)) => done,
                 Ok(Err(message)) => return Err(message),
@@ -465,14 +530,15 @@ impl ZygoteHandle {
                 return Err(HibernateError::Seal { path, source: e });
             }
         };
-        // Likewise the daemon's end of the channel, which the zygote keeps.
+        // Likewise the daemon's end of the channel, which the zygote keeps
+        // (and its output pipe: the caller closes the daemon's copy).
         channel.socket = None;
-        self.keeps_channel.store(true, Ordering::SeqCst);
         channel.sleep = Some(Sleep::Snapshot {
             snapshot,
             uffd: zygote_uffd,
             control: zygote_control,
             control_id,
+            output: zygote_output.zip(output_id),
             prefetch,
             shared,
         });
@@ -536,7 +602,7 @@ impl ZygoteHandle {
         };
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
-        let (snapshot, zygote_uffd, control, control_id, prefetch, shared) = match sleep {
+        let (snapshot, zygote_uffd, control, control_id, output, prefetch, shared) = match sleep {
             Sleep::Reclaimed => {
                 self.snapshot_bytes.store(0, Ordering::Relaxed);
                 self.snapshot_shared_bytes.store(0, Ordering::Relaxed);
@@ -550,9 +616,12 @@ impl ZygoteHandle {
                 uffd,
                 control,
                 control_id,
+                output,
                 prefetch,
                 shared,
-            } => (snapshot, uffd, control, control_id, prefetch, shared),
+            } => (
+                snapshot, uffd, control, control_id, output, prefetch, shared,
+            ),
         };
         // The same file, as long as when it was sealed.
         let snapshot = match snapshot.reopen() {
@@ -579,10 +648,17 @@ impl ZygoteHandle {
         let read = read.elapsed();
         // Its channel and userfaultfd come back from the zygote; its page
         // faults are served from here until it is awake.
-        let uffd = match self.take_back(zygote_uffd, control, control_id) {
-            Ok((socket, uffd)) => {
+        let uffd = match self.take_back(zygote_uffd, (control, control_id), output) {
+            Ok(TakenBack {
+                socket,
+                uffd,
+                output,
+            }) => {
                 channel.socket = Some(socket);
                 self.keeps_channel.store(false, Ordering::SeqCst);
+                if let Some(pipe) = output {
+                    self.forward(pipe);
+                }
                 uffd
             }
             Err(e) => return Err(self.wake_failed(WakeError::TakeBack(e))),
@@ -656,9 +732,9 @@ impl ZygoteHandle {
     fn take_back(
         &self,
         uffd: i32,
-        control: i32,
-        control_id: FileId,
-    ) -> Result<(tokio::io::unix::AsyncFd<OwnedFd>, OwnedFd), String> {
+        (control, control_id): (i32, FileId),
+        output: Option<(i32, FileId)>,
+    ) -> Result<TakenBack, String> {
         // Zombies (exited, not yet reaped by init) are not the runtime.
         let children = || {
             sys::children_of(self.pid)
@@ -693,6 +769,16 @@ impl ZygoteHandle {
                 "its descriptor {control} is not the daemon's end of its channel"
             ));
         }
+        let output = match output {
+            Some((target, id)) => {
+                let pipe = take(target)?;
+                if FileId::of(pipe.as_fd()).ok() != Some(id) {
+                    return Err(format!("its descriptor {target} is not its output pipe"));
+                }
+                Some(pipe)
+            }
+            None => None,
+        };
         let uffd_copy = take(uffd)?;
         let kind = std::fs::read_link(format!("/proc/self/fd/{}", uffd_copy.as_raw_fd()))
             .map_err(|e| format!("cannot inspect its descriptor {uffd}: {e}"))?;
@@ -703,7 +789,11 @@ impl ZygoteHandle {
             ));
         }
         let socket = fd::register(socket).map_err(|e| format!("cannot watch the channel: {e}"))?;
-        Ok((socket, uffd_copy))
+        Ok(TakenBack {
+            socket,
+            uffd: uffd_copy,
+            output,
+        })
     }
 
     /// Kills a zygote whose memory could not be restored (a process blocked

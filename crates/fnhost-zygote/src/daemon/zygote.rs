@@ -21,7 +21,7 @@ use crate::spec::ZygoteSpec;
 
 use super::channel::{recv_msg, send_msg, Channel};
 use super::fd;
-use super::output::{forward_output, OutputTail};
+use super::output::{forward_output, Forwarding, OutputTail};
 use super::sleep::{WakeError, Woken};
 use super::spawn::{spawn_zygote, IdMap, SpawnError, ZygoteProcess};
 
@@ -138,6 +138,11 @@ pub struct ZygoteHandle {
     /// Mirrors `Channel::socket.is_none()`: the hibernated zygote keeps the
     /// daemon's end of its channel.
     pub(super) keeps_channel: AtomicBool,
+    /// The forwarder of its output; `None` while the hibernated zygote
+    /// keeps the pipe's read end (or once its output ended).
+    pub(super) output: std::sync::Mutex<Option<Forwarding>>,
+    /// Its last output lines, for error messages.
+    pub(super) tail: OutputTail,
     /// Data bytes of the snapshot its memory is in (0 before the first).
     pub(super) snapshot_bytes: AtomicU64,
     /// Of those, bytes mapped from its sharing group's base instead.
@@ -213,7 +218,8 @@ impl ZygoteHandle {
         let alive = Arc::new(AtomicBool::new(true));
         let pidfd = Arc::new(fd::register(pidfd).map_err(StartError::Watch)?);
         watch_exit(pidfd.clone(), alive.clone(), function.clone(), id, pool);
-        forward_output(output, function.clone(), tail.clone()).map_err(StartError::Watch)?;
+        let forwarding =
+            forward_output(output, function.clone(), tail.clone()).map_err(StartError::Watch)?;
         let control = fd::register(control).map_err(StartError::Watch)?;
         let kill = |pidfd: &AsyncFd<OwnedFd>| {
             let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
@@ -288,6 +294,8 @@ impl ZygoteHandle {
             alive,
             asleep: AtomicBool::new(false),
             keeps_channel: AtomicBool::new(false),
+            output: std::sync::Mutex::new(Some(forwarding)),
+            tail,
             snapshot_bytes: AtomicU64::new(0),
             snapshot_shared_bytes: AtomicU64::new(0),
             mapped_base: std::sync::Mutex::new(None),
@@ -301,17 +309,23 @@ impl ZygoteHandle {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// Descriptors the daemon holds for it now: its control socket, pidfd
-    /// and output pipe; not the socket while it hibernates with a snapshot
-    /// (it keeps the daemon's end); and the snapshot file while its page
+    /// Descriptors the daemon holds for it now: its pidfd, control socket
+    /// and output pipe (not these two while it hibernates with a snapshot:
+    /// it keeps the daemon's ends), and the snapshot file while its page
     /// cache is sampled through it (mapped back for a sleeping pool).
     pub fn descriptors(&self) -> usize {
         let socket = usize::from(!self.keeps_channel.load(Ordering::SeqCst));
+        let output = usize::from(
+            self.output
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some(),
+        );
         let snapshot = usize::from(matches!(
             *self.snapshot_file.lock().unwrap_or_else(|e| e.into_inner()),
             Some(super::sleep::SnapshotCache::Open(..))
         ));
-        socket + 2 + snapshot
+        1 + socket + output + snapshot
     }
 
     /// The request for clone `sandbox` of this zygote.
