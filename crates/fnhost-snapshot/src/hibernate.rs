@@ -341,8 +341,8 @@ fn is_zero_page(addr: u64, page: u64) -> bool {
     (0..(page / 8) as usize).all(|i| {
         // Volatile: the bytes are opaque data reached through an address
         // from the kernel, not memory the compiler knows about.
-        // SAFETY: a page of a region /proc/self/maps lists as readable; the
-        // single-threaded caller changes no mappings during the window.
+        // The single-threaded caller changes no mappings during the window.
+        // SAFETY: a page of a region /proc/self/maps lists as readable.
         unsafe { words.add(i).read_volatile() == 0 }
     })
 }
@@ -350,8 +350,8 @@ fn is_zero_page(addr: u64, page: u64) -> bool {
 /// MADV_DONTNEED the region: its pages are freed, and (being registered)
 /// the next access raises a missing fault on the uffd.
 fn dontneed(region: Region) -> io::Result<()> {
-    // SAFETY: private anonymous memory already saved to the snapshot; the
-    // caller touches only its stack until the wake restores it.
+    // The caller touches only its stack until the wake restores it.
+    // SAFETY: private anonymous memory already saved to the snapshot.
     unsafe { bare::madvise_dontneed(region.start, region.len) }
 }
 

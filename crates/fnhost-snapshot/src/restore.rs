@@ -94,8 +94,8 @@ pub struct Sleeper {
 
 impl Sleeper {
     pub fn new(uffd: OwnedFd, snapshot: Snapshot) -> Sleeper {
-        // SAFETY: ownership of the descriptor moves from `OwnedFd` into `Uffd`,
-        // which closes it on drop.
+        // `Uffd` closes the descriptor on drop.
+        // SAFETY: ownership of the descriptor moves from `OwnedFd` into `Uffd`.
         let uffd = unsafe { userfaultfd::Uffd::from_raw_fd(uffd.into_raw_fd()) };
         Sleeper { uffd, snapshot }
     }

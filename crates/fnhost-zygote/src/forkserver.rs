@@ -396,8 +396,8 @@ fn hibernate_until_woken(control: BorrowedFd<'_>, fds: Vec<OwnedFd>, output: boo
     };
     // Give free heap memory back first: what is not there is neither
     // written to the snapshot nor restored on wake-up.
-    // SAFETY: malloc_trim only releases free memory of this (single-
-    // threaded) process's allocator.
+    // The process is single-threaded here.
+    // SAFETY: malloc_trim only releases free memory of this process's allocator.
     unsafe { libc::malloc_trim(0) };
     let previous: Vec<fnhost_snapshot::FileId> = WOKEN_FROM
         .lock()

@@ -4,7 +4,9 @@
 
 mod channel;
 mod clone;
+mod faults;
 mod fd;
+mod kept;
 mod output;
 mod sleep;
 mod snapshots;
@@ -12,7 +14,8 @@ mod spawn;
 mod zygote;
 
 pub use clone::{CloneHandle, ReadError, RunOutcome, SetupError, Slot};
-pub use sleep::{FaultError, HibernateError, Hibernation, WakeError, Woken};
+pub use faults::FaultError;
+pub use sleep::{HibernateError, Hibernation, WakeError, Woken};
 pub use snapshots::SnapshotStore;
 pub use spawn::{spawn_zygote, IdMap, SpawnError, ZygoteProcess, INIT_SUBCOMMAND};
 pub use zygote::{CloneError, Cloned, Placement, StartError, ZygoteHandle, CLONE_REPLY_TIMEOUT};

@@ -1,7 +1,8 @@
 //! Hibernation of one zygote, daemon side: asking it to write its memory
-//! to a snapshot and drop it, answering its page faults while it sleeps,
-//! and waking it (it maps the snapshot back before its next clone) — or, in
-//! reclaim mode, only remembering that the kernel was asked to reclaim.
+//! to a snapshot and drop it, and waking it (it maps the snapshot back
+//! before its next clone) — or, in reclaim mode, only remembering that the
+//! kernel was asked to reclaim. Its page faults meanwhile: `faults`; what
+//! it keeps for the daemon while it sleeps: `kept`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -14,17 +15,16 @@ use fnhost_sandbox::sys;
 use fnhost_snapshot::{
     ClosedSnapshot, FileId, RestoreError, SharedBase, SharedRun, Snapshot, WakeStats,
 };
-use tokio::io::unix::AsyncFd;
 use tokio::task::JoinError;
 
 use crate::control::Received;
 use crate::protocol::{DaemonMessage, ZygoteMessage};
 
 use super::channel::{recv_msg, send_bytes, send_msg, Channel};
-use super::fd;
+use super::faults::{serve_asleep, FaultError};
+use super::kept::{take_back, Kept, TakenBack};
 use super::zygote::ZygoteHandle;
 
-/// Why the page faults of a sleeping zygote could not be served.
 /// Why a zygote could not be hibernated. Unless it says the zygote was
 /// killed, the zygote keeps serving as it was.
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +71,6 @@ pub enum HibernateError {
     /// Serving its page faults during the hibernation failed: it was killed.
     #[error("serving the zygote's page faults while it hibernated failed: {0}")]
     Faults(#[source] FaultError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FaultError {
-    #[error("cannot watch the userfaultfd: {0}")]
-    Watch(#[source] std::io::Error),
-    #[error(transparent)]
-    Poll(std::io::Error),
-    #[error("cannot duplicate the userfaultfd: {0}")]
-    Duplicate(#[source] std::io::Error),
-    #[error(transparent)]
-    Serve(RestoreError),
-    #[error("the page-fault server died: {0}")]
-    Died(#[source] JoinError),
 }
 
 /// Why a hibernated zygote could not be woken (it is then stopped).
@@ -140,13 +126,6 @@ pub(super) enum SnapshotCache {
     Open(Arc<std::fs::File>, u64),
 }
 
-/// What a sleeping zygote kept for the daemon, back in the daemon's hands.
-struct TakenBack {
-    socket: AsyncFd<OwnedFd>,
-    uffd: OwnedFd,
-    output: Option<OwnedFd>,
-}
-
 /// Why a zygote is asleep.
 pub(super) enum Sleep {
     /// Its memory is in a snapshot; pages come back through the
@@ -156,13 +135,8 @@ pub(super) enum Sleep {
         /// Closed while it sleeps, like the uffd and the channel: a host of
         /// thousands of hibernated functions would hold descriptors for each.
         snapshot: ClosedSnapshot,
-        uffd: i32,
-        /// The zygote's descriptor of the daemon's end of the channel, and
-        /// which socket that is.
-        control: i32,
-        control_id: FileId,
-        /// Likewise for its output pipe's read end, if it was open.
-        output: Option<(i32, FileId)>,
+        /// Its userfaultfd and the daemon's ends of its channel and output.
+        kept: Box<Kept>,
         prefetch: bool,
         /// Pages it maps from its sharing group's base.
         shared: Option<Box<SharedSleep>>,
@@ -188,72 +162,6 @@ impl SharedSleep {
             wake_message: crate::protocol::wake_message(&runs),
             base,
             runs,
-        }
-    }
-}
-
-/// Answers the page faults of a sleeping zygote from its snapshot until
-/// `stop` fires (or its sender is dropped); returns the userfaultfd for the
-/// wake-up. See `fnhost_snapshot::asleep`. If a fault cannot be served the
-/// zygote is killed at once (rather than left blocked on the fault) and
-/// the pool replaces it.
-async fn serve_asleep(
-    uffd: OwnedFd,
-    snapshot: Arc<std::fs::File>,
-    regions: Vec<fnhost_snapshot::Region>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-    function: Arc<str>,
-    zygote: u64,
-    pidfd: Arc<AsyncFd<OwnedFd>>,
-) -> Result<OwnedFd, FaultError> {
-    let served = serve_faults(uffd, snapshot, regions, stop, &function, zygote).await;
-    if let Err(e) = &served {
-        tracing::error!(function = %function, zygote, error = %e, "cannot serve a sleeping zygote's page fault; stopping the zygote");
-        let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
-    }
-    served
-}
-
-async fn serve_faults(
-    uffd: OwnedFd,
-    snapshot: Arc<std::fs::File>,
-    regions: Vec<fnhost_snapshot::Region>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    function: &str,
-    zygote: u64,
-) -> Result<OwnedFd, FaultError> {
-    let uffd = fd::register(uffd).map_err(FaultError::Watch)?;
-    let source = Arc::new((snapshot, regions));
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(uffd.into_inner()),
-            ready = uffd.readable() => {
-                let mut guard = ready.map_err(FaultError::Poll)?;
-                // Serving reads the snapshot file (a disk read when its page
-                // cache was dropped): on a blocking thread, with its own
-                // duplicate of the userfaultfd.
-                let fd = uffd
-                    .get_ref()
-                    .try_clone()
-                    .map_err(FaultError::Duplicate)?;
-                let source = source.clone();
-                let served = tokio::task::spawn_blocking(move || {
-                    let (snapshot, regions) = &*source;
-                    let mut page = Vec::new();
-                    let mut total = 0;
-                    loop {
-                        match fnhost_snapshot::asleep::serve_pending(fd.as_fd(), snapshot, regions, &mut page) {
-                            Ok(0) => return Ok(total),
-                            Ok(n) => total += n,
-                            Err(e) => return Err(FaultError::Serve(e)),
-                        }
-                    }
-                })
-                .await
-                .map_err(FaultError::Died)??;
-                tracing::debug!(function = %function, zygote, served, "served page faults of a sleeping zygote");
-                guard.clear_ready();
-            }
         }
     }
 }
@@ -535,10 +443,11 @@ impl ZygoteHandle {
         channel.socket = None;
         channel.sleep = Some(Sleep::Snapshot {
             snapshot,
-            uffd: zygote_uffd,
-            control: zygote_control,
-            control_id,
-            output: zygote_output.zip(output_id),
+            kept: Box::new(Kept {
+                uffd: zygote_uffd,
+                control: (zygote_control, control_id),
+                output: zygote_output.zip(output_id),
+            }),
             prefetch,
             shared,
         });
@@ -602,7 +511,7 @@ impl ZygoteHandle {
         };
         let started = Instant::now();
         self.asleep.store(false, Ordering::SeqCst);
-        let (snapshot, zygote_uffd, control, control_id, output, prefetch, shared) = match sleep {
+        let (snapshot, kept, prefetch, shared) = match sleep {
             Sleep::Reclaimed => {
                 self.snapshot_bytes.store(0, Ordering::Relaxed);
                 self.snapshot_shared_bytes.store(0, Ordering::Relaxed);
@@ -613,15 +522,10 @@ impl ZygoteHandle {
             }
             Sleep::Snapshot {
                 snapshot,
-                uffd,
-                control,
-                control_id,
-                output,
+                kept,
                 prefetch,
                 shared,
-            } => (
-                snapshot, uffd, control, control_id, output, prefetch, shared,
-            ),
+            } => (snapshot, kept, prefetch, shared),
         };
         // The same file, as long as when it was sealed.
         let snapshot = match snapshot.reopen() {
@@ -648,7 +552,7 @@ impl ZygoteHandle {
         let read = read.elapsed();
         // Its channel and userfaultfd come back from the zygote; its page
         // faults are served from here until it is awake.
-        let uffd = match self.take_back(zygote_uffd, (control, control_id), output) {
+        let uffd = match take_back(self.pid, &kept) {
             Ok(TakenBack {
                 socket,
                 uffd,
@@ -720,80 +624,6 @@ impl ZygoteHandle {
                 ..WakeStats::default()
             }),
         }))
-    }
-
-    /// What a sleeping zygote kept for the daemon, taken back from its
-    /// runtime (init's only child): the daemon's end of the channel (its
-    /// descriptor `control`, which must be the socket `control_id`) and a
-    /// copy of its userfaultfd (descriptor `uffd`, which must be one). The
-    /// runtime is found by pid, so it is checked to still be init's child
-    /// after its pidfd was opened (init forks nothing else, so a reused pid
-    /// could not be).
-    fn take_back(
-        &self,
-        uffd: i32,
-        (control, control_id): (i32, FileId),
-        output: Option<(i32, FileId)>,
-    ) -> Result<TakenBack, String> {
-        // Zombies (exited, not yet reaped by init) are not the runtime.
-        let children = || {
-            sys::children_of(self.pid)
-                .map(|pids| {
-                    pids.into_iter()
-                        .filter(|&p| !matches!(sys::process_state(p), Ok('Z') | Err(_)))
-                        .collect::<Vec<i32>>()
-                })
-                .map_err(|e| format!("cannot list the zygote's processes: {e}"))
-        };
-        let runtime = match children()?[..] {
-            [runtime] => runtime,
-            ref other => {
-                return Err(format!(
-                    "expected one runtime process, found {}",
-                    other.len()
-                ))
-            }
-        };
-        let pidfd = sys::pidfd_open(runtime)
-            .map_err(|e| format!("cannot open the runtime's pidfd: {e}"))?;
-        if !children()?.contains(&runtime) {
-            return Err("the runtime exited".into());
-        }
-        let take = |target: i32| {
-            sys::pidfd_getfd(pidfd.as_fd(), target)
-                .map_err(|e| format!("pidfd_getfd of its descriptor {target}: {e}"))
-        };
-        let socket = take(control)?;
-        if FileId::of(socket.as_fd()).ok() != Some(control_id) {
-            return Err(format!(
-                "its descriptor {control} is not the daemon's end of its channel"
-            ));
-        }
-        let output = match output {
-            Some((target, id)) => {
-                let pipe = take(target)?;
-                if FileId::of(pipe.as_fd()).ok() != Some(id) {
-                    return Err(format!("its descriptor {target} is not its output pipe"));
-                }
-                Some(pipe)
-            }
-            None => None,
-        };
-        let uffd_copy = take(uffd)?;
-        let kind = std::fs::read_link(format!("/proc/self/fd/{}", uffd_copy.as_raw_fd()))
-            .map_err(|e| format!("cannot inspect its descriptor {uffd}: {e}"))?;
-        if kind.as_os_str() != "anon_inode:[userfaultfd]" {
-            return Err(format!(
-                "its descriptor {uffd} is {}, not a userfaultfd",
-                kind.display()
-            ));
-        }
-        let socket = fd::register(socket).map_err(|e| format!("cannot watch the channel: {e}"))?;
-        Ok(TakenBack {
-            socket,
-            uffd: uffd_copy,
-            output,
-        })
     }
 
     /// Kills a zygote whose memory could not be restored (a process blocked

@@ -431,14 +431,8 @@ fn check_alone(init: i32, allowed_threads: u64) -> Result<(), String> {
         ))
     };
     for _ in 0..2 {
-        // Zombies (exited, not yet reaped) run nothing and are not counted.
         let read = |pid: i32| {
-            sys::children_of(pid)
-                .map(|pids| {
-                    pids.into_iter()
-                        .filter(|&p| !matches!(sys::process_state(p), Ok('Z') | Err(_)))
-                        .collect::<Vec<i32>>()
-                })
+            super::kept::live_children(pid)
                 .map_err(|e| format!("cannot list the zygote's processes: {e}"))
         };
         let runtime = match read(init)?[..] {
