@@ -12,13 +12,16 @@
 //! zygote (warm or hibernated) and clone holds some. Past that a new zygote
 //! stops the idle zygotes of the least recently used other function first,
 //! so a host with more functions than descriptors answers with cold starts
-//! instead of `EMFILE` errors.
+//! instead of `EMFILE` errors. What is held is read from the
+//! [`DescriptorLedger`] the pools report to, not by asking every pool.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+
+use crate::ledger::{DescriptorLedger, LedgerShare};
 
 /// Headroom kept on the hard cgroup limit above the soft budget, so the
 /// budget (which refuses politely) trips before the kernel's OOM killer.
@@ -52,7 +55,9 @@ pub trait Reclaimable: Send + Sync {
     /// Whether it holds warm processes and nothing runs.
     fn evictable(&self) -> bool;
     /// Descriptors the daemon holds for its zygotes and clones now, by
-    /// [`ZYGOTE_DESCRIPTORS`] and [`CLONE_DESCRIPTORS`].
+    /// [`ZYGOTE_DESCRIPTORS`] and [`CLONE_DESCRIPTORS`] (counted afresh; the
+    /// budget reads what pools report to its [`DescriptorLedger`], and
+    /// asks this only to choose a pool to stop at the cap).
     fn descriptors(&self) -> usize;
     /// Stops its idle zygotes and ready clones.
     fn evict_idle(&self) -> BoxFuture<'_, ()>;
@@ -100,6 +105,8 @@ pub struct MemoryBudget {
     pools: RwLock<Vec<Weak<dyn Reclaimable>>>,
     /// Descriptors zygotes and clones may hold (`usize::MAX`: no cap).
     descriptor_limit: AtomicUsize,
+    /// What the pools' zygotes and clones hold, as the pools report it.
+    ledger: Arc<DescriptorLedger>,
     /// Zygote starts under way that were granted descriptors: their
     /// zygotes are in no pool yet.
     starting: Arc<AtomicUsize>,
@@ -162,6 +169,7 @@ impl MemoryBudget {
             meter,
             pools: RwLock::new(Vec::new()),
             descriptor_limit: AtomicUsize::new(usize::MAX),
+            ledger: Arc::default(),
             starting: Arc::new(AtomicUsize::new(0)),
             claim: std::sync::Mutex::new(()),
         });
@@ -214,6 +222,19 @@ impl MemoryBudget {
         used
     }
 
+    /// A pool's entry in the descriptor ledger: it reports what its
+    /// zygotes and clones hold after each change (see
+    /// [`LedgerShare::report`]).
+    pub fn ledger_share(&self) -> LedgerShare {
+        LedgerShare::new(self.ledger.clone())
+    }
+
+    /// What the pools reported to the ledger, all together.
+    #[cfg(test)]
+    pub(crate) fn ledger_held(&self) -> usize {
+        self.ledger.held()
+    }
+
     /// Makes the budget aware of a pool (for eviction).
     pub fn register(&self, pool: Weak<dyn Reclaimable>) {
         let mut pools = self.pools.write().expect("budget pools lock");
@@ -255,8 +276,7 @@ impl MemoryBudget {
     /// Descriptors the pools' zygotes and clones hold, and zygotes being
     /// started will.
     fn descriptors_held(&self) -> usize {
-        let pools: usize = self.live_pools().iter().map(|p| p.descriptors()).sum();
-        pools + self.starting.load(Ordering::SeqCst) * ZYGOTE_DESCRIPTORS
+        self.ledger.held() + self.starting.load(Ordering::SeqCst) * ZYGOTE_DESCRIPTORS
     }
 
     /// The pools registered and still alive.
@@ -405,6 +425,8 @@ mod tests {
         hibernated: AtomicUsize,
         /// One zygote until evicted.
         zygotes: AtomicUsize,
+        /// Reported like a real pool's: after each change.
+        share: LedgerShare,
         log: Arc<Mutex<Vec<String>>>,
     }
 
@@ -452,6 +474,7 @@ mod tests {
                     .push(format!("evict {}", self.name));
                 self.release();
                 self.zygotes.store(0, Ordering::SeqCst);
+                self.share.report(self.descriptors());
             })
         }
 
@@ -496,8 +519,10 @@ mod tests {
                 meter: self.meter.clone(),
                 hibernated: AtomicUsize::new(0),
                 zygotes: AtomicUsize::new(1),
+                share: self.budget.ledger_share(),
                 log: self.log.clone(),
             });
+            pool.share.report(pool.descriptors());
             let weak: Weak<dyn Reclaimable> = Arc::downgrade(&pool) as _;
             self.budget.register(weak);
             self.pools.push(pool);
@@ -615,6 +640,19 @@ mod tests {
             other => panic!("expected the descriptor limit, got {other:?}"),
         }
         // The requester is never its own victim, a busy pool never one.
+        assert!(world.log().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_pools_descriptors_are_free_again() {
+        let mut world = World::new(500);
+        world.add("busy", 1, true, false);
+        world.budget.set_descriptor_limit(descriptors_for(1));
+        assert!(world.budget.has_zygote_descriptors());
+        world.add("gone", 2, true, false);
+        assert!(!world.budget.has_zygote_descriptors());
+        world.pools.pop();
+        assert!(world.budget.has_zygote_descriptors());
         assert!(world.log().is_empty());
     }
 

@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod error;
 pub mod host;
+pub mod ledger;
 pub mod pool;
 mod telemetry;
 

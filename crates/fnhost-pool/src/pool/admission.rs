@@ -57,6 +57,7 @@ impl<B: Backend> FunctionPool<B> {
             let _permit = permit;
             let result = {
                 let _in_flight = Counted::enter(&pool.in_flight);
+                pool.account_descriptors();
                 pool.execute(&payload, request_id, started, woke_pool, caller_gone)
                     .await
             };
@@ -82,6 +83,7 @@ impl<B: Backend> FunctionPool<B> {
         if idle && settings.zygotes == 0 && settings.idle_ttl_ms == 0 {
             self.release_surplus_zygotes();
         }
+        self.account_descriptors();
         match result {
             Err(InvokeError::Timeout { .. }) => self.metrics.timeouts.increment(1),
             Err(InvokeError::MemoryLimit { .. }) => self.metrics.oom_kills.increment(1),

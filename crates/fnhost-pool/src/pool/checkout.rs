@@ -164,6 +164,8 @@ impl<B: Backend> FunctionPool<B> {
                 .expect("zygotes lock")
                 .push(zygote.clone());
         }
+        // In the ledger before its reservation stops counting it.
+        self.account_descriptors();
         drop(reservation);
         // Learn what a zygote of this function costs, for the budget.
         let live = self.live_zygotes().len().max(1) as u64;
@@ -191,7 +193,10 @@ impl<B: Backend> FunctionPool<B> {
         };
         let slot = self.take_slot().map_err(|e| unavailable(e.to_string()))?;
         let id = self.ids.sandbox.fetch_add(1, Ordering::Relaxed);
-        match self.backend.clone_sandbox(id, zygote, slot).await {
+        let cloned = self.backend.clone_sandbox(id, zygote, slot).await;
+        // A wake-up takes back the zygote's descriptors.
+        self.account_descriptors();
+        match cloned {
             Ok(sandbox) => {
                 if let Some(woke) = sandbox.wake() {
                     self.record_wake(&woke);
@@ -435,5 +440,46 @@ mod tests {
             Err(crate::InvokeError::DescriptorLimit { limit, .. }) => assert_eq!(limit, 0),
             other => panic!("expected the descriptor limit, got {other:?}"),
         }
+    }
+
+    /// The cap is checked against the ledger the pools report to: after
+    /// every kind of change a pool makes, what it reported is what it
+    /// holds, and a dropped pool leaves the sum.
+    #[tokio::test(start_paused = true)]
+    async fn the_descriptor_ledger_follows_what_pools_hold() {
+        use crate::budget::Reclaimable;
+        let budget = crate::budget::MemoryBudget::new(
+            u64::MAX / 4,
+            std::sync::Arc::new(fake::FakeMeter::default()),
+        );
+        let (warm_pool, _) = fake::pool_in(fake::spec("warm", warm(2, 2)), budget.clone());
+        let (cold_pool, fake) = fake::pool_in(fake::spec("cold", fake::settings()), budget.clone());
+        let held = || warm_pool.descriptors() + cold_pool.descriptors();
+        let in_ledger = || budget.ledger_held();
+        warm_pool.refill_once().await.expect("refill");
+        assert!(warm_pool.descriptors() > 0);
+        assert_eq!(in_ledger(), held());
+        // A request in flight counts its clone; its zygote was cold-started.
+        fake.set_handler_delay(Duration::from_secs(5));
+        let running = fake::spawn_invoke(&cold_pool);
+        fake::until(|| cold_pool.status().in_flight == 1 && fake.clones() == 1).await;
+        assert!(cold_pool.descriptors() > 0);
+        assert_eq!(in_ledger(), held());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        running.await.expect("task").expect("invoke");
+        assert_eq!(in_ledger(), held());
+        // Requests served by ready clones, then an eviction.
+        for _ in 0..3 {
+            warm_pool
+                .invoke(bytes::Bytes::from_static(b"x"), "r".into())
+                .await
+                .expect("invoke");
+            assert_eq!(in_ledger(), held());
+        }
+        warm_pool.evict_idle().await;
+        assert_eq!(warm_pool.descriptors(), 0);
+        assert_eq!(in_ledger(), held());
+        drop(cold_pool);
+        assert_eq!(in_ledger(), warm_pool.descriptors());
     }
 }

@@ -179,7 +179,10 @@ impl<B: Backend> FunctionPool<B> {
             if !asleep() {
                 return;
             }
-            match self.backend.settle(&zygote).await {
+            let settled = self.backend.settle(&zygote).await;
+            // Mapped back, it holds its snapshot open again.
+            self.account_descriptors();
+            match settled {
                 Ok(Some(woke)) => {
                     self.record_wake(&woke);
                     zygotes.push(zygote);
@@ -204,7 +207,10 @@ impl<B: Backend> FunctionPool<B> {
             let zygote = zygotes[next % zygotes.len()].clone();
             next += 1;
             match self.create_sandbox(zygote).await {
-                Ok(sandbox) => self.ready.lock().expect("ready lock").push_back(sandbox),
+                Ok(sandbox) => {
+                    self.ready.lock().expect("ready lock").push_back(sandbox);
+                    self.account_descriptors();
+                }
                 Err(e) => {
                     tracing::warn!(function = %self.name, error = %e,
                         "cannot keep a ready clone of the hibernated function; its next request makes one");

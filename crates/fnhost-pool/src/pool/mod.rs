@@ -12,6 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::budget::{MemoryBudget, Reclaimable};
+use crate::ledger::LedgerShare;
 use crate::telemetry::{Labels, PoolMetrics};
 
 mod admission;
@@ -172,6 +173,9 @@ pub struct FunctionPool<B: Backend = RealBackend> {
     evictions: AtomicU64,
     /// When hibernating last failed (`now_ms`); 0 = never.
     hibernate_failed_ms: AtomicU64,
+    /// What its zygotes and clones hold, as last reported to the budget
+    /// (see [`Self::account_descriptors`]).
+    descriptors: LedgerShare,
     metrics: PoolMetrics,
 }
 
@@ -228,6 +232,7 @@ impl<B: Backend> FunctionPool<B> {
             zygote_bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             hibernate_failed_ms: AtomicU64::new(0),
+            descriptors: budget.ledger_share(),
         });
         let weak: std::sync::Weak<dyn Reclaimable> = Arc::downgrade(&pool) as _;
         budget.register(weak);
@@ -299,7 +304,18 @@ impl<B: Backend> FunctionPool<B> {
         zygotes.clone()
     }
 
+    /// Reports what its zygotes and clones hold now to the budget's
+    /// descriptor ledger. Called right after every change that can add
+    /// descriptors (a zygote kept, a wake-up, a ready clone, a request
+    /// admitted) and at the end of every pass that can remove some, so
+    /// the cap is never checked against less than is held (dropping them
+    /// is only counted late, which errs on the safe side).
+    pub(super) fn account_descriptors(&self) {
+        self.descriptors.report(Reclaimable::descriptors(self));
+    }
+
     fn publish_gauges(&self) {
+        self.account_descriptors();
         let status = self.status();
         let m = &self.metrics;
         m.zygotes.set(status.zygotes as f64);

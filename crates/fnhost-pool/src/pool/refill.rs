@@ -198,6 +198,7 @@ impl<B: Backend> FunctionPool<B> {
                     let error = match result {
                         Ok(sandbox) => {
                             self.ready.lock().expect("ready lock").push_back(sandbox);
+                            self.account_descriptors();
                             None
                         }
                         Err(e) => Some(e),
