@@ -122,6 +122,17 @@ pub unsafe fn mmap_file_fixed(
     unsafe { bare_syscall(libc::SYS_mmap, args) }.map(drop)
 }
 
+/// `mprotect(addr, len, PROT_NONE)`: makes a range fault on any access
+/// (a guard page).
+///
+/// # Safety
+/// Nothing may access `[addr, addr + len)` afterwards.
+pub unsafe fn mprotect_none(addr: u64, len: u64) -> io::Result<()> {
+    let args = [addr, len, libc::PROT_NONE as u64, 0, 0, 0];
+    // SAFETY: the caller upholds the contract above.
+    unsafe { bare_syscall(libc::SYS_mprotect, args) }.map(drop)
+}
+
 /// munmap(2).
 ///
 /// # Safety

@@ -7,6 +7,7 @@ pub mod bare;
 pub mod fd;
 pub mod ids;
 pub mod process;
+pub mod spawn;
 pub mod uffd;
 
 pub use fd::{
@@ -20,3 +21,4 @@ pub use process::{
     undo_dontfork, waitid_pidfd, CStringArray, CloneSpec, ExitStatus, Forked, CLONE_INTO_CGROUP,
     CLONE_PIDFD,
 };
+pub use spawn::{clone3_exec, ExecWait};

@@ -15,18 +15,18 @@ pub const CLONE_PIDFD: u64 = libc::CLONE_PIDFD as u64;
 /// The kernel's `struct clone_args` (version 2, with `cgroup`).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(super) struct CloneArgs {
+    pub(super) flags: u64,
+    pub(super) pidfd: u64,
+    pub(super) child_tid: u64,
+    pub(super) parent_tid: u64,
+    pub(super) exit_signal: u64,
+    pub(super) stack: u64,
+    pub(super) stack_size: u64,
+    pub(super) tls: u64,
+    pub(super) set_tid: u64,
+    pub(super) set_tid_size: u64,
+    pub(super) cgroup: u64,
 }
 
 /// What to ask `clone3` for.
@@ -314,6 +314,11 @@ pub struct CStringArray {
     /// One pointer per string, then a null pointer.
     ptrs: Vec<*const c_char>,
 }
+
+// SAFETY: the pointers point into the heap buffers of `strings`, owned by
+// the same value and never moved or freed while it lives; nothing in it
+// belongs to a thread.
+unsafe impl Send for CStringArray {}
 
 impl CStringArray {
     pub fn new(strings: impl IntoIterator<Item = CString>) -> CStringArray {

@@ -5,9 +5,9 @@
 
 use std::ffi::{CString, NulError};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use fnhost_sandbox::sys::{self, CloneSpec, Forked};
+use fnhost_sandbox::sys;
 use fnhost_sandbox::ZYGOTE_NAMESPACES;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
@@ -91,86 +91,103 @@ pub fn spawn_zygote(
     // The child waits on this until its id maps are written.
     let (map_ready_r, map_ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    let map_ready_raw = map_ready_r.as_raw_fd();
 
     // Everything the child touches is prepared now: no allocation after clone.
-    let exe = CString::new("/proc/self/exe")?;
-    let argv_owned = [CString::new("fnhost")?, CString::new(INIT_SUBCOMMAND)?];
     let spec_json = serde_json::to_string(spec).map_err(SpawnError::SpecJson)?;
-    let env_owned = [CString::new(format!("{SPEC_ENV}={spec_json}"))?];
-    let argv = sys::CStringArray::new(argv_owned);
-    let envp = sys::CStringArray::new(env_owned);
-    let v1_raw: Vec<i32> = v1_procs.iter().map(|fd| fd.as_raw_fd()).collect();
-    let (control_raw, output_raw, null_raw) = (
-        child_control.as_raw_fd(),
-        child_output.as_raw_fd(),
-        dev_null.as_raw_fd(),
-    );
-
-    // SAFETY: the child branch only calls async-signal-safe functions (write,
-    // dup2/fcntl, execve, _exit) on descriptors and pointers prepared above.
-    let forked = unsafe {
-        sys::clone3(CloneSpec {
-            flags: ZYGOTE_NAMESPACES
-                | if userns.is_some() {
-                    libc::CLONE_NEWUSER as u64
-                } else {
-                    0
-                },
-            cgroup: cgroup_dir.map(|fd| fd.as_fd()),
-            exit_signal: libc::SIGCHLD,
-        })
+    let plan = Box::new(ExecPlan {
+        exe: CString::new("/proc/self/exe")?,
+        argv: sys::CStringArray::new([CString::new("fnhost")?, CString::new(INIT_SUBCOMMAND)?]),
+        envp: sys::CStringArray::new([CString::new(format!("{SPEC_ENV}={spec_json}"))?]),
+        v1_procs: v1_procs.iter().map(|fd| fd.as_raw_fd()).collect(),
+        control: child_control.as_raw_fd(),
+        output: child_output.as_raw_fd(),
+        null: dev_null.as_raw_fd(),
+        map_ready: userns.map(|_| map_ready_r.as_raw_fd()),
+    });
+    let clone = sys::CloneSpec {
+        flags: ZYGOTE_NAMESPACES
+            | if userns.is_some() {
+                libc::CLONE_NEWUSER as u64
+            } else {
+                0
+            },
+        cgroup: cgroup_dir.map(|fd| fd.as_fd()),
+        exit_signal: libc::SIGCHLD,
+    };
+    // SAFETY: `exec_zygote` only makes async-signal-safe calls on the plan's
+    // descriptors and pointers, and ends in execve or _exit.
+    let (pid, pidfd, exec_wait) =
+        unsafe { sys::clone3_exec(clone, exec_zygote, plan) }.map_err(SpawnError::Clone)?;
+    // The child has its own copies of these descriptors now.
+    drop((child_control, child_output, dev_null, map_ready_r));
+    if let Some(map) = userns {
+        let line = format!("0 {} {}\n", map.host_base, map.size);
+        let written = std::fs::write(format!("/proc/{pid}/uid_map"), &line)
+            .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &line))
+            .and_then(|()| sys::write_all_raw(map_ready_w.as_raw_fd(), b"1"));
+        if let Err(e) = written {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            return Err(SpawnError::IdMap(e));
+        }
     }
-    .map_err(SpawnError::Clone)?;
-    match forked {
-        Forked::Child => {
-            // Still the daemon's credentials here: the v1 attach is checked
-            // against the opener of the files anyway.
-            for fd in &v1_raw {
-                if sys::write_all_raw(*fd, b"0").is_err() {
-                    sys::exit_immediately(120);
-                }
-            }
-            if userns.is_some() {
-                // Wait for the maps, then become root of the namespace (an
-                // unmapped uid would lose every capability at exec).
-                if !matches!(sys::read_byte_raw(map_ready_raw), Ok(true))
-                    || sys::set_ids_raw(0, 0).is_err()
-                {
-                    sys::exit_immediately(122);
-                }
-            }
-            // Sources are all >= 3, so filling 0..=2 first cannot clobber
-            // one; the control socket goes to fd 3 last.
-            let ok = sys::dup_to(null_raw, 0).is_ok()
-                && sys::dup_to(output_raw, 1).is_ok()
-                && sys::dup_to(output_raw, 2).is_ok()
-                && sys::dup_to(control_raw, CONTROL_FD).is_ok();
-            if !ok {
-                sys::exit_immediately(121);
-            }
-            let _ = sys::execve(&exe, &argv, &envp);
-            sys::exit_immediately(127)
+    drop(map_ready_w);
+    release_after_exec(exec_wait);
+    Ok(ZygoteProcess {
+        pid,
+        pidfd,
+        control,
+        output,
+    })
+}
+
+/// What the zygote's process reads between clone and exec (it shares the
+/// daemon's memory until then): prepared before the clone.
+struct ExecPlan {
+    exe: CString,
+    argv: sys::CStringArray,
+    envp: sys::CStringArray,
+    /// v1 `cgroup.procs` files it writes itself into.
+    v1_procs: Vec<RawFd>,
+    control: RawFd,
+    output: RawFd,
+    null: RawFd,
+    /// With a user namespace: readable once the daemon wrote its id maps.
+    map_ready: Option<RawFd>,
+}
+
+/// The zygote's process from clone to exec. Still the daemon's credentials
+/// here: the v1 attach is checked against the opener of the files anyway.
+extern "C" fn exec_zygote(plan: &ExecPlan) -> ! {
+    for fd in &plan.v1_procs {
+        if sys::write_all_raw(*fd, b"0").is_err() {
+            sys::exit_immediately(120);
         }
-        Forked::Parent { pid, pidfd } => {
-            drop(map_ready_r);
-            if let Some(map) = userns {
-                let line = format!("0 {} {}\n", map.host_base, map.size);
-                let written = std::fs::write(format!("/proc/{pid}/uid_map"), &line)
-                    .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &line));
-                if let Err(e) = written {
-                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-                    return Err(SpawnError::IdMap(e));
-                }
-                sys::write_all_raw(map_ready_w.as_raw_fd(), b"1").map_err(SpawnError::IdMap)?;
-            }
-            drop(map_ready_w);
-            Ok(ZygoteProcess {
-                pid,
-                pidfd,
-                control,
-                output,
-            })
+    }
+    if let Some(map_ready) = plan.map_ready {
+        // Wait for the maps, then become root of the namespace (an unmapped
+        // uid would lose every capability at exec).
+        if !matches!(sys::read_byte_raw(map_ready), Ok(true)) || sys::set_ids_raw(0, 0).is_err() {
+            sys::exit_immediately(122);
         }
+    }
+    // Sources are all >= 3, so filling 0..=2 first cannot clobber one; the
+    // control socket goes to fd 3 last.
+    let ok = sys::dup_to(plan.null, 0).is_ok()
+        && sys::dup_to(plan.output, 1).is_ok()
+        && sys::dup_to(plan.output, 2).is_ok()
+        && sys::dup_to(plan.control, CONTROL_FD).is_ok();
+    if !ok {
+        sys::exit_immediately(121);
+    }
+    let _ = sys::execve(&plan.exe, &plan.argv, &plan.envp);
+    sys::exit_immediately(127)
+}
+
+/// Frees what the zygote's process read once it has exec'd, without
+/// holding up an async worker while it gets there.
+fn release_after_exec(exec_wait: sys::ExecWait<ExecPlan>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || exec_wait.wait_exec())),
+        Err(_) => exec_wait.wait_exec(),
     }
 }
