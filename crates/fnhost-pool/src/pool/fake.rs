@@ -93,6 +93,9 @@ pub struct FakeZygote {
     id: u64,
     alive: AtomicBool,
     asleep: AtomicBool,
+    /// Measurements of its snapshot's page cache (each an open and a
+    /// `cachestat` in production).
+    pub cache_reads: AtomicU64,
 }
 
 pub struct FakeClone {
@@ -138,6 +141,7 @@ impl Backend for FakeBackend {
             id,
             alive: AtomicBool::new(true),
             asleep: AtomicBool::new(false),
+            cache_reads: AtomicU64::new(0),
         });
         self.0
             .zygotes
@@ -257,6 +261,11 @@ impl ZygoteHandle for FakeZygote {
         } else {
             0
         }
+    }
+
+    fn snapshot_cached_bytes(&self) -> u64 {
+        self.cache_reads.fetch_add(1, Ordering::SeqCst);
+        self.snapshot_bytes()
     }
 
     fn kill(&self) {

@@ -388,6 +388,32 @@ mod tests {
         assert_eq!(done.start, StartKind::Wake);
     }
 
+    /// The gauge of a sleeping pool's snapshot page cache is measured at
+    /// most once a minute (each measurement opens and walks every
+    /// snapshot), again at once when its snapshots change; the admin API's
+    /// status always measures.
+    #[tokio::test(start_paused = true)]
+    async fn the_page_cache_gauge_is_measured_once_a_minute_while_asleep() {
+        let (pool, fake) = fake::pool(sleepy());
+        pool.refill_once().await.expect("refill");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(pool.hibernate().await > 0);
+        let zygote = fake.zygotes.lock().expect("zygotes")[0].clone();
+        let reads = || zygote.cache_reads.load(std::sync::atomic::Ordering::SeqCst);
+        let after_hibernating = reads();
+        assert!(after_hibernating > 0, "measured when its snapshot appeared");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            pool.publish_gauges();
+        }
+        assert_eq!(reads(), after_hibernating, "not again within the minute");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        pool.publish_gauges();
+        assert_eq!(reads(), after_hibernating + 1, "again after a minute");
+        assert_eq!(pool.status().snapshot_cached_bytes, 1 << 20);
+        assert_eq!(reads(), after_hibernating + 2, "the status measures afresh");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_busy_or_unconfigured_pool_does_not_hibernate() {
         let (pool, fake) = fake::pool(sleepy());

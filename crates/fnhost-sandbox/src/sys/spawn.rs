@@ -12,8 +12,12 @@
 //! the thread that started it, which keeps running: the child may only
 //! make syscalls on values prepared beforehand (no allocation, no locks),
 //! and what it reads must live until it has exec'd, which
-//! [`ExecWait::wait_exec`] waits for. Only x86_64 has the assembly
-//! this needs; elsewhere [`clone3_exec`] forks (see `clone3`).
+//! [`ExecWait::wait_exec`] waits for. It also runs on that thread's TLS,
+//! so a system call failing in the child sets that thread's `errno`: the
+//! child must exit right after any failure (a concurrent failure on the
+//! thread could then read the child's error code, never a success). Only
+//! x86_64 has the assembly this needs; elsewhere [`clone3_exec`] forks
+//! (see `clone3`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
