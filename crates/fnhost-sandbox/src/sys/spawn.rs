@@ -3,9 +3,9 @@
 //! `posix_spawn` does. A plain fork of the daemon copies its page tables
 //! and write-protects every page it has; each page the daemon then writes
 //! takes a copy-on-write fault and a TLB shoot-down on every core. At 3,000
-//! functions (daemon RSS ~86 MiB) that was 17% of the host's CPU while the
-//! zygotes started (`perf`: `clone3` 4%, the daemon's `do_wp_page` 13%),
-//! and it grows with the daemon. Sharing the memory until exec costs
+//! functions (daemon RSS ~86 MiB), `perf` counted 3.4% of the host's CPU in
+//! that `clone3` and 2.9% in the daemon's page faults while the zygotes
+//! started, growing with the daemon. Sharing the memory until exec costs
 //! neither, however large the daemon is.
 //!
 //! The child shares everything but its stack and descriptor table with
