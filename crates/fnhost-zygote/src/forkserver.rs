@@ -173,8 +173,7 @@ pub fn report_init_failure(control: BorrowedFd<'_>, failure: InitFailure) -> std
 /// exits the process). Returns only in a freshly set-up clone, with the
 /// descriptor of its invocation socket.
 pub fn serve(control_fd: RawFd, import_us: u64) -> RawFd {
-    // SAFETY: the runtime shim passes the control descriptor it inherited,
-    // which stays open for the life of the zygote.
+    // SAFETY: the shim passes its inherited control fd, open for the zygote's life.
     let control = unsafe { BorrowedFd::borrow_raw(control_fd) };
     // Compiled once. The zygote stage (installed by init before the
     // runtime started) is inherited by every clone, which only adds the

@@ -401,10 +401,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_descriptor_limit_stops_another_idle_zygote_then_refuses() {
         use crate::budget::{Reclaimable, CLONE_DESCRIPTORS, ZYGOTE_DESCRIPTORS};
-        let budget = crate::budget::MemoryBudget::new(
-            u64::MAX / 4,
-            std::sync::Arc::new(fake::FakeMeter::default()),
-        );
+        let budget = fake::ample_budget();
         let (idle, _) = fake::pool_in(fake::spec("idle", warm(1, 1)), budget.clone());
         let keep_one = PoolSettings {
             zygotes: 1,
@@ -448,10 +445,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_descriptor_ledger_follows_what_pools_hold() {
         use crate::budget::Reclaimable;
-        let budget = crate::budget::MemoryBudget::new(
-            u64::MAX / 4,
-            std::sync::Arc::new(fake::FakeMeter::default()),
-        );
+        let budget = fake::ample_budget();
         let (warm_pool, _) = fake::pool_in(fake::spec("warm", warm(2, 2)), budget.clone());
         let (cold_pool, fake) = fake::pool_in(fake::spec("cold", fake::settings()), budget.clone());
         let held = || warm_pool.descriptors() + cold_pool.descriptors();

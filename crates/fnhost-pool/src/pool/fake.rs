@@ -411,11 +411,15 @@ pub fn spec(name: &str, pool: PoolSettings) -> FunctionSpec {
     }
 }
 
+/// A memory budget no test fills, for pools that share one.
+pub fn ample_budget() -> Arc<MemoryBudget> {
+    MemoryBudget::new(u64::MAX / 4, Arc::new(FakeMeter::default()))
+}
+
 /// A pool on a fake backend with an ample budget; the refill loop is not
 /// running (tests call `refill_once` or spawn `maintain`).
 pub fn pool(pool: PoolSettings) -> (Arc<FunctionPool<FakeBackend>>, Arc<Fake>) {
-    let budget = MemoryBudget::new(u64::MAX / 4, Arc::new(FakeMeter::default()));
-    pool_in(spec("f", pool), budget)
+    pool_in(spec("f", pool), ample_budget())
 }
 
 /// A pool of `spec` sharing `budget`.

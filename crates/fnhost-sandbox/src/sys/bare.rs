@@ -72,8 +72,7 @@ pub fn mmap_anonymous(len: u64) -> io::Result<u64> {
         u64::MAX, // fd -1
         0,
     ];
-    // SAFETY: a new mapping at an address of the kernel's choosing; no
-    // existing memory is touched.
+    // SAFETY: a new mapping where the kernel chooses; no existing memory is touched.
     unsafe { bare_syscall(libc::SYS_mmap, args) }
 }
 
@@ -178,8 +177,7 @@ pub fn madvise_random(addr: u64, len: u64) -> io::Result<()> {
 /// safe to ask of any range.
 fn madvise_keeping_contents(addr: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
     let args = [addr, len, advice as u64, 0, 0, 0];
-    // SAFETY: callers pass only advice that frees no memory and changes no
-    // byte of the range.
+    // SAFETY: callers pass only advice that frees nothing and changes no byte.
     unsafe { bare_syscall(libc::SYS_madvise, args) }.map(drop)
 }
 

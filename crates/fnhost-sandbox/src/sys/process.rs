@@ -71,8 +71,8 @@ pub unsafe fn clone3(spec: CloneSpec<'_>) -> io::Result<Forked> {
         args.cgroup = cgroup.as_raw_fd() as u64;
     }
     // No stack is given: the child runs on a copy of the parent's, like fork().
-    // SAFETY: `args` is a fully initialised clone_args of the size passed and
     // `pidfd` outlives the call; the caller upholds the contract above.
+    // SAFETY: `args` is a fully initialised clone_args of the size passed.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -84,8 +84,7 @@ pub unsafe fn clone3(spec: CloneSpec<'_>) -> io::Result<Forked> {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
         pid => {
-            // SAFETY: on success with CLONE_PIDFD the kernel stored a new,
-            // owned file descriptor in `pidfd`.
+            // SAFETY: on success with CLONE_PIDFD the kernel stored a new owned fd in `pidfd`.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
             Ok(Forked::Parent {
                 pid: pid as i32,
@@ -281,14 +280,13 @@ pub fn undo_dontfork() -> io::Result<usize> {
 /// out at fixed addresses (no ASLR), so that zygotes started alike from
 /// identical code have byte-identical memory where their contents agree.
 pub fn disable_aslr() -> io::Result<()> {
-    // SAFETY: personality(0xffffffff) only reads this process's
-    // execution-domain flags; it changes nothing and touches no memory.
+    // SAFETY: personality(0xffffffff) only reads this process's flags; no memory is involved.
     let current = unsafe { libc::personality(0xffff_ffff) };
     if current < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: personality only sets this process's execution-domain flags
-    // (the current ones, plus ADDR_NO_RANDOMIZE); no memory is involved.
+    // The current flags plus ADDR_NO_RANDOMIZE.
+    // SAFETY: personality only sets this process's flags; no memory is involved.
     let rc = unsafe {
         libc::personality((current as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong)
     };
@@ -315,9 +313,9 @@ pub struct CStringArray {
     ptrs: Vec<*const c_char>,
 }
 
-// SAFETY: the pointers point into the heap buffers of `strings`, owned by
-// the same value and never moved or freed while it lives; nothing in it
-// belongs to a thread.
+// The pointers point into the heap buffers of `strings`, owned by the same
+// value and never moved or freed while it lives.
+// SAFETY: as just said; nothing in it belongs to a thread.
 unsafe impl Send for CStringArray {}
 
 impl CStringArray {
@@ -344,8 +342,8 @@ impl CStringArray {
 /// Async-signal-safe (no allocation): usable between clone and exec in a
 /// multi-threaded process.
 pub fn execve(exe: &CStr, argv: &CStringArray, envp: &CStringArray) -> io::Error {
-    // SAFETY: `exe` and every string are NUL-terminated, both pointer arrays
-    // null-terminated, all borrowed for the duration of the call.
+    // All borrowed for the duration of the call.
+    // SAFETY: `exe` and every string are NUL-terminated, both pointer arrays null-terminated.
     unsafe { libc::execve(exe.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr()) };
     io::Error::last_os_error()
 }

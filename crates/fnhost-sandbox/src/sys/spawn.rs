@@ -51,25 +51,20 @@ impl<T: Send> ExecWait<T> {
         let Some(in_use) = self.in_use.take() else {
             return;
         };
-        let mut byte = [0u8; 1];
+        // Nothing is ever written: the first read returns end of file.
         loop {
-            // SAFETY: reads at most one byte into a valid local buffer.
-            let n = unsafe {
-                libc::read(
-                    self.exec_watch.as_raw_fd(),
-                    byte.as_mut_ptr().cast(),
-                    byte.len(),
-                )
-            };
-            if n == 0 {
-                drop(in_use);
-                return;
-            }
-            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            match super::fd::read_byte_raw(self.exec_watch.as_raw_fd()) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    drop(in_use);
+                    return;
+                }
                 // Cannot tell when the child is done with them: keep them
                 // rather than free memory it may still use.
-                std::mem::forget(in_use);
-                return;
+                Err(_) => {
+                    std::mem::forget(in_use);
+                    return;
+                }
             }
         }
     }
@@ -92,8 +87,8 @@ impl Stack {
         let len = STACK_BYTES + PAGE;
         let base = super::bare::mmap_anonymous(len)?;
         let stack = Stack { base, len };
-        // SAFETY: the lowest page of the mapping made above, used by
-        // nothing: an overflow faults instead of writing below the stack.
+        // An overflow faults instead of writing below the stack.
+        // SAFETY: the lowest page of the mapping made above, used by nothing.
         unsafe { super::bare::mprotect_none(base, PAGE) }?;
         Ok(stack)
     }
@@ -106,8 +101,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`; its child no longer runs on it
-        // (see `ExecWait::wait`).
+        // SAFETY: the mapping made in `new`, no longer used (`ExecWait::wait`).
         let _ = unsafe { super::bare::munmap(self.base, self.len) };
     }
 }
@@ -143,14 +137,12 @@ pub unsafe fn clone3_exec<T: Send>(
         args.cgroup = cgroup.as_raw_fd() as u64;
     }
     let plan_ptr: *const T = &*plan;
-    // SAFETY: `args` is a complete clone_args with a stack of its own for
-    // the child, which calls `child(plan)` there and never returns; the
-    // caller upholds `child`'s contract, and `plan` and the stack live in
-    // the returned value until the child has exec'd.
+    // The child calls `child(plan)` on its own stack and never returns;
+    // `plan` and the stack live in the returned value until it has exec'd.
+    // SAFETY: `args` is a complete clone_args; the caller upholds `child`'s contract.
     let pid = unsafe { raw_clone3_on_stack(&mut args, child, plan_ptr) }?;
     drop(watch_write);
-    // SAFETY: on success with CLONE_PIDFD the kernel stored a new, owned
-    // descriptor in `pidfd`.
+    // SAFETY: on success with CLONE_PIDFD the kernel stored a new owned fd in `pidfd`.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let wait = ExecWait {
         exec_watch: watch_read,
@@ -170,11 +162,11 @@ unsafe fn raw_clone3_on_stack<T>(
     plan: *const T,
 ) -> io::Result<i32> {
     let ret: i64;
-    // SAFETY: clone3 with the given args; in the child (rax = 0) the kernel
-    // has switched to the new stack, 16-byte aligned at its top, so `call`
-    // enters `child` as the ABI expects; it never returns (`ud2` traps if
-    // it did). The parent only gets rax, with rcx and r11 clobbered by
-    // `syscall`.
+    // In the child (rax = 0) the kernel has switched to the new stack,
+    // 16-byte aligned at its top, so `call` enters `child` as the ABI
+    // expects; it never returns (`ud2` traps if it did). The parent only
+    // gets rax, with rcx and r11 clobbered by `syscall`.
+    // SAFETY: clone3 with complete args naming a stack the child may use (see above).
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -215,8 +207,7 @@ unsafe fn raw_clone3_on_stack<T>(
     args.flags &= !(libc::CLONE_VM as u64);
     args.stack = 0;
     args.stack_size = 0;
-    // SAFETY: a complete clone_args without CLONE_VM: the child gets a copy
-    // of this process and calls `child`, which never returns.
+    // SAFETY: complete clone_args without CLONE_VM; the child runs `child`, which never returns.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,

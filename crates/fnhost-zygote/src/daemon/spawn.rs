@@ -114,10 +114,11 @@ pub fn spawn_zygote(
         cgroup: cgroup_dir.map(|fd| fd.as_fd()),
         exit_signal: libc::SIGCHLD,
     };
-    // SAFETY: `exec_zygote` only makes async-signal-safe calls on the plan's
+    // `exec_zygote` only makes async-signal-safe calls on the plan's
     // descriptors and pointers, and ends in execve or _exit.
-    let (pid, pidfd, exec_wait) =
-        unsafe { sys::clone3_exec(clone, exec_zygote, plan) }.map_err(SpawnError::Clone)?;
+    // SAFETY: as just said: the contract of `clone3_exec`.
+    let cloned = unsafe { sys::clone3_exec(clone, exec_zygote, plan) };
+    let (pid, pidfd, exec_wait) = cloned.map_err(SpawnError::Clone)?;
     // The child has its own copies of these descriptors now.
     drop((child_control, child_output, dev_null, map_ready_r));
     if let Some(map) = userns {
